@@ -1,0 +1,1 @@
+"""Running Strata: the local stack (`strata up`), docker-compose and Kubernetes manifests."""

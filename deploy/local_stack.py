@@ -1,0 +1,226 @@
+"""`strata up` / `strata down` / `strata status`: the local stack on loopback.
+
+`up` starts each component as a background process under the data dir
+(default ./.strata), logging to `<data dir>/logs/<name>.log`, waits until each
+answers its health check, records what it started in `<data dir>/stack.json`
+and prints the endpoints. The default ports are the ones in DESIGN.md; a busy
+default port is replaced by a free one (and said so). `down` sends SIGTERM
+(SIGKILL after a grace period); `status` says what runs and where.
+
+stack.json (written with write_durably):
+    {"version": 1, "processes": [{"name", "pid", "address", "log", "argv"}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from strata.durable_file import write_durably
+
+STATE_FILE = "stack.json"
+STATE_VERSION = 1
+DEFAULT_DATA_DIR = Path(".strata")
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    address: str
+    log: str
+    argv: list[str]
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    module: str
+    default_port: int
+    args: list[str]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def _health(address: str, timeout: float = 2.0) -> str:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    except grpc.RpcError as exc:
+        return f"unreachable ({exc.code().name})"
+
+
+def _read_state(data_dir: Path) -> list[ProcessRecord]:
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    if state.get("version") != STATE_VERSION:
+        raise SystemExit(f"{path}: unsupported version {state.get('version')} (this build reads {STATE_VERSION})")
+    return [ProcessRecord(**p) for p in state["processes"]]
+
+
+def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
+    body = {"version": STATE_VERSION, "processes": [asdict(p) for p in processes]}
+    write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
+
+
+def _start(spec: ComponentSpec, data_dir: Path) -> ProcessRecord:
+    port = spec.default_port
+    if not _port_free(port):
+        print(f"note: port {port} is busy; {spec.name} takes a free port instead")
+        port = 0
+    logs_dir = data_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = logs_dir / f"{spec.name}.log"
+    argv = [sys.executable, "-m", spec.module, "--listen", f"127.0.0.1:{port}", *spec.args]
+    with open(log_path, "ab") as log_file:
+        log_file.write(f"--- strata up: {' '.join(argv)}\n".encode())
+        log_file.flush()
+        offset = log_file.tell()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+    address = _wait_listening_from(proc, log_path, spec.name, offset)
+    return ProcessRecord(spec.name, proc.pid, address, str(log_path), argv)
+
+
+def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: str, offset: int) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
+            if "event=listening" in line:
+                return line.split("address=", 1)[1].split()[0]
+        if proc.poll() is not None:
+            tail = "\n".join(text.splitlines()[-20:])
+            raise SystemExit(f"{name} exited with code {proc.returncode} while starting; its log ends:\n{tail}")
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
+
+
+def components(data_dir: Path) -> list[ComponentSpec]:
+    return [
+        ComponentSpec("walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice")]),
+    ]
+
+
+def up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if args.s3:
+        print("strata up --s3: S3/MinIO remote storage is not built yet; run `strata up` for the embedded default")
+        return 2
+    running = [p for p in _read_state(data_dir) if _alive(p.pid)]
+    if running:
+        print(f"Strata is already running under {data_dir}:")
+        _print_processes(running)
+        return 0
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started: list[ProcessRecord] = []
+    try:
+        for spec in components(data_dir.resolve()):
+            started.append(_start(spec, data_dir.resolve()))
+            _write_state(data_dir, started)
+    except SystemExit:
+        for p in started:
+            _stop(p)
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
+    print(f"Strata is up (data under {data_dir}):")
+    _print_processes(started)
+    wal = next(p.address for p in started if p.name == "walservice")
+    print(
+        "\nTry:\n"
+        "  strata status                                   # what runs and where\n"
+        f"  python -m bench.wal_append --quick --target {wal}   # durable appends/s against it\n"
+        "  strata down                                     # stop it"
+    )
+    return 0
+
+
+def _stop(p: ProcessRecord) -> str:
+    if not _alive(p.pid):
+        return "was not running"
+    os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if not _alive(p.pid):
+            return "stopped"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    return f"killed (no exit within {STOP_GRACE_S:.0f}s of SIGTERM)"
+
+
+def down(args: argparse.Namespace) -> int:
+    processes = _read_state(args.data_dir)
+    if not processes:
+        print(f"Nothing is running under {args.data_dir}.")
+        return 0
+    for p in reversed(processes):
+        print(f"{p.name:<12} pid {p.pid:<8} {_stop(p)}")
+    (args.data_dir / STATE_FILE).unlink(missing_ok=True)
+    return 0
+
+
+def _print_processes(processes: list[ProcessRecord]) -> None:
+    for p in processes:
+        print(f"  {p.name:<12} {p.address:<22} pid {p.pid:<8} log {p.log}")
+
+
+def status(args: argparse.Namespace) -> int:
+    processes = _read_state(args.data_dir)
+    if not processes:
+        print(f"Nothing is running under {args.data_dir} (start it with `strata up`).")
+        return 1
+    healthy = True
+    print(f"{'component':<12} {'address':<22} {'pid':<8} health")
+    for p in processes:
+        state = _health(p.address) if _alive(p.pid) else "not running"
+        healthy &= state == "SERVING"
+        print(f"{p.name:<12} {p.address:<22} {p.pid:<8} {state}")
+    return 0 if healthy else 1
+
+
+def main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"strata {command}")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the stack keeps its data (default ./.strata)")
+    if command == "up":
+        parser.add_argument("--s3", action="store_true", help="use S3/MinIO remote storage configured the boto3 way")
+    args = parser.parse_args(argv)
+    return {"up": up, "down": down, "status": status}[command](args)

@@ -1,0 +1,30 @@
+"""`strata`: the one console script (DESIGN.md, "Processes")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="strata", description="Strata: storage for agent-era databases.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("walservice", help="run one walservice node", add_help=False)
+    sub.add_parser("up", help="start the local stack on loopback", add_help=False)
+    sub.add_parser("down", help="stop the local stack", add_help=False)
+    sub.add_parser("status", help="say what runs and where", add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "walservice":
+        from walservice.server import main as walservice_main
+
+        walservice_main(rest)
+    elif command in ("up", "down", "status"):
+        from deploy import local_stack
+
+        sys.exit(local_stack.main(command, rest))
+    else:
+        parser.error(f"unknown command {command!r}")

@@ -1,0 +1,54 @@
+"""Domain types at module boundaries: ids, LSNs, keys.
+
+Ids are 32 lowercase hex characters (DESIGN.md, "Words"). LSNs are uint64 WAL
+byte positions; a record's LSN is the position just past its frame.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import NewType
+
+from strata.errors import InvalidArgument
+
+TenantId = NewType("TenantId", str)
+TimelineId = NewType("TimelineId", str)
+Lsn = NewType("Lsn", int)
+Term = NewType("Term", int)
+
+MAX_U64 = (1 << 64) - 1
+DEFAULT_PAGE_SIZE = 8192
+MIN_PAGE_SIZE = 512
+MAX_PAGE_SIZE = 65536
+
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _check_id(value: str, field: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidArgument(f"{field}={value!r} is malformed: expected 32 lowercase hex characters")
+    return value
+
+
+def tenant_id(value: str, field: str = "tenant_id") -> TenantId:
+    return TenantId(_check_id(value, field))
+
+
+def timeline_id(value: str, field: str = "timeline_id") -> TimelineId:
+    return TimelineId(_check_id(value, field))
+
+
+def page_size(value: int, field: str = "page_size") -> int:
+    """0 means the default; otherwise a power of two from 512 to 65536."""
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if value < MIN_PAGE_SIZE or value > MAX_PAGE_SIZE or value & (value - 1):
+        raise InvalidArgument(
+            f"{field}={value} is invalid: expected a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})"
+        )
+    return value

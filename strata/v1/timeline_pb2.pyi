@@ -1,0 +1,116 @@
+from strata.v1 import records_pb2 as _records_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "page_size", "pitr_seconds")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PITR_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    page_size: int
+    pitr_seconds: int
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., pitr_seconds: _Optional[int] = ...) -> None: ...
+
+class TenantInfo(_message.Message):
+    __slots__ = ("tenant_id", "page_size", "pitr_seconds", "timeline_count", "generation", "state")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PITR_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    page_size: int
+    pitr_seconds: int
+    timeline_count: int
+    generation: int
+    state: str
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., pitr_seconds: _Optional[int] = ..., timeline_count: _Optional[int] = ..., generation: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class TenantRef(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantInfo]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantInfo, _Mapping]]] = ...) -> None: ...
+
+class CreateTimelineRequest(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "ttl_seconds")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_LSN_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    ancestor_timeline_id: str
+    ancestor_lsn: int
+    ttl_seconds: int
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class TimelineInfo(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "last_record_lsn", "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn", "logical_size", "physical_size", "expires_at_us", "state")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RECORD_LSN_FIELD_NUMBER: _ClassVar[int]
+    DISK_CONSISTENT_LSN_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_CONSISTENT_LSN_FIELD_NUMBER: _ClassVar[int]
+    GC_CUTOFF_LSN_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PHYSICAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_US_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    ancestor_timeline_id: str
+    ancestor_lsn: int
+    last_record_lsn: int
+    disk_consistent_lsn: int
+    remote_consistent_lsn: int
+    gc_cutoff_lsn: int
+    logical_size: int
+    physical_size: int
+    expires_at_us: int
+    state: str
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., last_record_lsn: _Optional[int] = ..., disk_consistent_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., gc_cutoff_lsn: _Optional[int] = ..., logical_size: _Optional[int] = ..., physical_size: _Optional[int] = ..., expires_at_us: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListTimelinesResponse(_message.Message):
+    __slots__ = ("timelines",)
+    TIMELINES_FIELD_NUMBER: _ClassVar[int]
+    timelines: _containers.RepeatedCompositeFieldContainer[TimelineInfo]
+    def __init__(self, timelines: _Optional[_Iterable[_Union[TimelineInfo, _Mapping]]] = ...) -> None: ...
+
+class LsnByTimestampRequest(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id", "timestamp_us")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    timestamp_us: int
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., timestamp_us: _Optional[int] = ...) -> None: ...
+
+class LsnByTimestampResponse(_message.Message):
+    __slots__ = ("lsn", "kind")
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    lsn: int
+    kind: str
+    def __init__(self, lsn: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,3 @@
+from walservice.server import main
+
+main()

@@ -1,0 +1,81 @@
+"""The per-timeline control file: `<timeline dir>/control`.
+
+Holds what must survive a restart besides the WAL itself: the timeline's start
+LSN and page size, the term state (kept from day one for replication: term 1 on a
+single node), and the LSNs other components reported.
+
+Layout (little-endian):
+
+| offset | size | field                                   |
+|--------|------|-----------------------------------------|
+| 0      | 4    | magic b"SWCF"                           |
+| 4      | 1    | format version (FORMAT_VERSION = 1)     |
+| 5      | 3    | reserved, zero                          |
+| 8      | 4    | body length n                           |
+| 12     | 8    | xxhash64 of the body                    |
+| 20     | n    | body: UTF-8 JSON of `TimelineControl`   |
+
+Crash consistency: `write_control` writes `control.tmp`, fsyncs it, renames it
+over `control` and fsyncs the directory, so a crash leaves the old or the new
+file whole, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import xxhash
+
+from strata.durable_file import write_durably
+from strata.errors import CorruptionError
+
+MAGIC = b"SWCF"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sB3xIQ")
+CONTROL_FILE_NAME = "control"
+
+
+@dataclass(frozen=True)
+class TimelineControl:
+    tenant_id: str
+    timeline_id: str
+    start_lsn: int
+    page_size: int
+    # The highest term this node has voted in or accepted appends under.
+    term: int = 1
+    # (term, first LSN of that term) pairs, oldest first: the log's term history.
+    term_history: list[tuple[int, int]] = field(default_factory=list)
+    remote_consistent_lsn: int = 0
+    backup_lsn: int = 0
+
+    def encode(self) -> bytes:
+        body = json.dumps(asdict(self), sort_keys=True).encode()
+        return _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), xxhash.xxh64_intdigest(body)) + body
+
+    @classmethod
+    def decode(cls, data: bytes, where: str = "control file") -> TimelineControl:
+        if len(data) < _HEADER.size:
+            raise CorruptionError(f"{where}: {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
+        magic, version, n, checksum = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptionError(f"{where}: bad magic {magic!r}, expected {MAGIC!r}")
+        if version != FORMAT_VERSION:
+            raise CorruptionError(f"{where}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+        body = data[_HEADER.size : _HEADER.size + n]
+        if len(body) != n or xxhash.xxh64_intdigest(body) != checksum:
+            raise CorruptionError(f"{where}: body checksum mismatch")
+        fields = json.loads(body)
+        fields["term_history"] = [tuple(x) for x in fields.get("term_history", [])]
+        return cls(**fields)
+
+
+def write_control(timeline_dir: Path, control: TimelineControl) -> None:
+    write_durably(timeline_dir / CONTROL_FILE_NAME, control.encode())
+
+
+def read_control(timeline_dir: Path) -> TimelineControl:
+    path = timeline_dir / CONTROL_FILE_NAME
+    return TimelineControl.decode(path.read_bytes(), where=str(path))

@@ -1,0 +1,248 @@
+"""Sequencing appends for one timeline: LSN assignment and group commit.
+
+Every Append for a timeline joins `_pending`; one flush task per timeline takes
+everything pending, checks each conditional append against the end LSN as it
+stands after the appends before it in the group, encodes the accepted batches as
+consecutive frames into one buffer, and hands it to a flush thread for one
+pwrite + fdatasync. Appends arriving meanwhile wait for the next round, so
+concurrent writers share fsyncs and throughput grows with concurrency.
+
+Concurrency: all attributes are owned by the event loop. The only work off the
+loop is `TimelineWal.write_and_sync` on `executor`, at most one call per
+timeline at a time (while `_flush_task` runs).
+
+Invariants: commit_lsn <= flush_lsn <= end_lsn. `end_lsn` counts batches that
+are sequenced but maybe not yet durable; `flush_lsn` what is fsync'd here;
+`commit_lsn` what is durable on a majority (on one node, == flush_lsn). Streams
+and Status never expose anything above commit_lsn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+
+from strata.errors import CorruptionError, EndLsnMismatch, StrataError, Unavailable
+from strata.logs import EventLogger
+from walservice.control_file import TimelineControl, write_control
+from walservice.segment import Frame, encode_frame, frame_lsn
+from walservice.wal_storage import TimelineWal
+
+# A flush round stops taking pending batches once its buffer passes this.
+MAX_GROUP_BYTES = 16 * 1024 * 1024
+# Stream reads hand out about this many bytes of frames per message.
+STREAM_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    start_lsn: int
+    end_lsn: int
+    record_lsns: list[int]
+    term: int
+
+
+@dataclass
+class _PendingAppend:
+    payloads: list[bytes]
+    expected_end_lsn: int
+    future: asyncio.Future[AppendResult]
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(p) for p in self.payloads)
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Timeline:
+    def __init__(
+        self,
+        wal: TimelineWal,
+        executor: Executor,
+        log: EventLogger,
+        clock_us: Callable[[], int] = wall_clock_us,
+    ) -> None:
+        self.wal = wal
+        self.control: TimelineControl = wal.control
+        self.executor = executor
+        self.log = log
+        self.clock_us = clock_us
+        self.end_lsn = wal.end_lsn
+        self.flush_lsn = wal.end_lsn
+        self.commit_lsn = wal.end_lsn
+        self.broken: StrataError | None = None
+        self.closing = False
+        self._pending: list[_PendingAppend] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._commit_event = asyncio.Event()
+        # Serializes control file rewrites (guards `control` against lost updates).
+        self._control_lock = asyncio.Lock()
+
+    @property
+    def tenant_id(self) -> str:
+        return self.control.tenant_id
+
+    @property
+    def timeline_id(self) -> str:
+        return self.control.timeline_id
+
+    @property
+    def term(self) -> int:
+        return self.control.term
+
+    def check_usable(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+        if self.closing:
+            raise Unavailable(f"tenant={self.tenant_id} timeline={self.timeline_id}: the walservice is shutting down")
+
+    # -- appends ----------------------------------------------------------------
+
+    async def append(self, payloads: list[bytes], expected_end_lsn: int = 0) -> AppendResult:
+        """Sequence and durably store one batch of serialized records."""
+        self.check_usable()
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingAppend(payloads, expected_end_lsn, future))
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_loop())
+        return await asyncio.shield(future)
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._pending:
+                await self._flush_round()
+        finally:
+            self._flush_task = None
+
+    def _take_group(self) -> list[_PendingAppend]:
+        group, size = [], 0
+        while self._pending and (not group or size < MAX_GROUP_BYTES):
+            item = self._pending.pop(0)
+            group.append(item)
+            size += item.size
+        return group
+
+    async def _flush_round(self) -> None:
+        group = self._take_group()
+        now_us = self.clock_us()
+        term = self.term
+        position = self.end_lsn
+        buf = bytearray()
+        accepted: list[tuple[_PendingAppend, AppendResult]] = []
+        for item in group:
+            if item.expected_end_lsn and item.expected_end_lsn != position:
+                _settle(item.future, exc=EndLsnMismatch(item.expected_end_lsn, position))
+                continue
+            start, lsns = position, []
+            last = len(item.payloads) - 1
+            for i, payload in enumerate(item.payloads):
+                buf += encode_frame(position, payload, term, now_us, i == last)
+                position = frame_lsn(position, len(payload))
+                lsns.append(position)
+            accepted.append((item, AppendResult(start, position, lsns, term)))
+        if not accepted:
+            return
+        new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
+        self.end_lsn = position
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.wal.write_and_sync, bytes(buf), new_segment_at
+            )
+        except OSError as exc:
+            self._stop_after_write_error(exc, accepted)
+            return
+        self.wal.committed(position, new_segment_at)
+        self.flush_lsn = self.commit_lsn = position
+        for item, result in accepted:
+            _settle(item.future, result=result)
+        self._wake_streams()
+        self.log.debug(
+            "group_commit",
+            tenant=self.tenant_id,
+            timeline=self.timeline_id,
+            lsn=position,
+            batches=len(accepted),
+            bytes=len(buf),
+        )
+
+    def _stop_after_write_error(self, exc: OSError, accepted: list[tuple[_PendingAppend, AppendResult]]) -> None:
+        """A failed write or fsync leaves the file's state unknown: stop the timeline
+        (a restart recovers the tail) and acknowledge nothing."""
+        self.broken = StrataError(
+            f"tenant={self.tenant_id} timeline={self.timeline_id}: WAL write failed at lsn={self.flush_lsn}: {exc}; "
+            "the timeline is stopped until the walservice restarts and recovers it"
+        )
+        self.log.error("wal_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn, error=exc)
+        for item, _ in accepted:
+            _settle(item.future, exc=self.broken)
+        for item in self._pending:
+            _settle(item.future, exc=self.broken)
+        self._pending.clear()
+        self._wake_streams()
+
+    # -- streams -----------------------------------------------------------------
+
+    def _wake_streams(self) -> None:
+        self._commit_event.set()
+        self._commit_event = asyncio.Event()
+
+    async def stream(self, after_lsn: int) -> AsyncIterator[list[Frame]]:
+        """Committed frames with LSN > after_lsn, then new commits as they happen.
+        Ends when the timeline closes."""
+        self.check_usable()
+        cursor = self.wal.cursor(after_lsn)
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.broken is not None:
+                raise self.broken
+            if cursor.position < self.commit_lsn:
+                try:
+                    frames = await loop.run_in_executor(None, cursor.read, self.commit_lsn, STREAM_CHUNK_BYTES)
+                except CorruptionError as exc:
+                    self.log.error("wal_read_corrupt", tenant=self.tenant_id, timeline=self.timeline_id, error=exc)
+                    raise
+                if frames:
+                    yield frames
+                continue
+            if self.closing:
+                return
+            await self._commit_event.wait()
+
+    # -- state -------------------------------------------------------------------
+
+    async def report_persisted(self, remote_consistent_lsn: int) -> None:
+        """Record the pageserver's remote_consistent_lsn (it only moves forward)."""
+        self.check_usable()
+        async with self._control_lock:
+            if remote_consistent_lsn <= self.control.remote_consistent_lsn:
+                return
+            control = replace(self.control, remote_consistent_lsn=remote_consistent_lsn)
+            await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
+            self.control = self.wal.control = control
+
+    def begin_close(self) -> None:
+        """Refuse new appends and end open streams (the first step of shutdown)."""
+        self.closing = True
+        self._wake_streams()
+
+    async def close(self) -> None:
+        """Finish the flush in flight, end streams, close files."""
+        self.begin_close()
+        if self._flush_task is not None:
+            await self._flush_task
+        self.wal.close()
+
+
+def _settle(future: asyncio.Future[AppendResult], *, result: AppendResult | None = None, exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

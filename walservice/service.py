@@ -1,0 +1,183 @@
+"""The WalService gRPC servicer: request validation and error mapping.
+
+Every handler validates its whole request before touching any state, so bad
+input changes nothing, and maps StrataError onto the contract's status codes in
+`_rpc` (the one place). Stream responses are encoded by hand from the stored
+frames (`encode_wal_batch`): a frame's payload already is a serialized Record,
+so streaming never re-parses it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from strata import ids
+from strata.errors import CorruptionError, InvalidArgument, StrataError
+from strata.logs import EventLogger
+from strata.redo import validate_record
+from strata.v1 import records_pb2, wal_pb2
+from walservice.segment import Frame
+from walservice.sequencer import Timeline
+from walservice.timelines import TimelineSet
+
+SERVICE_NAME = "strata.v1.WalService"
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_sequenced_record(frame: Frame) -> bytes:
+    """strata.v1.SequencedRecord{lsn=1, record=2, commit_time_us=3, term=4} in wire format."""
+    return b"".join(
+        (
+            b"\x08", _varint(frame.lsn),
+            b"\x12", _varint(len(frame.payload)), frame.payload,
+            b"\x18", _varint(frame.commit_time_us),
+            b"\x20", _varint(frame.term),
+        )
+    )
+
+
+def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
+    """strata.v1.WalBatch{records=1, commit_lsn=2} in wire format."""
+    parts = []
+    for frame in frames:
+        rec = encode_sequenced_record(frame)
+        parts += (b"\x0a", _varint(len(rec)), rec)
+    parts += (b"\x10", _varint(commit_lsn))
+    return b"".join(parts)
+
+
+def _rpc(fn: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+    @functools.wraps(fn)
+    async def handler(self: WalServicer, request: Any, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except StrataError as exc:
+            self._log_failure(fn.__name__, request, exc)
+            await context.abort(exc.code, str(exc))
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+class WalServicer:
+    def __init__(self, timelines: TimelineSet, log: EventLogger, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+        self.timelines = timelines
+        self.log = log
+        self.max_batch_bytes = max_batch_bytes
+
+    def _log_failure(self, method: str, request: Any, exc: StrataError) -> None:
+        level = self.log.error if isinstance(exc, CorruptionError) or type(exc) is StrataError else self.log.info
+        level(
+            "rpc_failed",
+            method=method,
+            tenant=getattr(request, "tenant_id", None),
+            timeline=getattr(request, "timeline_id", None),
+            code=exc.code.name,
+            error=exc,
+        )
+
+    def _status(self, tl: Timeline) -> wal_pb2.WalStatus:
+        c = tl.control
+        return wal_pb2.WalStatus(
+            start_lsn=c.start_lsn,
+            flush_lsn=tl.flush_lsn,
+            commit_lsn=tl.commit_lsn,
+            backup_lsn=c.backup_lsn,
+            remote_consistent_lsn=c.remote_consistent_lsn,
+            term=c.term,
+            page_size=c.page_size,
+            tenant_id=c.tenant_id,
+            timeline_id=c.timeline_id,
+            leader_node_id=1,
+        )
+
+    @_rpc
+    async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
+        tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
+        tl.check_usable()
+        return self._status(tl)
+
+    def _batch_payloads(self, request: wal_pb2.AppendRequest, page_size: int) -> list[bytes]:
+        if not request.records:
+            raise InvalidArgument("records is empty: an Append needs at least one record")
+        payloads = []
+        total = 0
+        for i, record in enumerate(request.records):
+            validate_record(record, page_size, f"records[{i}]")
+            payload = record.SerializeToString()
+            total += len(payload)
+            if total > self.max_batch_bytes:
+                raise InvalidArgument(
+                    f"records: the batch exceeds the {self.max_batch_bytes}-byte limit at records[{i}]; "
+                    "split it into several Appends"
+                )
+            payloads.append(payload)
+        return payloads
+
+    @_rpc
+    async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
+        tl = self.timelines.get(request.tenant_id, request.timeline_id)
+        tl.check_usable()
+        payloads = self._batch_payloads(request, tl.control.page_size)
+        result = await tl.append(payloads, request.expected_end_lsn)
+        return wal_pb2.AppendResponse(
+            start_lsn=result.start_lsn, end_lsn=result.end_lsn, record_lsns=result.record_lsns, term=result.term
+        )
+
+    @_rpc
+    async def Status(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
+        tl = self.timelines.get(request.tenant_id, request.timeline_id)
+        tl.check_usable()
+        return self._status(tl)
+
+    @_rpc
+    async def ReportPersisted(self, request: wal_pb2.PersistedRequest, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
+        tl = self.timelines.get(request.tenant_id, request.timeline_id)
+        if request.remote_consistent_lsn > tl.commit_lsn:
+            raise InvalidArgument(
+                f"remote_consistent_lsn={request.remote_consistent_lsn} is past the timeline's commit_lsn={tl.commit_lsn}"
+            )
+        await tl.report_persisted(request.remote_consistent_lsn)
+        return self._status(tl)
+
+    async def Stream(self, request: wal_pb2.StreamRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            tl = self.timelines.get(request.tenant_id, request.timeline_id)
+            self.log.info("stream_opened", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=request.start_lsn, peer=context.peer())
+            async for frames in tl.stream(request.start_lsn):
+                yield encode_wal_batch(frames, tl.commit_lsn)
+        except StrataError as exc:
+            self._log_failure("Stream", request, exc)
+            await context.abort(exc.code, str(exc))
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        def unary(fn: Callable[..., Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
+
+        handlers = {
+            "CreateTimeline": unary(self.CreateTimeline, wal_pb2.WalTimeline, wal_pb2.WalStatus),
+            "Append": unary(self.Append, wal_pb2.AppendRequest, wal_pb2.AppendResponse),
+            "Status": unary(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
+            "ReportPersisted": unary(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
+            "Stream": grpc.unary_stream_rpc_method_handler(
+                self.Stream, request_deserializer=wal_pb2.StreamRequest.FromString, response_serializer=bytes
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        return [SERVICE_NAME]

@@ -1,0 +1,136 @@
+"""The timelines a walservice node holds, and their directories.
+
+Layout under the data dir::
+
+    timelines/<tenant_id>/<timeline_id>/control          (control_file.py)
+    timelines/<tenant_id>/<timeline_id>/<lsn:016x>.wal   (segment.py)
+
+Creation is crash-safe: the directory is built as `.<timeline_id>.tmp` (control
+file and first segment, fsync'd), then renamed into place and the parent fsync'd;
+leftover `.tmp` directories are removed on start.
+
+A timeline whose files fail recovery is kept as *broken*: every call on it
+answers DATA_LOSS with what was found, it is logged at level=error, and nothing
+of it is served.
+
+Concurrency: the set is owned by the event loop; `create` runs its file work on
+the executor under `_create_lock` so two creations never race on one directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from concurrent.futures import Executor
+from pathlib import Path
+
+from strata import ids
+from strata.durable_file import fsync_dir
+from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
+from strata.logs import EventLogger
+from walservice.control_file import TimelineControl, read_control, write_control
+from walservice.sequencer import Timeline
+from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, TimelineWal
+
+
+class TimelineSet:
+    def __init__(self, data_dir: Path, executor: Executor, log: EventLogger, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.root = data_dir / "timelines"
+        self.executor = executor
+        self.log = log
+        self.segment_bytes = segment_bytes
+        self._timelines: dict[tuple[str, str], Timeline] = {}
+        self._broken: dict[tuple[str, str], CorruptionError] = {}
+        self._create_lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Recover every timeline on disk (at start, before serving)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for tenant_dir in sorted(self.root.iterdir()):
+            for tl_dir in sorted(tenant_dir.iterdir()):
+                if tl_dir.name.startswith("."):
+                    shutil.rmtree(tl_dir)
+                    continue
+                key = (tenant_dir.name, tl_dir.name)
+                try:
+                    wal = TimelineWal(tl_dir, read_control(tl_dir), self.segment_bytes)
+                    report = wal.recover(self.log)
+                except (CorruptionError, OSError) as exc:
+                    err = exc if isinstance(exc, CorruptionError) else CorruptionError(str(exc))
+                    self._broken[key] = CorruptionError(
+                        f"tenant={key[0]} timeline={key[1]} is stopped: its WAL failed recovery: {err}"
+                    )
+                    self.log.error("timeline_broken", tenant=key[0], timeline=key[1], error=err)
+                    continue
+                self._timelines[key] = Timeline(wal, self.executor, self.log)
+                self.log.info(
+                    "timeline_recovered",
+                    tenant=key[0],
+                    timeline=key[1],
+                    lsn=report.end_lsn,
+                    segments=report.segments,
+                    records=report.records,
+                    cut_bytes=report.truncated_bytes,
+                )
+
+    def get(self, tenant_id: str, timeline_id: str) -> Timeline:
+        key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
+        if key in self._broken:
+            raise self._broken[key]
+        try:
+            return self._timelines[key]
+        except KeyError:
+            raise NotFound(
+                f"tenant_id={tenant_id} timeline_id={timeline_id}: no such timeline on this walservice "
+                "(CreateTimeline first)"
+            ) from None
+
+    def __iter__(self):
+        return iter(list(self._timelines.values()))
+
+    async def create(self, tenant_id: str, timeline_id: str, start_lsn: int, page_size: int) -> Timeline:
+        """Create a timeline, or return the existing one if its parameters match."""
+        key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
+        size = ids.page_size(page_size)
+        async with self._create_lock:
+            existing = self._timelines.get(key)
+            if existing is None and key in self._broken:
+                raise self._broken[key]
+            if existing is not None:
+                c = existing.control
+                if (c.start_lsn, c.page_size) != (start_lsn, size):
+                    raise AlreadyExists(
+                        f"tenant_id={tenant_id} timeline_id={timeline_id} exists with start_lsn={c.start_lsn} "
+                        f"page_size={c.page_size}, not start_lsn={start_lsn} page_size={size}"
+                    )
+                return existing
+            control = TimelineControl(key[0], key[1], start_lsn, size, term=1, term_history=[(1, start_lsn)])
+            wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control)
+            timeline = Timeline(wal, self.executor, self.log)
+            self._timelines[key] = timeline
+            self.log.info("timeline_created", tenant=key[0], timeline=key[1], lsn=start_lsn, page_size=size)
+            return timeline
+
+    def _create_files(self, control: TimelineControl) -> TimelineWal:
+        tenant_dir = self.root / control.tenant_id
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        final = tenant_dir / control.timeline_id
+        tmp = tenant_dir / f".{control.timeline_id}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_control(tmp, control)
+        TimelineWal(tmp, control, self.segment_bytes).create_segment_file(control.start_lsn)
+        tmp.rename(final)
+        fsync_dir(tenant_dir)
+        fsync_dir(self.root)
+        wal = TimelineWal(final, control, self.segment_bytes)
+        wal.recover(self.log)
+        return wal
+
+    async def close(self) -> None:
+        for timeline in self:
+            try:
+                await timeline.close()
+            except StrataError:
+                pass
