@@ -20,12 +20,22 @@ from __future__ import annotations
 from strata.errors import InvalidArgument
 from strata.v1 import records_pb2
 
+# Writing block b makes the relation b + 1 blocks long, and nblocks is a uint32.
+MAX_BLKNO = 0xFFFFFFFE
+
 
 def validate_record(record: records_pb2.Record, page_size: int, field: str) -> None:
     """Raise InvalidArgument naming `field` (e.g. "records[3]") if `record` is malformed."""
     kind = record.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument(f"{field} has no kind: set one of image, patch, rel_size, rel_drop")
+    if kind in ("image", "patch"):
+        blkno = getattr(record, kind).blkno
+        if blkno > MAX_BLKNO:
+            raise InvalidArgument(
+                f"{field}.{kind}.blkno={blkno} is out of range: the largest block number is {MAX_BLKNO} "
+                "(a relation holds at most 2^32-1 blocks)"
+            )
     if kind == "image":
         n = len(record.image.page)
         if n != page_size:
