@@ -135,10 +135,21 @@ def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: st
     raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
 
 
-def components(data_dir: Path) -> list[ComponentSpec]:
-    return [
-        ComponentSpec("walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice")]),
-    ]
+def components(data_dir: Path, started: list[ProcessRecord]) -> list[ComponentSpec]:
+    """The next component to start, given those already started (they depend on each other's addresses)."""
+    addresses = {p.name: p.address for p in started}
+    if "walservice" not in addresses:
+        return [ComponentSpec("walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice")])]
+    if "pageserver" not in addresses:
+        return [
+            ComponentSpec(
+                "pageserver",
+                "pageserver",
+                6400,
+                ["--data-dir", str(data_dir / "pageserver"), "--walservice", addresses["walservice"]],
+            )
+        ]
+    return []
 
 
 def up(args: argparse.Namespace) -> int:
@@ -154,8 +165,8 @@ def up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []
     try:
-        for spec in components(data_dir.resolve()):
-            started.append(_start(spec, data_dir.resolve()))
+        while specs := components(data_dir.resolve(), started):
+            started.append(_start(specs[0], data_dir.resolve()))
             _write_state(data_dir, started)
     except SystemExit:
         for p in started:
@@ -167,9 +178,9 @@ def up(args: argparse.Namespace) -> int:
     wal = next(p.address for p in started if p.name == "walservice")
     print(
         "\nTry:\n"
-        "  strata status                                   # what runs and where\n"
-        f"  python -m bench.wal_append --quick --target {wal}   # durable appends/s against it\n"
-        "  strata down                                     # stop it"
+        "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
+        f"  .venv/bin/python -m bench.wal_append --quick --target {wal}   # durable appends/s against it\n"
+        "  .venv/bin/strata down                            # stop it"
     )
     return 0
 
@@ -214,7 +225,25 @@ def status(args: argparse.Namespace) -> int:
         state = _health(p.address) if _alive(p.pid) else "not running"
         healthy &= state == "SERVING"
         print(f"{p.name:<12} {p.address:<22} {p.pid:<8} {state}")
+    pageserver = next((p for p in processes if p.name == "pageserver"), None)
+    if pageserver is not None and healthy:
+        _print_timelines(pageserver.address)
     return 0 if healthy else 1
+
+
+def _print_timelines(address: str) -> None:
+    from strata.v1 import timeline_pb2, timeline_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = timeline_pb2_grpc.TimelineServiceStub(channel)
+        tenants = stub.ListTenants(timeline_pb2.ListTenantsRequest(), timeout=5).tenants
+        print(f"\n{len(tenants)} tenant(s)")
+        for tenant in tenants:
+            print(f"tenant {tenant.tenant_id}  page_size={tenant.page_size}  timelines={tenant.timeline_count}")
+            timelines = stub.ListTimelines(timeline_pb2.TenantRef(tenant_id=tenant.tenant_id), timeout=5).timelines
+            for tl in timelines:
+                parent = f"  branch of {tl.ancestor_timeline_id}@{tl.ancestor_lsn}" if tl.ancestor_timeline_id else ""
+                print(f"  timeline {tl.timeline_id}  last_record_lsn={tl.last_record_lsn}  disk_consistent_lsn={tl.disk_consistent_lsn}{parent}")
 
 
 def main(command: str, argv: list[str]) -> int:

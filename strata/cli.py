@@ -11,6 +11,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="strata", description="Strata: storage for agent-era databases.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("walservice", help="run one walservice node", add_help=False)
+    sub.add_parser("pageserver", help="run one pageserver", add_help=False)
     sub.add_parser("up", help="start the local stack on loopback", add_help=False)
     sub.add_parser("down", help="stop the local stack", add_help=False)
     sub.add_parser("status", help="say what runs and where", add_help=False)
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
         from walservice.server import main as walservice_main
 
         walservice_main(rest)
+    elif command == "pageserver":
+        from pageserver.server import main as pageserver_main
+
+        pageserver_main(rest)
     elif command in ("up", "down", "status"):
         from deploy import local_stack
 

@@ -10,15 +10,19 @@ to `grace` seconds, then runs `stopped` (close files) and returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from strata.errors import CorruptionError, StrataError
 from strata.logs import EventLogger
 
 Hook = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -72,3 +76,31 @@ async def serve(
     if stopped is not None:
         await stopped()
     log.info("stopped", address=address)
+
+
+def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataError) -> None:
+    """Client mistakes at info, our own failures (corruption, internal) at error."""
+    ours = isinstance(exc, CorruptionError) or type(exc) is StrataError
+    (log.error if ours else log.info)(
+        "rpc_failed",
+        method=method,
+        tenant=getattr(request, "tenant_id", None),
+        timeline=getattr(request, "timeline_id", None),
+        code=exc.code.name,
+        error=exc,
+    )
+
+
+def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Wrap a servicer method (with `self.log`): StrataError -> its gRPC status."""
+
+    @functools.wraps(fn)
+    async def handler(self, request, context: grpc.aio.ServicerContext) -> T:  # type: ignore[no-untyped-def]
+        try:
+            return await fn(self, request, context)
+        except StrataError as exc:
+            log_rpc_failure(self.log, fn.__name__, request, exc)
+            await context.abort(exc.code, str(exc))
+            raise  # unreachable: abort raises
+
+    return handler

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from strata.v1 import wal_pb2_grpc
+from strata.v1 import page_pb2_grpc, timeline_pb2_grpc, wal_pb2_grpc
 
 START_TIMEOUT_S = 30.0
 
@@ -114,6 +114,26 @@ class StrataEnv:
         comp.start()
         self.components.append(comp)
         return comp
+
+    def pageserver(self, walservice: Component, *extra: str, name: str = "pageserver") -> Component:
+        """A pageserver streaming from `walservice`, started."""
+        data_dir = self.root / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        comp = Component(
+            name,
+            [sys.executable, "-m", "pageserver", "--data-dir", str(data_dir), "--walservice", walservice.address, *extra],
+            data_dir,
+            self.root / f"{name}.log",
+        )
+        comp.start()
+        self.components.append(comp)
+        return comp
+
+    def page_stub(self, comp: Component) -> page_pb2_grpc.PageServiceStub:
+        return page_pb2_grpc.PageServiceStub(comp.channel())
+
+    def timeline_stub(self, comp: Component) -> timeline_pb2_grpc.TimelineServiceStub:
+        return timeline_pb2_grpc.TimelineServiceStub(comp.channel())
 
     def wal_stub(self, comp: Component) -> wal_pb2_grpc.WalServiceStub:
         return wal_pb2_grpc.WalServiceStub(comp.channel())

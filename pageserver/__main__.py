@@ -1,0 +1,3 @@
+from pageserver.server import main
+
+main()

@@ -1,0 +1,72 @@
+"""A timeline's manifest: `index_part.json` (local, and the remote truth later).
+
+It lists the layer files that make up the timeline and its metadata. Written
+only after every layer it names is durably written (locally: fsync'd; remotely:
+uploaded), so any index that can be read names only whole layers. Files in the
+timeline directory that the index does not name are leftovers of a crash
+(a layer written but not yet indexed, or replaced by compaction) and are
+deleted on load.
+
+Format: a JSON object with `format_version` (FORMAT_VERSION = 1) and a
+`checksum` (strata/checksummed_json.py); a mismatch is CorruptionError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from strata import checksummed_json
+from strata.durable_file import write_durably
+
+FORMAT_VERSION = 1
+FILE_NAME = "index_part.json"
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    file_name: str
+    file_size: int
+    file_checksum: int
+
+
+@dataclass(frozen=True)
+class IndexPart:
+    tenant_id: str
+    timeline_id: str
+    ancestor_timeline_id: str
+    ancestor_lsn: int
+    # Records with LSN <= disk_consistent_lsn are all in the listed layers.
+    disk_consistent_lsn: int
+    layers: tuple[LayerEntry, ...] = ()
+    gc_cutoff_lsn: int = 0
+    created_at_us: int = 0
+    expires_at_us: int = 0
+    generation: int = 0
+    # (lsn, commit_time_us) samples, for GetLsnByTimestamp.
+    commit_times: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    format_version: int = FORMAT_VERSION
+
+    def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: int) -> IndexPart:
+        return replace(self, layers=tuple(layers), disk_consistent_lsn=disk_consistent_lsn)
+
+    def encode(self) -> bytes:
+        body = asdict(self)
+        del body["format_version"]
+        return checksummed_json.encode(body, FORMAT_VERSION)
+
+    @classmethod
+    def decode(cls, data: bytes, where: str = FILE_NAME) -> IndexPart:
+        body = checksummed_json.decode(data, where, FORMAT_VERSION)
+        body["layers"] = tuple(LayerEntry(**entry) for entry in body["layers"])
+        body["commit_times"] = tuple(tuple(x) for x in body.get("commit_times", ()))
+        return cls(**body)
+
+
+def write_index_part(timeline_dir: Path, index: IndexPart) -> None:
+    write_durably(timeline_dir / FILE_NAME, index.encode())
+
+
+def read_index_part(timeline_dir: Path) -> IndexPart:
+    path = timeline_dir / FILE_NAME
+    return IndexPart.decode(path.read_bytes(), where=str(path))

@@ -1,0 +1,113 @@
+"""WalReceiver: streams one timeline's WAL from the walservice and applies it.
+
+It opens `Stream(start_lsn = last_record_lsn)`: after a restart that is
+disk_consistent_lsn, so every record not yet in a layer file is applied once,
+in LSN order. A broken stream is reopened with backoff (logged once per
+outage, and when it recovers). After each flushed layer the receiver reports
+`disk_consistent_lsn` to the walservice (ReportPersisted), which may then trim
+WAL below it (remote storage will make that remote_consistent_lsn).
+
+Concurrency: one asyncio task per timeline, on the pageserver's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from strata.logs import EventLogger
+from strata.v1 import wal_pb2, wal_pb2_grpc
+
+if TYPE_CHECKING:
+    from pageserver.timeline import Timeline
+
+MAX_BACKOFF_S = 5.0
+
+
+class WalReceiver:
+    def __init__(
+        self,
+        timeline: Timeline,
+        wal_stub: wal_pb2_grpc.WalServiceStub,
+        log: EventLogger,
+        backpressure: Callable[[Timeline], Awaitable[None]],
+    ) -> None:
+        self.timeline = timeline
+        self.stub = wal_stub
+        self.log = log
+        self.backpressure = backpressure
+        self._task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in (self._task, self._report_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+                    pass
+
+    async def _run(self) -> None:
+        tl = self.timeline
+        backoff = 0.1
+        failing = False
+        while not self._stopping:
+            request = wal_pb2.StreamRequest(tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, start_lsn=tl.last_record_lsn)
+            try:
+                call = self.stub.Stream(request)
+                async for batch in call:
+                    if failing:
+                        self.log.info("wal_stream_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
+                        failing = False
+                    backoff = 0.1
+                    commit_time = 0
+                    for rec in batch.records:
+                        if rec.lsn <= tl.last_record_lsn:
+                            continue
+                        record_bytes = rec.record.SerializeToString() if rec.record.HasField("patch") else b""
+                        tl.ingest(rec.lsn, rec.record, record_bytes)
+                        commit_time = rec.commit_time_us
+                    tl.ingested(commit_time)
+                    await self.backpressure(tl)
+                # The walservice ended the stream (it is shutting down): reconnect.
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if not failing:
+                    self.log.warning(
+                        "wal_stream_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn,
+                        code=exc.code().name, error=exc.details(),
+                    )
+                    failing = True
+            except Exception as exc:  # noqa: BLE001 - a bug or corrupt record: say so loudly, keep retrying
+                self.log.error("wal_ingest_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn, error=repr(exc))
+                failing = True
+            if self._stopping:
+                return
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def report_persisted(self) -> None:
+        """Tell the walservice what is durable here (coalesced: one report in flight)."""
+        if self._report_task is None or self._report_task.done():
+            self._report_task = asyncio.create_task(self._report())
+
+    async def _report(self) -> None:
+        tl = self.timeline
+        request = wal_pb2.PersistedRequest(
+            tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, remote_consistent_lsn=tl.disk_consistent_lsn
+        )
+        try:
+            await self.stub.ReportPersisted(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            self.log.warning("report_persisted_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.disk_consistent_lsn, code=exc.code().name)

@@ -1,0 +1,86 @@
+"""`strata pageserver`: one pageserver process (`python -m pageserver` is the same)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from pageserver import service
+from pageserver.layers.block_file import BlockCache
+from pageserver.tenant import PageserverContext, TenantSet
+from pageserver.timeline import TimelineConfig
+from strata import grpc_server, logs
+from strata.v1 import wal_pb2_grpc
+
+DEFAULT_LISTEN = "127.0.0.1:6400"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TimelineConfig()
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve on (port 0 picks a free one)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="local layer files and metadata")
+    parser.add_argument("--walservice", required=True, help="A[,B,C]: the walservice node(s) to stream WAL from")
+    parser.add_argument("--remote-storage", default="", help="file://DIR or s3://bucket/prefix (not used yet: layers stay local)")
+    parser.add_argument("--checkpoint-bytes", type=int, default=d.checkpoint_bytes, help="freeze the in-memory layer past this size")
+    parser.add_argument("--checkpoint-timeout", type=float, default=d.checkpoint_timeout_s, help="... or once it is this many seconds old")
+    parser.add_argument("--compaction-threshold", type=int, default=d.compaction_threshold, help="compact at this many L0 layers")
+    parser.add_argument("--image-threshold", type=int, default=d.image_threshold, help="write an image layer at this many deltas above the last")
+    parser.add_argument("--l1-target-bytes", type=int, default=d.l1_target_bytes, help="the size L1 delta files are cut at")
+    parser.add_argument("--l0-stall-threshold", type=int, default=d.l0_stall_threshold, help="ingest waits for compaction past this many L0s")
+    parser.add_argument("--block-cache-bytes", type=int, default=256 * 1024 * 1024, help="decompressed layer blocks kept in memory")
+    parser.add_argument("--log-level", default="info")
+
+
+async def run(args: argparse.Namespace) -> None:
+    log = logs.event_logger("pageserver")
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    config = TimelineConfig(
+        checkpoint_bytes=args.checkpoint_bytes,
+        checkpoint_timeout_s=args.checkpoint_timeout,
+        compaction_threshold=args.compaction_threshold,
+        image_threshold=args.image_threshold,
+        l1_target_bytes=args.l1_target_bytes,
+        l0_stall_threshold=args.l0_stall_threshold,
+    )
+    wal_address = args.walservice.split(",")[0]
+    channel = grpc.aio.insecure_channel(
+        wal_address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    )
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageserver-io") as executor:
+        ctx = PageserverContext(
+            data_dir=args.data_dir,
+            executor=executor,
+            block_cache=BlockCache(args.block_cache_bytes),
+            timeline_config=config,
+            log=log,
+            wal_stub=wal_pb2_grpc.WalServiceStub(channel),
+        )
+        tenants = TenantSet(ctx)
+        tenants.load()
+        ticker = asyncio.create_task(tenants.run_ticks())
+
+        async def stopped() -> None:
+            ticker.cancel()
+            await tenants.shutdown()
+            await channel.close()
+
+        await grpc_server.serve(
+            listen=args.listen,
+            log=log,
+            register=lambda server: service.register(server, tenants, log),
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            stopped=stopped,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="strata pageserver", description="Run one pageserver.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    asyncio.run(run(args))

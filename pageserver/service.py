@@ -1,0 +1,171 @@
+"""The pageserver's gRPC services: PageService (reads) and TimelineService.
+
+Handlers validate their request before touching state and map StrataError onto
+the contract's codes through `unary_rpc` (strata/grpc_server.py). Reads run on
+the event loop: a read for an LSN not yet ingested waits for it until the call's
+deadline (DEADLINE_EXCEEDED after), and LSN 0 reads the latest ingested state
+and says which LSN that was.
+
+GetPages is the fast path: each request message carries many page requests and
+gets one response message with the answers in order; a request that fails gets
+its status code and message in its PageResult, and the others are served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from pageserver.tenant import Tenant, TenantSet
+from pageserver.timeline import Timeline
+from strata import ids
+from strata.errors import StrataError, Unavailable
+from strata.grpc_server import log_rpc_failure, unary_rpc
+from strata.logs import EventLogger
+from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc
+
+
+def timeline_info(tl: Timeline, with_sizes: bool = True) -> timeline_pb2.TimelineInfo:
+    return timeline_pb2.TimelineInfo(
+        tenant_id=tl.tenant_id,
+        timeline_id=tl.timeline_id,
+        ancestor_timeline_id=tl.ancestor.timeline_id if tl.ancestor else "",
+        ancestor_lsn=tl.ancestor_lsn,
+        last_record_lsn=tl.last_record_lsn,
+        disk_consistent_lsn=tl.disk_consistent_lsn,
+        remote_consistent_lsn=0,
+        gc_cutoff_lsn=tl.index.gc_cutoff_lsn,
+        logical_size=tl.logical_size() if with_sizes else 0,
+        physical_size=tl.physical_size(),
+        expires_at_us=tl.index.expires_at_us,
+        state="deleted" if tl.deleted else "active",
+    )
+
+
+def tenant_info(tenant: Tenant) -> timeline_pb2.TenantInfo:
+    c = tenant.config
+    return timeline_pb2.TenantInfo(
+        tenant_id=c.tenant_id,
+        page_size=c.page_size,
+        pitr_seconds=c.pitr_seconds,
+        timeline_count=len(tenant.timelines),
+        generation=c.generation,
+        state="active",
+    )
+
+
+async def _read_timeline(tenants: TenantSet, req, context: grpc.aio.ServicerContext) -> tuple[Timeline, int]:
+    """The timeline a read names and the LSN to read at (waiting for it if needed)."""
+    tl = tenants.timeline(req.tenant_id, req.timeline_id)
+    if req.lsn:
+        await tl.wait_for_lsn(req.lsn, context.time_remaining())
+    return tl, tl.read_lsn(req.lsn)
+
+
+class PageServicer(page_pb2_grpc.PageServiceServicer):
+    def __init__(self, tenants: TenantSet, log: EventLogger) -> None:
+        self.tenants = tenants
+        self.log = log
+
+    @unary_rpc
+    async def GetPage(self, request: page_pb2.GetPageRequest, context: grpc.aio.ServicerContext) -> page_pb2.GetPageResponse:
+        tl, lsn = await _read_timeline(self.tenants, request, context)
+        return page_pb2.GetPageResponse(page=tl.get_page(request.rel, request.blkno, lsn), lsn=lsn)
+
+    @unary_rpc
+    async def GetRelSize(self, request: page_pb2.RelRequest, context: grpc.aio.ServicerContext) -> page_pb2.RelSizeResponse:
+        tl, lsn = await _read_timeline(self.tenants, request, context)
+        state = tl.get_rel_state(request.rel, lsn)
+        return page_pb2.RelSizeResponse(exists=state.exists, nblocks=state.nblocks if state.exists else 0, lsn=lsn)
+
+    async def GetPages(
+        self, request_iterator: AsyncIterator[page_pb2.GetPagesRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[page_pb2.GetPagesResponse]:
+        async for message in request_iterator:
+            results = []
+            for req in message.requests:
+                try:
+                    tl, lsn = await _read_timeline(self.tenants, req, context)
+                    results.append(page_pb2.PageResult(page=tl.get_page(req.rel, req.blkno, lsn), lsn=lsn))
+                except StrataError as exc:
+                    log_rpc_failure(self.log, "GetPages", req, exc)
+                    results.append(page_pb2.PageResult(error_code=exc.code.value[0], error=str(exc)))
+            yield page_pb2.GetPagesResponse(responses=results)
+
+
+class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
+    def __init__(self, tenants: TenantSet, log: EventLogger) -> None:
+        self.tenants = tenants
+        self.log = log
+
+    @unary_rpc
+    async def CreateTenant(self, request: timeline_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
+        tenant = await self.tenants.create_tenant(request.tenant_id, request.page_size, request.pitr_seconds)
+        return tenant_info(tenant)
+
+    @unary_rpc
+    async def ListTenants(self, request: timeline_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.ListTenantsResponse:
+        return timeline_pb2.ListTenantsResponse(tenants=[tenant_info(t) for t in self.tenants.tenants.values()])
+
+    @unary_rpc
+    async def DeleteTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
+        return tenant_info(await self.tenants.delete_tenant(request.tenant_id))
+
+    @unary_rpc
+    async def CreateTimeline(self, request: timeline_pb2.CreateTimelineRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        tenant = self.tenants.get(request.tenant_id)
+        tl = await tenant.create_timeline(
+            request.timeline_id, request.ancestor_timeline_id, request.ancestor_lsn, request.ttl_seconds, context.time_remaining()
+        )
+        return timeline_info(tl, with_sizes=False)
+
+    @unary_rpc
+    async def GetTimeline(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        return timeline_info(self.tenants.timeline(request.tenant_id, request.timeline_id))
+
+    @unary_rpc
+    async def ListTimelines(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.ListTimelinesResponse:
+        tenant = self.tenants.get(request.tenant_id)
+        return timeline_pb2.ListTimelinesResponse(timelines=[timeline_info(tl, with_sizes=False) for tl in tenant.timelines.values()])
+
+    @unary_rpc
+    async def DeleteTimeline(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        tenant = self.tenants.get(request.tenant_id)
+        return timeline_info(await tenant.delete_timeline(request.timeline_id), with_sizes=False)
+
+    @unary_rpc
+    async def GetLsnByTimestamp(self, request: timeline_pb2.LsnByTimestampRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.LsnByTimestampResponse:
+        tl = self.tenants.timeline(request.tenant_id, request.timeline_id)
+        lsn, kind = tl.lsn_by_timestamp(request.timestamp_us)
+        return timeline_pb2.LsnByTimestampResponse(lsn=lsn, kind=kind)
+
+    @unary_rpc
+    async def Compact(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        """Freeze and flush what is in memory, then compact L0 and write images where due."""
+        tenant = self.tenants.get(request.tenant_id)
+        tl = tenant.get_timeline(request.timeline_id)
+        await tl.checkpoint()
+        await tenant.schedule_compaction(tl, force=True)
+        return timeline_info(tl)
+
+    @unary_rpc
+    async def Gc(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        self.tenants.timeline(request.tenant_id, request.timeline_id)
+        raise Unavailable("Gc is not available yet: it arrives with remote storage and the PITR window")
+
+    @unary_rpc
+    async def AttachTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
+        ids.tenant_id(request.tenant_id)
+        raise Unavailable("AttachTenant is not available yet: it needs remote storage")
+
+    @unary_rpc
+    async def DetachTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
+        ids.tenant_id(request.tenant_id)
+        raise Unavailable("DetachTenant is not available yet: it needs remote storage")
+
+
+def register(server: grpc.aio.Server, tenants: TenantSet, log: EventLogger) -> list[str]:
+    page_pb2_grpc.add_PageServiceServicer_to_server(PageServicer(tenants, log), server)
+    timeline_pb2_grpc.add_TimelineServiceServicer_to_server(TimelineServicer(tenants, log), server)
+    return ["strata.v1.PageService", "strata.v1.TimelineService"]

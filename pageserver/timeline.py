@@ -1,0 +1,336 @@
+"""One timeline on the pageserver: applying WAL, freezing and flushing layers,
+reads at an LSN, and waiting for LSNs.
+
+LSNs (invariants): disk_consistent_lsn <= last_record_lsn. Every record with
+LSN <= disk_consistent_lsn is in a layer file named by index_part.json; records
+above it are in in-memory layers and are re-streamed from the walservice after
+a restart (ingest resumes at disk_consistent_lsn, so nothing is applied twice).
+A branch's own records all have LSN > ancestor_lsn; below that it reads its
+ancestor.
+
+Crash consistency of a flush: the L0 delta file is written and fsync'd under a
+temp name and renamed (layers/delta.py), then index_part.json is rewritten to
+name it with the new disk_consistent_lsn. A crash before the index write leaves
+an unnamed file that load() deletes; after it, the layer is part of the timeline.
+
+Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
+serializes index_part changes (flush, compaction); file writing and compaction
+run on the executor and touch only frozen or immutable layers. Compaction of
+all timelines of a tenant is serialized by the tenant's compaction lock, so no
+layer a compaction reads is deleted under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pageserver import compaction, reconstruct
+from pageserver.in_memory_layer import InMemoryLayer
+from pageserver.index_part import IndexPart, LayerEntry, write_index_part
+from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
+from pageserver.layer_map import HistoricLayer, LayerMap
+from pageserver.layers.block_file import BlockCache
+from pageserver.layers.names import LayerName
+from pageserver.value import RelState, encode_image, encode_patch, encode_rel_state
+from strata.errors import DeadlineExceeded, Unavailable
+from strata.logs import EventLogger
+from strata.v1 import records_pb2
+
+
+@dataclass(frozen=True)
+class TimelineConfig:
+    """Tunables, with Neon's defaults scaled for a Python process (flags in server.py)."""
+
+    checkpoint_bytes: int = 64 * 1024 * 1024  # freeze the open layer past this
+    checkpoint_timeout_s: float = 600.0  # ... or once it is this old
+    compaction_threshold: int = 10  # compact L0 into L1 at this many L0 layers
+    image_threshold: int = 3  # write an image layer once this many deltas sit above the last image
+    l1_target_bytes: int = 64 * 1024 * 1024  # cut L1 delta files at about this size
+    l0_stall_threshold: int = 30  # ingest waits for compaction past this many L0 layers
+    max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
+
+
+class Timeline:
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        timeline_id: str,
+        page_size: int,
+        directory: Path,
+        index: IndexPart,
+        ancestor: Timeline | None,
+        config: TimelineConfig,
+        block_cache: BlockCache,
+        executor: Executor,
+        log: EventLogger,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.timeline_id = timeline_id
+        self.page_size = page_size
+        self.directory = directory
+        self.index = index
+        self.ancestor = ancestor
+        self.ancestor_lsn = index.ancestor_lsn
+        self.config = config
+        self.executor = executor
+        self.log = log
+        self.layer_map = LayerMap(block_cache)
+        for entry in index.layers:
+            self.layer_map.historic.append(
+                HistoricLayer(LayerName.parse(entry.file_name), directory / entry.file_name, entry.file_size, entry.file_checksum)
+            )
+        self.disk_consistent_lsn = index.disk_consistent_lsn
+        self.last_record_lsn = index.disk_consistent_lsn
+        self.children: set[str] = set()
+        self.deleted = False
+        self.on_persisted: Callable[[Timeline], None] | None = None
+        self._lsn_event = asyncio.Event()
+        self._rel_states: dict[int, RelState] = {}  # at last_record_lsn, for rels ingest touched
+        self._index_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._commit_times: list[tuple[int, int]] = list(index.commit_times)
+
+    def __repr__(self) -> str:
+        return f"Timeline({self.tenant_id}/{self.timeline_id})"
+
+    @property
+    def start_lsn(self) -> int:
+        return self.ancestor_lsn
+
+    # -- ingest (event loop) ------------------------------------------------------
+
+    def _rel_state(self, rel: int) -> RelState:
+        state = self._rel_states.get(rel)
+        if state is None:
+            state, _ = reconstruct.rel_state(self, rel, self.last_record_lsn)
+            self._rel_states[rel] = state
+        return state
+
+    def _open_layer(self) -> InMemoryLayer:
+        if self.layer_map.open_layer is None:
+            self.layer_map.open_layer = InMemoryLayer(self.last_record_lsn + 1)
+        return self.layer_map.open_layer
+
+    def _set_rel_state(self, layer: InMemoryLayer, rel: int, lsn: int, state: RelState) -> None:
+        layer.put(rel_meta_key(rel), lsn, encode_rel_state(state))
+        self._rel_states[rel] = state
+
+    def ingest(self, lsn: int, record: records_pb2.Record, record_bytes: bytes) -> None:
+        """Apply one record (LSN order, each once) to the open in-memory layer."""
+        if lsn <= self.last_record_lsn:
+            raise ValueError(f"{self}: record lsn={lsn} is not past last_record_lsn={self.last_record_lsn}")
+        layer = self._open_layer()
+        kind = record.WhichOneof("kind")
+        if kind in ("image", "patch"):
+            body = getattr(record, kind)
+            rel, blkno = body.rel, body.blkno
+            state = self._rel_state(rel)
+            fresh = not state.covers(blkno)
+            if kind == "image":
+                layer.put(page_key(rel, blkno), lsn, encode_image(body.page))
+            else:
+                layer.put(page_key(rel, blkno), lsn, encode_patch(record_bytes, from_zero=fresh))
+            if fresh:
+                nblocks = max(blkno + 1, state.nblocks if state.exists else 0)
+                self._set_rel_state(layer, rel, lsn, RelState(True, nblocks))
+        elif kind == "rel_size":
+            self._set_rel_state(layer, record.rel_size.rel, lsn, RelState(True, record.rel_size.nblocks))
+        elif kind == "rel_drop":
+            self._set_rel_state(layer, record.rel_drop.rel, lsn, RelState(False, 0))
+        else:
+            raise ValueError(f"{self}: record at lsn={lsn} has no kind")
+        self.last_record_lsn = lsn
+
+    def ingested(self, commit_time_us: int) -> None:
+        """After a batch of records: wake readers, note the commit time, maybe freeze."""
+        self._lsn_event.set()
+        self._lsn_event = asyncio.Event()
+        if commit_time_us and (not self._commit_times or self._commit_times[-1][1] < commit_time_us):
+            self._commit_times.append((self.last_record_lsn, commit_time_us))
+        self.maybe_freeze()
+
+    def maybe_freeze(self, force: bool = False) -> bool:
+        layer = self.layer_map.open_layer
+        if layer is None or layer.empty:
+            return False
+        old = time.monotonic() - layer.created_at >= self.config.checkpoint_timeout_s
+        if not (force or old or layer.bytes >= self.config.checkpoint_bytes):
+            return False
+        layer.freeze()
+        self.layer_map.frozen.append(layer)
+        self.layer_map.open_layer = None
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_frozen())
+        return True
+
+    async def _flush_frozen(self) -> None:
+        try:
+            while self.layer_map.frozen and not self.deleted:
+                await self._flush_one(self.layer_map.frozen[0])
+        except Exception as exc:  # noqa: BLE001 - logged; the layer stays in memory and is retried
+            self.log.error("layer_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, error=repr(exc))
+        finally:
+            self._flush_task = None
+
+    async def _flush_one(self, mem: InMemoryLayer) -> None:
+        name = LayerName("delta", 0, KEY_SPACE_END, mem.start_lsn, mem.end_lsn, self.index.generation)
+        path = self.directory / name.file_name
+        loop = asyncio.get_running_loop()
+        summary = await loop.run_in_executor(self.executor, compaction.write_l0_delta, path, mem, self.tenant_id, self.timeline_id)
+        layer = HistoricLayer(name, path, summary.file_size, summary.file_checksum)
+        async with self._index_lock:
+            entry = LayerEntry(name.file_name, summary.file_size, summary.file_checksum)
+            index = replace(
+                self.index.with_layers([*self.index.layers, entry], mem.end_lsn - 1),
+                commit_times=tuple(self._commit_times[-1000:]),
+            )
+            await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
+            self.index = index
+            self.layer_map.historic.append(layer)
+            self.layer_map.frozen.remove(mem)
+            self.disk_consistent_lsn = mem.end_lsn - 1
+        self.log.info(
+            "layer_flushed",
+            tenant=self.tenant_id,
+            timeline=self.timeline_id,
+            layer=name.file_name,
+            lsn=self.disk_consistent_lsn,
+            bytes=summary.file_size,
+        )
+        if self.on_persisted is not None:
+            self.on_persisted(self)
+
+    async def checkpoint(self) -> None:
+        """Freeze the open layer and wait until everything ingested is in layer files."""
+        self.maybe_freeze(force=True)
+        while self._flush_task is not None:
+            await self._flush_task
+        if self.layer_map.frozen and not self.deleted:
+            self._flush_task = asyncio.create_task(self._flush_frozen())
+            await self._flush_task
+
+    async def commit_layers(self, remove: list[HistoricLayer], add: list[HistoricLayer]) -> None:
+        """Swap layers in the index and the map (compaction), then delete the old files."""
+        loop = asyncio.get_running_loop()
+        async with self._index_lock:
+            gone = {l.name.file_name for l in remove}
+            entries = [e for e in self.index.layers if e.file_name not in gone]
+            entries += [LayerEntry(l.name.file_name, l.file_size, l.file_checksum) for l in add]
+            index = self.index.with_layers(entries, self.index.disk_consistent_lsn)
+            await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
+            self.index = index
+            self.layer_map.replace_historic(remove, add)
+        for layer in remove:
+            layer.close()
+            layer.path.unlink(missing_ok=True)
+
+    async def compact(self, tenant_lock: asyncio.Lock, force: bool = False) -> None:
+        """L0 -> L1 when enough L0s piled up (or any, with force), then image layers
+        where deltas got deep. One compaction per tenant at a time (tenant_lock)."""
+        loop = asyncio.get_running_loop()
+        async with tenant_lock:
+            if self.deleted:
+                return
+            l0 = self.layer_map.l0_deltas()
+            if l0 and (force or len(l0) >= self.config.compaction_threshold):
+                l1 = await loop.run_in_executor(
+                    self.executor, compaction.compact_l0, l0, self.directory, self.tenant_id, self.timeline_id,
+                    self.index.generation, self.config.l1_target_bytes, self.layer_map.block_cache,
+                )
+                await self.commit_layers(l0, l1)
+                self.log.info(
+                    "compacted_l0", tenant=self.tenant_id, timeline=self.timeline_id, l0=len(l0), l1=len(l1),
+                    lsn=l0[-1].name.lsn_end - 1,
+                )
+            partitions = compaction.image_partitions(self, self.config.image_threshold)
+            if partitions:
+                lsn = self.disk_consistent_lsn
+                keys = compaction.all_keys(self)
+                images = await loop.run_in_executor(
+                    self.executor, compaction.create_image_layers, self, partitions, keys, lsn, self.index.generation
+                )
+                await self.commit_layers([], images)
+                self.log.info("created_images", tenant=self.tenant_id, timeline=self.timeline_id, layers=len(images), lsn=lsn)
+
+    def needs_compaction(self) -> bool:
+        return len(self.layer_map.l0_deltas()) >= self.config.compaction_threshold
+
+    # -- reads (event loop) -----------------------------------------------------
+
+    async def wait_for_lsn(self, lsn: int, timeout: float | None) -> None:
+        if lsn <= self.last_record_lsn:
+            return
+        wait_s = self.config.max_wait_lsn_s if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + wait_s
+        while lsn > self.last_record_lsn:
+            if self.deleted:
+                raise Unavailable(f"{self} was deleted while waiting for lsn={lsn}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(
+                    f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: lsn={lsn} not reached "
+                    f"within {wait_s:.1f}s (last_record_lsn={self.last_record_lsn})"
+                )
+            try:
+                await asyncio.wait_for(self._lsn_event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def read_lsn(self, lsn: int) -> int:
+        """The LSN a read at `lsn` uses (0 = the latest ingested)."""
+        return lsn or self.last_record_lsn
+
+    def get_page(self, rel: int, blkno: int, lsn: int) -> bytes:
+        return reconstruct.get_page(self, rel, blkno, lsn, self.page_size)
+
+    def get_rel_state(self, rel: int, lsn: int) -> RelState:
+        return reconstruct.rel_state(self, rel, lsn)[0]
+
+    def lsn_by_timestamp(self, timestamp_us: int) -> tuple[int, str]:
+        """The LSN of the last commit at or before `timestamp_us`, and "past"
+        (before the first commit: the timeline's start), "present", or "future"
+        (at or after the last commit known)."""
+        times = self._commit_times
+        i = bisect.bisect_right([t for _, t in times], timestamp_us)
+        if i == 0:
+            return self.start_lsn, "past"
+        return times[i - 1][0], "future" if i == len(times) else "present"
+
+    # -- sizes --------------------------------------------------------------------
+
+    def physical_size(self) -> int:
+        return sum(l.file_size for l in self.layer_map.historic)
+
+    def relations(self) -> set[int]:
+        """Every relation that has had a metadata value here or in an ancestor."""
+        from pageserver.keys import is_meta_key, key_rel
+
+        rels: set[int] = set()
+        for key in compaction.all_keys(self):
+            if is_meta_key(key):
+                rels.add(key_rel(key))
+        return rels
+
+    def logical_size(self) -> int:
+        lsn = self.last_record_lsn
+        total = 0
+        for rel in self.relations():
+            state = self.get_rel_state(rel, lsn)
+            if state.exists:
+                total += state.nblocks * self.page_size
+        return total
+
+    async def shutdown(self, flush: bool) -> None:
+        if flush and not self.deleted:
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on; the WAL still has it
+                self.log.warning("shutdown_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, error=repr(exc))
+        self.layer_map.close()

@@ -1,0 +1,43 @@
+"""Small metadata files as JSON with a version and a checksum.
+
+The object carries `format_version` and `checksum`: xxhash64 (16 hex digits) of
+the canonical JSON (sorted keys, no spaces) of every other field. Used by the
+pageserver's index_part.json and tenant.json.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import xxhash
+
+from strata.errors import CorruptionError
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return f"{xxhash.xxh64_intdigest(canonical):016x}"
+
+
+def encode(body: dict[str, Any], format_version: int) -> bytes:
+    body = dict(body, format_version=format_version)
+    body["checksum"] = _checksum(body)
+    return json.dumps(body, sort_keys=True, indent=1).encode()
+
+
+def decode(data: bytes, where: str, format_version: int) -> dict[str, Any]:
+    """The fields without `checksum` and `format_version`; CorruptionError if bad."""
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise CorruptionError(f"{where}: not JSON: {exc}") from exc
+    if not isinstance(body, dict) or "checksum" not in body:
+        raise CorruptionError(f"{where}: no checksum field")
+    stored = body.pop("checksum")
+    if _checksum(body) != stored:
+        raise CorruptionError(f"{where}: checksum mismatch")
+    version = body.pop("format_version", None)
+    if version != format_version:
+        raise CorruptionError(f"{where}: unsupported format_version {version} (this build reads {format_version})")
+    return body
