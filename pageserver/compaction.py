@@ -8,8 +8,9 @@ layer map) on the event loop (Timeline.commit_layers).
   whole key space over its LSN range.
 - `compact_l0`: the L0 deltas (contiguous LSN ranges) are merged in (key, LSN)
   order and cut into L1 deltas of about `l1_target_bytes`, at key boundaries;
-  the L1 files together cover the whole key space over the L0s' LSN range, so
-  they replace the L0s exactly.
+  the L1 files together cover every key the L0s hold (from the first key to one
+  past the last) over the L0s' LSN range, so they replace the L0s exactly. An
+  L1 never spans the whole key space: that is what marks an L0.
 - `create_image_layers`: for each key partition with `image_threshold` or more
   deltas above its newest image, an image layer at LSN X holding every page
   that is not all zeros and every existing relation's state; a key it does not
@@ -18,7 +19,6 @@ layer map) on the event loop (Timeline.commit_layers).
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pageserver import reconstruct
 from pageserver.in_memory_layer import InMemoryLayer
-from pageserver.keys import KEY_SPACE_END, is_meta_key, key_blkno, key_rel
+from pageserver.keys import KEY_SPACE_END, rel_key_range, rel_meta_key
 from pageserver.layer_map import HistoricLayer
 from pageserver.layers.delta import DeltaLayerWriter
 from pageserver.layers.image import ImageLayerWriter
@@ -73,7 +73,7 @@ def compact_l0(
     out: list[HistoricLayer] = []
     pending: list = []  # entries of the file being built
     size = 0
-    file_key_start = 0
+    file_key_start = -1
 
     def write(entries: list, key_start: int, key_end: int) -> None:
         name = LayerName("delta", key_start, key_end, lsn_start, lsn_end, generation)
@@ -92,27 +92,20 @@ def compact_l0(
         out.append(HistoricLayer(name, path, summary.file_size, summary.file_checksum))
 
     for entry in merged:
-        if size >= target_bytes and pending and entry.key != pending[-1].key:
+        if file_key_start < 0:
+            file_key_start = entry.key
+        # An L1 never spans the whole key space, or it would read as an L0 (and,
+        # compacted from one L0, get that L0's very name): cut before the last
+        # possible key when the file starts at key 0.
+        whole = file_key_start == 0 and entry.key == KEY_SPACE_END - 1
+        if (size >= target_bytes or whole) and pending and entry.key != pending[-1].key:
             write(pending, file_key_start, entry.key)
             file_key_start, pending, size = entry.key, [], 0
         pending.append(entry)
         size += len(entry.value) + 24
-    write(pending, file_key_start, KEY_SPACE_END)
+    if pending:
+        write(pending, file_key_start, pending[-1].key + 1)
     return out
-
-
-def all_keys(timeline: Timeline) -> set[int]:
-    """Every key with a value in this timeline or its ancestors (a superset of
-    the keys that exist at any one LSN). Call on the event loop."""
-    keys: set[int] = set()
-    tl: Timeline | None = timeline
-    while tl is not None:
-        for mem in tl.layer_map.in_memory_newest_first():
-            keys.update(mem.keys())
-        for layer in tl.layer_map.historic:
-            keys.update(layer.reader(tl.layer_map.block_cache).keys())
-        tl = tl.ancestor
-    return keys
 
 
 def image_partitions(timeline: Timeline, image_threshold: int) -> list[tuple[int, int]]:
@@ -137,15 +130,17 @@ def image_partitions(timeline: Timeline, image_threshold: int) -> list[tuple[int
 def create_image_layers(
     timeline: Timeline,
     partitions: list[tuple[int, int]],
-    keys: Iterable[int],
+    rels: Iterable[int],
     lsn: int,
     generation: int,
 ) -> list[HistoricLayer]:
-    """Image layers at `lsn` for each key partition (runs on the executor)."""
+    """Image layers at `lsn` for each key partition (runs on the executor).
+
+    `rels`: every relation the timeline may have had (its relation directory),
+    so the keys to write are each existing relation's blocks and metadata key."""
     page_size = timeline.page_size
     zero = bytes(page_size)
-    sorted_keys = sorted(keys)
-    states: dict[int, object] = {}
+    states = {rel: reconstruct.rel_state(timeline, rel, lsn)[0] for rel in sorted(rels)}
     out: list[HistoricLayer] = []
     for start, end in partitions:
         name = LayerName("image", start, end, lsn, lsn + 1, generation)
@@ -154,23 +149,19 @@ def create_image_layers(
             path, tenant_id=timeline.tenant_id, timeline_id=timeline.timeline_id, key_start=start, key_end=end, lsn=lsn
         )
         try:
-            lo = bisect.bisect_left(sorted_keys, start)
-            for key in sorted_keys[lo:]:
-                if key >= end:
-                    break
-                rel = key_rel(key)
-                if rel not in states:
-                    states[rel] = reconstruct.rel_state(timeline, rel, lsn)
-                state, state_lsn = states[rel]  # type: ignore[misc]
-                if is_meta_key(key):
-                    if state.exists:
-                        writer.put(key, encode_rel_state(state))
+            for rel, state in states.items():
+                rel_start, rel_end = rel_key_range(rel)
+                if not state.exists or rel_end <= start or rel_start >= end:
                     continue
-                if not state.covers(key_blkno(key)):
-                    continue
-                page = reconstruct.get_page(timeline, rel, key_blkno(key), lsn, page_size)
-                if page != zero:
-                    writer.put(key, encode_image(page))
+                first = max(start, rel_start) - rel_start
+                last = min(end - rel_start, state.nblocks)
+                for blkno in range(first, last):
+                    page = reconstruct.get_page(timeline, rel, blkno, lsn, page_size)
+                    if page != zero:
+                        writer.put(rel_start + blkno, encode_image(page))
+                meta = rel_meta_key(rel)
+                if start <= meta < end:
+                    writer.put(meta, encode_rel_state(state))
             summary = writer.finish()
         except BaseException:
             writer.abort()

@@ -25,6 +25,9 @@ class InMemoryLayer:
         self.frozen = False
         self.bytes = 0
         self.created_at = time.monotonic()
+        # The timeline's relation directory as of end_lsn - 1, taken at freeze:
+        # what index_part.json records once this layer is on disk.
+        self.relations_at_end: dict[int, object] = {}
         # key -> ([lsn, ...], [value, ...]) in ascending LSN
         self._entries: dict[int, tuple[list[int], list[bytes]]] = {}
 

@@ -45,6 +45,10 @@ class IndexPart:
     generation: int = 0
     # (lsn, commit_time_us) samples, for GetLsnByTimestamp.
     commit_times: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # The relation directory at disk_consistent_lsn: every relation this
+    # timeline (or its ancestor up to the branch point) ever had, as
+    # (rel, exists, nblocks), so sizes and listings never scan layer files.
+    relations: tuple[tuple[int, bool, int], ...] = field(default_factory=tuple)
     format_version: int = FORMAT_VERSION
 
     def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: int) -> IndexPart:
@@ -60,6 +64,7 @@ class IndexPart:
         body = checksummed_json.decode(data, where, FORMAT_VERSION)
         body["layers"] = tuple(LayerEntry(**entry) for entry in body["layers"])
         body["commit_times"] = tuple(tuple(x) for x in body.get("commit_times", ()))
+        body["relations"] = tuple((int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
         return cls(**body)
 
 

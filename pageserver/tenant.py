@@ -36,7 +36,8 @@ from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, read_index_part, write_index_part
 from pageserver.ingest import WalReceiver
 from pageserver.layers.block_file import BlockCache
-from pageserver.timeline import Timeline, TimelineConfig
+from pageserver import reconstruct
+from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata import checksummed_json, ids
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
@@ -99,6 +100,7 @@ class Tenant:
         self.receivers: dict[str, WalReceiver] = {}
         self.compaction_lock = asyncio.Lock()
         self._compaction_tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
 
     @property
     def tenant_id(self) -> str:
@@ -163,7 +165,7 @@ class Tenant:
     def _persisted(self, timeline: Timeline) -> None:
         """After a layer flush: tell the walservice, and compact if L0s piled up."""
         self.receivers[timeline.timeline_id].report_persisted()
-        if timeline.needs_compaction():
+        if timeline.needs_compaction() and not self._stopping:
             self.schedule_compaction(timeline)
 
     def schedule_compaction(self, timeline: Timeline, force: bool = False) -> asyncio.Task[None]:
@@ -215,6 +217,13 @@ class Tenant:
             await ancestor.wait_for_lsn(ancestor_lsn, timeout)
         elif ancestor_lsn:
             raise InvalidArgument(f"ancestor_lsn={ancestor_lsn} needs an ancestor_timeline_id")
+        relations: tuple[tuple[int, bool, int], ...] = ()
+        if ancestor is not None:
+            # The relation directory at the branch point: one lookup per relation
+            # the ancestor ever had, independent of how much data it holds.
+            relations = relation_directory(
+                {rel: reconstruct.rel_state(ancestor, rel, ancestor_lsn)[0] for rel in ancestor.rel_states}
+            )
         now_us = time.time_ns() // 1000
         index = IndexPart(
             tenant_id=self.tenant_id,
@@ -225,6 +234,7 @@ class Tenant:
             created_at_us=now_us,
             expires_at_us=now_us + ttl_seconds * 1_000_000 if ttl_seconds else 0,
             generation=self.config.generation,
+            relations=relations,
         )
         await self._register_with_walservice(timeline_id, ancestor_lsn)
         loop = asyncio.get_running_loop()
@@ -271,6 +281,9 @@ class Tenant:
         return timeline
 
     async def shutdown(self, flush: bool = True) -> None:
+        # No new compaction from here on: the flushes below would schedule one
+        # that outlives the executor.
+        self._stopping = True
         for receiver in self.receivers.values():
             await receiver.stop()
         for task in self._compaction_tasks.values():

@@ -37,7 +37,7 @@ from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
 from pageserver.layer_map import HistoricLayer, LayerMap
 from pageserver.layers.block_file import BlockCache
 from pageserver.layers.names import LayerName
-from pageserver.value import RelState, encode_image, encode_patch, encode_rel_state
+from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
 from strata.errors import DeadlineExceeded, Unavailable
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
@@ -54,6 +54,11 @@ class TimelineConfig:
     l1_target_bytes: int = 64 * 1024 * 1024  # cut L1 delta files at about this size
     l0_stall_threshold: int = 30  # ingest waits for compaction past this many L0 layers
     max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
+
+
+def relation_directory(states: dict[int, RelState]) -> tuple[tuple[int, bool, int], ...]:
+    """The relation directory as index_part.json stores it."""
+    return tuple((rel, s.exists, s.nblocks) for rel, s in sorted(states.items()))
 
 
 class Timeline:
@@ -92,7 +97,9 @@ class Timeline:
         self.deleted = False
         self.on_persisted: Callable[[Timeline], None] | None = None
         self._lsn_event = asyncio.Event()
-        self._rel_states: dict[int, RelState] = {}  # at last_record_lsn, for rels ingest touched
+        # The relation directory at last_record_lsn: every relation ever seen
+        # here or inherited at the branch point (dropped ones with exists=False).
+        self.rel_states: dict[int, RelState] = {r: RelState(e, n) for r, e, n in index.relations}
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._commit_times: list[tuple[int, int]] = list(index.commit_times)
@@ -106,13 +113,6 @@ class Timeline:
 
     # -- ingest (event loop) ------------------------------------------------------
 
-    def _rel_state(self, rel: int) -> RelState:
-        state = self._rel_states.get(rel)
-        if state is None:
-            state, _ = reconstruct.rel_state(self, rel, self.last_record_lsn)
-            self._rel_states[rel] = state
-        return state
-
     def _open_layer(self) -> InMemoryLayer:
         if self.layer_map.open_layer is None:
             self.layer_map.open_layer = InMemoryLayer(self.last_record_lsn + 1)
@@ -120,7 +120,7 @@ class Timeline:
 
     def _set_rel_state(self, layer: InMemoryLayer, rel: int, lsn: int, state: RelState) -> None:
         layer.put(rel_meta_key(rel), lsn, encode_rel_state(state))
-        self._rel_states[rel] = state
+        self.rel_states[rel] = state
 
     def ingest(self, lsn: int, record: records_pb2.Record, record_bytes: bytes) -> None:
         """Apply one record (LSN order, each once) to the open in-memory layer."""
@@ -131,7 +131,7 @@ class Timeline:
         if kind in ("image", "patch"):
             body = getattr(record, kind)
             rel, blkno = body.rel, body.blkno
-            state = self._rel_state(rel)
+            state = self.rel_states.get(rel, MISSING_REL)
             fresh = not state.covers(blkno)
             if kind == "image":
                 layer.put(page_key(rel, blkno), lsn, encode_image(body.page))
@@ -164,6 +164,7 @@ class Timeline:
         if not (force or old or layer.bytes >= self.config.checkpoint_bytes):
             return False
         layer.freeze()
+        layer.relations_at_end = dict(self.rel_states)
         self.layer_map.frozen.append(layer)
         self.layer_map.open_layer = None
         if self._flush_task is None:
@@ -190,6 +191,7 @@ class Timeline:
             index = replace(
                 self.index.with_layers([*self.index.layers, entry], mem.end_lsn - 1),
                 commit_times=tuple(self._commit_times[-1000:]),
+                relations=relation_directory(mem.relations_at_end),
             )
             await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
             self.index = index
@@ -252,9 +254,9 @@ class Timeline:
             partitions = compaction.image_partitions(self, self.config.image_threshold)
             if partitions:
                 lsn = self.disk_consistent_lsn
-                keys = compaction.all_keys(self)
                 images = await loop.run_in_executor(
-                    self.executor, compaction.create_image_layers, self, partitions, keys, lsn, self.index.generation
+                    self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
+                    self.index.generation,
                 )
                 await self.commit_layers([], images)
                 self.log.info("created_images", tenant=self.tenant_id, timeline=self.timeline_id, layers=len(images), lsn=lsn)
@@ -308,24 +310,9 @@ class Timeline:
     def physical_size(self) -> int:
         return sum(l.file_size for l in self.layer_map.historic)
 
-    def relations(self) -> set[int]:
-        """Every relation that has had a metadata value here or in an ancestor."""
-        from pageserver.keys import is_meta_key, key_rel
-
-        rels: set[int] = set()
-        for key in compaction.all_keys(self):
-            if is_meta_key(key):
-                rels.add(key_rel(key))
-        return rels
-
     def logical_size(self) -> int:
-        lsn = self.last_record_lsn
-        total = 0
-        for rel in self.relations():
-            state = self.get_rel_state(rel, lsn)
-            if state.exists:
-                total += state.nblocks * self.page_size
-        return total
+        """Bytes of every existing relation at last_record_lsn."""
+        return self.page_size * sum(s.nblocks for s in self.rel_states.values() if s.exists)
 
     async def shutdown(self, flush: bool) -> None:
         if flush and not self.deleted:
