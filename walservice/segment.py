@@ -42,13 +42,17 @@ never spans segments. Recovery keeps whole batches only.
 
 Torn tails (see `scan_segment`): a crash can cut the last write anywhere. In the
 last segment, the first frame that is short or fails its checksum ends the log,
-unless its header is intact and a valid frame follows it: that is a corrupt
-record *before* the tail, and `CorruptionError` stops the timeline. Non-last
-segments must be whole: any bad frame there is corruption.
+unless a valid frame follows it (right after it when its header is intact,
+anywhere after it when the header is damaged): that is a corrupt record
+*before* the tail, and `CorruptionError` stops the timeline. Non-last segments
+must be whole: any bad frame there is corruption. (After a power loss a write
+may persist out of order, leaving a valid frame behind a torn one; that is then
+reported as corruption: loud, never silent, and nothing acknowledged is lost.)
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +213,40 @@ def _check_frame(data: bytes | memoryview, offset: int, position: int) -> _Frame
     return _FrameCheck(frame, FRAME_HEADER_SIZE + n, None)
 
 
+_NONZERO = re.compile(rb"[^\x00]")
+_RESERVED = b"\x00\x00\x00"  # bytes 5..8 of every frame header
+
+
+def _valid_frame_after(view: memoryview, data: bytes, offset: int, start_lsn: int) -> bool:
+    """Whether a whole, valid frame starts anywhere after `offset`.
+
+    Candidates are offsets whose reserved bytes are zero, whose flags are 0 or 1
+    and whose term is non-zero; each is then checked in full (the checksums are
+    seeded with the candidate's position, so stray bytes do not pass). Runs of
+    zeros are skipped in one step, so a zero-filled tail costs little."""
+    pos = offset + 1
+    end = len(data) - FRAME_HEADER_SIZE
+    while pos <= end:
+        i = data.find(_RESERVED, pos + 5)
+        if i < 0:
+            return False
+        cand = i - 5
+        if cand > end:
+            return False
+        if not any(data[cand + 8 : cand + 16]):
+            found = _NONZERO.search(data, cand + 8)
+            if found is None:
+                return False
+            pos = max(cand + 1, found.start() - 15)
+            continue
+        if data[cand + 4] <= END_OF_BATCH:
+            check = _check_frame(view, cand, start_lsn + cand - SEGMENT_HEADER_SIZE)
+            if check.frame is not None:
+                return True
+        pos = cand + 1
+    return False
+
+
 def scan_segment(data: bytes, *, keep_frames: bool = True) -> SegmentScan:
     """Check every frame of a segment's bytes (raises SegmentFormatError on a bad header)."""
     header = SegmentHeader.decode(data)
@@ -230,6 +268,10 @@ def scan_segment(data: bytes, *, keep_frames: bool = True) -> SegmentScan:
                 if nxt < len(data):
                     follow = _check_frame(view, nxt, header.start_lsn + nxt - SEGMENT_HEADER_SIZE)
                     scan.corrupt_before_tail = follow.frame is not None
+            elif len(data) - offset >= FRAME_HEADER_SIZE:
+                # A damaged header hides where the next frame starts: search for any
+                # whole frame further on. A torn write leaves none (only its own prefix).
+                scan.corrupt_before_tail = _valid_frame_after(view, data, offset, header.start_lsn)
             break
         offset += check.size
         pending.append(check.frame)
