@@ -1,22 +1,21 @@
 """The WalService gRPC servicer: request validation and error mapping.
 
 Every handler validates its whole request before touching any state, so bad
-input changes nothing, and maps StrataError onto the contract's status codes in
-`_rpc` (the one place). Stream responses are encoded by hand from the stored
+input changes nothing, and maps StrataError onto the contract's status codes
+through strata.grpc_server.unary_rpc (the one place). Stream responses are encoded by hand from the stored
 frames (`encode_wal_batch`): a frame's payload already is a serialized Record,
 so streaming never re-parses it.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
-from strata import ids
-from strata.errors import CorruptionError, InvalidArgument, StrataError
+from strata.errors import InvalidArgument, StrataError
+from strata.grpc_server import log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
@@ -27,8 +26,6 @@ from walservice.timelines import TimelineSet
 SERVICE_NAME = "strata.v1.WalService"
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 def _varint(value: int) -> bytes:
@@ -62,35 +59,11 @@ def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
     return b"".join(parts)
 
 
-def _rpc(fn: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
-    @functools.wraps(fn)
-    async def handler(self: WalServicer, request: Any, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except StrataError as exc:
-            self._log_failure(fn.__name__, request, exc)
-            await context.abort(exc.code, str(exc))
-            raise  # unreachable: abort raises
-
-    return handler
-
-
 class WalServicer:
     def __init__(self, timelines: TimelineSet, log: EventLogger, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
         self.timelines = timelines
         self.log = log
         self.max_batch_bytes = max_batch_bytes
-
-    def _log_failure(self, method: str, request: Any, exc: StrataError) -> None:
-        level = self.log.error if isinstance(exc, CorruptionError) or type(exc) is StrataError else self.log.info
-        level(
-            "rpc_failed",
-            method=method,
-            tenant=getattr(request, "tenant_id", None),
-            timeline=getattr(request, "timeline_id", None),
-            code=exc.code.name,
-            error=exc,
-        )
 
     def _status(self, tl: Timeline) -> wal_pb2.WalStatus:
         c = tl.control
@@ -107,7 +80,7 @@ class WalServicer:
             leader_node_id=1,
         )
 
-    @_rpc
+    @unary_rpc
     async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
         tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
         tl.check_usable()
@@ -130,7 +103,7 @@ class WalServicer:
             payloads.append(payload)
         return payloads
 
-    @_rpc
+    @unary_rpc
     async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         tl.check_usable()
@@ -140,13 +113,13 @@ class WalServicer:
             start_lsn=result.start_lsn, end_lsn=result.end_lsn, record_lsns=result.record_lsns, term=result.term
         )
 
-    @_rpc
+    @unary_rpc
     async def Status(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         tl.check_usable()
         return self._status(tl)
 
-    @_rpc
+    @unary_rpc
     async def ReportPersisted(self, request: wal_pb2.PersistedRequest, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         if request.remote_consistent_lsn > tl.commit_lsn:
@@ -163,7 +136,7 @@ class WalServicer:
             async for frames in tl.stream(request.start_lsn):
                 yield encode_wal_batch(frames, tl.commit_lsn)
         except StrataError as exc:
-            self._log_failure("Stream", request, exc)
+            log_rpc_failure(self.log, "Stream", request, exc)
             await context.abort(exc.code, str(exc))
 
     def register(self, server: grpc.aio.Server) -> list[str]:
