@@ -219,10 +219,20 @@ class Timeline:
     async def report_persisted(self, remote_consistent_lsn: int) -> None:
         """Record the pageserver's remote_consistent_lsn (it only moves forward)."""
         self.check_usable()
+        await self._advance_control("remote_consistent_lsn", remote_consistent_lsn)
+
+    async def record_backup(self, backup_lsn: int) -> None:
+        """Record that remote storage durably holds this timeline's WAL up to
+        `backup_lsn` (walservice/offload.py; it only moves forward)."""
+        await self._advance_control("backup_lsn", backup_lsn)
+
+    async def _advance_control(self, field_name: str, lsn: int) -> None:
+        """Durably raise one LSN field of the control file; `_control_lock` makes
+        concurrent rewrites (ReportPersisted, offload) serial, so none is lost."""
         async with self._control_lock:
-            if remote_consistent_lsn <= self.control.remote_consistent_lsn:
+            if lsn <= getattr(self.control, field_name):
                 return
-            control = replace(self.control, remote_consistent_lsn=remote_consistent_lsn)
+            control = replace(self.control, **{field_name: lsn})
             await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
             self.control = self.wal.control = control
 

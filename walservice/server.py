@@ -7,7 +7,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pageserver.remote_storage import open_remote_storage
 from strata import grpc_server, logs
+from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
 from walservice.service import DEFAULT_MAX_BATCH_BYTES, WalServicer
 from walservice.timelines import TimelineSet
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES
@@ -20,7 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="where the timelines' WAL lives")
     parser.add_argument("--node-id", type=int, default=1, help="this node's id in a cluster")
     parser.add_argument("--peers", default="", help="A,B,C: every node of the cluster (replication)")
-    parser.add_argument("--remote-storage", default="", help="file://DIR or s3://bucket/prefix for WAL offload")
+    parser.add_argument(
+        "--remote-storage",
+        default="",
+        help="file://DIR or s3://bucket/prefix: offload WAL there and trim what the pageserver persisted (empty: keep all WAL locally)",
+    )
+    parser.add_argument(
+        "--offload-interval",
+        type=float,
+        default=DEFAULT_OFFLOAD_INTERVAL_S,
+        help="seconds between uploads of the open segment's committed part (with --remote-storage)",
+    )
     parser.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES, help="start a new WAL segment past this size")
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, help="the largest Append accepted")
     parser.add_argument("--log-level", default="info")
@@ -30,12 +42,26 @@ async def run(args: argparse.Namespace) -> None:
     log = logs.event_logger("walservice")
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    storage = None
+    if args.remote_storage:
+        if args.offload_interval <= 0:
+            raise SystemExit(f"--offload-interval={args.offload_interval} must be a positive number of seconds")
+        try:
+            storage = open_remote_storage(args.remote_storage)
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"--remote-storage={args.remote_storage}: {exc}") from exc
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wal-flush") as executor:
         timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes)
         timelines.load()
         servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes)
+        offloader = None
+        if storage is not None:
+            offloader = WalOffloader(storage, args.remote_storage, timelines, log, interval_s=args.offload_interval)
+            offloader.start()
 
         async def stopping() -> None:
+            if offloader is not None:
+                await offloader.stop()
             for tl in timelines:
                 tl.begin_close()
 

@@ -68,6 +68,7 @@ class TimelineSet:
                     tenant=key[0],
                     timeline=key[1],
                     lsn=report.end_lsn,
+                    first_lsn=report.first_lsn,
                     segments=report.segments,
                     records=report.records,
                     cut_bytes=report.truncated_bytes,

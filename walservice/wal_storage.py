@@ -14,11 +14,25 @@ Crash consistency:
   back to its last whole batch (nothing acknowledged can be there: it was never
   fsync'd), logging what it cut; any other damage raises CorruptionError.
 
+Trimming (walservice/offload.py): once a sealed segment is offloaded to remote
+storage and the pageserver's remote_consistent_lsn has passed its end, it is
+detached from `segments` (`detach_segments_below`, on the loop) and its file
+deleted (`delete_segment_files`, oldest first, so a crash leaves a contiguous
+suffix). The open (last) segment is never trimmed. Recovery accepts a first
+segment above the timeline's start_lsn when it is at or below
+min(backup_lsn, remote_consistent_lsn) of the control file (what trimming may
+have removed); a gap anywhere else is corruption. A read below the first local
+segment answers OUT_OF_RANGE (`WalTrimmed`) naming the oldest LSN held and
+where the offloaded WAL is.
+
 Threads: `write_and_sync` runs on a flush thread, at most one call at a time per
 timeline (the sequencer guarantees it), and is the only code that touches the
-open segment's file descriptor. `segments` is mutated only on the event loop
-(`committed`) after a write returned; `WalCursor.read` runs on reader threads
-and only reads bytes below the commit LSN it is given.
+open segment's file descriptor. `segments` is owned by the event loop: appended
+to in place (`committed`) after a write returned, and replaced by a shorter
+copy when trimmed (`detach_segments_below`), never shortened in place, so a
+reader thread holding the list sees whole entries. `WalCursor.read` runs on
+reader threads, finds its segment by LSN in the current list each step, and
+only reads bytes below the commit LSN it is given.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strata.durable_file import fsync_dir
-from strata.errors import CorruptionError
+from strata.errors import CorruptionError, OutOfRange
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl
 from walservice.segment import (
@@ -63,6 +77,11 @@ class RecoveryReport:
     end_lsn: int
     truncated_bytes: int
     truncated_reason: str | None
+    first_lsn: int = 0  # the first local segment's start (above start_lsn once trimmed)
+
+
+class WalTrimmed(OutOfRange):
+    """A read below the first local segment: that WAL was offloaded and trimmed."""
 
 
 class TimelineWal:
@@ -70,8 +89,11 @@ class TimelineWal:
         self.directory = directory
         self.control = control
         self.segment_bytes = segment_bytes
+        # Owned by the event loop; see "Threads" above for how readers share it.
         self.segments: list[SegmentInfo] = []
         self._fd: int | None = None  # the open segment, owned by the flush thread
+        # Where offloaded WAL lives (for error messages); set by the offloader on the loop.
+        self.offload_location: str | None = None
 
     # -- creation and recovery ------------------------------------------------
 
@@ -103,6 +125,7 @@ class TimelineWal:
         if not starts:
             self.create_segment_file(c.start_lsn)
             starts = [c.start_lsn]
+        self._check_first_segment(starts[0], ctx)
         records = 0
         truncated, reason = 0, None
         expected_start = starts[0]
@@ -144,7 +167,19 @@ class TimelineWal:
             records += sum(1 for _ in iter_frames(memoryview(data)[: scan.batch_end_offset], SEGMENT_HEADER_SIZE, start, scan.end_lsn))
             self.segments.append(SegmentInfo(start, path, scan.end_lsn))
             expected_start = scan.end_lsn
-        return RecoveryReport(len(starts), records, self.end_lsn, truncated, reason)
+        return RecoveryReport(len(starts), records, self.end_lsn, truncated, reason, starts[0])
+
+    def _check_first_segment(self, first_start: int, ctx: str) -> None:
+        """The first segment starts at start_lsn, or above it only where trimming
+        could have removed what is below (offloaded and persisted by the pageserver)."""
+        c = self.control
+        trim_horizon = min(c.backup_lsn, c.remote_consistent_lsn)
+        if first_start < c.start_lsn or (first_start > c.start_lsn and first_start > trim_horizon):
+            raise CorruptionError(
+                f"{ctx}: the first WAL segment starts at lsn={first_start}, but the timeline starts at "
+                f"lsn={c.start_lsn} and only WAL below min(backup_lsn, remote_consistent_lsn)={trim_horizon} "
+                "may have been trimmed: segments are missing"
+            )
 
     @property
     def end_lsn(self) -> int:
@@ -185,13 +220,59 @@ class TimelineWal:
             os.close(self._fd)
             self._fd = None
 
+    # -- trimming ----------------------------------------------------------------
+
+    def detach_segments_below(self, horizon_lsn: int) -> list[SegmentInfo]:
+        """On the loop: drop the sealed segments whose end_lsn <= horizon_lsn from
+        `segments` (never the open one) and return them, oldest first, for
+        `delete_segment_files`. Readers see the shorter list from now on."""
+        sealed = self.segments[:-1]
+        count = 0
+        while count < len(sealed) and sealed[count].end_lsn <= horizon_lsn:
+            count += 1
+        if count == 0:
+            return []
+        detached = self.segments[:count]
+        self.segments = self.segments[count:]
+        return detached
+
+    def delete_segment_files(self, detached: list[SegmentInfo]) -> None:
+        """Off the loop: delete detached segments' files, oldest first (a crash
+        leaves a contiguous suffix), then make the deletions durable."""
+        for seg in detached:
+            seg.path.unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
     # -- reading ---------------------------------------------------------------
 
+    def trimmed_error(self, lsn: int) -> WalTrimmed:
+        c = self.control
+        oldest = self.segments[0].start_lsn
+        where = self.offload_location or "remote storage"
+        return WalTrimmed(
+            f"tenant={c.tenant_id} timeline={c.timeline_id}: WAL at lsn={lsn} is no longer held by this walservice: "
+            f"the oldest LSN it holds is {oldest} (stream with start_lsn >= {oldest}); the WAL below it was "
+            f"offloaded to {where} and trimmed once the pageserver persisted it"
+        )
+
+    def segment_at(self, position: int) -> SegmentInfo:
+        """The segment holding WAL position `position` (the last one for its end);
+        WalTrimmed below the first local segment. Safe on reader threads."""
+        segments = self.segments  # one snapshot: trimming replaces the list, never edits it
+        if position < segments[0].start_lsn:
+            raise self.trimmed_error(position)
+        index = bisect.bisect_right(segments, position, key=lambda s: s.start_lsn) - 1
+        return segments[index]
+
     def cursor(self, after_lsn: int) -> WalCursor:
-        """A cursor over records with LSN > after_lsn."""
-        starts = [s.start_lsn for s in self.segments]
-        index = max(0, bisect.bisect_right(starts, after_lsn) - 1)
-        return WalCursor(self, index, self.segments[index].start_lsn, after_lsn)
+        """A cursor over records with LSN > after_lsn (WalTrimmed when some are trimmed)."""
+        first = self.segments[0].start_lsn
+        if after_lsn < first:
+            if first > self.control.start_lsn:
+                # The record with LSN == first lies in a trimmed segment (LSN = end of its frame).
+                raise self.trimmed_error(after_lsn)
+            return WalCursor(self, first, after_lsn)
+        return WalCursor(self, self.segment_at(after_lsn).start_lsn, after_lsn)
 
 
 class WalCursor:
@@ -201,9 +282,8 @@ class WalCursor:
     <= `skip_to` are read past and not returned (a stream may start mid-segment).
     """
 
-    def __init__(self, wal: TimelineWal, segment_index: int, position: int, skip_to: int) -> None:
+    def __init__(self, wal: TimelineWal, position: int, skip_to: int) -> None:
         self.wal = wal
-        self.segment_index = segment_index
         self.position = position
         self.skip_to = skip_to
 
@@ -212,13 +292,10 @@ class WalCursor:
         out: list[Frame] = []
         budget = max_bytes
         while self.position < limit_lsn and budget > 0:
-            seg = self.wal.segments[self.segment_index]
+            # Segments are contiguous, so the next segment starts where this one ends.
+            seg = self.wal.segment_at(self.position)
             if self.position >= seg.end_lsn:
-                if self.segment_index + 1 >= len(self.wal.segments):
-                    break
-                self.segment_index += 1
-                self.position = self.wal.segments[self.segment_index].start_lsn
-                continue
+                break
             end = min(limit_lsn, seg.end_lsn)
             want = min(end - self.position, budget)
             data = self._pread(seg, self.position, want)
@@ -241,9 +318,14 @@ class WalCursor:
                         out.append(frame)
         return out
 
-    @staticmethod
-    def _pread(seg: SegmentInfo, position: int, n: int) -> bytes:
-        with open(seg.path, "rb") as f:
+    def _pread(self, seg: SegmentInfo, position: int, n: int) -> bytes:
+        try:
+            f = open(seg.path, "rb")
+        except FileNotFoundError:
+            if position < self.wal.segments[0].start_lsn:
+                raise self.wal.trimmed_error(position) from None  # trimmed while we read
+            raise
+        with f:
             data = os.pread(f.fileno(), n, SEGMENT_HEADER_SIZE + position - seg.start_lsn)
         if len(data) != n:
             raise CorruptionError(f"segment={seg.path.name}: short read at lsn={position} ({len(data)} of {n} bytes)")
