@@ -186,7 +186,8 @@ class Client:
         batch: int = 64,
         timeout: float | None = None,
     ) -> list[bytes | PageError]:
-        """Pages (rel, blkno) at one LSN over one GetPages stream, `batch` per message."""
+        """Pages (rel, blkno) at one LSN over one GetPages stream, `batch` per
+        message; the stream is retried whole on UNAVAILABLE (reads are safe to repeat)."""
         keys = list(keys)
         messages = [
             page_pb2.GetPagesRequest(
@@ -197,8 +198,12 @@ class Client:
             )
             for i in range(0, len(keys), batch)
         ]
+        stub = page_pb2_grpc.PageServiceStub(self._pageserver())
+        responses = self._retrying(
+            lambda t: list(stub.GetPages(iter(messages), timeout=t)), retry_unavailable=True, timeout=timeout
+        )
         out: list[bytes | PageError] = []
-        for response in self.get_pages(messages, timeout=timeout):
+        for response in responses:
             for result in response.responses:
                 if result.error_code:
                     out.append(PageError(_status_code(result.error_code), result.error))

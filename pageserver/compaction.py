@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pageserver import reconstruct
 from pageserver.in_memory_layer import InMemoryLayer
-from pageserver.keys import KEY_SPACE_END, rel_key_range, rel_meta_key
+from pageserver.keys import KEY_SPACE_END, key_rel, rel_key_range, rel_meta_key
 from pageserver.layer_map import HistoricLayer
 from pageserver.layers.delta import DeltaLayerWriter
 from pageserver.layers.image import ImageLayerWriter
@@ -108,15 +108,34 @@ def compact_l0(
     return out
 
 
+def relation_aligned(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Key ranges widened to whole relations (pages and metadata key), merged
+    where they overlap."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        start, end = rel_key_range(key_rel(start))[0], rel_key_range(key_rel(end - 1))[1]
+        if out and start < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
 def image_partitions(timeline: Timeline, image_threshold: int) -> list[tuple[int, int]]:
-    """Key ranges (those of the newest L1 deltas) whose delta depth above their
-    newest image reached the threshold."""
+    """Key ranges (those of the newest L1 deltas, widened to whole relations)
+    whose delta depth above their newest image reached the threshold.
+
+    An image layer always holds whole relations: reconstruction drops a page's
+    values older than a truncation by reading the relation's metadata history,
+    and an image of the metadata key ends that history. Were the metadata key
+    imaged at X and a page of the same relation not, a page walk could reach
+    below X, past a truncation the metadata walk no longer sees."""
     historic = timeline.layer_map.historic
     l1 = [l for l in historic if not l.is_image and not (l.name.key_start == 0 and l.name.key_end == KEY_SPACE_END)]
     if not l1:
         return []
     newest_end = max(l.name.lsn_end for l in l1)
-    ranges = sorted((l.name.key_start, l.name.key_end) for l in l1 if l.name.lsn_end == newest_end)
+    ranges = relation_aligned((l.name.key_start, l.name.key_end) for l in l1 if l.name.lsn_end == newest_end)
     wanted = []
     for start, end in ranges:
         overlapping = [l for l in historic if l.name.key_start < end and l.name.key_end > start]

@@ -55,12 +55,23 @@ def tenant_info(tenant: Tenant) -> timeline_pb2.TenantInfo:
     )
 
 
+def wait_budget(context: grpc.aio.ServicerContext) -> float | None:
+    """How long a handler may wait for an LSN: the call's remaining time less a
+    margin, so that DEADLINE_EXCEEDED comes from here, saying which LSN was not
+    reached, and not from the client's own timer a moment later."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return remaining - min(0.5, 0.1 * remaining)
+
+
 async def _read_timeline(tenants: TenantSet, req, context: grpc.aio.ServicerContext) -> tuple[Timeline, int]:
-    """The timeline a read names and the LSN to read at (waiting for it if needed)."""
+    """The timeline a read names and the LSN to read at (waiting for it, and for
+    the ancestors' branch points, if needed)."""
     tl = tenants.timeline(req.tenant_id, req.timeline_id)
-    if req.lsn:
-        await tl.wait_for_lsn(req.lsn, context.time_remaining())
-    return tl, tl.read_lsn(req.lsn)
+    lsn = tl.read_lsn(req.lsn)
+    await tl.wait_for_lsn(lsn, wait_budget(context))
+    return tl, lsn
 
 
 class PageServicer(page_pb2_grpc.PageServiceServicer):
@@ -116,7 +127,7 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
     async def CreateTimeline(self, request: timeline_pb2.CreateTimelineRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
         tenant = self.tenants.get(request.tenant_id)
         tl = await tenant.create_timeline(
-            request.timeline_id, request.ancestor_timeline_id, request.ancestor_lsn, request.ttl_seconds, context.time_remaining()
+            request.timeline_id, request.ancestor_timeline_id, request.ancestor_lsn, request.ttl_seconds, wait_budget(context)
         )
         return timeline_info(tl, with_sizes=False)
 
@@ -145,6 +156,7 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
         """Freeze and flush what is in memory, then compact L0 and write images where due."""
         tenant = self.tenants.get(request.tenant_id)
         tl = tenant.get_timeline(request.timeline_id)
+        await tl.wait_for_lsn(tl.last_record_lsn, wait_budget(context))  # image layers read the ancestors
         await tl.checkpoint()
         await tenant.schedule_compaction(tl, force=True)
         return timeline_info(tl)

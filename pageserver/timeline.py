@@ -252,7 +252,11 @@ class Timeline:
                     lsn=l0[-1].name.lsn_end - 1,
                 )
             partitions = compaction.image_partitions(self, self.config.image_threshold)
-            if partitions:
+            if partitions and not self.ancestors_ready():
+                # An image reads the ancestors at the branch point: wait until
+                # they re-ingested it (after a restart); a later compaction does it.
+                self.log.info("images_deferred", tenant=self.tenant_id, timeline=self.timeline_id, reason="ancestor_catching_up")
+            elif partitions:
                 lsn = self.disk_consistent_lsn
                 images = await loop.run_in_executor(
                     self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
@@ -266,11 +270,27 @@ class Timeline:
 
     # -- reads (event loop) -----------------------------------------------------
 
+    def ancestors_ready(self) -> bool:
+        """Whether every ancestor has ingested up to its branch point (after a
+        crash an ancestor re-ingests what it held only in memory)."""
+        tl: Timeline = self
+        while tl.ancestor is not None:
+            if tl.ancestor.last_record_lsn < tl.ancestor_lsn:
+                return False
+            tl = tl.ancestor
+        return True
+
     async def wait_for_lsn(self, lsn: int, timeout: float | None) -> None:
-        if lsn <= self.last_record_lsn:
-            return
+        """Wait until this timeline has ingested `lsn` and every ancestor its
+        branch point: a read of a branch falls through to the ancestor at
+        ancestor_lsn, which after a restart may still be re-ingesting."""
         wait_s = self.config.max_wait_lsn_s if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + wait_s
+        await self._wait_own_lsn(lsn, deadline, wait_s)
+        if self.ancestor is not None and not self.ancestors_ready():
+            await self.ancestor.wait_for_lsn(self.ancestor_lsn, deadline - time.monotonic())
+
+    async def _wait_own_lsn(self, lsn: int, deadline: float, wait_s: float) -> None:
         while lsn > self.last_record_lsn:
             if self.deleted:
                 raise Unavailable(f"{self} was deleted while waiting for lsn={lsn}")
