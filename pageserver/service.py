@@ -158,7 +158,11 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
         tl = tenant.get_timeline(request.timeline_id)
         await tl.wait_for_lsn(tl.last_record_lsn, wait_budget(context))  # image layers read the ancestors
         await tl.checkpoint()
-        await tenant.schedule_compaction(tl, force=True)
+        running = tenant.schedule_compaction(tl, force=True)
+        await running
+        if tl.layer_map.l0_deltas():
+            # A background (unforced) compaction was already running: force one more.
+            await tenant.schedule_compaction(tl, force=True)
         return timeline_info(tl)
 
     @unary_rpc
