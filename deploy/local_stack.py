@@ -138,15 +138,25 @@ def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: st
 def components(data_dir: Path, started: list[ProcessRecord]) -> list[ComponentSpec]:
     """The next component to start, given those already started (they depend on each other's addresses)."""
     addresses = {p.name: p.address for p in started}
+    # The embedded remote storage, shared: WAL offload under tenants/<t>/timelines/<tl>/wal/,
+    # layers and index_part.json beside it (docs/design/0003-remote-storage.md).
+    remote = f"file://{(data_dir / 'remote').resolve()}"
     if "walservice" not in addresses:
-        return [ComponentSpec("walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice")])]
+        return [
+            ComponentSpec(
+                "walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice"), "--remote-storage", remote]
+            )
+        ]
     if "pageserver" not in addresses:
         return [
             ComponentSpec(
                 "pageserver",
                 "pageserver",
                 6400,
-                ["--data-dir", str(data_dir / "pageserver"), "--walservice", addresses["walservice"]],
+                [
+                    "--data-dir", str(data_dir / "pageserver"), "--walservice", addresses["walservice"],
+                    "--remote-storage", remote,
+                ],
             )
         ]
     return []

@@ -9,6 +9,12 @@ deleted on load.
 
 Format: a JSON object with `format_version` (FORMAT_VERSION = 1) and a
 `checksum` (strata/checksummed_json.py); a mismatch is CorruptionError.
+`LayerEntry.remote_checksum` is optional (absent reads as None), so adding it
+kept version 1 readable both ways.
+
+Remote copy (docs/design/0003-remote-storage.md): the upload queue
+(remote_timeline.py) uploads the same IndexPart, with `remote_checksum` filled
+in for every layer, after every layer it names is uploaded.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ FILE_NAME = "index_part.json"
 class LayerEntry:
     file_name: str
     file_size: int
+    # The layer's own file checksum (its trailer; block_file.file_checksum_of).
     file_checksum: int
+    # The xxhash64 of the whole file as remote storage computed it on upload
+    # (RemoteObject.checksum): what a download is verified against. None until
+    # uploaded (and in indexes written before remote storage: still version 1).
+    remote_checksum: int | None = None
 
 
 @dataclass(frozen=True)

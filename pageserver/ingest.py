@@ -3,9 +3,10 @@
 It opens `Stream(start_lsn = last_record_lsn)`: after a restart that is
 disk_consistent_lsn, so every record not yet in a layer file is applied once,
 in LSN order. A broken stream is reopened with backoff (logged once per
-outage, and when it recovers). After each flushed layer the receiver reports
-`disk_consistent_lsn` to the walservice (ReportPersisted), which may then trim
-WAL below it (remote storage will make that remote_consistent_lsn).
+outage, and when it recovers). The receiver reports what is persisted to the
+walservice (ReportPersisted), which may then trim WAL below it: with remote
+storage that is remote_consistent_lsn (reported after each index upload),
+without it disk_consistent_lsn (after each flushed layer).
 
 Concurrency: one asyncio task per timeline, on the pageserver's event loop.
 """
@@ -104,10 +105,12 @@ class WalReceiver:
 
     async def _report(self) -> None:
         tl = self.timeline
-        request = wal_pb2.PersistedRequest(
-            tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, remote_consistent_lsn=tl.disk_consistent_lsn
-        )
-        try:
-            await self.stub.ReportPersisted(request, timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            self.log.warning("report_persisted_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.disk_consistent_lsn, code=exc.code().name)
+        sent = 0
+        while (lsn := tl.persisted_lsn()) > sent:  # it may advance while a report is in flight
+            request = wal_pb2.PersistedRequest(tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, remote_consistent_lsn=lsn)
+            try:
+                await self.stub.ReportPersisted(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                self.log.warning("report_persisted_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=lsn, code=exc.code().name)
+                return
+            sent = lsn

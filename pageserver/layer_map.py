@@ -16,14 +16,22 @@ LSN in [lsn_lo, lsn_hi), newest first, and how the walk ended:
 - OPEN: it reached lsn_lo or the timeline's start without either; the caller
   continues in the ancestor timeline.
 
+Local disk is a cache when remote storage is configured: a HistoricLayer may
+not be on local disk (`local` False; attached from remote storage, or evicted),
+or its local file may fail its checks. Then `reader()` / `walk` raise
+`LayerDownloadNeeded` naming the layer; the caller (timeline.read) awaits the
+download on the executor and retries the synchronous read (layer_cache.py).
+
 Concurrency: owned by the event loop. Compaction and flush threads read only
-frozen in-memory layers and immutable files; `replace_historic` swaps the list
-on the loop.
+frozen in-memory layers and immutable files they pinned local; `replace_historic`
+swaps the list on the loop.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +41,10 @@ from pageserver.layers.delta import DeltaLayerReader
 from pageserver.layers.image import ImageLayerReader
 from pageserver.layers.names import LayerName
 from pageserver.value import will_init
+from strata.errors import CorruptionError
+
+if TYPE_CHECKING:
+    from pageserver.remote_storage import RemoteObject
 
 
 class WalkEnd(enum.Enum):
@@ -41,14 +53,34 @@ class WalkEnd(enum.Enum):
     OPEN = "open"
 
 
-@dataclass
+class LayerDownloadNeeded(Exception):
+    """A read needs `layer` (re)downloaded from remote storage: it is not on
+    local disk, or its local file failed its checks (`corrupt`)."""
+
+    def __init__(self, layer: HistoricLayer, corrupt: CorruptionError | None = None) -> None:
+        why = f"is corrupt locally ({corrupt})" if corrupt else "is not on local disk"
+        super().__init__(f"layer {layer.path} {why}")
+        self.layer = layer
+        self.corrupt = corrupt
+
+
+@dataclass(eq=False)
 class HistoricLayer:
-    """A layer file of this timeline. Readers open lazily and stay open."""
+    """A layer file of this timeline. Readers open lazily and stay open.
+
+    `remote`: the uploaded object (key, size, whole-file xxhash64) once it is
+    durable in remote storage, else None. `local`: whether the file is on local
+    disk. `pins`: readers on other threads (compaction) that need it local; an
+    evictor never removes a pinned layer. `on_access`: the LRU's hook."""
 
     name: LayerName
     path: Path
     file_size: int
     file_checksum: int
+    remote: RemoteObject | None = None
+    local: bool = True
+    pins: int = 0
+    on_access: Callable[[HistoricLayer], None] | None = field(default=None, repr=False)
     _reader: DeltaLayerReader | ImageLayerReader | None = field(default=None, repr=False)
 
     @property
@@ -59,10 +91,35 @@ class HistoricLayer:
         return self.name.key_start <= key < self.name.key_end
 
     def reader(self, cache: BlockCache | None) -> DeltaLayerReader | ImageLayerReader:
+        if self.on_access is not None:
+            self.on_access(self)
         if self._reader is None:
+            if not self.local and self.remote is not None:
+                raise LayerDownloadNeeded(self)
             cls = ImageLayerReader if self.is_image else DeltaLayerReader
-            self._reader = cls(self.path, block_cache=cache)
+            try:
+                self._reader = cls(self.path, block_cache=cache)
+            except FileNotFoundError:
+                if self.remote is None:
+                    raise
+                self.local = False
+                raise LayerDownloadNeeded(self) from None
+            except CorruptionError as exc:
+                if self.remote is None:
+                    raise
+                raise LayerDownloadNeeded(self, exc) from exc
         return self._reader
+
+    def read(self, cache: BlockCache | None, fn: Callable[[DeltaLayerReader | ImageLayerReader], object]):
+        """`fn(reader)`, turning a CorruptionError of a layer that remote storage
+        holds into LayerDownloadNeeded (the read is retried after a fresh download)."""
+        reader = self.reader(cache)
+        try:
+            return fn(reader)
+        except CorruptionError as exc:
+            if self.remote is None:
+                raise
+            raise LayerDownloadNeeded(self, exc) from exc
 
     def close(self) -> None:
         if self._reader is not None:
@@ -108,7 +165,7 @@ class LayerMap:
         for mem in self.in_memory_newest_first():
             if mem.start_lsn >= hi:
                 continue
-            for lsn, value in reversed(mem.get(key, max(mem.start_lsn, lsn_lo), hi)):
+            for lsn, value in mem.get_newest_first(key, max(mem.start_lsn, lsn_lo), hi, stop_at_init):
                 out.append((lsn, value))
                 if stop_at_init and will_init(value):
                     return WalkResult(out, WalkEnd.INIT)
@@ -125,14 +182,15 @@ class LayerMap:
             reverse=True,
         )
         for delta in deltas:
-            entries = delta.reader(self.block_cache).get(key, max(delta.name.lsn_start, floor), min(delta.name.lsn_end, hi))
-            for entry in reversed(entries):
+            lo, top = max(delta.name.lsn_start, floor), min(delta.name.lsn_end, hi)
+            entries = delta.read(self.block_cache, lambda r: r.get_newest_first(key, lo, top, stop_at_init))
+            for entry in entries:
                 out.append((entry.lsn, entry.value))
                 if stop_at_init and entry.will_init:
                     return WalkResult(out, WalkEnd.INIT)
         if image is not None:
             lsn = image.name.lsn_start
-            value = image.reader(self.block_cache).get(key)
+            value = image.read(self.block_cache, lambda r: r.get(key))
             if value is None:
                 return WalkResult(out, WalkEnd.ABSENT, lsn)
             out.append((lsn, value))

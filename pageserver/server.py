@@ -10,7 +10,9 @@ from pathlib import Path
 import grpc
 
 from pageserver import service
+from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
+from pageserver.remote_storage import open_remote_storage
 from pageserver.tenant import PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
@@ -25,7 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve on (port 0 picks a free one)")
     parser.add_argument("--data-dir", type=Path, required=True, help="local layer files and metadata")
     parser.add_argument("--walservice", required=True, help="A[,B,C]: the walservice node(s) to stream WAL from")
-    parser.add_argument("--remote-storage", default="", help="file://DIR or s3://bucket/prefix (not used yet: layers stay local)")
+    parser.add_argument(
+        "--remote-storage", default="",
+        help="file://DIR or s3://bucket/prefix: the truth for layers and indexes (local disk becomes a cache); "
+        "empty: layers stay local only",
+    )
+    parser.add_argument(
+        "--local-cache-bytes", type=int, default=DEFAULT_LOCAL_CACHE_BYTES,
+        help="with --remote-storage: evict uploaded layer files (least recently used) past this many local bytes",
+    )
     parser.add_argument("--checkpoint-bytes", type=int, default=d.checkpoint_bytes, help="freeze the in-memory layer past this size")
     parser.add_argument("--checkpoint-timeout", type=float, default=d.checkpoint_timeout_s, help="... or once it is this many seconds old")
     parser.add_argument("--compaction-threshold", type=int, default=d.compaction_threshold, help="compact at this many L0 layers")
@@ -51,8 +61,11 @@ async def run(args: argparse.Namespace) -> None:
     channel = grpc.aio.insecure_channel(
         wal_address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
     )
+    remote = open_remote_storage(args.remote_storage) if args.remote_storage else None
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageserver-io") as executor:
         ctx = PageserverContext(
+            remote=remote,
+            layer_cache=LayerCache(remote, executor, log, args.local_cache_bytes),
             data_dir=args.data_dir,
             executor=executor,
             block_cache=BlockCache(args.block_cache_bytes),

@@ -34,7 +34,7 @@ def timeline_info(tl: Timeline, with_sizes: bool = True) -> timeline_pb2.Timelin
         ancestor_lsn=tl.ancestor_lsn,
         last_record_lsn=tl.last_record_lsn,
         disk_consistent_lsn=tl.disk_consistent_lsn,
-        remote_consistent_lsn=0,
+        remote_consistent_lsn=tl.remote_consistent_lsn,
         gc_cutoff_lsn=tl.index.gc_cutoff_lsn,
         logical_size=tl.logical_size() if with_sizes else 0,
         physical_size=tl.physical_size(),
@@ -51,7 +51,7 @@ def tenant_info(tenant: Tenant) -> timeline_pb2.TenantInfo:
         pitr_seconds=c.pitr_seconds,
         timeline_count=len(tenant.timelines),
         generation=c.generation,
-        state="active",
+        state="fenced" if tenant.fenced else "active",
     )
 
 
@@ -82,12 +82,13 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
     @unary_rpc
     async def GetPage(self, request: page_pb2.GetPageRequest, context: grpc.aio.ServicerContext) -> page_pb2.GetPageResponse:
         tl, lsn = await _read_timeline(self.tenants, request, context)
-        return page_pb2.GetPageResponse(page=tl.get_page(request.rel, request.blkno, lsn), lsn=lsn)
+        page = await tl.read(lambda: tl.get_page(request.rel, request.blkno, lsn))
+        return page_pb2.GetPageResponse(page=page, lsn=lsn)
 
     @unary_rpc
     async def GetRelSize(self, request: page_pb2.RelRequest, context: grpc.aio.ServicerContext) -> page_pb2.RelSizeResponse:
         tl, lsn = await _read_timeline(self.tenants, request, context)
-        state = tl.get_rel_state(request.rel, lsn)
+        state = await tl.read(lambda: tl.get_rel_state(request.rel, lsn))
         return page_pb2.RelSizeResponse(exists=state.exists, nblocks=state.nblocks if state.exists else 0, lsn=lsn)
 
     async def GetPages(
@@ -98,7 +99,8 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
             for req in message.requests:
                 try:
                     tl, lsn = await _read_timeline(self.tenants, req, context)
-                    results.append(page_pb2.PageResult(page=tl.get_page(req.rel, req.blkno, lsn), lsn=lsn))
+                    page = await tl.read(lambda: tl.get_page(req.rel, req.blkno, lsn))
+                    results.append(page_pb2.PageResult(page=page, lsn=lsn))
                 except StrataError as exc:
                     log_rpc_failure(self.log, "GetPages", req, exc)
                     results.append(page_pb2.PageResult(error_code=exc.code.value[0], error=str(exc)))
@@ -172,13 +174,14 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
 
     @unary_rpc
     async def AttachTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
-        ids.tenant_id(request.tenant_id)
-        raise Unavailable("AttachTenant is not available yet: it needs remote storage")
+        return tenant_info(await self.tenants.attach_tenant(request.tenant_id))
 
     @unary_rpc
     async def DetachTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:
         ids.tenant_id(request.tenant_id)
-        raise Unavailable("DetachTenant is not available yet: it needs remote storage")
+        info = tenant_info(await self.tenants.detach_tenant(request.tenant_id))
+        info.state = "detached"
+        return info
 
 
 def register(server: grpc.aio.Server, tenants: TenantSet, log: EventLogger) -> list[str]:

@@ -16,6 +16,13 @@ Each timeline has a WalReceiver (ingest.py) streaming its WAL. Creating a
 branch writes one small index file and registers the timeline with the
 walservice: no page is copied, whatever the ancestor's size.
 
+With `--remote-storage` (docs/design/0003-remote-storage.md) remote storage is
+the truth: each timeline has an upload queue (remote_timeline.py), tenant.json
+and the tenant's generation live remotely too, `attach` rebuilds a tenant from
+remote storage on an empty disk (layers downloaded on demand), and a tenant
+whose remote generation moved past ours (attached elsewhere) is fenced: it
+uploads nothing more, stops ingest and answers reads FAILED_PRECONDITION.
+
 Concurrency: everything here is owned by the event loop; `compaction_lock`
 serializes compaction (the only deleter of layer files) across the tenant's
 timelines, so a branch's compaction never reads an ancestor layer being removed.
@@ -27,7 +34,7 @@ import asyncio
 import shutil
 import time
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -35,6 +42,10 @@ import grpc
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, read_index_part, write_index_part
 from pageserver.ingest import WalReceiver
+from pageserver.layer_cache import LayerCache
+from pageserver import remote_timeline
+from pageserver.remote_storage import RemoteObject, RemoteStorage
+from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
@@ -74,6 +85,8 @@ class PageserverContext:
     timeline_config: TimelineConfig
     log: EventLogger
     wal_stub: wal_pb2_grpc.WalServiceStub
+    remote: RemoteStorage | None = None
+    layer_cache: LayerCache | None = None
 
 
 def _make_dir_durably(parent: Path, name: str, fill) -> Path:
@@ -101,6 +114,10 @@ class Tenant:
         self.compaction_lock = asyncio.Lock()
         self._compaction_tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        # Set once a newer generation attached this tenant elsewhere: why we stopped.
+        self.fenced: str | None = None
+        # remote index per timeline as found at load (None: unknown)
+        self._remote_indexes: dict[str, IndexPart | None] = {}
 
     @property
     def tenant_id(self) -> str:
@@ -112,8 +129,10 @@ class Tenant:
 
     # -- loading ------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Load every timeline (ancestors first) and start their WAL receivers."""
+    def load(self, remote_indexes: dict[str, IndexPart | None] | None = None) -> None:
+        """Load every timeline (ancestors first) and start their WAL receivers.
+        `remote_indexes`: the timelines' uploaded indexes (what is already remote)."""
+        self._remote_indexes = dict(remote_indexes or {})
         self.timelines_dir.mkdir(parents=True, exist_ok=True)
         indexes: dict[str, IndexPart] = {}
         for tl_dir in self.timelines_dir.iterdir():
@@ -139,6 +158,13 @@ class Tenant:
 
     def _add_timeline(self, index: IndexPart) -> Timeline:
         ancestor = self.timelines.get(index.ancestor_timeline_id) if index.ancestor_timeline_id else None
+        remote_index = self._remote_indexes.pop(index.timeline_id, None)
+        remote_objects: dict[str, RemoteObject] = {}
+        if remote_index is not None:
+            sizes = {e.file_name: e.file_size for e in index.layers}
+            remote_objects = {
+                n: o for n, o in remote_timeline.remote_objects_of(remote_index).items() if sizes.get(n) == o.size
+            }
         timeline = Timeline(
             tenant_id=self.tenant_id,
             timeline_id=index.timeline_id,
@@ -150,15 +176,83 @@ class Tenant:
             block_cache=self.ctx.block_cache,
             executor=self.ctx.executor,
             log=self.ctx.log,
+            layer_cache=self.ctx.layer_cache,
+            remote_objects=remote_objects,
         )
         timeline.on_persisted = self._persisted
+        if self.ctx.remote is not None:
+            timeline.remote = RemoteTimelineClient(
+                timeline, self.ctx.remote, self.ctx.executor, self.ctx.log, self._check_generation,
+                self._uploaded, remote_index,
+            )
+            timeline.on_index_changed = lambda tl: tl.remote.schedule() if tl.remote is not None else None
         if ancestor is not None:
             ancestor.children.add(timeline.timeline_id)
         self.timelines[timeline.timeline_id] = timeline
         receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, self._backpressure)
         self.receivers[timeline.timeline_id] = receiver
-        receiver.start()
+        if self.fenced is None:
+            receiver.start()
+            if timeline.remote is not None:
+                timeline.remote.schedule()  # uploads what the last run left local only
         return timeline
+
+    # -- remote storage ---------------------------------------------------------------
+
+    def _uploaded(self, timeline: Timeline) -> None:
+        """An index went up: tell the walservice remote_consistent_lsn."""
+        receiver = self.receivers.get(timeline.timeline_id)
+        if receiver is not None:
+            receiver.report_persisted()
+        if self.ctx.layer_cache is not None:
+            self.ctx.layer_cache.evict()  # newly uploaded layers may go now
+
+    async def _check_generation(self) -> None:
+        """Before an index upload: raise Fenced (and fence the tenant) if a newer
+        generation attached this tenant elsewhere."""
+        if self.fenced is not None:
+            raise Fenced(self.fenced)
+        assert self.ctx.remote is not None
+        storage = self.ctx.remote
+        remote_gen = await asyncio.get_running_loop().run_in_executor(
+            self.ctx.executor, remote_timeline.read_generation, storage, self.tenant_id
+        )
+        if remote_gen > self.config.generation:
+            self.fence(remote_gen)
+            raise Fenced(self.fenced)
+
+    def fence(self, remote_generation: int) -> None:
+        if self.fenced is not None:
+            return
+        self.fenced = (
+            f"tenant_id={self.tenant_id} was attached elsewhere (generation {remote_generation} > this pageserver's "
+            f"{self.config.generation}): this pageserver no longer serves it"
+        )
+        self.ctx.log.warning(
+            "tenant_fenced", tenant=self.tenant_id, generation=self.config.generation, remote_generation=remote_generation,
+            action="stopped ingest and uploads; reads answer FAILED_PRECONDITION",
+        )
+        self._stopping = True
+        for timeline in self.timelines.values():
+            if timeline.remote is not None:
+                timeline.remote.fenced = True
+        asyncio.get_running_loop().create_task(self._stop_background())
+
+    async def _stop_background(self) -> None:
+        for receiver in self.receivers.values():
+            await receiver.stop()
+        for timeline in self.timelines.values():
+            if timeline.remote is not None:
+                await timeline.remote.stop()
+
+    async def wait_uploaded(self, timeout: float) -> bool:
+        """Wait until every timeline's current index is uploaded (True) or `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for timeline in list(self.timelines.values()):
+            if timeline.remote is not None and not await timeline.remote.wait_uploaded(deadline - loop.time()):
+                return False
+        return True
 
     # -- background work ------------------------------------------------------------
 
@@ -221,8 +315,11 @@ class Tenant:
         if ancestor is not None:
             # The relation directory at the branch point: one lookup per relation
             # the ancestor ever had, independent of how much data it holds.
-            relations = relation_directory(
-                {rel: reconstruct.rel_state(ancestor, rel, ancestor_lsn)[0] for rel in ancestor.rel_states}
+            branch_point = ancestor
+            relations = await ancestor.read(
+                lambda: relation_directory(
+                    {rel: reconstruct.rel_state(branch_point, rel, ancestor_lsn)[0] for rel in branch_point.rel_states}
+                )
             )
         now_us = time.time_ns() // 1000
         index = IndexPart(
@@ -275,22 +372,56 @@ class Tenant:
         del self.timelines[timeline_id]
         if timeline.ancestor is not None:
             timeline.ancestor.children.discard(timeline_id)
+        if timeline.remote is not None:
+            await timeline.remote.stop()
+            await self._delete_remote_timeline(timeline_id)
+        if self.ctx.layer_cache is not None:
+            for layer in timeline.layer_map.historic:
+                self.ctx.layer_cache.forget(layer)
         timeline.layer_map.close()
         await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, timeline.directory)
         self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id)
         return timeline
 
-    async def shutdown(self, flush: bool = True) -> None:
-        # No new compaction from here on: the flushes below would schedule one
-        # that outlives the executor.
+    async def _delete_remote_timeline(self, timeline_id: str) -> None:
+        """Best effort: the timeline's index and layers (not the walservice's WAL)."""
+        storage = self.ctx.remote
+        if storage is None or self.fenced is not None:
+            return
+
+        def delete() -> int:
+            keys = remote_timeline.timeline_objects(storage, self.tenant_id, timeline_id)
+            index = remote_timeline.index_key(self.tenant_id, timeline_id)
+            storage.delete([index])  # first: no index names deleted layers
+            storage.delete([k for k in keys if k != index])
+            return len(keys)
+
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete)
+            self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
+        except Exception as exc:  # noqa: BLE001 - leftovers are unreferenced
+            self.ctx.log.warning("remote_timeline_delete_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc))
+
+    async def stop_ingest(self) -> None:
         self._stopping = True
         for receiver in self.receivers.values():
             await receiver.stop()
         for task in self._compaction_tasks.values():
             if not task.done():
                 await asyncio.wait([task], timeout=10)
+
+    async def shutdown(self, flush: bool = True, upload_timeout: float = 5.0) -> None:
+        # No new compaction from here on: the flushes below would schedule one
+        # that outlives the executor.
+        await self.stop_ingest()
         for timeline in self.timelines.values():
             await timeline.shutdown(flush)
+        if flush and self.fenced is None and self.ctx.remote is not None:
+            if not await self.wait_uploaded(upload_timeout):
+                self.ctx.log.warning("shutdown_upload_incomplete", tenant=self.tenant_id, timeout_s=upload_timeout)
+        for timeline in self.timelines.values():
+            if timeline.remote is not None:
+                await timeline.remote.stop()
 
 
 class TenantSet:
@@ -310,16 +441,43 @@ class TenantSet:
             path = tenant_dir / TENANT_FILE
             config = TenantConfig.decode(path.read_bytes(), str(path))
             tenant = Tenant(config, tenant_dir, self.ctx)
-            tenant.load()
+            remote_indexes, remote_gen = self._remote_state_at_load(config)
+            if remote_gen > config.generation:
+                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {remote_gen} > {config.generation})"
+                self.ctx.log.warning(
+                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=remote_gen,
+                    action="not serving it (found at startup)",
+                )
+            tenant.load(remote_indexes)
             self.tenants[config.tenant_id] = tenant
             self.ctx.log.info("tenant_loaded", tenant=config.tenant_id, timelines=len(tenant.timelines))
 
-    def get(self, tenant_id: str) -> Tenant:
+    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int]:
+        """What remote storage already holds of a local tenant (blocking, at startup):
+        its timelines' uploaded indexes and the remote generation. If remote
+        storage cannot be read, nothing is known: every layer is uploaded again."""
+        storage = self.ctx.remote
+        if storage is None:
+            return {}, 0
+        try:
+            generation = remote_timeline.read_generation(storage, config.tenant_id)
+            indexes: dict[str, IndexPart | None] = {}
+            for timeline_id in remote_timeline.remote_index_timelines(storage, config.tenant_id):
+                indexes[timeline_id] = remote_timeline.download_index(storage, config.tenant_id, timeline_id)
+            return indexes, generation
+        except Exception as exc:  # noqa: BLE001 - uploads start over; fencing is checked before each index upload
+            self.ctx.log.warning("remote_state_unavailable", tenant=config.tenant_id, error=repr(exc), action="reuploading")
+            return {}, 0
+
+    def get(self, tenant_id: str, allow_fenced: bool = False) -> Tenant:
         ids.tenant_id(tenant_id)
         try:
-            return self.tenants[tenant_id]
+            tenant = self.tenants[tenant_id]
         except KeyError:
-            raise NotFound(f"tenant_id={tenant_id}: no such tenant (CreateTenant first)") from None
+            raise NotFound(f"tenant_id={tenant_id}: no such tenant (CreateTenant or AttachTenant first)") from None
+        if tenant.fenced is not None and not allow_fenced:
+            raise FailedPrecondition(tenant.fenced)
+        return tenant
 
     def timeline(self, tenant_id: str, timeline_id: str) -> Timeline:
         return self.get(tenant_id).get_timeline(timeline_id)
@@ -330,6 +488,8 @@ class TenantSet:
         if tenant_id in self.tenants:
             raise AlreadyExists(f"tenant_id={tenant_id} already exists")
         config = TenantConfig(tenant_id, size, pitr_seconds or DEFAULT_PITR_SECONDS)
+        if self.ctx.remote is not None:
+            config = await self._claim_remote(config)
 
         def fill(d: Path) -> None:
             (d / "timelines").mkdir()
@@ -343,13 +503,136 @@ class TenantSet:
         self.ctx.log.info("tenant_created", tenant=tenant_id, page_size=size)
         return tenant
 
+    async def _claim_remote(self, config: TenantConfig) -> TenantConfig:
+        """A new tenant in remote storage: the next generation, then tenant.json."""
+        storage = self.ctx.remote
+        assert storage is not None
+
+        def claim() -> TenantConfig:
+            generation = remote_timeline.read_generation(storage, config.tenant_id) + 1
+            remote_timeline.write_generation(storage, config.tenant_id, generation)
+            claimed = replace(config, generation=generation)
+            storage.upload_bytes(claimed.encode(), remote_timeline.tenant_config_key(config.tenant_id))
+            return claimed
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, claim)
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"tenant_id={config.tenant_id}: remote storage refused the tenant: {exc!r}") from exc
+
     async def delete_tenant(self, tenant_id: str) -> Tenant:
-        tenant = self.get(tenant_id)
+        tenant = self.get(tenant_id, allow_fenced=True)
         await tenant.shutdown(flush=False)
         del self.tenants[tenant_id]
+        self._forget_layers(tenant)
         await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, tenant.directory)
+        if tenant.fenced is None and self.ctx.remote is not None:
+            for timeline_id in list(tenant.timelines):
+                await tenant._delete_remote_timeline(timeline_id)
+            storage = self.ctx.remote
+            keys = [remote_timeline.tenant_config_key(tenant_id), remote_timeline.generation_key(tenant_id)]
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, storage.delete, keys)
+            except Exception as exc:  # noqa: BLE001 - best effort
+                self.ctx.log.warning("remote_tenant_delete_failed", tenant=tenant_id, error=repr(exc))
         self.ctx.log.info("tenant_deleted", tenant=tenant_id)
         return tenant
+
+    def _forget_layers(self, tenant: Tenant) -> None:
+        if self.ctx.layer_cache is not None:
+            for timeline in tenant.timelines.values():
+                for layer in timeline.layer_map.historic:
+                    self.ctx.layer_cache.forget(layer)
+
+    def _require_remote(self, what: str) -> RemoteStorage:
+        if self.ctx.remote is None:
+            raise FailedPrecondition(f"{what} needs remote storage: start the pageserver with --remote-storage URL")
+        return self.ctx.remote
+
+    async def attach_tenant(self, tenant_id: str) -> Tenant:
+        """Take the tenant over from remote storage: a new generation (fencing any
+        older attachment), tenant.json and every timeline's index_part.json
+        written locally, layers downloaded on demand, ingest from each remote
+        disk_consistent_lsn."""
+        tenant_id = ids.tenant_id(tenant_id)
+        storage = self._require_remote("AttachTenant")
+        existing = self.tenants.get(tenant_id)
+        if existing is not None and existing.fenced is None:
+            return existing  # attached here already
+        if existing is not None:
+            await self.delete_local(existing)
+        loop = asyncio.get_running_loop()
+
+        def fetch() -> tuple[TenantConfig, dict[str, IndexPart]]:
+            key = remote_timeline.tenant_config_key(tenant_id)
+            try:
+                data = storage.download_bytes(key)
+            except NotFound:
+                raise NotFound(f"tenant_id={tenant_id}: remote storage has no such tenant (no {key})") from None
+            config = TenantConfig.decode(data, f"remote {key}")
+            generation = max(remote_timeline.read_generation(storage, tenant_id), config.generation) + 1
+            remote_timeline.write_generation(storage, tenant_id, generation)
+            config = replace(config, generation=generation)
+            storage.upload_bytes(config.encode(), key)
+            indexes = {
+                tl: remote_timeline.download_index(storage, tenant_id, tl)
+                for tl in remote_timeline.remote_index_timelines(storage, tenant_id)
+            }
+            return config, indexes
+
+        try:
+            config, indexes = await loop.run_in_executor(self.ctx.executor, fetch)
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"tenant_id={tenant_id}: attaching from remote storage failed: {exc!r}") from exc
+
+        def fill(d: Path) -> None:
+            (d / "timelines").mkdir()
+            write_durably(d / TENANT_FILE, config.encode())
+            for timeline_id, index in indexes.items():
+                local = replace(index, generation=config.generation)
+                _make_dir_durably(d / "timelines", timeline_id, lambda t, i=local: write_index_part(t, i))
+
+        if (self.root / tenant_id).exists():
+            await loop.run_in_executor(self.ctx.executor, shutil.rmtree, self.root / tenant_id)
+        directory = await loop.run_in_executor(self.ctx.executor, _make_dir_durably, self.root, tenant_id, fill)
+        tenant = Tenant(config, directory, self.ctx)
+        tenant.load(dict(indexes))
+        self.tenants[tenant_id] = tenant
+        self.ctx.log.info(
+            "tenant_attached", tenant=tenant_id, generation=config.generation, timelines=len(tenant.timelines),
+            lsns=",".join(f"{tl}:{i.disk_consistent_lsn}" for tl, i in sorted(indexes.items())),
+        )
+        return tenant
+
+    async def detach_tenant(self, tenant_id: str, timeout: float = 30.0) -> Tenant:
+        """Stop ingest, flush and upload everything, then drop the local files."""
+        self._require_remote("DetachTenant")
+        tenant = self.get(tenant_id, allow_fenced=True)
+        if tenant.fenced is None:
+            await tenant.stop_ingest()
+            for timeline in tenant.timelines.values():
+                await timeline.checkpoint()
+            if not await tenant.wait_uploaded(timeout):
+                # Keep serving: the local files are the only copy of what is not uploaded.
+                tenant._stopping = False
+                for timeline_id, timeline in tenant.timelines.items():
+                    receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, tenant._backpressure)
+                    tenant.receivers[timeline_id] = receiver
+                    receiver.start()
+                raise Unavailable(f"tenant_id={tenant_id}: uploads did not finish within {timeout:.0f}s; still attached here")
+        await self.delete_local(tenant)
+        self.ctx.log.info("tenant_detached", tenant=tenant_id)
+        return tenant
+
+    async def delete_local(self, tenant: Tenant) -> None:
+        await tenant.shutdown(flush=False)
+        self.tenants.pop(tenant.tenant_id, None)
+        self._forget_layers(tenant)
+        await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, tenant.directory, True)
 
     async def run_ticks(self, interval_s: float = 1.0) -> None:
         while True:

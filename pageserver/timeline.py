@@ -13,6 +13,12 @@ temp name and renamed (layers/delta.py), then index_part.json is rewritten to
 name it with the new disk_consistent_lsn. A crash before the index write leaves
 an unnamed file that load() deletes; after it, the layer is part of the timeline.
 
+With remote storage (remote_timeline.py) each index change is also queued for
+upload (`on_index_changed`), and local layer files are a cache: reads go
+through `read()`, which downloads a layer a read needs (missing or corrupt
+locally) and retries; compaction pins the layers it reads and makes them local
+first (layer_cache.py).
+
 Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
 serializes index_part changes (flush, compaction); file writing and compaction
 run on the executor and touch only frozen or immutable layers. Compaction of
@@ -28,19 +34,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
 from pageserver import compaction, reconstruct
 from pageserver.in_memory_layer import InMemoryLayer
 from pageserver.index_part import IndexPart, LayerEntry, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
-from pageserver.layer_map import HistoricLayer, LayerMap
+from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded, LayerMap
 from pageserver.layers.block_file import BlockCache
+from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
 from strata.errors import DeadlineExceeded, Unavailable
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
+
+if TYPE_CHECKING:
+    from pageserver.remote_storage import RemoteObject
+    from pageserver.remote_timeline import RemoteTimelineClient
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,8 @@ class Timeline:
         block_cache: BlockCache,
         executor: Executor,
         log: EventLogger,
+        layer_cache: LayerCache | None = None,
+        remote_objects: dict[str, RemoteObject] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.timeline_id = timeline_id
@@ -87,10 +103,20 @@ class Timeline:
         self.executor = executor
         self.log = log
         self.layer_map = LayerMap(block_cache)
+        self.layer_cache = layer_cache
+        remote_objects = remote_objects or {}
         for entry in index.layers:
-            self.layer_map.historic.append(
-                HistoricLayer(LayerName.parse(entry.file_name), directory / entry.file_name, entry.file_size, entry.file_checksum)
+            path = directory / entry.file_name
+            layer = HistoricLayer(
+                LayerName.parse(entry.file_name), path, entry.file_size, entry.file_checksum,
+                remote=remote_objects.get(entry.file_name), local=path.exists(),
             )
+            self.layer_map.historic.append(layer)
+            if layer_cache is not None:
+                layer_cache.adopt(layer)
+        # Set by the tenant when remote storage is configured.
+        self.remote: RemoteTimelineClient | None = None
+        self.on_index_changed: Callable[[Timeline], None] | None = None
         self.disk_consistent_lsn = index.disk_consistent_lsn
         self.last_record_lsn = index.disk_consistent_lsn
         self.children: set[str] = set()
@@ -198,6 +224,9 @@ class Timeline:
             self.layer_map.historic.append(layer)
             self.layer_map.frozen.remove(mem)
             self.disk_consistent_lsn = mem.end_lsn - 1
+        if self.layer_cache is not None:
+            self.layer_cache.adopt(layer)
+        self._index_changed()
         self.log.info(
             "layer_flushed",
             tenant=self.tenant_id,
@@ -230,8 +259,81 @@ class Timeline:
             self.index = index
             self.layer_map.replace_historic(remove, add)
         for layer in remove:
+            if self.layer_cache is not None:
+                self.layer_cache.forget(layer)
             layer.close()
             layer.path.unlink(missing_ok=True)
+        for layer in add:
+            if self.layer_cache is not None:
+                self.layer_cache.adopt(layer)
+        self._index_changed()
+
+    def _index_changed(self) -> None:
+        if self.on_index_changed is not None:
+            self.on_index_changed(self)
+        if self.layer_cache is not None:
+            self.layer_cache.evict()
+
+    def layer_by_name(self, file_name: str) -> HistoricLayer | None:
+        for layer in self.layer_map.historic:
+            if layer.name.file_name == file_name:
+                return layer
+        return None
+
+    @property
+    def remote_consistent_lsn(self) -> int:
+        return self.remote.remote_consistent_lsn if self.remote is not None else 0
+
+    def persisted_lsn(self) -> int:
+        """What the walservice may trim below: remote_consistent_lsn with remote
+        storage, else disk_consistent_lsn."""
+        return self.remote.remote_consistent_lsn if self.remote is not None else self.disk_consistent_lsn
+
+    async def _pinned_local(self, layers: list[HistoricLayer]):
+        for layer in layers:
+            layer.pins += 1
+        try:
+            if self.layer_cache is not None:
+                await self.layer_cache.ensure_local(layers)
+        except BaseException:
+            self._unpin(layers)
+            raise
+
+    @staticmethod
+    def _unpin(layers: list[HistoricLayer]) -> None:
+        for layer in layers:
+            layer.pins -= 1
+
+    def chain_layers(self) -> list[HistoricLayer]:
+        """Every layer file of this timeline and its ancestors."""
+        out: list[HistoricLayer] = []
+        tl: Timeline | None = self
+        while tl is not None:
+            out.extend(tl.layer_map.historic)
+            tl = tl.ancestor
+        return out
+
+    async def read(self, fn: Callable[[], T]) -> T:
+        """Run the synchronous read `fn` (on the loop); when it needs a layer that
+        is not local, or is corrupt locally, download it (on the executor) and retry."""
+        attempts: dict[int, int] = {}
+        pinned: list[HistoricLayer] = []  # downloaded for this read: not evicted before it is done
+        try:
+            while True:
+                try:
+                    return fn()
+                except LayerDownloadNeeded as need:
+                    n = attempts[id(need.layer)] = attempts.get(id(need.layer), 0) + 1
+                    if self.layer_cache is None or n > 3:
+                        raise Unavailable(f"{self}: cannot read layer {need.layer.name.file_name}: {need}") from need
+                    need.layer.pins += 1
+                    pinned.append(need.layer)
+                    await self.layer_cache.download(need)
+        finally:
+            if pinned:
+                self._unpin(pinned)
+                if self.layer_cache is not None:
+                    self.layer_cache.evict()
 
     async def compact(self, tenant_lock: asyncio.Lock, force: bool = False) -> None:
         """L0 -> L1 when enough L0s piled up (or any, with force), then image layers
@@ -242,10 +344,14 @@ class Timeline:
                 return
             l0 = self.layer_map.l0_deltas()
             if l0 and (force or len(l0) >= self.config.compaction_threshold):
-                l1 = await loop.run_in_executor(
-                    self.executor, compaction.compact_l0, l0, self.directory, self.tenant_id, self.timeline_id,
-                    self.index.generation, self.config.l1_target_bytes, self.layer_map.block_cache,
-                )
+                await self._pinned_local(l0)
+                try:
+                    l1 = await loop.run_in_executor(
+                        self.executor, compaction.compact_l0, l0, self.directory, self.tenant_id, self.timeline_id,
+                        self.index.generation, self.config.l1_target_bytes, self.layer_map.block_cache,
+                    )
+                finally:
+                    self._unpin(l0)
                 await self.commit_layers(l0, l1)
                 self.log.info(
                     "compacted_l0", tenant=self.tenant_id, timeline=self.timeline_id, l0=len(l0), l1=len(l1),
@@ -258,10 +364,17 @@ class Timeline:
                 self.log.info("images_deferred", tenant=self.tenant_id, timeline=self.timeline_id, reason="ancestor_catching_up")
             elif partitions:
                 lsn = self.disk_consistent_lsn
-                images = await loop.run_in_executor(
-                    self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
-                    self.index.generation,
-                )
+                # Reconstruction on the executor may read any layer of the chain:
+                # make them all local and keep them from eviction meanwhile.
+                chain = self.chain_layers()
+                await self._pinned_local(chain)
+                try:
+                    images = await loop.run_in_executor(
+                        self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
+                        self.index.generation,
+                    )
+                finally:
+                    self._unpin(chain)
                 await self.commit_layers([], images)
                 self.log.info("created_images", tenant=self.tenant_id, timeline=self.timeline_id, layers=len(images), lsn=lsn)
 

@@ -1,0 +1,289 @@
+"""Remote storage as the truth for a timeline: its upload queue.
+
+Remote layout (pageserver/remote_storage.py keys)::
+
+    tenants/<t>/generation                            the newest attach generation (decimal text)
+    tenants/<t>/tenant.json                           TenantConfig
+    tenants/<t>/timelines/<tl>/index_part.json        IndexPart (with remote checksums)
+    tenants/<t>/timelines/<tl>/<layer file name>      layer files (name carries the generation)
+    tenants/<t>/timelines/<tl>/wal/...                the walservice's offloaded WAL (not ours)
+
+`RemoteTimelineClient` is one asyncio task per timeline that brings remote
+storage up to the timeline's current local index, in this order:
+
+1. upload every layer the index names that is not yet remote (on the executor);
+2. read `tenants/<t>/generation`: if a newer generation attached the tenant
+   elsewhere, upload nothing more and fence the tenant (tenant.py);
+3. upload index_part.json: it names only layers uploaded in step 1 or before;
+4. remote_consistent_lsn := that index's disk_consistent_lsn; report it;
+5. delete remote layers that neither the uploaded index nor the local one
+   names (replaced by compaction): only now no index that can be read names them.
+
+Each wake-up syncs to the newest local index (intermediate indexes are skipped:
+each uploaded index is complete by itself). A failure (remote storage down; the
+S3 backend already retried transient errors) is logged once per outage
+(`event=remote_upload_failed level=warn`), retried with backoff, and logged
+again when uploads catch up (`event=remote_upload_recovered`). Ingest never
+waits for uploads; the walservice keeps WAL above remote_consistent_lsn, so
+nothing is lost while uploads lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
+from pageserver.index_part import IndexPart
+from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
+from strata.errors import CorruptionError
+from strata.ids import TenantId, TimelineId
+from strata.logs import EventLogger
+
+if TYPE_CHECKING:
+    from pageserver.timeline import Timeline
+
+MAX_BACKOFF_S = 5.0
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    return check_key(f"tenants/{tenant_id}") + "/"
+
+
+def tenant_config_key(tenant_id: str) -> str:
+    return tenant_prefix(tenant_id) + "tenant.json"
+
+
+def generation_key(tenant_id: str) -> str:
+    return tenant_prefix(tenant_id) + "generation"
+
+
+def timelines_prefix(tenant_id: str) -> str:
+    return tenant_prefix(tenant_id) + "timelines/"
+
+
+def index_key(tenant_id: str, timeline_id: str) -> str:
+    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), INDEX_FILE_NAME)
+
+
+def read_generation(storage: RemoteStorage, tenant_id: str) -> int:
+    """The newest generation recorded remotely (0: none yet). Blocking."""
+    from strata.errors import NotFound
+
+    try:
+        data = storage.download_bytes(generation_key(tenant_id))
+    except NotFound:
+        return 0
+    try:
+        return int(data.decode().strip())
+    except ValueError:
+        raise CorruptionError(f"remote object {generation_key(tenant_id)} is not a generation number: {data[:40]!r}") from None
+
+
+def write_generation(storage: RemoteStorage, tenant_id: str, generation: int) -> None:
+    storage.upload_bytes(f"{generation}\n".encode(), generation_key(tenant_id))
+
+
+def remote_index_timelines(storage: RemoteStorage, tenant_id: str) -> list[str]:
+    """The timeline ids that have an index_part.json remotely. Blocking."""
+    prefix = timelines_prefix(tenant_id)
+    out = []
+    for obj in storage.list(prefix):
+        parts = obj.key[len(prefix):].split("/")
+        if len(parts) == 2 and parts[1] == INDEX_FILE_NAME:
+            out.append(parts[0])
+    return out
+
+
+def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> IndexPart:
+    key = index_key(tenant_id, timeline_id)
+    return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
+
+
+def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:
+    """The remote objects an uploaded index names (file name -> object)."""
+    tenant, timeline = TenantId(index.tenant_id), TimelineId(index.timeline_id)
+    return {
+        e.file_name: RemoteObject(timeline_key(tenant, timeline, e.file_name), e.file_size, e.remote_checksum)
+        for e in index.layers
+    }
+
+
+def timeline_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> list[str]:
+    """Keys of a timeline's index and layers (not the walservice's WAL under it)."""
+    prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
+    return [o.key for o in storage.list(prefix) if "/" not in o.key[len(prefix):]]
+
+
+class Fenced(Exception):
+    """A newer generation attached the tenant elsewhere."""
+
+
+class _Superseded(Exception):
+    """A layer of the index being uploaded was replaced meanwhile; a newer index follows."""
+
+
+class RemoteTimelineClient:
+    def __init__(
+        self,
+        timeline: Timeline,
+        storage: RemoteStorage,
+        executor: Executor,
+        log: EventLogger,
+        check_generation: Callable[[], Awaitable[None]],
+        on_uploaded: Callable[[Timeline], None],
+        remote_index: IndexPart | None,
+    ) -> None:
+        self.timeline = timeline
+        self.storage = storage
+        self.executor = executor
+        self.log = log
+        self.check_generation = check_generation  # raises Fenced
+        self.on_uploaded = on_uploaded
+        self.remote_index = remote_index
+        self.remote_objects: dict[str, RemoteObject] = remote_objects_of(remote_index) if remote_index else {}
+        self.remote_consistent_lsn = remote_index.disk_consistent_lsn if remote_index else 0
+        self._synced: IndexPart | None = None  # the local index last brought up
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.fenced = False
+
+    def __repr__(self) -> str:
+        return f"RemoteTimelineClient({self.timeline})"
+
+    def schedule(self) -> None:
+        """The local index changed: bring remote storage up to it (soon, in the background)."""
+        self._wake.set()
+        if self._task is None and not self.fenced:
+            self._task = asyncio.create_task(self._run())
+
+    @property
+    def up_to_date(self) -> bool:
+        return self._synced is self.timeline.index
+
+    async def wait_uploaded(self, timeout: float) -> bool:
+        """Wait until the current local index is uploaded; False if not within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.schedule()
+        while not self.up_to_date:
+            if self.fenced or self._task is None:
+                return False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            progress = self._progress
+            try:
+                await asyncio.wait_for(progress.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+                pass
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _run(self) -> None:
+        tl = self.timeline
+        failing = False
+        backoff = 0.2
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self.up_to_date and not tl.deleted:
+                try:
+                    await self._sync_once()
+                except Fenced:
+                    self.fenced = True
+                    self._notify()
+                    return
+                except _Superseded:
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - remote storage down or a bug: retried
+                    if not failing:
+                        self.log.warning(
+                            "remote_upload_failed", tenant=tl.tenant_id, timeline=tl.timeline_id,
+                            remote_consistent_lsn=self.remote_consistent_lsn, error=repr(exc), action="retrying",
+                        )
+                        failing = True
+                    self._notify()
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                if failing:
+                    self.log.info(
+                        "remote_upload_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id,
+                        remote_consistent_lsn=self.remote_consistent_lsn,
+                    )
+                    failing = False
+                backoff = 0.2
+                self._notify()
+
+    async def _sync_once(self) -> None:
+        tl = self.timeline
+        loop = asyncio.get_running_loop()
+        index = tl.index
+        tenant, timeline = TenantId(tl.tenant_id), TimelineId(tl.timeline_id)
+        entries = []
+        for entry in index.layers:
+            obj = self.remote_objects.get(entry.file_name)
+            if obj is None:
+                layer = tl.layer_by_name(entry.file_name)
+                if layer is None and tl.index is not index:
+                    raise _Superseded()
+                if layer is None or not layer.local:
+                    raise FileNotFoundError(f"{tl}: layer {entry.file_name} is neither local nor remote")
+                key = timeline_key(tenant, timeline, entry.file_name)
+                path = layer.path
+                try:
+                    obj = await loop.run_in_executor(self.executor, lambda: self.storage.upload_file(path, key))
+                except FileNotFoundError:
+                    if tl.index is not index:
+                        raise _Superseded() from None  # compaction removed it meanwhile
+                    raise
+                self.remote_objects[entry.file_name] = obj
+                layer.remote = obj
+                self.log.info("layer_uploaded", tenant=tl.tenant_id, timeline=tl.timeline_id, layer=entry.file_name, bytes=obj.size)
+            else:
+                layer = tl.layer_by_name(entry.file_name)
+                if layer is not None and layer.remote is None:
+                    layer.remote = obj
+            entries.append(replace(entry, remote_checksum=obj.checksum))
+        remote_index = replace(index, layers=tuple(entries))
+        await self.check_generation()
+        data = remote_index.encode()
+        await loop.run_in_executor(self.executor, lambda: self.storage.upload_bytes(data, index_key(tl.tenant_id, tl.timeline_id)))
+        self.remote_index = remote_index
+        self._synced = index
+        advanced = index.disk_consistent_lsn != self.remote_consistent_lsn
+        self.remote_consistent_lsn = index.disk_consistent_lsn
+        if advanced:
+            self.log.info(
+                "index_uploaded", tenant=tl.tenant_id, timeline=tl.timeline_id, layers=len(entries),
+                remote_consistent_lsn=self.remote_consistent_lsn,
+            )
+        self.on_uploaded(tl)
+        keep = {e.file_name for e in remote_index.layers} | {e.file_name for e in tl.index.layers}
+        gone = [name for name in self.remote_objects if name not in keep]
+        if gone:
+            keys = [self.remote_objects[name].key for name in gone]
+            await loop.run_in_executor(self.executor, lambda: self.storage.delete(keys))
+            for name in gone:
+                del self.remote_objects[name]
+            self.log.info("remote_layers_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, layers=len(gone))

@@ -1,0 +1,223 @@
+"""The pageserver with remote storage as the truth (`--remote-storage`).
+
+Real walservice and pageserver processes, compared with tests/model.py through
+tests/pageserver/world.py:
+- kill -9 while layers and indexes are being uploaded, lose the local disk,
+  attach the tenant on a new pageserver with an empty disk: every page at every
+  LSN comes back (file:// and, once, S3 through moto_server over HTTP);
+- a bit flipped in a cached layer file is detected and the layer re-downloaded;
+- remote storage down: ingest and reads go on, uploads and
+  remote_consistent_lsn catch up afterwards, and the logs say so;
+- generation fencing: attaching the tenant elsewhere fences the first pageserver.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from compute_shim import Client
+from pageserver.remote_storage import LocalFsStorage
+from pageserver.remote_timeline import generation_key, index_key
+from tests.env import Component, StrataEnv
+from tests.pageserver.test_kill9 import TINY_LAYERS, Appender
+from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
+from tests.pageserver.world import RecordGen, World
+
+SEED = 20261205
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def uploaded(client: Client, world: World, timeline_id: str) -> bool:
+    """Whether everything flushed is in remote storage."""
+    info = client.get_timeline(tenant_id=world.tenant_id, timeline_id=timeline_id)
+    return info.remote_consistent_lsn > 0 and info.remote_consistent_lsn == info.disk_consistent_lsn
+
+
+def attach_on_empty_disk(
+    env: StrataEnv, wal: Component, old: Component, url: str, world: World, rng: random.Random, cache_bytes: int | None = None
+) -> Component:
+    """Lose `old`'s disk; attach the world's tenant on a fresh pageserver; check
+    every timeline. With `cache_bytes` (small) layers are evicted and downloaded
+    again as the checks go."""
+    shutil.rmtree(old.data_dir)
+    cache = ("--local-cache-bytes", str(cache_bytes)) if cache_bytes else ()
+    ps = env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, *cache, name="pageserver-new")
+    client = Client(pageserver=ps.address, walservice=wal.address)
+    world.client = client
+    info = client.attach_tenant(tenant_id=world.tenant_id, timeout=60)
+    assert info.generation >= 2, info
+    assert len(client.list_timelines(tenant_id=world.tenant_id).timelines) == len(world.timelines)
+    world.check_all(rng, limit=40 if cache_bytes else None)
+    log = ps.log_text()
+    assert "event=layer_downloaded" in log
+    if cache_bytes:
+        assert "event=layer_evicted" in log
+        sizes = [p.stat().st_size for p in ps.data_dir.rglob("*") if p.suffix in (".delta", ".image")]
+        # Between reads the cache is back under budget (a read may hold one more layer than fits).
+        assert sum(sizes) <= cache_bytes + max(sizes, default=0), f"{sum(sizes)} local layer bytes"
+    return ps
+
+
+def kill_mid_upload_then_attach(env: StrataEnv, url: str, seed: int, cache_bytes: int | None = None) -> None:
+    rng = random.Random(seed)
+    wal = env.walservice()
+    ps = env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World.create(client, 512)
+        main = world.create_root()
+        appender = Appender(world, [main], rng.randrange(1 << 32))
+        appender.start()
+        try:
+            appender.wait_for(30)
+            appender.timelines.append(world.branch(main, 0))
+            appender.wait_for(40)
+            wait_until("a first upload", lambda: "event=index_uploaded" in ps.log_text())
+            appender.wait_for(rng.randint(1, 10))
+            ps.kill()  # layers and indexes are being uploaded all the time with tiny layers
+            appender.wait_for(5)  # WAL keeps coming while no pageserver runs
+        finally:
+            appender.finish()
+        assert "event=layer_uploaded" in ps.log_text()
+    new = attach_on_empty_disk(env, wal, ps, url, world, rng, cache_bytes)
+    world.client.close()
+    assert new.stop() == 0
+
+
+def test_kill9_mid_upload_then_attach_on_an_empty_disk(strata_env: StrataEnv, tmp_path: Path) -> None:
+    kill_mid_upload_then_attach(strata_env, f"file://{tmp_path / 'remote'}", SEED, cache_bytes=40_000)
+
+
+def test_attach_on_an_empty_disk_from_s3(
+    strata_env: StrataEnv, moto_server: MotoServer, aws_env: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    bucket = f"strata-ps-{random.randrange(1 << 30)}"
+    moto_server.create_bucket(bucket)
+    aws_env.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    kill_mid_upload_then_attach(strata_env, f"s3://{bucket}/prefix", SEED + 1)
+
+
+def test_bit_flip_in_a_cached_layer_is_redownloaded(strata_env: StrataEnv, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 2)
+    remote = LocalFsStorage(tmp_path / "remote")
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", f"file://{remote.root}")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World.create(client, 512)
+        main = world.create_root()
+        world.append_random(main, RecordGen(rng, 512), 40)
+        world.wait_ingested(main)
+        client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        wait_until("uploads", lambda: uploaded(client, world, main))
+    assert ps.stop() == 0
+    tl_dir = ps.data_dir / "tenants" / world.tenant_id / "timelines" / main
+    layer = max((p for p in tl_dir.iterdir() if p.suffix in (".delta", ".image")), key=lambda p: p.stat().st_size)
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    layer.write_bytes(bytes(data))
+
+    ps.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world.client = client
+        world.check_all(rng, limit=None)
+    log = ps.new_log_text()
+    assert "event=layer_corrupt" in log and layer.name in log, "the flipped bit was not detected"
+    assert "event=layer_downloaded" in log
+    from pageserver.remote_storage import timeline_key
+    from strata.ids import TenantId, TimelineId
+
+    remote_copy = remote.download_bytes(timeline_key(TenantId(world.tenant_id), TimelineId(main), layer.name))
+    assert layer.read_bytes() == remote_copy, "the local layer is not the remote copy again"
+
+
+def test_remote_storage_down_then_back(strata_env: StrataEnv, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 3)
+    remote = tmp_path / "remote"
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", f"file://{remote}")
+    gen = RecordGen(rng, 512)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World.create(client, 512)
+        main = world.create_root()
+        world.append_random(main, gen, 20)
+        world.wait_ingested(main)
+        wait_until("uploads", lambda: uploaded(client, world, main))
+        before = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).remote_consistent_lsn
+
+        saved = tmp_path / "remote.saved"
+        remote.rename(saved)
+        remote.write_text("not a directory")
+        world.append_random(main, gen, 30)  # ingest goes on: layers are flushed locally
+        world.wait_ingested(main)
+        world.check_all(rng, limit=10)  # and reads
+        wait_until("the upload failure logged", lambda: "event=remote_upload_failed" in ps.log_text())
+        info = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main)
+        assert info.disk_consistent_lsn > before, "no layer was flushed while remote storage was down"
+        assert info.remote_consistent_lsn == before, "remote_consistent_lsn moved while remote storage was down"
+
+        remote.unlink()
+        saved.rename(remote)
+        wait_until("uploads to catch up", lambda: uploaded(client, world, main))
+        info = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main)
+        assert info.remote_consistent_lsn >= info.disk_consistent_lsn > before
+        assert "event=remote_upload_recovered" in ps.log_text()
+        wait_until(
+            "the walservice to hear remote_consistent_lsn",
+            lambda: client.status(tenant_id=world.tenant_id, timeline_id=main).remote_consistent_lsn >= info.remote_consistent_lsn,
+        )
+        world.check_all(rng, limit=10)
+    # What went up after the outage is enough for an attach elsewhere.
+    assert ps.stop() == 0
+    attach_on_empty_disk(strata_env, wal, ps, f"file://{remote}", world, rng)
+    world.client.close()
+
+
+def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 4)
+    url = f"file://{tmp_path / 'remote'}"
+    storage = LocalFsStorage(tmp_path / "remote")
+    wal = strata_env.walservice()
+    first = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, name="first")
+    second = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, name="second")
+    gen = RecordGen(rng, 512)
+    with Client(pageserver=first.address, walservice=wal.address) as c1, Client(pageserver=second.address, walservice=wal.address) as c2:
+        world = World.create(c1, 512)
+        main = world.create_root()
+        world.append_random(main, gen, 20)
+        world.wait_ingested(main)
+        wait_until("uploads", lambda: uploaded(c1, world, main))
+        assert storage.download_bytes(generation_key(world.tenant_id)).strip() == b"1"
+
+        info = c2.attach_tenant(tenant_id=world.tenant_id, timeout=60)
+        assert info.generation == 2
+        index_before = storage.download_bytes(index_key(world.tenant_id, main))
+        world.append_random(main, gen, 30)  # the first flushes layers and tries to upload their index
+        wait_until("the first pageserver to be fenced", lambda: "event=tenant_fenced" in first.log_text())
+        fenced = [l for l in first.log_text().splitlines() if "event=tenant_fenced" in l]
+        assert len(fenced) == 1 and "level=warn" in fenced[0] and "remote_generation=2" in fenced[0], fenced
+        with pytest.raises(grpc.RpcError) as err:
+            c1.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=0, timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "attached elsewhere" in err.value.details()
+        # The fenced pageserver's index never replaced the newer generation's.
+        from pageserver.index_part import IndexPart
+
+        remote_index = IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main)))
+        assert remote_index.generation == 2 or storage.download_bytes(index_key(world.tenant_id, main)) == index_before
+
+        world.client = c2
+        world.check_all(rng, limit=15)
+        wait_until("the second's uploads", lambda: uploaded(c2, world, main))
+        assert IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation == 2
