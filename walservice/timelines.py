@@ -20,6 +20,7 @@ the executor under `_create_lock` so two creations never race on one directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from concurrent.futures import Executor
 from pathlib import Path
@@ -28,8 +29,9 @@ from strata import ids
 from strata.durable_file import fsync_dir
 from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
 from strata.logs import EventLogger
-from walservice.control_file import TimelineControl, read_control, write_control
+from walservice.control_file import CONTROL_FILE_NAME, TimelineControl, read_control
 from walservice.sequencer import Timeline
+from walservice.segment import segment_file_name
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, TimelineWal
 
 
@@ -113,18 +115,26 @@ class TimelineSet:
             return timeline
 
     def _create_files(self, control: TimelineControl) -> TimelineWal:
+        """Files first, in a directory nobody reads until its rename: so each file
+        needs only its own fsync (no temp-and-rename inside), then one fsync of
+        the directory, the rename, and an fsync of the parent (and of the root
+        when the tenant directory is new). Branch creation waits on this."""
         tenant_dir = self.root / control.tenant_id
+        new_tenant = not tenant_dir.exists()
         tenant_dir.mkdir(parents=True, exist_ok=True)
         final = tenant_dir / control.timeline_id
         tmp = tenant_dir / f".{control.timeline_id}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        write_control(tmp, control)
-        TimelineWal(tmp, control, self.segment_bytes).create_segment_file(control.start_lsn)
+        wal = TimelineWal(tmp, control, self.segment_bytes)
+        _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
+        _write_synced(tmp / segment_file_name(control.start_lsn), wal.segment_header(control.start_lsn).encode())
+        fsync_dir(tmp)
         tmp.rename(final)
         fsync_dir(tenant_dir)
-        fsync_dir(self.root)
+        if new_tenant:
+            fsync_dir(self.root)
         wal = TimelineWal(final, control, self.segment_bytes)
         wal.recover(self.log)
         return wal
@@ -135,3 +145,10 @@ class TimelineSet:
                 await timeline.close()
             except StrataError:
                 pass
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

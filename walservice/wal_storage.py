@@ -97,7 +97,7 @@ class TimelineWal:
 
     # -- creation and recovery ------------------------------------------------
 
-    def _segment_header(self, start_lsn: int) -> SegmentHeader:
+    def segment_header(self, start_lsn: int) -> SegmentHeader:
         c = self.control
         return SegmentHeader(start_lsn, c.tenant_id, c.timeline_id, c.page_size)
 
@@ -106,7 +106,7 @@ class TimelineWal:
         path = self.directory / segment_file_name(start_lsn)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            f.write(self._segment_header(start_lsn).encode())
+            f.write(self.segment_header(start_lsn).encode())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
