@@ -221,3 +221,28 @@ def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
         world.check_all(rng, limit=15)
         wait_until("the second's uploads", lambda: uploaded(c2, world, main))
         assert IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation == 2
+
+
+def test_detach_then_attach_elsewhere(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """DetachTenant uploads what is only in memory and drops the local copy; another pageserver attaches it."""
+    rng = random.Random(SEED + 5)
+    url = f"file://{tmp_path / 'remote'}"
+    wal = strata_env.walservice()
+    first = strata_env.pageserver(wal, "--remote-storage", url, name="first")  # default sizes: all in memory
+    second = strata_env.pageserver(wal, "--remote-storage", url, name="second")
+    with Client(pageserver=first.address, walservice=wal.address) as c1, Client(pageserver=second.address, walservice=wal.address) as c2:
+        world = World.create(c1, 512)
+        main = world.create_root()
+        world.append_random(main, RecordGen(rng, 512), 15)
+        world.wait_ingested(main)
+        assert c1.get_timeline(tenant_id=world.tenant_id, timeline_id=main).remote_consistent_lsn == 0
+        info = c1.detach_tenant(tenant_id=world.tenant_id, timeout=60)
+        assert info.state == "detached"
+        assert not (first.data_dir / "tenants" / world.tenant_id).exists()
+        assert "event=tenant_detached" in first.log_text()
+        wal.stop()  # everything must come from remote storage now
+        c2.attach_tenant(tenant_id=world.tenant_id, timeout=60)
+        tl = c2.get_timeline(tenant_id=world.tenant_id, timeline_id=main)
+        assert tl.disk_consistent_lsn == world.timelines[main].last_lsn, tl
+        world.client = c2
+        world.check_all(rng, limit=None)
