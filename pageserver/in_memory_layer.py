@@ -28,6 +28,7 @@ class InMemoryLayer:
         # The timeline's relation directory as of end_lsn - 1, taken at freeze:
         # what index_part.json records once this layer is on disk.
         self.relations_at_end: dict[int, object] = {}
+        self.truncations_at_end: tuple[tuple[int, int, int], ...] = ()
         # key -> ([lsn, ...], [value, ...]) in ascending LSN
         self._entries: dict[int, tuple[list[int], list[bytes]]] = {}
 
@@ -64,6 +65,21 @@ class InMemoryLayer:
         lo = bisect.bisect_left(lsns, lsn_start)
         hi = bisect.bisect_left(lsns, lsn_end)
         return list(zip(lsns[lo:hi], values[lo:hi]))
+
+    def get_newest_first(self, key: int, lsn_start: int, lsn_end: int, stop_at_init: bool = True) -> list[tuple[int, bytes]]:
+        """(lsn, value) of `key` in [lsn_start, lsn_end), newest first; with
+        `stop_at_init`, only up to the newest value that defines the key alone."""
+        found = self._entries.get(key)
+        if found is None:
+            return []
+        lsns, values = found
+        out: list[tuple[int, bytes]] = []
+        lo = bisect.bisect_left(lsns, lsn_start)
+        for i in range(bisect.bisect_left(lsns, lsn_end) - 1, lo - 1, -1):
+            out.append((lsns[i], values[i]))
+            if stop_at_init and will_init(values[i]):
+                break
+        return out
 
     def keys(self) -> list[int]:
         return list(self._entries)

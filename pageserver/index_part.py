@@ -60,6 +60,10 @@ class IndexPart:
     # timeline (or its ancestor up to the branch point) ever had, as
     # (rel, exists, nblocks), so sizes and listings never scan layer files.
     relations: tuple[tuple[int, bool, int], ...] = field(default_factory=tuple)
+    # Every truncation (a RelSize that shrank a relation) and drop (nblocks 0)
+    # up to disk_consistent_lsn, inherited ones included, as (rel, lsn, nblocks):
+    # reconstruction drops a block's values older than one that cut it.
+    truncations: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
     format_version: int = FORMAT_VERSION
 
     def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: int) -> IndexPart:
@@ -76,6 +80,7 @@ class IndexPart:
         body["layers"] = tuple(LayerEntry(**entry) for entry in body["layers"])
         body["commit_times"] = tuple(tuple(x) for x in body.get("commit_times", ()))
         body["relations"] = tuple((int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
+        body["truncations"] = tuple((int(r), int(l), int(n)) for r, l, n in body.get("truncations", ()))
         return cls(**body)
 
 

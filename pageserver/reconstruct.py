@@ -10,8 +10,8 @@ How a page is rebuilt:
    exist, OUT_OF_RANGE if the block is at or past its end;
 2. the block's values walking back from the LSN to the first one that defines
    the page alone (image, zero patch, or an image layer), through ancestors;
-3. if the relation's state changed within the span of those values, any
-   truncation that cut the block drops the values before it (start from zeros);
+3. a truncation or drop that cut the block (the timeline keeps the list of
+   them, inherited ones included) drops the values before it (start from zeros);
 4. apply the remaining values oldest first.
 
 A timeline is anything with `layer_map`, `ancestor` (or None) and `ancestor_lsn`.
@@ -31,6 +31,7 @@ class TimelineChain(Protocol):
     layer_map: LayerMap
     ancestor: TimelineChain | None
     ancestor_lsn: int
+    truncations: dict[int, list[tuple[int, int]]]  # rel -> [(lsn, nblocks after)]
 
 
 def collect(timeline: TimelineChain, key: int, lsn: int, lsn_lo: int = 0, stop_at_init: bool = True) -> tuple[list[tuple[int, bytes]], WalkEnd]:
@@ -69,14 +70,13 @@ def check_block(timeline: TimelineChain, rel: int, blkno: int, lsn: int) -> int:
 
 
 def get_page(timeline: TimelineChain, rel: int, blkno: int, lsn: int, page_size: int) -> bytes:
-    state_lsn = check_block(timeline, rel, blkno, lsn)
+    check_block(timeline, rel, blkno, lsn)
     values, _ = collect(timeline, page_key(rel, blkno), lsn)
-    if values and state_lsn >= values[-1][0]:
-        # The relation changed within the span of these values: drop what a
-        # truncation (or drop) of this block made history.
-        changes, _ = collect(timeline, rel_meta_key(rel), lsn, lsn_lo=values[-1][0], stop_at_init=False)
-        cut = max((l for l, v in changes if not decode_rel_state(v).covers(blkno)), default=None)
-        if cut is not None:
+    if values:
+        # Drop what a truncation (or drop) of this block at or below `lsn` made
+        # history: the timeline lists every shrink and drop, inherited ones too.
+        cut = max((l for l, n in timeline.truncations.get(rel, ()) if l <= lsn and n <= blkno), default=None)
+        if cut is not None and cut >= values[-1][0]:
             values = [(l, v) for l, v in values if l > cut]
     page = bytearray(page_size)
     for _, value in reversed(values):

@@ -48,7 +48,7 @@ from pageserver.remote_storage import RemoteObject, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
-from pageserver.timeline import Timeline, TimelineConfig, relation_directory
+from pageserver.timeline import Timeline, TimelineConfig, relation_directory, truncation_list
 from strata import checksummed_json, ids
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
@@ -332,6 +332,7 @@ class Tenant:
             expires_at_us=now_us + ttl_seconds * 1_000_000 if ttl_seconds else 0,
             generation=self.config.generation,
             relations=relations,
+            truncations=truncation_list(ancestor.truncations, up_to=ancestor_lsn) if ancestor is not None else (),
         )
         await self._register_with_walservice(timeline_id, ancestor_lsn)
         loop = asyncio.get_running_loop()

@@ -70,6 +70,16 @@ class TimelineConfig:
     max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
 
 
+def truncation_list(truncations: dict[int, list[tuple[int, int]]], up_to: int | None = None) -> tuple[tuple[int, int, int], ...]:
+    """Truncations as index_part.json stores them (those at or below `up_to`)."""
+    return tuple(
+        (rel, lsn, nblocks)
+        for rel, cuts in sorted(truncations.items())
+        for lsn, nblocks in cuts
+        if up_to is None or lsn <= up_to
+    )
+
+
 def relation_directory(states: dict[int, RelState]) -> tuple[tuple[int, bool, int], ...]:
     """The relation directory as index_part.json stores it."""
     return tuple((rel, s.exists, s.nblocks) for rel, s in sorted(states.items()))
@@ -126,6 +136,11 @@ class Timeline:
         # The relation directory at last_record_lsn: every relation ever seen
         # here or inherited at the branch point (dropped ones with exists=False).
         self.rel_states: dict[int, RelState] = {r: RelState(e, n) for r, e, n in index.relations}
+        # rel -> [(lsn, nblocks after)] of every shrink and drop, ascending LSN,
+        # inherited ones included (see reconstruct.get_page).
+        self.truncations: dict[int, list[tuple[int, int]]] = {}
+        for rel, lsn, nblocks in index.truncations:
+            self.truncations.setdefault(rel, []).append((lsn, nblocks))
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._commit_times: list[tuple[int, int]] = list(index.commit_times)
@@ -167,9 +182,16 @@ class Timeline:
                 nblocks = max(blkno + 1, state.nblocks if state.exists else 0)
                 self._set_rel_state(layer, rel, lsn, RelState(True, nblocks))
         elif kind == "rel_size":
-            self._set_rel_state(layer, record.rel_size.rel, lsn, RelState(True, record.rel_size.nblocks))
+            rel, nblocks = record.rel_size.rel, record.rel_size.nblocks
+            state = self.rel_states.get(rel, MISSING_REL)
+            if state.exists and nblocks < state.nblocks:
+                self.truncations.setdefault(rel, []).append((lsn, nblocks))
+            self._set_rel_state(layer, rel, lsn, RelState(True, nblocks))
         elif kind == "rel_drop":
-            self._set_rel_state(layer, record.rel_drop.rel, lsn, RelState(False, 0))
+            rel = record.rel_drop.rel
+            if self.rel_states.get(rel, MISSING_REL).exists:
+                self.truncations.setdefault(rel, []).append((lsn, 0))
+            self._set_rel_state(layer, rel, lsn, RelState(False, 0))
         else:
             raise ValueError(f"{self}: record at lsn={lsn} has no kind")
         self.last_record_lsn = lsn
@@ -191,6 +213,7 @@ class Timeline:
             return False
         layer.freeze()
         layer.relations_at_end = dict(self.rel_states)
+        layer.truncations_at_end = truncation_list(self.truncations)
         self.layer_map.frozen.append(layer)
         self.layer_map.open_layer = None
         if self._flush_task is None:
@@ -218,6 +241,7 @@ class Timeline:
                 self.index.with_layers([*self.index.layers, entry], mem.end_lsn - 1),
                 commit_times=tuple(self._commit_times[-1000:]),
                 relations=relation_directory(mem.relations_at_end),
+                truncations=mem.truncations_at_end,
             )
             await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
             self.index = index

@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pageserver.layers.block_file import BlockCache, BlockFileReader, BlockFileWriter, LayerHeader
+from pageserver.layers.block_file import WILL_INIT, BlockCache, BlockFileReader, BlockFileWriter, LayerHeader
 
 MAGIC = b"SDLT"
 FORMAT_VERSION = 1
@@ -84,6 +84,26 @@ class DeltaLayerReader(BlockFileReader):
     def get(self, key: int, lsn_start: int, lsn_end: int) -> list[DeltaEntry]:
         """The entries of `key` with lsn_start <= lsn < lsn_end, ascending LSN."""
         return self.get_many([key], lsn_start, lsn_end)[key]
+
+    def get_newest_first(self, key: int, lsn_start: int, lsn_end: int, stop_at_init: bool = True) -> list[DeltaEntry]:
+        """The entries of `key` with lsn_start <= lsn < lsn_end, newest first; with
+        `stop_at_init`, only up to the newest entry that defines the key alone.
+
+        Reads the key's blocks newest first and only as many as needed, so a key
+        with many versions (a relation's size, rewritten on every extension)
+        costs one block, not all of them."""
+        out: list[DeltaEntry] = []
+        if not (lsn_start < lsn_end and self.header.key_start <= key < self.header.key_end):
+            return out
+        numbers = self.index.overlapping((key, lsn_start), (key, lsn_end - 1))
+        for number in reversed(numbers):
+            block = self._read_blocks([number])[number]
+            for i in reversed(block.span(key, lsn_start, lsn_end)):
+                init = bool(block.flags[i] & WILL_INIT)
+                out.append(DeltaEntry(key, int(block.lsns[i]), init, block.value(i)))
+                if stop_at_init and init:
+                    return out
+        return out
 
     def get_many(self, keys: Iterable[int], lsn_start: int, lsn_end: int) -> dict[int, list[DeltaEntry]]:
         """`get` for each key (every key is in the result, maybe with []),
