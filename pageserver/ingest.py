@@ -90,6 +90,8 @@ class WalReceiver:
                         code=exc.code().name, error=exc.details(),
                     )
                     failing = True
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    await self._register()
             except Exception as exc:  # noqa: BLE001 - a bug or corrupt record: say so loudly, keep retrying
                 self.log.error("wal_ingest_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn, error=repr(exc))
                 failing = True
@@ -97,6 +99,19 @@ class WalReceiver:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _register(self) -> None:
+        """The walservice does not know this timeline (a crash between the two
+        halves of CreateTimeline): register it, idempotently, at its start."""
+        tl = self.timeline
+        request = wal_pb2.WalTimeline(
+            tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, start_lsn=tl.start_lsn, page_size=tl.page_size
+        )
+        try:
+            await self.stub.CreateTimeline(request, timeout=10)
+            self.log.info("wal_timeline_registered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.start_lsn)
+        except grpc.aio.AioRpcError as exc:
+            self.log.warning("wal_timeline_register_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, code=exc.code().name)
 
     def report_persisted(self) -> None:
         """Tell the walservice what is durable here (coalesced: one report in flight)."""

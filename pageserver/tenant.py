@@ -316,11 +316,14 @@ class Tenant:
             # The relation directory at the branch point: one lookup per relation
             # the ancestor ever had, independent of how much data it holds.
             branch_point = ancestor
-            relations = await ancestor.read(
-                lambda: relation_directory(
-                    {rel: reconstruct.rel_state(branch_point, rel, ancestor_lsn)[0] for rel in branch_point.rel_states}
+            if ancestor_lsn == ancestor.last_record_lsn:
+                relations = relation_directory(ancestor.rel_states)
+            else:
+                relations = await ancestor.read(
+                    lambda: relation_directory(
+                        {rel: reconstruct.rel_state(branch_point, rel, ancestor_lsn)[0] for rel in branch_point.rel_states}
+                    )
                 )
-            )
         now_us = time.time_ns() // 1000
         index = IndexPart(
             tenant_id=self.tenant_id,
@@ -334,11 +337,21 @@ class Tenant:
             relations=relations,
             truncations=truncation_list(ancestor.truncations, up_to=ancestor_lsn) if ancestor is not None else (),
         )
-        await self._register_with_walservice(timeline_id, ancestor_lsn)
+        # The walservice registration and the local directory are independent:
+        # do them at once (branch creation waits on both). A crash between them
+        # leaves a timeline the walservice may not know: its WalReceiver then
+        # registers it (CreateTimeline is idempotent).
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
+        local = loop.run_in_executor(
             self.ctx.executor, _make_dir_durably, self.timelines_dir, timeline_id, lambda d: write_index_part(d, index)
         )
+        registered, written = await asyncio.gather(
+            self._register_with_walservice(timeline_id, ancestor_lsn), local, return_exceptions=True
+        )
+        if isinstance(registered, BaseException) or isinstance(written, BaseException):
+            if not isinstance(written, BaseException):
+                await loop.run_in_executor(self.ctx.executor, shutil.rmtree, written)
+            raise registered if isinstance(registered, BaseException) else written
         timeline = self._add_timeline(index)
         self.ctx.log.info(
             "timeline_created", tenant=self.tenant_id, timeline=timeline_id,

@@ -7,6 +7,8 @@ tenants); reads at an LSN not yet ingested wait, so no test sleeps.
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,3 +335,31 @@ def test_branch_creation_copies_no_page(cluster: Cluster, db: Db) -> None:
     assert got.logical_size == info.logical_size == (60 + 3) * PAGE_SIZE
     pages = c.read_pages(tenant_id=db.tenant_id, timeline_id=branch.timeline_id, keys=[(2, b) for b in range(60)], lsn=end)
     assert pages == [r.image.page for r in records]
+
+
+def test_a_timeline_the_walservice_lost_track_of_is_registered_again(strata_env: StrataEnv) -> None:
+    """A crash between the two halves of CreateTimeline (the pageserver's directory
+    and the walservice's registration run at once) leaves a timeline the
+    walservice does not know: the pageserver's WAL receiver registers it."""
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal)
+    with Client(pageserver=ps.address, walservice=wal.address) as c:
+        tenant = c.create_tenant(page_size=512).tenant_id
+        timeline = c.create_timeline(tenant_id=tenant).timeline_id
+    wal.stop()
+    shutil.rmtree(wal.data_dir / "timelines" / tenant / timeline)
+    wal.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as c:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = c.status(tenant_id=tenant, timeline_id=timeline)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status.start_lsn == 0 and status.page_size == 512
+        lsn = c.append(tenant_id=tenant, timeline_id=timeline, records=[
+            records_pb2.Record(image=records_pb2.PageImage(rel=1, blkno=0, page=b"\x07" * 512))
+        ]).end_lsn
+        assert c.get_page(tenant_id=tenant, timeline_id=timeline, rel=1, blkno=0, lsn=lsn, timeout=20).page == b"\x07" * 512
