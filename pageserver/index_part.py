@@ -60,8 +60,8 @@ class IndexPart:
     # timeline (or its ancestor up to the branch point) ever had, as
     # (rel, exists, nblocks), so sizes and listings never scan layer files.
     relations: tuple[tuple[int, bool, int], ...] = field(default_factory=tuple)
-    # Every truncation (a RelSize that shrank a relation) and drop (nblocks 0)
-    # up to disk_consistent_lsn, inherited ones included, as (rel, lsn, nblocks):
+    # Every truncation (a RelSize that shrank a relation) and drop (nblocks 0) of
+    # this timeline up to disk_consistent_lsn, as (rel, lsn, nblocks):
     # reconstruction drops a block's values older than one that cut it.
     truncations: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
     format_version: int = FORMAT_VERSION

@@ -10,8 +10,9 @@ How a page is rebuilt:
    exist, OUT_OF_RANGE if the block is at or past its end;
 2. the block's values walking back from the LSN to the first one that defines
    the page alone (image, zero patch, or an image layer), through ancestors;
-3. a truncation or drop that cut the block (the timeline keeps the list of
-   them, inherited ones included) drops the values before it (start from zeros);
+3. a truncation or drop that cut the block (each timeline keeps the list of its
+   own; ancestors' count up to the branch point) drops the values before it
+   (start from zeros);
 4. apply the remaining values oldest first.
 
 A timeline is anything with `layer_map`, `ancestor` (or None) and `ancestor_lsn`.
@@ -31,7 +32,7 @@ class TimelineChain(Protocol):
     layer_map: LayerMap
     ancestor: TimelineChain | None
     ancestor_lsn: int
-    truncations: dict[int, list[tuple[int, int]]]  # rel -> [(lsn, nblocks after)]
+    truncations: dict[int, list[tuple[int, int]]]  # rel -> [(lsn, nblocks after)], its own
 
 
 def collect(timeline: TimelineChain, key: int, lsn: int, lsn_lo: int = 0, stop_at_init: bool = True) -> tuple[list[tuple[int, bytes]], WalkEnd]:
@@ -69,13 +70,28 @@ def check_block(timeline: TimelineChain, rel: int, blkno: int, lsn: int) -> int:
     return state_lsn
 
 
+def last_cut(timeline: TimelineChain, rel: int, blkno: int, lsn: int) -> int | None:
+    """The LSN of the newest shrink or drop at or below `lsn` that cut `blkno`:
+    each timeline of the chain lists its own (a branch's all lie above its
+    ancestor_lsn), so the ancestor's count up to the branch point."""
+    best: int | None = None
+    tl: TimelineChain | None = timeline
+    hi = lsn
+    while tl is not None:
+        for cut_lsn, nblocks in tl.truncations.get(rel, ()):
+            if cut_lsn <= hi and nblocks <= blkno and (best is None or cut_lsn > best):
+                best = cut_lsn
+        hi = min(hi, tl.ancestor_lsn)
+        tl = tl.ancestor
+    return best
+
+
 def get_page(timeline: TimelineChain, rel: int, blkno: int, lsn: int, page_size: int) -> bytes:
     check_block(timeline, rel, blkno, lsn)
     values, _ = collect(timeline, page_key(rel, blkno), lsn)
     if values:
-        # Drop what a truncation (or drop) of this block at or below `lsn` made
-        # history: the timeline lists every shrink and drop, inherited ones too.
-        cut = max((l for l, n in timeline.truncations.get(rel, ()) if l <= lsn and n <= blkno), default=None)
+        # Drop what a truncation (or drop) of this block at or below `lsn` made history.
+        cut = last_cut(timeline, rel, blkno, lsn)
         if cut is not None and cut >= values[-1][0]:
             values = [(l, v) for l, v in values if l > cut]
     page = bytearray(page_size)

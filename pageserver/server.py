@@ -12,6 +12,7 @@ import grpc
 from pageserver import service
 from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
+from pageserver.page_cache import MaterializedPageCache
 from pageserver.remote_storage import open_remote_storage
 from pageserver.tenant import PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-threshold", type=int, default=d.image_threshold, help="write an image layer at this many deltas above the last")
     parser.add_argument("--l1-target-bytes", type=int, default=d.l1_target_bytes, help="the size L1 delta files are cut at")
     parser.add_argument("--l0-stall-threshold", type=int, default=d.l0_stall_threshold, help="ingest waits for compaction past this many L0s")
+    parser.add_argument(
+        "--page-cache-bytes", type=int, default=128 * 1024 * 1024, help="pages rebuilt at the latest LSN, kept until a record changes them"
+    )
     parser.add_argument("--block-cache-bytes", type=int, default=256 * 1024 * 1024, help="decompressed layer blocks kept in memory")
     parser.add_argument("--log-level", default="info")
 
@@ -69,6 +73,7 @@ async def run(args: argparse.Namespace) -> None:
             data_dir=args.data_dir,
             executor=executor,
             block_cache=BlockCache(args.block_cache_bytes),
+            page_cache=MaterializedPageCache(args.page_cache_bytes),
             timeline_config=config,
             log=log,
             wal_stub=wal_pb2_grpc.WalServiceStub(channel),

@@ -98,8 +98,13 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
             results = []
             for req in message.requests:
                 try:
-                    tl, lsn = await _read_timeline(self.tenants, req, context)
-                    page = await tl.read(lambda: tl.get_page(req.rel, req.blkno, lsn))
+                    tl = self.tenants.timeline(req.tenant_id, req.timeline_id)
+                    lsn = tl.read_lsn(req.lsn)
+                    # Fast path: ingested already, and a hot page in the materialized cache.
+                    page = tl.cached_page(req.rel, req.blkno, lsn) if lsn <= tl.last_record_lsn else None
+                    if page is None:
+                        await tl.wait_for_lsn(lsn, wait_budget(context))
+                        page = await tl.read(lambda: tl.get_page(req.rel, req.blkno, lsn))
                     results.append(page_pb2.PageResult(page=page, lsn=lsn))
                 except StrataError as exc:
                     log_rpc_failure(self.log, "GetPages", req, exc)

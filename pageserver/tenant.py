@@ -48,7 +48,8 @@ from pageserver.remote_storage import RemoteObject, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
-from pageserver.timeline import Timeline, TimelineConfig, relation_directory, truncation_list
+from pageserver.page_cache import MaterializedPageCache
+from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata import checksummed_json, ids
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
@@ -87,6 +88,7 @@ class PageserverContext:
     wal_stub: wal_pb2_grpc.WalServiceStub
     remote: RemoteStorage | None = None
     layer_cache: LayerCache | None = None
+    page_cache: MaterializedPageCache | None = None
 
 
 def _make_dir_durably(parent: Path, name: str, fill) -> Path:
@@ -177,6 +179,7 @@ class Tenant:
             executor=self.ctx.executor,
             log=self.ctx.log,
             layer_cache=self.ctx.layer_cache,
+            page_cache=self.ctx.page_cache,
             remote_objects=remote_objects,
         )
         timeline.on_persisted = self._persisted
@@ -335,7 +338,6 @@ class Tenant:
             expires_at_us=now_us + ttl_seconds * 1_000_000 if ttl_seconds else 0,
             generation=self.config.generation,
             relations=relations,
-            truncations=truncation_list(ancestor.truncations, up_to=ancestor_lsn) if ancestor is not None else (),
         )
         # The walservice registration and the local directory are independent:
         # do them at once (branch creation waits on both). A crash between them

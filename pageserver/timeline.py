@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -41,6 +42,7 @@ from pageserver import compaction, reconstruct
 from pageserver.in_memory_layer import InMemoryLayer
 from pageserver.index_part import IndexPart, LayerEntry, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
+from pageserver.page_cache import MaterializedPageCache
 from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded, LayerMap
 from pageserver.layers.block_file import BlockCache
 from pageserver.layer_cache import LayerCache
@@ -70,14 +72,12 @@ class TimelineConfig:
     max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
 
 
-def truncation_list(truncations: dict[int, list[tuple[int, int]]], up_to: int | None = None) -> tuple[tuple[int, int, int], ...]:
-    """Truncations as index_part.json stores them (those at or below `up_to`)."""
-    return tuple(
-        (rel, lsn, nblocks)
-        for rel, cuts in sorted(truncations.items())
-        for lsn, nblocks in cuts
-        if up_to is None or lsn <= up_to
-    )
+_CACHE_TOKENS = itertools.count(1)
+
+
+def truncation_list(truncations: dict[int, list[tuple[int, int]]]) -> tuple[tuple[int, int, int], ...]:
+    """Truncations as index_part.json stores them."""
+    return tuple((rel, lsn, nblocks) for rel, cuts in sorted(truncations.items()) for lsn, nblocks in cuts)
 
 
 def relation_directory(states: dict[int, RelState]) -> tuple[tuple[int, bool, int], ...]:
@@ -101,7 +101,10 @@ class Timeline:
         log: EventLogger,
         layer_cache: LayerCache | None = None,
         remote_objects: dict[str, RemoteObject] | None = None,
+        page_cache: MaterializedPageCache | None = None,
     ) -> None:
+        self.page_cache = page_cache
+        self._cache_token = next(_CACHE_TOKENS)  # never reused, so a deleted timeline's entries just age out
         self.tenant_id = tenant_id
         self.timeline_id = timeline_id
         self.page_size = page_size
@@ -136,8 +139,8 @@ class Timeline:
         # The relation directory at last_record_lsn: every relation ever seen
         # here or inherited at the branch point (dropped ones with exists=False).
         self.rel_states: dict[int, RelState] = {r: RelState(e, n) for r, e, n in index.relations}
-        # rel -> [(lsn, nblocks after)] of every shrink and drop, ascending LSN,
-        # inherited ones included (see reconstruct.get_page).
+        # rel -> [(lsn, nblocks after)] of this timeline's shrinks and drops,
+        # ascending LSN (see reconstruct.last_cut).
         self.truncations: dict[int, list[tuple[int, int]]] = {}
         for rel, lsn, nblocks in index.truncations:
             self.truncations.setdefault(rel, []).append((lsn, nblocks))
@@ -172,6 +175,8 @@ class Timeline:
         if kind in ("image", "patch"):
             body = getattr(record, kind)
             rel, blkno = body.rel, body.blkno
+            if self.page_cache is not None:
+                self.page_cache.invalidate(self._cache_token, rel, blkno)
             state = self.rel_states.get(rel, MISSING_REL)
             fresh = not state.covers(blkno)
             if kind == "image":
@@ -186,11 +191,15 @@ class Timeline:
             state = self.rel_states.get(rel, MISSING_REL)
             if state.exists and nblocks < state.nblocks:
                 self.truncations.setdefault(rel, []).append((lsn, nblocks))
+                if self.page_cache is not None:
+                    self.page_cache.invalidate_relation(self._cache_token, rel)
             self._set_rel_state(layer, rel, lsn, RelState(True, nblocks))
         elif kind == "rel_drop":
             rel = record.rel_drop.rel
             if self.rel_states.get(rel, MISSING_REL).exists:
                 self.truncations.setdefault(rel, []).append((lsn, 0))
+                if self.page_cache is not None:
+                    self.page_cache.invalidate_relation(self._cache_token, rel)
             self._set_rel_state(layer, rel, lsn, RelState(False, 0))
         else:
             raise ValueError(f"{self}: record at lsn={lsn} has no kind")
@@ -446,8 +455,21 @@ class Timeline:
         """The LSN a read at `lsn` uses (0 = the latest ingested)."""
         return lsn or self.last_record_lsn
 
+    def cached_page(self, rel: int, blkno: int, lsn: int) -> bytes | None:
+        """The page from the materialized page cache, if it holds it for `lsn`."""
+        if self.page_cache is None:
+            return None
+        return self.page_cache.get(self._cache_token, rel, blkno, lsn)
+
     def get_page(self, rel: int, blkno: int, lsn: int) -> bytes:
-        return reconstruct.get_page(self, rel, blkno, lsn, self.page_size)
+        page = self.cached_page(rel, blkno, lsn)
+        if page is None:
+            page = reconstruct.get_page(self, rel, blkno, lsn, self.page_size)
+            if self.page_cache is not None and lsn == self.last_record_lsn:
+                # Rebuilt at the latest LSN, with no await since: ingest will evict
+                # it when a record changes it (page_cache.py).
+                self.page_cache.put(self._cache_token, rel, blkno, lsn, page)
+        return page
 
     def get_rel_state(self, rel: int, lsn: int) -> RelState:
         return reconstruct.rel_state(self, rel, lsn)[0]
