@@ -1,9 +1,12 @@
-"""Page reads over loopback, side by side with SQLite and PostgreSQL.
+"""Page reads over loopback, next to the floor (`os.pread` of the same pages from
+a local file, in one process), SQLite and PostgreSQL.
 
     python -m bench.getpage                 # 5 s per row, 100-deep chains
     python -m bench.getpage --quick         # 0.5 s per row, 20-deep chains, BENCHMARKS.md untouched
 
-Two workloads, each read at the latest LSN with uniformly random keys:
+Three workloads, each read at the latest LSN with uniformly random keys (every
+page is read once first, to check its bytes; with the pageserver's page cache on,
+that pass fills the cache):
 
 - **hot**: `--hot-pages` 8 KiB pages written last (PageImage records), still in
   the pageserver's open in-memory layer (default tunables: 64 MiB checkpoint).
@@ -13,14 +16,25 @@ Two workloads, each read at the latest LSN with uniformly random keys:
   `--checkpoint-bytes 1` (every ingested WAL batch is frozen and flushed), the
   bench waits for each round to be ingested before appending the next, and the
   compaction / image / stall thresholds are set out of reach, so a read walks
-  `depth + 1` layer files and applies `depth` patches to an image.
+  `depth + 1` layer files and applies `depth` patches to an image. This
+  pageserver keeps its default page cache, so the timed reads hit it.
+- **deep, page cache off**: the same chains on a third pageserver run with
+  `--page-cache-bytes 0`, so every read walks the chain (`--no-uncached-deep`
+  skips it). The peers' rows for it are the deep rows (the same pages).
 
 Readers, each for `--duration` seconds on one connection:
 
 - Strata `GetPage`, unary, one call at a time;
-- Strata `GetPages` with 1, 16 and 128 pages per message, `--window` messages in
-  flight (at most `--max-pages-in-flight` pages, at least 2 messages) on one bidi stream (a request generator gated by a semaphore released
-  as responses arrive): latency is per message, send to response;
+- Strata `GetPages` with 1, 16 and 128 pages per message, pipelined: `--window`
+  messages in flight (at most `--max-pages-in-flight` pages, at least 2
+  messages) on one bidi stream (a request generator gated by a semaphore
+  released as responses arrive, so the stream is not round-trip bound): latency
+  is per message, send to response;
+- the floor: `os.pread` of the same pages (same count, page size, keys in the
+  same order, same batch sizes) from a local file the bench writes under its
+  work directory, in this process, page cache warm (nothing is dropped). Two
+  variants: the file opened once and every read a bare `pread` (the floor), and
+  the file opened and closed around each batch ("open per request");
 - SQLite (stdlib sqlite3, in this process, no network: the local-file baseline):
   `SELECT page FROM pages WHERE key = ?` for batch 1, `... WHERE key IN (...)`
   with the batch's keys otherwise, a blob per 8 KiB page, cache warm;
@@ -31,7 +45,9 @@ Readers, each for `--duration` seconds on one connection:
   log gives the latencies. bytea travels as hex text (16 KiB per page).
 
 The peers store the same bytes the Strata reads return (for the deep workload:
-the pages' final states). Results go into BENCHMARKS.md (section `getpage`).
+the pages' final states). Every Strata row is reported as a ratio to the floor
+(and to SQLite and PostgreSQL), and GetPages against the issue's target of
+50,000 pages/s on 2 cores. Results go into BENCHMARKS.md (section `getpage`).
 """
 
 from __future__ import annotations
@@ -72,6 +88,17 @@ DEEP_REL = 2
 PATCH_BYTES = 64
 DEFAULT_BATCHES = (1, 16, 128)
 UNARY = 0  # the "batch" of a unary GetPage row
+TARGET_PAGES_PER_S = 50_000  # the issue's target for GetPages, on 2 cores
+PREAD = "pread"  # the floor: one fd, a bare os.pread per page
+PREAD_OPEN = "pread, open per request"  # os.open + os.pread per page + os.close per batch
+SYSTEM_ORDER = ("Strata", PREAD, PREAD_OPEN, "SQLite", "PostgreSQL")
+DEEP_UNCACHED = "deep, page cache off"  # the deep chains on a pageserver run with --page-cache-bytes 0
+WORKLOAD_ORDER = ("hot", "deep", DEEP_UNCACHED)
+
+
+def peer_workload(workload: str) -> str:
+    """The peers' workload holding the same pages (the uncached deep rows read the deep pages)."""
+    return "deep" if workload == DEEP_UNCACHED else workload
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
 DEEP_PAGESERVER_ARGS = (
     "--checkpoint-bytes", "1",
@@ -88,12 +115,13 @@ class GetPageConfig:
     depth: int = 100
     batches: tuple[int, ...] = DEFAULT_BATCHES
     window: int = 8  # GetPages messages in flight ...
-    max_pages_in_flight: int = 256  # ... but no more pages than this (at least 2 messages)
+    max_pages_in_flight: int = 512  # ... but no more pages than this (at least 2 messages)
+    duration_s: float = 5.0
+    seed: int = 42
+    uncached_deep: bool = True  # also read the deep chains on a pageserver with its page cache off
 
     def window_for(self, batch: int) -> int:
         return max(2, min(self.window, self.max_pages_in_flight // batch))
-    duration_s: float = 5.0
-    seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -106,7 +134,7 @@ class Measurement:
 @dataclass(frozen=True)
 class ReadRow:
     workload: str  # "hot" or "deep"
-    system: str  # "Strata", "SQLite", "PostgreSQL"
+    system: str  # "Strata", PREAD, PREAD_OPEN, "SQLite", "PostgreSQL <version>"
     method: str
     batch: int  # pages per request; UNARY for Strata GetPage
     measurement: Measurement
@@ -133,6 +161,7 @@ class GetPageResults:
     rows: list[ReadRow] = field(default_factory=list)
     workloads: dict[str, str] = field(default_factory=dict)  # workload -> what it is
     deep_layer_files: int = 0  # L0 layer files the deep chains span
+    windows: dict[int, int] = field(default_factory=dict)  # GetPages batch -> messages in flight
     notes: list[str] = field(default_factory=list)
 
 
@@ -157,6 +186,18 @@ def deep_page(blkno: int, depth: int, page_size: int = PAGE_SIZE) -> bytes:
 
 def hot_page(blkno: int) -> bytes:
     return page_bytes(HOT_REL, blkno)
+
+
+def access_plan(config: GetPageConfig, npages: int) -> list[tuple[int, list[list[int]]]]:
+    """The keys every reader of a workload reads, in order: (UNARY, one key per
+    call) first, then (batch size, key sets) per batch size. The Strata readers
+    and the pread floor cycle through the same lists."""
+    rng = random.Random(config.seed)
+    plan: list[tuple[int, list[list[int]]]] = [(UNARY, [[rng.randrange(npages)] for _ in range(4096)])]
+    for batch in config.batches:
+        size = min(batch, npages)
+        plan.append((size, [rng.sample(range(npages), size) for _ in range(max(16, 4096 // size))]))
+    return plan
 
 
 # -- Strata ---------------------------------------------------------------------
@@ -255,7 +296,6 @@ def strata_rows(
     address: str, tenant_id: str, timeline_id: str, rel: int, npages: int, workload: str, config: GetPageConfig, expected: Callable[[int], bytes]
 ) -> list[ReadRow]:
     """Check every page reads as expected, then time each reader."""
-    rng = random.Random(config.seed)
     rows: list[ReadRow] = []
     with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
         stub = page_pb2_grpc.PageServiceStub(channel)
@@ -269,11 +309,12 @@ def strata_rows(
                 if result.error_code or result.page != expected(blkno):
                     raise AssertionError(f"{workload}: rel={rel} blkno={blkno} read wrong: {result.error or 'different bytes'}")
 
-        unary = [request(rng.randrange(npages)) for _ in range(4096)]
-        rows.append(ReadRow(workload, "Strata", "GetPage (unary)", UNARY, measure_unary(stub, unary, config.duration_s)))
-        for batch in config.batches:
-            size = min(batch, npages)
-            messages = [page_pb2.GetPagesRequest(requests=[request(b) for b in rng.sample(range(npages), size)]) for _ in range(max(16, 4096 // size))]
+        for size, key_sets in access_plan(config, npages):
+            if size == UNARY:
+                unary = [request(keys[0]) for keys in key_sets]
+                rows.append(ReadRow(workload, "Strata", "GetPage (unary)", UNARY, measure_unary(stub, unary, config.duration_s)))
+                continue
+            messages = [page_pb2.GetPagesRequest(requests=[request(b) for b in keys]) for keys in key_sets]
             window = config.window_for(size)
             measurement = measure_stream(stub, messages, config.duration_s, window)
             rows.append(ReadRow(workload, "Strata", f"GetPages stream, {window} messages in flight", size, measurement))
@@ -282,6 +323,7 @@ def strata_rows(
 
 def run_strata(config: GetPageConfig, work_dir: Path, log: bool = True) -> GetPageResults:
     results = GetPageResults()
+    results.windows = {min(b, n): config.window_for(min(b, n)) for n in (config.hot_pages, config.deep_pages) for b in config.batches}
     env = StrataEnv(work_dir / "strata")
     try:
         wal = env.walservice()
@@ -300,25 +342,30 @@ def run_strata(config: GetPageConfig, work_dir: Path, log: bool = True) -> GetPa
             if log:
                 print("strata: reading hot pages ...", file=sys.stderr, flush=True)
             results.rows += strata_rows(hot_ps.address, tenant, main, HOT_REL, config.hot_pages, "hot", config, hot_page)
-        with Client(pageserver=deep_ps.address, walservice=wal.address, timeout=60) as client:
-            tenant = client.create_tenant(page_size=PAGE_SIZE).tenant_id
-            main = client.create_timeline(tenant_id=tenant).timeline_id
-            if log:
-                print(f"strata: writing {config.depth}-deep chains ...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            load_deep_chains(client, tenant, main, config.deep_pages, config.depth)
-            census = layer_census(deep_ps.data_dir, tenant, main)
-            layers = results.deep_layer_files = census.l0_deltas
-            results.workloads["deep"] = (
-                f"{config.deep_pages} pages, each an image then {config.depth} patches of {PATCH_BYTES} bytes, "
-                f"across {layers} L0 delta layer files ({census}), no image layer "
-                f"(written in {time.perf_counter() - start:.1f} s)"
-            )
-            if log:
-                print(f"strata: reading {config.depth}-deep chains over {layers} layer files ...", file=sys.stderr, flush=True)
-            results.rows += strata_rows(
-                deep_ps.address, tenant, main, DEEP_REL, config.deep_pages, "deep", config, lambda b: deep_page(b, config.depth)
-            )
+        deep_servers = ((deep_ps, "deep", "the page cache on (default size): the check pass that reads every page first fills it, so timed reads are cache hits"),)
+        if config.uncached_deep:
+            uncached_ps = env.pageserver(wal, *DEEP_PAGESERVER_ARGS, "--page-cache-bytes", "0", name="pageserver-deep-uncached")
+            deep_servers += ((uncached_ps, DEEP_UNCACHED, "`--page-cache-bytes 0`: every read walks the chain"),)
+        for ps, workload, cache in deep_servers:
+            with Client(pageserver=ps.address, walservice=wal.address, timeout=60) as client:
+                tenant = client.create_tenant(page_size=PAGE_SIZE).tenant_id
+                main = client.create_timeline(tenant_id=tenant).timeline_id
+                if log:
+                    print(f"strata ({workload}): writing {config.depth}-deep chains ...", file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                load_deep_chains(client, tenant, main, config.deep_pages, config.depth)
+                census = layer_census(ps.data_dir, tenant, main)
+                layers = results.deep_layer_files = census.l0_deltas
+                results.workloads[workload] = (
+                    f"{config.deep_pages} pages, each an image then {config.depth} patches of {PATCH_BYTES} bytes, "
+                    f"across {layers} L0 delta layer files ({census}), no image layer "
+                    f"(written in {time.perf_counter() - start:.1f} s); {cache}"
+                )
+                if log:
+                    print(f"strata ({workload}): reading {config.depth}-deep chains over {layers} layer files ...", file=sys.stderr, flush=True)
+                results.rows += strata_rows(
+                    ps.address, tenant, main, DEEP_REL, config.deep_pages, workload, config, lambda b: deep_page(b, config.depth)
+                )
     finally:
         env.teardown()
     return results
@@ -333,6 +380,62 @@ def peer_pages(config: GetPageConfig) -> dict[str, list[bytes]]:
         "hot": [hot_page(b) for b in range(config.hot_pages)],
         "deep": [deep_page(b, config.depth) for b in range(config.deep_pages)],
     }
+
+
+def run_pread(config: GetPageConfig, work_dir: Path, pages: dict[str, list[bytes]]) -> GetPageResults:
+    """The floor: the same pages read with os.pread from a local file, in this
+    process, keys in the same order as the Strata GetPages readers, page cache
+    warm. Two variants per batch size: one fd for the whole run (a bare pread per
+    page) and an os.open / os.close around each batch."""
+    results = GetPageResults()
+    for workload, contents in pages.items():
+        npages = len(contents)
+        path = work_dir / f"pages_{workload}.bin"
+        with open(path, "wb") as f:
+            for page in contents:
+                f.write(page)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for blkno, page in enumerate(contents):  # check, and warm the page cache
+                if os.pread(fd, PAGE_SIZE, blkno * PAGE_SIZE) != page:
+                    raise AssertionError(f"{path}: block {blkno} reads back different bytes")
+            for size, key_sets in access_plan(config, npages):
+                if size == UNARY:
+                    continue
+                offsets = [[key * PAGE_SIZE for key in keys] for keys in key_sets]
+                held = _time_pread(lambda i: [os.pread(fd, PAGE_SIZE, o) for o in offsets[i % len(offsets)]], config.duration_s)
+                results.rows.append(ReadRow(workload, PREAD, "os.pread per page, file opened once (in-process)", size, held))
+                opened = _time_pread(lambda i: _open_and_pread(path, offsets[i % len(offsets)]), config.duration_s)
+                results.rows.append(ReadRow(workload, PREAD_OPEN, "os.open, os.pread per page, os.close per batch (in-process)", size, opened))
+        finally:
+            os.close(fd)
+    return results
+
+
+def _open_and_pread(path: Path, offsets: Sequence[int]) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, PAGE_SIZE, o) for o in offsets]
+    finally:
+        os.close(fd)
+
+
+def _time_pread(read: Callable[[int], list[bytes]], duration_s: float) -> Measurement:
+    latencies: list[float] = []
+    pages = 0
+    start = time.perf_counter()
+    now = start
+    i = 0
+    while now - start < duration_s or i < 20:
+        sent = time.perf_counter()
+        got = read(i)
+        now = time.perf_counter()
+        if not got or len(got[-1]) != PAGE_SIZE:
+            raise AssertionError("pread returned no page or a short page")
+        latencies.append(now - sent)
+        pages += len(got)
+        i += 1
+    return Measurement(tuple(latencies), pages, now - start)
 
 
 def run_sqlite(config: GetPageConfig, work_dir: Path, pages: dict[str, list[bytes]]) -> GetPageResults:
@@ -460,9 +563,10 @@ def run_postgres(config: GetPageConfig, work_dir: Path, pages: dict[str, list[by
 # -- report -----------------------------------------------------------------------
 
 
-def _peer(rows: Sequence[ReadRow], workload: str, system_prefix: str, batch: int) -> ReadRow | None:
+def _peer(rows: Sequence[ReadRow], workload: str, system: str, batch: int) -> ReadRow | None:
+    """The peer row of `system` ("PostgreSQL" matches "PostgreSQL 15.x") at `batch` pages per request."""
     for row in rows:
-        if row.workload == workload and row.system.startswith(system_prefix) and row.pages_per_request == batch:
+        if row.workload == peer_workload(workload) and row.pages_per_request == batch and (row.system == system or row.system.startswith(system + " ")):
             return row
     return None
 
@@ -473,45 +577,119 @@ def ratio_text(strata: ReadRow, peer: ReadRow | None) -> str:
     return f"{strata.pages_per_s / peer.pages_per_s:.2g}x"
 
 
+RATIO_PEERS = ((PREAD, "Strata ÷ pread (floor)"), (PREAD_OPEN, "Strata ÷ pread, open per request"), ("SQLite", "Strata ÷ SQLite"), ("PostgreSQL", "Strata ÷ PostgreSQL"))
+
+
+def ratios(results: GetPageResults, row: ReadRow) -> list[str]:
+    if row.system != "Strata":
+        return ["" for _ in RATIO_PEERS]
+    return [ratio_text(row, _peer(results.rows, row.workload, system, row.pages_per_request)) for system, _ in RATIO_PEERS]
+
+
+def _system_rank(row: ReadRow) -> int:
+    for rank, system in enumerate(SYSTEM_ORDER):
+        if row.system == system or row.system.startswith(system + " "):
+            return rank
+    return len(SYSTEM_ORDER)
+
+
+def sort_rows(rows: list[ReadRow]) -> None:
+    order = {w: i for i, w in enumerate(WORKLOAD_ORDER)}
+    rows.sort(key=lambda r: (order.get(r.workload, len(order)), r.pages_per_request, _system_rank(r), r.batch))
+
+
+def pipelining_text(results: GetPageResults) -> str:
+    depths = ", ".join(f"{batch} pages/message: {window}" for batch, window in sorted(results.windows.items()))
+    return (
+        f"GetPages pipelining depth (messages in flight on the one stream, a request generator gated by a semaphore): {depths}. "
+        "The pageserver answers a stream's messages one at a time, in order, so a message's latency includes its wait behind the ones ahead of it."
+    )
+
+
+def floor_summary(results: GetPageResults) -> list[str]:
+    """Per workload: Strata's best GetPages row against the floor at the same batch size."""
+    lines = []
+    for workload in results.workloads:
+        strata = [r for r in results.rows if r.workload == workload and r.system == "Strata" and r.batch != UNARY]
+        if not strata:
+            continue
+        best = max(strata, key=lambda r: r.pages_per_s)
+        floor = _peer(results.rows, workload, PREAD, best.pages_per_request)
+        if floor is None:
+            continue
+        lines.append(
+            f"{workload}: Strata's best, GetPages at {best.batch} pages/message, {best.pages_per_s:,.0f} pages/s "
+            f"(p50 {best.p50_ms:,.3f} ms), is {ratio_text(best, floor)} the pread floor's {floor.pages_per_s:,.0f} pages/s "
+            f"(p50 {floor.p50_ms:,.3f} ms per {floor.batch} pages)."
+        )
+    return lines
+
+
+def target_lines(results: GetPageResults) -> list[str]:
+    """The issue's target, GetPages >= 50,000 pages/s on 2 cores, per workload and batch size."""
+    lines = []
+    for workload in results.workloads:
+        strata = [r for r in results.rows if r.workload == workload and r.system == "Strata" and r.batch != UNARY]
+        if not strata:
+            continue
+        best = max(strata, key=lambda r: r.pages_per_s)
+        verdict = "met" if best.pages_per_s >= TARGET_PAGES_PER_S else "not met"
+        each = ", ".join(f"batch {r.batch}: {r.pages_per_s:,.0f}" for r in strata)
+        lines.append(
+            f"Target (GetPages >= {TARGET_PAGES_PER_S:,} pages/s on 2 cores; this machine has {os.cpu_count()} CPUs), {workload}: "
+            f"**{verdict}**: best {best.pages_per_s:,.0f} pages/s at batch {best.batch} "
+            f"({best.pages_per_s / TARGET_PAGES_PER_S:.2g}x of the target; {each} pages/s)."
+        )
+    return lines
+
+
 def render_markdown(results: GetPageResults, config: GetPageConfig) -> str:
     lines = [
         f"Page reads at the latest LSN, uniformly random keys, one connection, {config.duration_s:g} s per row. "
-        "Latency is per request: a unary call, a GetPages message, or a SQL statement of `batch` pages. "
-        "The last two columns are Strata's pages/s divided by the peer's at the same batch size "
-        "(SQLite runs in-process with no network hop; PostgreSQL via pgbench over loopback TCP).",
+        "Latency is per request: a unary call, a GetPages message, a batch of `pread`s, or a SQL statement of `batch` pages. "
+        "**The primary peer is the floor: `os.pread` of the same pages (same count, 8 KiB pages, the same keys in the same order "
+        "as the GetPages readers, the same batch sizes) from a local file in the bench process, page cache warm** "
+        f"(`{PREAD}`: the file opened once, a bare `pread` per page; `{PREAD_OPEN}`: `os.open` / `os.close` around each batch). "
+        "The ratio columns are Strata's pages/s divided by the peer's at the same pages per request "
+        "(the unary GetPage row is compared with batch 1). "
+        "SQLite runs in-process with no network hop; PostgreSQL via pgbench over loopback TCP.",
         "",
     ]
     for workload, description in results.workloads.items():
         lines.append(f"- **{workload}**: {description}")
     lines += [
         "",
-        "| workload | system | reader | batch | pages/s | p50 ms | p99 ms | Strata ÷ SQLite | Strata ÷ PostgreSQL |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        pipelining_text(results),
+        "",
+        "| workload | system | reader | batch | pages/s | p50 ms | p99 ms | " + " | ".join(h for _, h in RATIO_PEERS) + " |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in RATIO_PEERS) + " |",
     ]
     for row in results.rows:
         batch = "1 (unary)" if row.batch == UNARY else str(row.batch)
-        if row.system == "Strata":
-            vs_sqlite = ratio_text(row, _peer(results.rows, row.workload, "SQLite", row.pages_per_request))
-            vs_pg = ratio_text(row, _peer(results.rows, row.workload, "PostgreSQL", row.pages_per_request))
-        else:
-            vs_sqlite = vs_pg = ""
         lines.append(
-            f"| {row.workload} | {row.system} | {row.method} | {batch} | {row.pages_per_s:,.0f} | {row.p50_ms:,.3f} | {row.p99_ms:,.3f} | {vs_sqlite} | {vs_pg} |"
+            f"| {row.workload} | {row.system} | {row.method} | {batch} | {row.pages_per_s:,.0f} | {row.p50_ms:,.3f} | {row.p99_ms:,.3f} | "
+            + " | ".join(ratios(results, row)) + " |"
         )
+    summary = floor_summary(results) + target_lines(results)
+    if summary:
+        lines += [""] + [f"- {line}" for line in summary]
     for note in results.notes:
         lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
 def print_summary(results: GetPageResults) -> None:
-    print(f"{'workload':<8} {'system':<18} {'batch':>9} {'pages/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'vs SQLite':>10} {'vs PG':>8}  reader")
+    short = ("vs pread", "vs pread+open", "vs SQLite", "vs PG")
+    print(f"{'workload':<20} {'system':<24} {'batch':>9} {'pages/s':>10} {'p50 ms':>9} {'p99 ms':>9} " + " ".join(f"{h:>13}" for h in short) + "  reader")
     for row in results.rows:
         batch = "1 (unary)" if row.batch == UNARY else str(row.batch)
-        vs_sqlite = vs_pg = ""
-        if row.system == "Strata":
-            vs_sqlite = ratio_text(row, _peer(results.rows, row.workload, "SQLite", row.pages_per_request))
-            vs_pg = ratio_text(row, _peer(results.rows, row.workload, "PostgreSQL", row.pages_per_request))
-        print(f"{row.workload:<8} {row.system:<18} {batch:>9} {row.pages_per_s:>10,.0f} {row.p50_ms:>9.3f} {row.p99_ms:>9.3f} {vs_sqlite:>10} {vs_pg:>8}  {row.method}")
+        print(
+            f"{row.workload:<20} {row.system:<24} {batch:>9} {row.pages_per_s:>10,.0f} {row.p50_ms:>9.3f} {row.p99_ms:>9.3f} "
+            + " ".join(f"{r:>13}" for r in ratios(results, row)) + f"  {row.method}"
+        )
+    print(pipelining_text(results))
+    for line in floor_summary(results) + target_lines(results):
+        print(line.replace("**", ""))
     for note in results.notes:
         print(note)
 
@@ -527,8 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = GetPageConfig()
     parser = argparse.ArgumentParser(
         prog="python -m bench.getpage",
-        description="Pages/s and latency of Strata GetPage / GetPages (hot pages and deep delta chains) against SQLite and "
-        "PostgreSQL reads of the same pages, written into BENCHMARKS.md (section 'getpage').",
+        description="Pages/s and latency of Strata GetPage / GetPages (hot pages and deep delta chains) against the floor "
+        "(os.pread of the same pages from a local file, in one process), SQLite and PostgreSQL reads of the same pages, "
+        "written into BENCHMARKS.md (section 'getpage').",
     )
     parser.add_argument("--duration", type=float, default=d.duration_s, help=f"seconds per row (default {d.duration_s:g})")
     parser.add_argument("--hot-pages", type=_power_of_two, default=d.hot_pages, help=f"hot pages, a power of two (default {d.hot_pages})")
@@ -541,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s per row, 20-deep chains; BENCHMARKS.md untouched")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL peer")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite peer")
+    parser.add_argument("--no-pread", action="store_true", help="skip the pread floor (the primary peer)")
+    parser.add_argument("--no-uncached-deep", action="store_true",
+                        help="skip the deep chains on a pageserver with --page-cache-bytes 0 (every read walks the chain)")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="write the table into BENCHMARKS.md (default: yes, except with --quick)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
@@ -560,27 +742,27 @@ def main(argv: list[str] | None = None) -> None:
         window=args.window,
         max_pages_in_flight=args.max_pages_in_flight,
         duration_s=min(args.duration, 0.5) if args.quick else args.duration,
+        uncached_deep=not args.no_uncached_deep,
     )
     write = (not args.quick) if args.write is None else args.write
     load_at_start = os.getloadavg()[0]
     with work_directory(args.work_dir, args.keep) as work_dir:
         results = run_strata(config, work_dir)
         pages = peer_pages(config)
-        for enabled, peer in ((not args.no_sqlite, run_sqlite), (not args.no_postgres, run_postgres)):
+        for enabled, peer in ((not args.no_pread, run_pread), (not args.no_sqlite, run_sqlite), (not args.no_postgres, run_postgres)):
             if enabled:
                 print(f"{peer.__name__} ...", file=sys.stderr, flush=True)
                 more = peer(config, work_dir, pages)
                 results.rows += more.rows
                 results.notes += more.notes
     results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
-    order = {"hot": 0, "deep": 1}
-    results.rows.sort(key=lambda r: (order.get(r.workload, 2), r.pages_per_request, r.system != "Strata", r.system, r.batch))
+    sort_rows(results.rows)
     print_summary(results)
     if write:
         from bench.report import update_section
 
         update_section(
-            "getpage", render_markdown(results, config), title="getpage: GetPage / GetPages vs SQLite and PostgreSQL reads"
+            "getpage", render_markdown(results, config), title="getpage: GetPage / GetPages vs the pread floor, SQLite and PostgreSQL reads"
         )
 
 

@@ -1,12 +1,26 @@
-"""Smoke test of bench/getpage.py's Strata half (and the in-process SQLite peer):
-a few pages, short deep chains, fractions of a second per row. No timing
-assertions: every reader must return pages, and the chains must span layers."""
+"""Smoke test of bench/getpage.py's Strata half, the in-process pread floor and
+the in-process SQLite peer: a few pages, short deep chains, fractions of a
+second per row. No timing assertions: every reader must return pages, the
+chains must span layers, and every Strata row gets a ratio to the floor."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.getpage import UNARY, GetPageConfig, peer_pages, render_markdown, run_sqlite, run_strata
+from bench.getpage import (
+    DEEP_UNCACHED,
+    PREAD,
+    PREAD_OPEN,
+    UNARY,
+    GetPageConfig,
+    access_plan,
+    peer_pages,
+    render_markdown,
+    run_pread,
+    run_sqlite,
+    run_strata,
+    sort_rows,
+)
 
 CONFIG = GetPageConfig(hot_pages=16, deep_pages=8, depth=5, batches=(1, 4), window=4, duration_s=0.2)
 
@@ -14,10 +28,11 @@ CONFIG = GetPageConfig(hot_pages=16, deep_pages=8, depth=5, batches=(1, 4), wind
 def test_getpage_bench_strata_rows_are_sane(tmp_path: Path) -> None:
     results = run_strata(CONFIG, tmp_path, log=False)
 
-    assert set(results.workloads) == {"hot", "deep"}
+    assert set(results.workloads) == {"hot", "deep", DEEP_UNCACHED}
     assert results.deep_layer_files >= CONFIG.depth + 1, "each patch round is its own L0 layer file"
-    expected = [(w, b) for w in ("hot", "deep") for b in (UNARY, *CONFIG.batches)]
+    expected = [(w, b) for w in ("hot", "deep", DEEP_UNCACHED) for b in (UNARY, *CONFIG.batches)]
     assert [(row.workload, row.batch) for row in results.rows] == expected
+    assert results.windows == {1: 4, 4: 4}
     for row in results.rows:
         assert row.system == "Strata"
         m = row.measurement
@@ -25,9 +40,35 @@ def test_getpage_bench_strata_rows_are_sane(tmp_path: Path) -> None:
         assert m.seconds > 0 and row.pages_per_s > 0
         assert 0 < row.p50_ms <= row.p99_ms
 
-    sqlite = run_sqlite(CONFIG, tmp_path, peer_pages(CONFIG))
+    pages = peer_pages(CONFIG)
+    pread = run_pread(CONFIG, tmp_path, pages)
+    assert [(row.workload, row.system, row.batch) for row in pread.rows] == [
+        (w, s, b) for w in ("hot", "deep") for b in CONFIG.batches for s in (PREAD, PREAD_OPEN)
+    ]
+    for row in pread.rows:
+        assert row.measurement.pages == len(row.measurement.latencies_s) * row.batch
+        assert row.pages_per_s > 0 and 0 < row.p50_ms <= row.p99_ms
+
+    sqlite = run_sqlite(CONFIG, tmp_path, pages)
     assert [(row.workload, row.batch) for row in sqlite.rows] == [(w, b) for w in ("hot", "deep") for b in CONFIG.batches]
-    results.rows += sqlite.rows
+    results.rows += pread.rows + sqlite.rows
+    sort_rows(results.rows)
     markdown = render_markdown(results, CONFIG)
     assert "| hot | Strata | GetPage (unary) | 1 (unary) |" in markdown
     assert "| deep | SQLite |" in markdown
+    assert f"| hot | {PREAD} |" in markdown
+    strata_lines = [line for line in markdown.splitlines() if line.startswith("| ") and line.split(" | ")[1] == "Strata"]
+    assert len(strata_lines) == len(expected)
+    for line in strata_lines:
+        floor_ratio = line.split(" | ")[7]
+        assert floor_ratio.endswith("x"), f"no ratio to the pread floor: {line}"
+    assert "pipelining depth" in markdown
+    assert markdown.count("Target (GetPages >= 50,000 pages/s") == 3
+
+
+def test_access_plan_is_shared_and_deterministic() -> None:
+    plan = access_plan(CONFIG, 16)
+    assert plan == access_plan(CONFIG, 16)
+    assert [size for size, _ in plan] == [UNARY, 1, 4]
+    for size, key_sets in plan:
+        assert all(len(keys) == max(size, 1) and len(set(keys)) == len(keys) for keys in key_sets)
