@@ -95,21 +95,27 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
         self, request_iterator: AsyncIterator[page_pb2.GetPagesRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[page_pb2.GetPagesResponse]:
         async for message in request_iterator:
-            results = []
+            # Built in place: each page is copied once into the response, and a
+            # message's timelines are looked up (and their ids checked) once.
+            response = page_pb2.GetPagesResponse()
+            results = response.responses
+            timelines: dict[tuple[str, str], Timeline] = {}
             for req in message.requests:
                 try:
-                    tl = self.tenants.timeline(req.tenant_id, req.timeline_id)
-                    lsn = tl.read_lsn(req.lsn)
+                    tl = timelines.get((req.tenant_id, req.timeline_id))
+                    if tl is None:
+                        tl = timelines[(req.tenant_id, req.timeline_id)] = self.tenants.timeline(req.tenant_id, req.timeline_id)
+                    lsn = req.lsn or tl.last_record_lsn
                     # Fast path: ingested already, and a hot page in the materialized cache.
                     page = tl.cached_page(req.rel, req.blkno, lsn) if lsn <= tl.last_record_lsn else None
                     if page is None:
                         await tl.wait_for_lsn(lsn, wait_budget(context))
                         page = await tl.read(lambda: tl.get_page(req.rel, req.blkno, lsn))
-                    results.append(page_pb2.PageResult(page=page, lsn=lsn))
+                    results.add(page=page, lsn=lsn)
                 except StrataError as exc:
                     log_rpc_failure(self.log, "GetPages", req, exc)
-                    results.append(page_pb2.PageResult(error_code=exc.code.value[0], error=str(exc)))
-            yield page_pb2.GetPagesResponse(responses=results)
+                    results.add(error_code=exc.code.value[0], error=str(exc))
+            yield response
 
 
 class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
