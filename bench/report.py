@@ -1,0 +1,117 @@
+"""BENCHMARKS.md: one section per benchmark, rewritten in place between markers.
+
+Each benchmark renders its own markdown and calls `update_section(name, markdown)`,
+which puts it between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` under a
+`## NAME` heading and a line saying where and how it was measured (CPUs, CPU
+model, kernel, Python, date, the exact command). A section already in the file is
+replaced where it stands; a new one is appended. Other sections and any text
+outside the markers are kept byte for byte, and concurrent writers (benchmarks
+run side by side) are serialized by a lock on the file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_PATH = REPO_ROOT / "BENCHMARKS.md"
+
+FILE_HEADER = """# Benchmarks
+
+Strata side by side with a named peer, on the same machine and disk, in the same run.
+Each section is written by its benchmark (`python -m bench.<name> --help`) through
+`bench/report.py`; rerun the command a section names to refresh it. Numbers from a
+small shared machine are indicative: each section says what it ran on.
+"""
+
+_NAME_RE = re.compile(r"[a-z0-9_.-]+")
+
+
+def start_marker(name: str) -> str:
+    return f"<!-- bench:{name} -->"
+
+
+def end_marker(name: str) -> str:
+    return f"<!-- /bench:{name} -->"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def invoking_command() -> str:
+    """The command line this process was started with, interpreter shortened to `python`."""
+    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    return shlex.join(["python", *argv[1:]])
+
+
+def machine_line(command: str | None = None, when: datetime.datetime | None = None) -> str:
+    """Where and how a section was measured, as one markdown line."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    command = command or invoking_command()
+    return (
+        f"_Measured {when.strftime('%Y-%m-%d %H:%M UTC')} on {os.cpu_count()} CPUs ({cpu_model()}), "
+        f"Linux {platform.release()}, Python {platform.python_version()}; command: `{command}`_"
+    )
+
+
+def render_section(name: str, markdown: str, *, title: str | None = None, command: str | None = None) -> str:
+    """The whole marked section, markers included."""
+    return "\n".join(
+        [start_marker(name), f"## {title or name}", "", machine_line(command), "", markdown.strip(), end_marker(name)]
+    )
+
+
+def replace_section(document: str, name: str, section: str) -> str:
+    """`document` with the marked section `name` replaced by `section` (appended if absent)."""
+    start, end = start_marker(name), end_marker(name)
+    begin = document.find(start)
+    if begin >= 0:
+        finish = document.find(end, begin)
+        if finish < 0:
+            raise ValueError(f"BENCHMARKS.md has {start} but no {end} after it: fix the file by hand")
+        return document[:begin] + section + document[finish + len(end) :]
+    if not document.strip():
+        document = FILE_HEADER
+    return document.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def update_section(
+    name: str,
+    markdown: str,
+    *,
+    title: str | None = None,
+    command: str | None = None,
+    path: Path = BENCHMARKS_PATH,
+) -> Path:
+    """Write `markdown` as section `name` of BENCHMARKS.md (created with a short header
+    if missing). `command` defaults to this process's own command line. Returns the path."""
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"section name {name!r}: use lowercase letters, digits, '_', '.', '-'")
+    section = render_section(name, markdown, title=title, command=command)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            updated = replace_section(f.read(), name, section)
+            f.seek(0)
+            f.write(updated)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return path

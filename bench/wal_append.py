@@ -1,0 +1,937 @@
+"""Durable appends, side by side with PostgreSQL commits on the same disk.
+
+    python -m bench.wal_append                   # 5 s per configuration, writes BENCHMARKS.md
+    python -m bench.wal_append --quick           # 2 s per configuration, BENCHMARKS.md untouched
+    python -m bench.wal_append --target H:P      # an already running walservice
+    python -m bench.wal_append --no-postgres     # Strata only
+
+For each number of concurrent writers (1, 8, 64) and records per commit (1, 16),
+each configuration for `--duration` seconds after `--warmup` seconds:
+
+- **Strata**: `WalService.Append` over loopback gRPC, each record a `PagePatch`
+  with one 200-byte splice (8 KiB pages; writer i patches block i of relation 1
+  at a rotating offset). An Append is acknowledged only after `fdatasync`, so
+  one Append is one durable commit. The writers are asyncio tasks on grpc.aio,
+  each with one Append in flight, spread over `--client-processes` processes
+  (one channel each); requests are serialized once up front, so the client
+  spends its CPU on gRPC, not on protobuf. The benchmark starts its own
+  walservice (data dir under the work directory) unless `--target` names one;
+  each configuration gets a fresh timeline.
+- **PostgreSQL 15**: a throwaway cluster (initdb as the unprivileged `postgres`
+  OS user when run as root, random loopback port, `fsync=on`,
+  `synchronous_commit=on`, everything else default but a large `max_wal_size`)
+  in the same work directory, so on the same disk. pgbench over loopback TCP,
+  `-M prepared -c N -j min(N, 2)`, one `INSERT INTO t (payload) VALUES (...)`
+  of a 200-character text per transaction, or one 16-row INSERT (one commit)
+  for 16 records; `t` has no index; it is truncated and checkpointed before
+  each configuration. Latencies come from pgbench's per-transaction log.
+  If PostgreSQL cannot be started, the table says why and shows Strata alone.
+
+Commits/s counts calls (Appends, transactions) completed in the window; MB/s is
+the records' 200-byte payloads; p50/p99 is per call, client side. CPU columns
+say how busy the machine's CPUs were during the window and how many cores the
+server process(es) and the client(s) used: on a small machine the client
+competes with the server, and the table says so.
+
+Results go into BENCHMARKS.md (section `wal_append`) through bench/report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import multiprocessing
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from strata import ids
+from strata.v1 import records_pb2, wal_pb2
+
+PAGE_SIZE = 8192
+PAYLOAD_BYTES = 200
+BENCH_REL = 1
+WRITER_COUNTS = (1, 8, 64)
+BATCH_SIZES = (1, 16)
+DEFAULT_DURATION_S = 5.0
+QUICK_DURATION_S = 2.0
+DEFAULT_WARMUP_S = 1.0
+QUICK_WARMUP_S = 0.5
+TARGET_WRITERS = 64
+APPEND_METHOD = "/strata.v1.WalService/Append"
+CREATE_TIMELINE_METHOD = "/strata.v1.WalService/CreateTimeline"
+# Distinct requests each writer cycles through (rotating splice offsets).
+REQUESTS_PER_WRITER = 16
+PG_BIN = Path("/usr/local/bin")
+PG_OS_USER = "postgres"
+PGBENCH = "pgbench"
+MB = 1_000_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# One payload for every record of both systems: 200 printable bytes.
+PAYLOAD = (b"strata wal_append bench payload 0123456789 " * 8)[:PAYLOAD_BYTES]
+
+
+# -- numbers ------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between ranks."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+@dataclass
+class CpuUse:
+    """CPU use over a measurement window: how busy the whole machine was (0..1 of
+    all CPUs) and how many cores the server and the client processes used."""
+
+    machine_busy: float = math.nan
+    server_cores: float = math.nan
+    client_cores: float = math.nan
+
+
+@dataclass
+class Measurement:
+    """One (system, writers, records per commit) run."""
+
+    system: str
+    writers: int
+    batch: int
+    commits: int
+    seconds: float
+    latencies_s: list[float] = field(repr=False, default_factory=list)
+    cpu: CpuUse = field(default_factory=CpuUse)
+
+    @property
+    def records(self) -> int:
+        return self.commits * self.batch
+
+    @property
+    def commits_per_s(self) -> float:
+        return self.commits / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.records_per_s * PAYLOAD_BYTES / MB
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies_s, 50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies_s, 99) * 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "writers": self.writers,
+            "batch": self.batch,
+            "commits": self.commits,
+            "seconds": self.seconds,
+            "commits_per_s": self.commits_per_s,
+            "records_per_s": self.records_per_s,
+            "mb_per_s": self.mb_per_s,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "machine_cpu_busy": self.cpu.machine_busy,
+            "server_cores": self.cpu.server_cores,
+            "client_cores": self.cpu.client_cores,
+        }
+
+
+@dataclass
+class WalAppendResults:
+    strata: list[Measurement] = field(default_factory=list)
+    postgres: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    postgres_version: str = ""
+
+    def find(self, rows: list[Measurement], writers: int, batch: int) -> Measurement | None:
+        for row in rows:
+            if (row.writers, row.batch) == (writers, batch):
+                return row
+        return None
+
+
+# -- CPU accounting -------------------------------------------------------------
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _process_ticks(pid: int) -> int:
+    """utime + stime of one process (all its threads), 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    after_name = stat.rsplit(")", 1)[1].split()
+    return int(after_name[11]) + int(after_name[12])
+
+
+def _process_tree(root_pid: int) -> list[int]:
+    """root_pid and its direct children (PostgreSQL's postmaster and its backends)."""
+    pids = [root_pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == root_pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+class CpuWindow:
+    """Samples CPU counters at a window's start and end, on a thread: machine-wide
+    busy share and the cores used by the server and client process groups."""
+
+    def __init__(self, server_pids: Callable[[], list[int]] | None, client_pids: Callable[[], list[int]] | None) -> None:
+        self.server_pids = server_pids
+        self.client_pids = client_pids
+        self.result = CpuUse()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> tuple[float, tuple[int, int], dict[int, int], dict[int, int]]:
+        server = {p: _process_ticks(p) for p in self.server_pids()} if self.server_pids else {}
+        client = {p: _process_ticks(p) for p in self.client_pids()} if self.client_pids else {}
+        return time.monotonic(), _machine_ticks(), server, client
+
+    def start(self, window_start: float, window_end: float) -> None:
+        """Sample at the monotonic times `window_start` and `window_end` (in the background)."""
+
+        def run() -> None:
+            time.sleep(max(0.0, window_start - time.monotonic()))
+            t0, (busy0, total0), server0, client0 = self._sample()
+            time.sleep(max(0.0, window_end - time.monotonic()))
+            t1, (busy1, total1), server1, client1 = self._sample()
+            elapsed = max(t1 - t0, 1e-9)
+
+            def cores(before: dict[int, int], after: dict[int, int]) -> float:
+                # A process that appeared inside the window (a late backend) counts whole.
+                ticks = sum(after[p] - before.get(p, 0) for p in after)
+                return ticks / CLOCK_TICKS / elapsed
+
+            self.result = CpuUse(
+                machine_busy=(busy1 - busy0) / max(total1 - total0, 1),
+                server_cores=cores(server0, server1) if self.server_pids else math.nan,
+                client_cores=cores(client0, client1) if self.client_pids else math.nan,
+            )
+
+        self._thread = threading.Thread(target=run, name="cpu-window", daemon=True)
+        self._thread.start()
+
+    def join(self) -> CpuUse:
+        if self._thread is not None:
+            self._thread.join()
+        return self.result
+
+
+# -- Strata ---------------------------------------------------------------------
+
+
+def append_request_bytes(tenant_id: str, timeline_id: str, writer: int, batch: int, variant: int) -> bytes:
+    """A serialized AppendRequest: `batch` PagePatch records, one 200-byte splice each,
+    on block `writer` of the bench relation."""
+    records = []
+    for i in range(batch):
+        offset = ((variant * batch + i) * PAYLOAD_BYTES) % (PAGE_SIZE - PAYLOAD_BYTES)
+        patch = records_pb2.PagePatch(rel=BENCH_REL, blkno=writer, splices=[records_pb2.Splice(offset=offset, data=PAYLOAD)])
+        records.append(records_pb2.Record(patch=patch))
+    return wal_pb2.AppendRequest(tenant_id=tenant_id, timeline_id=timeline_id, records=records).SerializeToString()
+
+
+def record_bytes() -> int:
+    """The serialized size of one bench record (what the walservice stores per frame)."""
+    record = records_pb2.Record(patch=records_pb2.PagePatch(rel=BENCH_REL, blkno=63, splices=[records_pb2.Splice(offset=7800, data=PAYLOAD)]))
+    return record.ByteSize()
+
+
+@dataclass
+class WriterTally:
+    """What one client process's writers did inside the window."""
+
+    commits: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def drive_writers(
+    address: str,
+    tenant_id: str,
+    timeline_id: str,
+    writer_ids: Sequence[int],
+    batch: int,
+    window_start: float,
+    window_end: float,
+) -> WriterTally:
+    """Run one Append at a time per writer until `window_end` (monotonic); count the
+    Appends that complete inside [window_start, window_end] and their latencies."""
+    tally = WriterTally()
+    async with grpc.aio.insecure_channel(address) as channel:
+        append = channel.unary_unary(APPEND_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendResponse.FromString)
+
+        async def writer(writer_id: int) -> None:
+            requests = [append_request_bytes(tenant_id, timeline_id, writer_id, batch, v) for v in range(REQUESTS_PER_WRITER)]
+            n = 0
+            while True:
+                sent = time.monotonic()
+                if sent >= window_end:
+                    return
+                response = await append(requests[n % REQUESTS_PER_WRITER], timeout=60)
+                done = time.monotonic()
+                n += 1
+                if len(response.record_lsns) != batch or response.end_lsn <= response.start_lsn:
+                    raise RuntimeError(f"Append answered {response} for a batch of {batch} records")
+                if window_start <= done <= window_end:
+                    tally.commits += 1
+                    tally.latencies_s.append(done - sent)
+
+        results = await asyncio.gather(*(writer(w) for w in writer_ids), return_exceptions=True)
+    tally.errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    return tally
+
+
+def _client_process(
+    conn: Connection,
+    start: Any,
+    address: str,
+    tenant_id: str,
+    timeline_id: str,
+    writer_ids: list[int],
+    batch: int,
+    warmup_s: float,
+    duration_s: float,
+) -> None:
+    """A client process (multiprocessing target): wait for every process to be
+    ready, then drive its share of the writers and send back its tally."""
+    try:
+        conn.send(("ready", os.getpid()))
+        start.wait()
+        t0 = time.monotonic()
+        tally = asyncio.run(
+            drive_writers(address, tenant_id, timeline_id, writer_ids, batch, t0 + warmup_s, t0 + warmup_s + duration_s)
+        )
+        conn.send(("done", tally))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def measure_strata(
+    address: str,
+    tenant_id: str,
+    timeline_id: str,
+    writers: int,
+    batch: int,
+    duration_s: float,
+    warmup_s: float,
+    client_processes: int = 1,
+    server_pid: int | None = None,
+) -> Measurement:
+    """Appends/s and latency of `writers` concurrent writers for `duration_s` seconds."""
+    processes = max(1, min(client_processes, writers))
+    groups = [list(range(writers))[i::processes] for i in range(processes)]
+    server_pids = (lambda: [server_pid]) if server_pid else None
+    if processes == 1:
+        cpu = CpuWindow(server_pids, lambda: [os.getpid()])
+        t0 = time.monotonic()
+        cpu.start(t0 + warmup_s, t0 + warmup_s + duration_s)
+        tally = asyncio.run(drive_writers(address, tenant_id, timeline_id, groups[0], batch, t0 + warmup_s, t0 + warmup_s + duration_s))
+        tallies = [tally]
+    else:
+        tallies, cpu = _run_client_processes(address, tenant_id, timeline_id, groups, batch, duration_s, warmup_s, server_pids)
+    errors = [e for t in tallies for e in t.errors]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {writers} writers failed; first: {errors[0]}")
+    return Measurement(
+        system="Strata",
+        writers=writers,
+        batch=batch,
+        commits=sum(t.commits for t in tallies),
+        seconds=duration_s,
+        latencies_s=[s for t in tallies for s in t.latencies_s],
+        cpu=cpu.join(),
+    )
+
+
+def _run_client_processes(
+    address: str,
+    tenant_id: str,
+    timeline_id: str,
+    groups: list[list[int]],
+    batch: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pids: Callable[[], list[int]] | None,
+) -> tuple[list[WriterTally], CpuWindow]:
+    """Spawn one client process per writer group; their tallies, and the CPU use in the window."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    try:
+        for group in groups:
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(
+                target=_client_process,
+                args=(child_end, start, address, tenant_id, timeline_id, group, batch, warmup_s, duration_s),
+                daemon=True,
+            )
+            proc.start()
+            child_end.close()
+            workers.append((proc, parent_end))
+        pids = []
+        for proc, conn in workers:
+            if not conn.poll(60):
+                raise RuntimeError("a client process did not start within 60 s")
+            kind, value = conn.recv()
+            if kind != "ready":
+                raise RuntimeError(f"a client process failed while starting: {value}")
+            pids.append(value)
+        cpu = CpuWindow(server_pids, lambda: pids)
+        t0 = time.monotonic()
+        start.set()
+        cpu.start(t0 + warmup_s, t0 + warmup_s + duration_s)
+        tallies: list[WriterTally] = []
+        for proc, conn in workers:
+            if not conn.poll(warmup_s + duration_s + 120):
+                raise RuntimeError("a client process did not finish in time")
+            kind, value = conn.recv()
+            if kind != "done":
+                raise RuntimeError(f"a client process failed: {value}")
+            tallies.append(value)
+        return tallies, cpu
+    finally:
+        for proc, conn in workers:
+            conn.close()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def create_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        create = channel.unary_unary(
+            CREATE_TIMELINE_METHOD,
+            request_serializer=wal_pb2.WalTimeline.SerializeToString,
+            response_deserializer=wal_pb2.WalStatus.FromString,
+        )
+        create(wal_pb2.WalTimeline(tenant_id=tenant_id, timeline_id=timeline_id, start_lsn=0, page_size=PAGE_SIZE), timeout=30)
+
+
+class WalserviceProcess:
+    """A walservice started by the bench, on a free loopback port; its log next to its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / "walservice.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def __enter__(self) -> WalserviceProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "walservice", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            match = re.search(r"event=listening address=(\S+)", self.log_path.read_text(errors="replace"))
+            if match:
+                self.address = match.group(1)
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        log_tail = self.log_path.read_text(errors="replace")[-2000:]
+        self.__exit__()
+        raise RuntimeError(f"the walservice did not start listening: {log_tail}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def _walservice(work_dir: Path, target: str | None) -> Iterator[tuple[str, int | None]]:
+    if target is not None:
+        yield target, None
+        return
+    with WalserviceProcess(work_dir / "walservice" / "data") as service:
+        assert service.proc is not None
+        yield service.address, service.proc.pid
+
+
+# -- PostgreSQL -----------------------------------------------------------------
+
+
+class PostgresUnavailable(Exception):
+    """PostgreSQL could not be installed or started here; the message says why."""
+
+
+def _run(argv: Sequence[str], *, user: str | None = None, timeout: float = 600, input_text: str | None = None) -> str:
+    full = ["runuser", "-u", user, "--", *argv] if user else list(argv)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, full, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster in `root`, initdb'd as the unprivileged `postgres` OS user
+    when run as root (initdb refuses root), on a random loopback port, with fsync and
+    synchronous_commit on; stopped and removed on exit, even after an error."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.port = _free_port()
+        self.user: str | None = PG_OS_USER if os.geteuid() == 0 else None
+        self.settings = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(root),
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "max_connections": "200",
+            "max_wal_size": "8GB",
+            "checkpoint_timeout": "30min",
+        }
+
+    def __enter__(self) -> ThrowawayPostgres:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        for tool in (PG_BIN / "initdb", PG_BIN / "pg_ctl"):
+            if not tool.exists():
+                raise PostgresUnavailable(f"{tool} is missing (PostgreSQL 15 server binaries are expected in {PG_BIN})")
+        for client in ("psql", PGBENCH):
+            if shutil.which(client) is None:
+                raise PostgresUnavailable(f"{client} is not on PATH")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            try:
+                entry = pwd.getpwnam(self.user)
+            except KeyError:
+                try:
+                    subprocess.run(["useradd", "--system", "--no-create-home", self.user], check=True, capture_output=True)
+                except (subprocess.CalledProcessError, OSError) as exc:
+                    raise PostgresUnavailable(f"running as root, and the OS user {self.user!r} is missing and could not be created: {exc}") from exc
+                entry = pwd.getpwnam(self.user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            for parent in self.root.parents:
+                if not os.stat(parent).st_mode & 0o001:
+                    raise PostgresUnavailable(
+                        f"the {self.user!r} OS user cannot reach {self.root}: {parent} is not searchable by others "
+                        "(pass a --work-dir it can reach, e.g. under /tmp)"
+                    )
+        try:
+            _run([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"], user=self.user)
+            options = " ".join(f"-c {k}={v}" for k, v in self.settings.items()) + f" -p {self.port}"
+            _run(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start"],
+                user=self.user,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            server_log = self.root / "postgres.log"
+            if server_log.exists():
+                detail += server_log.read_text(errors="replace")[-1500:]
+            raise PostgresUnavailable(f"{exc}: {detail.strip()}") from exc
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            try:
+                _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"], user=self.user, timeout=60)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def connection_args(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+
+    def sql(self, statement: str) -> str:
+        return _run(["psql", "-X", *self.connection_args(), "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", statement], timeout=600).strip()
+
+
+def insert_script(batch: int) -> str:
+    """A pgbench script: one INSERT of `batch` rows of the 200-character payload (one commit)."""
+    literal = "'" + PAYLOAD.decode() + "'"
+    rows = ", ".join(f"({literal})" for _ in range(batch))
+    return f"INSERT INTO t (payload) VALUES {rows};\n"
+
+
+_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+_DONE_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+
+
+def measure_postgres(pg: ThrowawayPostgres, clients: int, batch: int, duration_s: float, scratch: Path) -> Measurement:
+    """pgbench -c `clients` for `duration_s` seconds with the INSERT script of `batch` rows."""
+    pg.sql("TRUNCATE t")
+    pg.sql("CHECKPOINT")
+    run_dir = scratch / f"pgbench-{clients}x{batch}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script = run_dir / "insert.sql"
+    script.write_text(insert_script(batch))
+    seconds = max(1, round(duration_s))
+    argv = [
+        PGBENCH, *pg.connection_args(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+        "-T", str(seconds), "-f", str(script), "--log", f"--log-prefix={run_dir / 'txn'}", "postgres",
+    ]
+    postmaster = pg.postmaster_pid
+    cpu = CpuWindow(lambda: _process_tree(postmaster), None)
+    children_before = os.times()
+    t0 = time.monotonic()
+    # Sample inside the run, once the clients have connected.
+    cpu.start(t0 + min(1.0, seconds / 4), t0 + seconds - min(0.2, seconds / 10))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, cwd=run_dir)
+    children_after = os.times()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    tps_match, done_match = _TPS_RE.search(proc.stdout), _DONE_RE.search(proc.stdout)
+    if not tps_match or not done_match:
+        raise RuntimeError(f"cannot parse pgbench output:\n{proc.stdout[-1500:]}")
+    latencies = []
+    for log_file in run_dir.glob("txn.*"):
+        for line in log_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6:
+                latencies.append(int(parts[2]) / 1e6)
+    tps = float(tps_match.group(1))
+    commits = int(done_match.group(1))
+    use = cpu.join()
+    pgbench_cpu = (children_after.children_user + children_after.children_system) - (children_before.children_user + children_before.children_system)
+    use.client_cores = pgbench_cpu / seconds
+    shutil.rmtree(run_dir, ignore_errors=True)
+    # pgbench's tps excludes connection set-up; seconds follows from it.
+    return Measurement("PostgreSQL", clients, batch, commits, commits / tps if tps else float(seconds), latencies, use)
+
+
+@contextmanager
+def postgres_peer(work_dir: Path, notes: list[str]) -> Iterator[tuple[ThrowawayPostgres, str] | None]:
+    """A started, warmed-up PostgreSQL with the bench table, and its version; None
+    (with a note saying why) when it cannot be started here."""
+    try:
+        pg = ThrowawayPostgres(work_dir / "postgres").__enter__()
+    except PostgresUnavailable as exc:
+        message = f"PostgreSQL could not be started, so it is missing from this table: {exc}"
+        print(message, file=sys.stderr, flush=True)
+        notes.append(message)
+        yield None
+        return
+    try:
+        version = pg.sql("SHOW server_version").split()[0]
+        pg.sql("CREATE TABLE t (payload text)")
+        settings = pg.sql(
+            "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN "
+            "('fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'commit_delay', 'shared_buffers', 'wal_buffers')"
+        )
+        measure_postgres(pg, 8, 1, 1.0, work_dir / "pgbench")  # untimed warm-up
+        notes.append(
+            f"PostgreSQL {version}: throwaway cluster in `{pg.root}` ({settings}); pgbench -M prepared -c N -j min(N, 2) "
+            "over loopback TCP; table `t (payload text)` without index, truncated and checkpointed before each configuration."
+        )
+        yield pg, version
+    finally:
+        pg.stop()
+
+
+def run_benchmark(
+    configs: Sequence[tuple[int, int]],
+    duration_s: float,
+    warmup_s: float,
+    *,
+    work_dir: Path,
+    target: str | None = None,
+    client_processes: int = 1,
+    postgres: bool = True,
+    log: bool = True,
+) -> WalAppendResults:
+    """Every (writers, batch) configuration on Strata, then right after on PostgreSQL,
+    so both see the machine in the same state. Strata is `target` or a walservice
+    started with its data under `work_dir`; a fresh timeline per configuration."""
+    results = WalAppendResults()
+    if not postgres:
+        results.notes.append("PostgreSQL was skipped (--no-postgres).")
+    with _walservice(work_dir, target) as (address, server_pid), (
+        postgres_peer(work_dir, results.notes) if postgres else nullcontext()
+    ) as peer:
+        if peer is not None:
+            pg, results.postgres_version = peer
+        tenant_id = ids.new_id()
+        for writers, batch in configs:
+            timeline_id = ids.new_id()
+            create_timeline(address, tenant_id, timeline_id)
+            if log:
+                print(f"strata: {writers} writers x {batch} records/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
+            results.strata.append(
+                measure_strata(address, tenant_id, timeline_id, writers, batch, duration_s, warmup_s, client_processes, server_pid)
+            )
+            if peer is not None:
+                if log:
+                    print(f"postgres: {writers} clients x {batch} rows/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
+                results.postgres.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench"))
+    where = f"an existing walservice at {target}" if target else f"a walservice started by the bench, data in `{work_dir}`"
+    results.notes.insert(
+        0,
+        f"Strata: {where}; {client_processes} client process(es) with grpc.aio; one timeline per configuration; "
+        f"each record a PagePatch of one {PAYLOAD_BYTES}-byte splice ({record_bytes()} bytes serialized). "
+        "Each configuration runs on Strata and then at once on PostgreSQL.",
+    )
+    return results
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _latency(row: Measurement | None) -> str:
+    return "n/a" if row is None else f"{row.p50_ms:.2f} / {row.p99_ms:.2f}"
+
+
+def _ratio(strata: Measurement | None, postgres: Measurement | None) -> str:
+    if strata is None or postgres is None or not postgres.commits_per_s:
+        return "n/a"
+    return f"{strata.commits_per_s / postgres.commits_per_s:.2f}x"
+
+
+def _cpu(row: Measurement | None) -> str:
+    if row is None:
+        return "n/a"
+    return f"{_fmt(row.cpu.machine_busy * 100)}% ({_fmt(row.cpu.server_cores, 2)} / {_fmt(row.cpu.client_cores, 2)})"
+
+
+def _server_us_per_commit(row: Measurement | None) -> str:
+    if row is None or math.isnan(row.cpu.server_cores) or not row.commits_per_s:
+        return "n/a"
+    return f"{row.cpu.server_cores / row.commits_per_s * 1e6:,.0f}"
+
+
+def configurations(results: WalAppendResults) -> list[tuple[int, int]]:
+    return sorted({(r.writers, r.batch) for r in results.strata + results.postgres}, key=lambda c: (c[1], c[0]))
+
+
+def target_verdict(results: WalAppendResults) -> str:
+    lines = []
+    for batch in sorted({r.batch for r in results.strata}):
+        strata = results.find(results.strata, TARGET_WRITERS, batch)
+        postgres = results.find(results.postgres, TARGET_WRITERS, batch)
+        if strata is None:
+            continue
+        if postgres is None:
+            lines.append(f"{batch} record(s)/commit: no PostgreSQL number to compare with")
+            continue
+        ratio = strata.commits_per_s / postgres.commits_per_s if postgres.commits_per_s else math.inf
+        verdict = "met" if ratio >= 1 else "not met"
+        lines.append(
+            f"{batch} record(s)/commit: Strata {strata.commits_per_s:,.0f} vs PostgreSQL {postgres.commits_per_s:,.0f} "
+            f"commits/s, ratio {ratio:.2f}: {verdict}"
+        )
+    if not lines:
+        return ""
+    return f"Target: at {TARGET_WRITERS} writers, at least PostgreSQL's commits/s. " + "; ".join(lines) + "."
+
+
+def render_markdown(results: WalAppendResults, *, duration_s: float, warmup_s: float) -> str:
+    pg_name = f"PostgreSQL {results.postgres_version}".strip()
+    lines = [
+        f"Durable appends: Strata `Append` (acknowledged after fdatasync) vs {pg_name} commits "
+        f"(`synchronous_commit=on`) on the same disk, {duration_s:g} s per row after {warmup_s:g} s of warm-up. "
+        f"A commit is one Append / one transaction of 1 or 16 records of {PAYLOAD_BYTES} bytes; "
+        "latency is per commit, client side; MB/s counts the records' payload bytes. "
+        "CPU: share of all CPUs busy during the window (cores used by server / client); "
+        "server µs/commit: the server processes' CPU time per commit.",
+        "",
+        "| writers | records/commit | Strata commits/s | PostgreSQL commits/s | Strata ÷ PG | Strata p50 / p99 ms "
+        "| PG p50 / p99 ms | Strata MB/s | PG MB/s | Strata CPU | PG CPU | server µs/commit Strata / PG |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for writers, batch in configurations(results):
+        strata = results.find(results.strata, writers, batch)
+        postgres = results.find(results.postgres, writers, batch)
+        lines.append(
+            f"| {writers} | {batch} | {_fmt(strata.commits_per_s) if strata else 'n/a'} | "
+            f"{_fmt(postgres.commits_per_s) if postgres else 'n/a'} | {_ratio(strata, postgres)} | {_latency(strata)} | "
+            f"{_latency(postgres)} | {_fmt(strata.mb_per_s, 2) if strata else 'n/a'} | "
+            f"{_fmt(postgres.mb_per_s, 2) if postgres else 'n/a'} | {_cpu(strata)} | {_cpu(postgres)} | "
+            f"{_server_us_per_commit(strata)} / {_server_us_per_commit(postgres)} |"
+        )
+    verdict = target_verdict(results)
+    if verdict:
+        lines += ["", verdict]
+    for note in results.notes:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results: WalAppendResults) -> None:
+    header = (
+        f"{'writers':>7} {'batch':>5} {'strata c/s':>11} {'pg c/s':>9} {'ratio':>7} {'strata p50/p99 ms':>18} "
+        f"{'pg p50/p99 ms':>15} {'strata MB/s':>11} {'pg MB/s':>8} {'strata CPU':>20} {'pg CPU':>20} {'server us/commit':>16}"
+    )
+    print(header)
+    for writers, batch in configurations(results):
+        strata = results.find(results.strata, writers, batch)
+        postgres = results.find(results.postgres, writers, batch)
+        print(
+            f"{writers:>7} {batch:>5} {_fmt(strata.commits_per_s) if strata else 'n/a':>11} "
+            f"{_fmt(postgres.commits_per_s) if postgres else 'n/a':>9} {_ratio(strata, postgres):>7} {_latency(strata):>18} "
+            f"{_latency(postgres):>15} {_fmt(strata.mb_per_s, 2) if strata else 'n/a':>11} "
+            f"{_fmt(postgres.mb_per_s, 2) if postgres else 'n/a':>8} {_cpu(strata):>20} {_cpu(postgres):>20} "
+            f"{_server_us_per_commit(strata) + ' / ' + _server_us_per_commit(postgres):>16}"
+        )
+    verdict = target_verdict(results)
+    if verdict:
+        print(verdict)
+    for note in results.notes:
+        print(note)
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,8,64; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,8,64; got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.wal_append",
+        description="Durable appends per second, MB/s and p50/p99 latency of the Strata walservice at 1, 8 and 64 "
+        "concurrent writers and 1 or 16 records per Append, side by side with PostgreSQL commits "
+        "(pgbench INSERTs, synchronous_commit=on) on the same disk; writes the table into BENCHMARKS.md "
+        "(section 'wal_append').",
+    )
+    parser.add_argument("--duration", type=float, default=None, help=f"seconds measured per configuration (default {DEFAULT_DURATION_S:g}; {QUICK_DURATION_S:g} with --quick)")
+    parser.add_argument("--warmup", type=float, default=None, help=f"untimed seconds before each Strata window (default {DEFAULT_WARMUP_S:g}; {QUICK_WARMUP_S:g} with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: shorter configurations")
+    parser.add_argument("--writers", type=_positive_ints, default=",".join(map(str, WRITER_COUNTS)), help="concurrent writers / pgbench clients, comma-separated (default 1,8,64)")
+    parser.add_argument("--batches", type=_positive_ints, default=",".join(map(str, BATCH_SIZES)), help="records per Append / rows per INSERT, comma-separated (default 1,16)")
+    parser.add_argument("--client-processes", type=int, default=1, help="client processes the Strata writers are spread over (default 1)")
+    parser.add_argument("--target", metavar="HOST:PORT", default=None, help="use this running walservice (the bench creates its own timelines) instead of starting one")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write the table into BENCHMARKS.md (default: only for a full default run: "
+                        "not with --quick, --no-postgres, --target, --writers or --batches)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="parent of the throwaway walservice and PostgreSQL data (default: a temp dir under $TMPDIR, i.e. /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (PostgreSQL's cluster is always removed)")
+    return parser
+
+
+@contextmanager
+def work_directory(parent: Path | None, keep: bool) -> Iterator[Path]:
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="strata-wal-append-", dir=parent))
+    os.chmod(path, 0o755)  # the postgres OS user must reach its cluster inside
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def disk_note(work_dir: Path) -> str:
+    device = os.stat(work_dir).st_dev
+    return f"Work directory `{work_dir}` (device {os.major(device)}:{os.minor(device)}): both systems' data live there, on the same disk."
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the walservice and the PostgreSQL cluster are stopped and removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    duration_s = args.duration if args.duration is not None else (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
+    warmup_s = args.warmup if args.warmup is not None else (QUICK_WARMUP_S if args.quick else DEFAULT_WARMUP_S)
+    if duration_s <= 0 or warmup_s < 0:
+        raise SystemExit("--duration must be positive and --warmup not negative")
+    # Only a whole default comparison replaces the committed table unless --write says so.
+    standard_run = not (args.quick or args.no_postgres or args.target) and (args.writers, args.batches) == (WRITER_COUNTS, BATCH_SIZES)
+    write = standard_run if args.write is None else args.write
+    configs = [(w, b) for b in args.batches for w in args.writers]
+    load_at_start = os.getloadavg()[0]
+    with work_directory(args.work_dir, args.keep) as work_dir:
+        print(disk_note(work_dir), file=sys.stderr, flush=True)
+        results = run_benchmark(
+            configs, duration_s, warmup_s,
+            work_dir=work_dir, target=args.target, client_processes=args.client_processes, postgres=not args.no_postgres,
+        )
+        results.notes.append(disk_note(work_dir) if args.target is None else disk_note(work_dir).replace("both systems'", "PostgreSQL's"))
+    results.notes.append(
+        f"1-minute load average when the run started / ended: {load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs; the clients (Python grpc.aio, C pgbench) share those CPUs with the servers."
+    )
+    print_table(results)
+    if write:
+        from bench.report import update_section
+
+        path = update_section("wal_append", render_markdown(results, duration_s=duration_s, warmup_s=warmup_s))
+        print(f"wrote section wal_append of {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Smoke test of bench/wal_append.py's Strata half against a started walservice:
+1 and 8 writers, 1 and 16 records per Append, half a second each, no PostgreSQL.
+No timing assertions: the rows must be sane."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.wal_append import WalAppendResults, render_markdown, run_benchmark
+from tests.env import StrataEnv
+
+CONFIGS = [(1, 1), (8, 1), (1, 16), (8, 16)]
+ROW_KEYS = {
+    "system", "writers", "batch", "commits", "seconds", "commits_per_s", "records_per_s", "mb_per_s",
+    "p50_ms", "p99_ms", "machine_cpu_busy", "server_cores", "client_cores",
+}
+
+
+def test_wal_append_bench_strata_rows_are_sane(strata_env: StrataEnv, tmp_path: Path) -> None:
+    walservice = strata_env.walservice()
+
+    results = run_benchmark(
+        CONFIGS, duration_s=0.5, warmup_s=0.1, work_dir=tmp_path, target=walservice.address, postgres=False, log=False
+    )
+
+    assert [(m.writers, m.batch) for m in results.strata] == CONFIGS
+    assert results.postgres == []
+    for m in results.strata:
+        row = m.as_dict()
+        assert set(row) == ROW_KEYS
+        assert row["system"] == "Strata"
+        assert row["commits"] > 0 and len(m.latencies_s) == row["commits"]
+        for key in ("commits_per_s", "records_per_s", "mb_per_s", "p50_ms", "p99_ms"):
+            assert row[key] > 0 and math.isfinite(row[key]), (key, row)
+        assert row["p50_ms"] <= row["p99_ms"]
+        assert row["records_per_s"] == row["commits_per_s"] * row["batch"]
+
+    markdown = render_markdown(results, duration_s=0.5, warmup_s=0.1)
+    assert "| 8 | 16 |" in markdown
+    assert f"an existing walservice at {walservice.address}" in markdown
+
+
+def test_wal_append_bench_renders_without_postgres() -> None:
+    results = WalAppendResults(notes=["PostgreSQL could not be started, so it is missing from this table: test"])
+    markdown = render_markdown(results, duration_s=1, warmup_s=0)
+    assert "could not be started" in markdown
