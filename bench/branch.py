@@ -32,9 +32,7 @@ Results go into BENCHMARKS.md (section `branch`) through bench/report.py.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import pwd
 import random
 import re
 import shlex
@@ -42,7 +40,6 @@ import shutil
 import signal
 import sqlite3
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,15 +52,15 @@ from pathlib import Path
 from compute_shim import Client
 from pageserver.layers.names import KEY_SPACE_END, LayerName
 from strata.v1 import records_pb2
-from tests.env import StrataEnv, free_port
+from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
+from bench.report import percentile
+from tests.env import StrataEnv
 
 MIB = 1024 * 1024
 PAGE_SIZE = 8192
 BENCH_REL = 1
 DEFAULT_SIZES_MIB = (1.0, 100.0, 1024.0)
 QUICK_SIZES_MIB = (1.0, 16.0)
-PG_BIN = Path("/usr/local/bin")
-PG_OS_USER = "postgres"
 PG_STRATEGIES = ("WAL_LOG", "FILE_COPY")
 SQLITE_ROW_TEXT_BYTES = 1024
 STRATA_TARGET_P50_MS = 5.0
@@ -71,17 +68,6 @@ MAX_COMPACT_CALLS = 5
 
 
 # -- numbers ------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between ranks."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 def format_size(size_bytes: int) -> str:
@@ -302,110 +288,6 @@ def run_strata(
 # -- PostgreSQL -------------------------------------------------------------------
 
 
-class PostgresUnavailable(RuntimeError):
-    """The throwaway PostgreSQL cluster could not be set up (the message says why)."""
-
-
-def _run(argv: Sequence[str], *, user: str | None = None, timeout: float = 600, input_text: str | None = None) -> str:
-    full = ["runuser", "-u", user, "--", *argv] if user and os.geteuid() == 0 else list(argv)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text)
-    if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, full, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster in `root` (initdb'd as an unprivileged OS user when run
-    as root, since initdb refuses root), listening on a random loopback port;
-    stopped and removed on exit, even after an error."""
-
-    def __init__(self, root: Path, settings: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.data_dir = root / "data"
-        self.port = free_port()
-        self.settings = {
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(root),
-            "max_wal_size": "8GB",
-            "checkpoint_timeout": "30min",
-            "shared_buffers": "256MB",
-            **(settings or {}),
-        }
-        self.user: str | None = PG_OS_USER if os.geteuid() == 0 else None
-        self.started = False
-
-    def __enter__(self) -> ThrowawayPostgres:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        for tool in ("initdb", "pg_ctl"):
-            if not (PG_BIN / tool).exists():
-                raise PostgresUnavailable(f"{PG_BIN / tool} is missing")
-        if shutil.which("psql") is None:
-            raise PostgresUnavailable("psql is not on PATH")
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.user is not None:
-            try:
-                pwd.getpwnam(self.user)
-            except KeyError:
-                subprocess.run(["useradd", "--system", "--no-create-home", self.user], check=True, capture_output=True)
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
-            # The user must be able to reach root through its parents.
-            for parent in self.root.parents:
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
-        try:
-            _run([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"], user=self.user)
-            options = " ".join(f"-c {k}={v}" for k, v in self.settings.items()) + f" -p {self.port}"
-            _run(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start"],
-                user=self.user,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            detail = getattr(exc, "stderr", "") or ""
-            log = self.root / "postgres.log"
-            if log.exists():
-                detail += log.read_text(errors="replace")[-1500:]
-            raise PostgresUnavailable(f"{exc}: {detail.strip()}") from exc
-        self.started = True
-
-    def stop(self) -> None:
-        if self.data_dir.exists():
-            try:
-                _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"], user=self.user, timeout=60)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
-                pass  # it was not running
-        self.started = False
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def psql_argv(self, database: str = "postgres") -> list[str]:
-        return ["psql", "-X", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1"]
-
-    def sql(self, statement: str, database: str = "postgres", timeout: float = 3600) -> str:
-        """Run SQL through psql; the unaligned, tuples-only output."""
-        return _run([*self.psql_argv(database), "-At", "-c", statement], timeout=timeout).strip()
-
-    def script(self, text: str, database: str = "postgres", timeout: float = 7200) -> str:
-        """Run a psql script on stdin (one session); its whole output."""
-        return _run(self.psql_argv(database), input_text=text, timeout=timeout)
-
-    @property
-    def version(self) -> str:
-        return self.sql("SHOW server_version").split()[0]
-
-
 _TIMING = re.compile(r"^Time: ([0-9.]+) ms", re.MULTILINE)
 
 
@@ -440,7 +322,7 @@ def time_create_database(pg: ThrowawayPostgres, template: str, strategy: str, sa
 def run_postgres(sizes_bytes: Sequence[int], samples: int, work_dir: Path, strategies: Sequence[str] = PG_STRATEGIES, log: bool = True) -> BranchResults:
     results = BranchResults()
     try:
-        with ThrowawayPostgres(work_dir / "postgres") as pg:
+        with ThrowawayPostgres(work_dir / "postgres", settings={"shared_buffers": "256MB"}) as pg:
             version = pg.version
             for size in sizes_bytes:
                 template = f"tmpl_{size}"

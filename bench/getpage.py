@@ -67,16 +67,15 @@ from pathlib import Path
 
 import grpc
 
+from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
+from bench.report import percentile
 from bench.branch import (
     PAGE_SIZE,
-    PostgresUnavailable,
-    ThrowawayPostgres,
     exit_on_sigterm,
     layer_census,
     load_average_note,
     load_relation,
     page_bytes,
-    percentile,
     work_directory,
 )
 from compute_shim import Client

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import math
 import os
 import platform
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +117,14 @@ def update_section(
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return path
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between ranks."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)

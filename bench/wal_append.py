@@ -1,12 +1,15 @@
 """Durable appends, side by side with PostgreSQL commits on the same disk.
 
-    python -m bench.wal_append                   # 5 s per configuration, writes BENCHMARKS.md
-    python -m bench.wal_append --quick           # 2 s per configuration, BENCHMARKS.md untouched
+    python -m bench.wal_append                   # 5 s per configuration, best of 2 rounds, writes BENCHMARKS.md
+    python -m bench.wal_append --quick           # 2 s per configuration, 1 round, BENCHMARKS.md untouched
     python -m bench.wal_append --target H:P      # an already running walservice
     python -m bench.wal_append --no-postgres     # Strata only
 
 For each number of concurrent writers (1, 8, 64) and records per commit (1, 16),
-each configuration for `--duration` seconds after `--warmup` seconds:
+each configuration for `--duration` seconds after `--warmup` seconds, first on
+Strata and right after on PostgreSQL, the whole sequence `--rounds` times, keeping
+each system's best round per configuration (on a shared machine, other work only
+ever slows a round down; the notes say how far apart the rounds were):
 
 - **Strata**: `WalService.Append` over loopback gRPC, each record a `PagePatch`
   with one 200-byte splice (8 KiB pages; writer i patches block i of relation 1
@@ -43,7 +46,6 @@ import asyncio
 import math
 import multiprocessing
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -61,6 +63,8 @@ from typing import Any
 
 import grpc
 
+from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
+from bench.report import percentile
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2
 
@@ -73,14 +77,12 @@ DEFAULT_DURATION_S = 5.0
 QUICK_DURATION_S = 2.0
 DEFAULT_WARMUP_S = 1.0
 QUICK_WARMUP_S = 0.5
+DEFAULT_ROUNDS = 2
 TARGET_WRITERS = 64
 APPEND_METHOD = "/strata.v1.WalService/Append"
 CREATE_TIMELINE_METHOD = "/strata.v1.WalService/CreateTimeline"
 # Distinct requests each writer cycles through (rotating splice offsets).
 REQUESTS_PER_WRITER = 16
-PG_BIN = Path("/usr/local/bin")
-PG_OS_USER = "postgres"
-PGBENCH = "pgbench"
 MB = 1_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -89,17 +91,6 @@ PAYLOAD = (b"strata wal_append bench payload 0123456789 " * 8)[:PAYLOAD_BYTES]
 
 
 # -- numbers ------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation between ranks."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 @dataclass
@@ -503,114 +494,6 @@ def _walservice(work_dir: Path, target: str | None) -> Iterator[tuple[str, int |
 # -- PostgreSQL -----------------------------------------------------------------
 
 
-class PostgresUnavailable(Exception):
-    """PostgreSQL could not be installed or started here; the message says why."""
-
-
-def _run(argv: Sequence[str], *, user: str | None = None, timeout: float = 600, input_text: str | None = None) -> str:
-    full = ["runuser", "-u", user, "--", *argv] if user else list(argv)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input_text)
-    if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, full, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster in `root`, initdb'd as the unprivileged `postgres` OS user
-    when run as root (initdb refuses root), on a random loopback port, with fsync and
-    synchronous_commit on; stopped and removed on exit, even after an error."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data_dir = root / "data"
-        self.port = _free_port()
-        self.user: str | None = PG_OS_USER if os.geteuid() == 0 else None
-        self.settings = {
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(root),
-            "fsync": "on",
-            "synchronous_commit": "on",
-            "max_connections": "200",
-            "max_wal_size": "8GB",
-            "checkpoint_timeout": "30min",
-        }
-
-    def __enter__(self) -> ThrowawayPostgres:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _start(self) -> None:
-        for tool in (PG_BIN / "initdb", PG_BIN / "pg_ctl"):
-            if not tool.exists():
-                raise PostgresUnavailable(f"{tool} is missing (PostgreSQL 15 server binaries are expected in {PG_BIN})")
-        for client in ("psql", PGBENCH):
-            if shutil.which(client) is None:
-                raise PostgresUnavailable(f"{client} is not on PATH")
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.user is not None:
-            try:
-                entry = pwd.getpwnam(self.user)
-            except KeyError:
-                try:
-                    subprocess.run(["useradd", "--system", "--no-create-home", self.user], check=True, capture_output=True)
-                except (subprocess.CalledProcessError, OSError) as exc:
-                    raise PostgresUnavailable(f"running as root, and the OS user {self.user!r} is missing and could not be created: {exc}") from exc
-                entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
-            for parent in self.root.parents:
-                if not os.stat(parent).st_mode & 0o001:
-                    raise PostgresUnavailable(
-                        f"the {self.user!r} OS user cannot reach {self.root}: {parent} is not searchable by others "
-                        "(pass a --work-dir it can reach, e.g. under /tmp)"
-                    )
-        try:
-            _run([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"], user=self.user)
-            options = " ".join(f"-c {k}={v}" for k, v in self.settings.items()) + f" -p {self.port}"
-            _run(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start"],
-                user=self.user,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            detail = getattr(exc, "stderr", "") or ""
-            server_log = self.root / "postgres.log"
-            if server_log.exists():
-                detail += server_log.read_text(errors="replace")[-1500:]
-            raise PostgresUnavailable(f"{exc}: {detail.strip()}") from exc
-
-    def stop(self) -> None:
-        if (self.data_dir / "postmaster.pid").exists():
-            try:
-                _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"], user=self.user, timeout=60)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
-                pass
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    @property
-    def postmaster_pid(self) -> int:
-        return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-
-    def connection_args(self) -> list[str]:
-        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
-
-    def sql(self, statement: str) -> str:
-        return _run(["psql", "-X", *self.connection_args(), "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", statement], timeout=600).strip()
-
-
 def insert_script(batch: int) -> str:
     """A pgbench script: one INSERT of `batch` rows of the 200-character payload (one commit)."""
     literal = "'" + PAYLOAD.decode() + "'"
@@ -669,7 +552,7 @@ def postgres_peer(work_dir: Path, notes: list[str]) -> Iterator[tuple[ThrowawayP
     """A started, warmed-up PostgreSQL with the bench table, and its version; None
     (with a note saying why) when it cannot be started here."""
     try:
-        pg = ThrowawayPostgres(work_dir / "postgres").__enter__()
+        pg = ThrowawayPostgres(work_dir / "postgres", clients=("psql", PGBENCH)).__enter__()
     except PostgresUnavailable as exc:
         message = f"PostgreSQL could not be started, so it is missing from this table: {exc}"
         print(message, file=sys.stderr, flush=True)
@@ -693,6 +576,20 @@ def postgres_peer(work_dir: Path, notes: list[str]) -> Iterator[tuple[ThrowawayP
         pg.stop()
 
 
+def best_rounds(rounds: list[Measurement]) -> tuple[list[Measurement], float]:
+    """Per (writers, batch), the round with the most commits/s; and the largest
+    spread between a configuration's rounds, as a share of its best."""
+    best: dict[tuple[int, int], Measurement] = {}
+    worst: dict[tuple[int, int], float] = {}
+    for m in rounds:
+        key = (m.writers, m.batch)
+        if key not in best or m.commits_per_s > best[key].commits_per_s:
+            best[key] = m
+        worst[key] = min(worst.get(key, math.inf), m.commits_per_s)
+    spread = max((1 - worst[k] / best[k].commits_per_s for k in best if best[k].commits_per_s), default=0.0)
+    return list(best.values()), spread
+
+
 def run_benchmark(
     configs: Sequence[tuple[int, int]],
     duration_s: float,
@@ -702,32 +599,40 @@ def run_benchmark(
     target: str | None = None,
     client_processes: int = 1,
     postgres: bool = True,
+    rounds: int = 1,
     log: bool = True,
 ) -> WalAppendResults:
     """Every (writers, batch) configuration on Strata, then right after on PostgreSQL,
-    so both see the machine in the same state. Strata is `target` or a walservice
-    started with its data under `work_dir`; a fresh timeline per configuration."""
+    so both see the machine in the same state; all of it `rounds` times, keeping each
+    system's best round per configuration (other work on a shared machine only ever
+    slows a round down). Strata is `target` or a walservice started with its data
+    under `work_dir`; a fresh timeline per configuration and round."""
     results = WalAppendResults()
     if not postgres:
         results.notes.append("PostgreSQL was skipped (--no-postgres).")
+    strata_rounds: list[Measurement] = []
+    postgres_rounds: list[Measurement] = []
     with _walservice(work_dir, target) as (address, server_pid), (
         postgres_peer(work_dir, results.notes) if postgres else nullcontext()
     ) as peer:
         if peer is not None:
             pg, results.postgres_version = peer
         tenant_id = ids.new_id()
-        for writers, batch in configs:
-            timeline_id = ids.new_id()
-            create_timeline(address, tenant_id, timeline_id)
-            if log:
-                print(f"strata: {writers} writers x {batch} records/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
-            results.strata.append(
-                measure_strata(address, tenant_id, timeline_id, writers, batch, duration_s, warmup_s, client_processes, server_pid)
-            )
-            if peer is not None:
+        for round_index in range(rounds):
+            for writers, batch in configs:
+                timeline_id = ids.new_id()
+                create_timeline(address, tenant_id, timeline_id)
                 if log:
-                    print(f"postgres: {writers} clients x {batch} rows/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
-                results.postgres.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench"))
+                    print(f"round {round_index + 1}/{rounds} strata: {writers} writers x {batch} records/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
+                strata_rounds.append(
+                    measure_strata(address, tenant_id, timeline_id, writers, batch, duration_s, warmup_s, client_processes, server_pid)
+                )
+                if peer is not None:
+                    if log:
+                        print(f"round {round_index + 1}/{rounds} postgres: {writers} clients x {batch} rows/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
+                    postgres_rounds.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench"))
+    results.strata, strata_spread = best_rounds(strata_rounds)
+    results.postgres, postgres_spread = best_rounds(postgres_rounds)
     where = f"an existing walservice at {target}" if target else f"a walservice started by the bench, data in `{work_dir}`"
     results.notes.insert(
         0,
@@ -735,6 +640,12 @@ def run_benchmark(
         f"each record a PagePatch of one {PAYLOAD_BYTES}-byte splice ({record_bytes()} bytes serialized). "
         "Each configuration runs on Strata and then at once on PostgreSQL.",
     )
+    if rounds > 1:
+        results.notes.insert(
+            1,
+            f"Best of {rounds} rounds per system and configuration (by commits/s); the worst round was up to "
+            f"{strata_spread:.0%} below the best for Strata" + (f", {postgres_spread:.0%} for PostgreSQL." if results.postgres else "."),
+        )
     return results
 
 
@@ -873,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: shorter configurations")
     parser.add_argument("--writers", type=_positive_ints, default=",".join(map(str, WRITER_COUNTS)), help="concurrent writers / pgbench clients, comma-separated (default 1,8,64)")
     parser.add_argument("--batches", type=_positive_ints, default=",".join(map(str, BATCH_SIZES)), help="records per Append / rows per INSERT, comma-separated (default 1,16)")
+    parser.add_argument("--rounds", type=int, default=None, help="run every configuration this many times, keeping each system's best (default 2; 1 with --quick)")
     parser.add_argument("--client-processes", type=int, default=1, help="client processes the Strata writers are spread over (default 1)")
     parser.add_argument("--target", metavar="HOST:PORT", default=None, help="use this running walservice (the bench creates its own timelines) instead of starting one")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
@@ -907,8 +819,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     duration_s = args.duration if args.duration is not None else (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
     warmup_s = args.warmup if args.warmup is not None else (QUICK_WARMUP_S if args.quick else DEFAULT_WARMUP_S)
-    if duration_s <= 0 or warmup_s < 0:
-        raise SystemExit("--duration must be positive and --warmup not negative")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
+    if duration_s <= 0 or warmup_s < 0 or rounds < 1:
+        raise SystemExit("--duration must be positive, --warmup not negative, --rounds at least 1")
     # Only a whole default comparison replaces the committed table unless --write says so.
     standard_run = not (args.quick or args.no_postgres or args.target) and (args.writers, args.batches) == (WRITER_COUNTS, BATCH_SIZES)
     write = standard_run if args.write is None else args.write
@@ -919,6 +832,7 @@ def main(argv: list[str] | None = None) -> None:
         results = run_benchmark(
             configs, duration_s, warmup_s,
             work_dir=work_dir, target=args.target, client_processes=args.client_processes, postgres=not args.no_postgres,
+            rounds=rounds,
         )
         results.notes.append(disk_note(work_dir) if args.target is None else disk_note(work_dir).replace("both systems'", "PostgreSQL's"))
     results.notes.append(
