@@ -402,9 +402,9 @@ def run_pread(config: GetPageConfig, work_dir: Path, pages: dict[str, list[bytes
                 if size == UNARY:
                     continue
                 offsets = [[key * PAGE_SIZE for key in keys] for keys in key_sets]
-                held = _time_pread(lambda i: [os.pread(fd, PAGE_SIZE, o) for o in offsets[i % len(offsets)]], config.duration_s)
+                held = _time_in_process(lambda i: [os.pread(fd, PAGE_SIZE, o) for o in offsets[i % len(offsets)]], config.duration_s, "pread")
                 results.rows.append(ReadRow(workload, PREAD, "os.pread per page, file opened once (in-process)", size, held))
-                opened = _time_pread(lambda i: _open_and_pread(path, offsets[i % len(offsets)]), config.duration_s)
+                opened = _time_in_process(lambda i: _open_and_pread(path, offsets[i % len(offsets)]), config.duration_s, "pread")
                 results.rows.append(ReadRow(workload, PREAD_OPEN, "os.open, os.pread per page, os.close per batch (in-process)", size, opened))
         finally:
             os.close(fd)
@@ -419,7 +419,9 @@ def _open_and_pread(path: Path, offsets: Sequence[int]) -> list[bytes]:
         os.close(fd)
 
 
-def _time_pread(read: Callable[[int], list[bytes]], duration_s: float) -> Measurement:
+def _time_in_process(read: Callable[[int], list[bytes]], duration_s: float, peer: str) -> Measurement:
+    """Time `read(i)` (a batch of pages) back to back for `duration_s` (at least 20
+    calls); every batch must end with a whole page."""
     latencies: list[float] = []
     pages = 0
     start = time.perf_counter()
@@ -430,7 +432,7 @@ def _time_pread(read: Callable[[int], list[bytes]], duration_s: float) -> Measur
         got = read(i)
         now = time.perf_counter()
         if not got or len(got[-1]) != PAGE_SIZE:
-            raise AssertionError("pread returned no page or a short page")
+            raise AssertionError(f"{peer} returned no page or a page of the wrong size")
         latencies.append(now - sent)
         pages += len(got)
         i += 1
@@ -457,35 +459,17 @@ def run_sqlite(config: GetPageConfig, work_dir: Path, pages: dict[str, list[byte
                 size = min(batch, npages)
                 if size == 1:
                     keys = [rng.randrange(npages) for _ in range(4096)]
-                    measurement = _time_sqlite(lambda i: [conn.execute(f"SELECT page FROM {table} WHERE key = ?", (keys[i % len(keys)],)).fetchone()[0]], config.duration_s)
+                    measurement = _time_in_process(lambda i: [conn.execute(f"SELECT page FROM {table} WHERE key = ?", (keys[i % len(keys)],)).fetchone()[0]], config.duration_s, "SQLite")
                     method = "SELECT page WHERE key = ? (in-process)"
                 else:
                     key_sets = [rng.sample(range(npages), size) for _ in range(max(16, 4096 // size))]
                     query = f"SELECT page FROM {table} WHERE key IN ({','.join('?' * size)})"
-                    measurement = _time_sqlite(lambda i: [r[0] for r in conn.execute(query, key_sets[i % len(key_sets)])], config.duration_s)
+                    measurement = _time_in_process(lambda i: [r[0] for r in conn.execute(query, key_sets[i % len(key_sets)])], config.duration_s, "SQLite")
                     method = "SELECT page WHERE key IN (...) (in-process)"
                 results.rows.append(ReadRow(workload, "SQLite", method, size, measurement))
     finally:
         conn.close()
     return results
-
-
-def _time_sqlite(read: Callable[[int], list[bytes]], duration_s: float) -> Measurement:
-    latencies: list[float] = []
-    pages = 0
-    start = time.perf_counter()
-    now = start
-    i = 0
-    while now - start < duration_s or i < 20:
-        sent = time.perf_counter()
-        got = read(i)
-        now = time.perf_counter()
-        if not got or len(got[0]) != PAGE_SIZE:
-            raise AssertionError("SQLite returned no page or a page of the wrong size")
-        latencies.append(now - sent)
-        pages += len(got)
-        i += 1
-    return Measurement(tuple(latencies), pages, now - start)
 
 
 def _copy_text(contents: Sequence[bytes]) -> str:
