@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
 from strata.v1 import wal_pb2, wal_pb2_grpc
 
@@ -51,12 +52,7 @@ class WalReceiver:
     async def stop(self) -> None:
         self._stopping = True
         for task in (self._task, self._report_task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
-                    pass
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         tl = self.timeline

@@ -42,6 +42,7 @@ from pageserver.index_part import IndexPart
 from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
 from strata.errors import CorruptionError
 from strata.ids import TenantId, TimelineId
+from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
 
 if TYPE_CHECKING:
@@ -186,12 +187,7 @@ class RemoteTimelineClient:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
-                pass
+        await cancel_and_wait(task)
 
     def _notify(self) -> None:
         self._progress.set()
