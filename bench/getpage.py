@@ -61,7 +61,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -589,14 +589,18 @@ def pipelining_text(results: GetPageResults) -> str:
     )
 
 
+def strata_getpages_rows(results: GetPageResults) -> Iterator[tuple[str, list[ReadRow], ReadRow]]:
+    """Per workload with GetPages rows: the workload, those rows, and the fastest."""
+    for workload in results.workloads:
+        strata = [r for r in results.rows if r.workload == workload and r.system == "Strata" and r.batch != UNARY]
+        if strata:
+            yield workload, strata, max(strata, key=lambda r: r.pages_per_s)
+
+
 def floor_summary(results: GetPageResults) -> list[str]:
     """Per workload: Strata's best GetPages row against the floor at the same batch size."""
     lines = []
-    for workload in results.workloads:
-        strata = [r for r in results.rows if r.workload == workload and r.system == "Strata" and r.batch != UNARY]
-        if not strata:
-            continue
-        best = max(strata, key=lambda r: r.pages_per_s)
+    for workload, _, best in strata_getpages_rows(results):
         floor = _peer(results.rows, workload, PREAD, best.pages_per_request)
         if floor is None:
             continue
@@ -611,11 +615,7 @@ def floor_summary(results: GetPageResults) -> list[str]:
 def target_lines(results: GetPageResults) -> list[str]:
     """The issue's target, GetPages >= 50,000 pages/s on 2 cores, per workload and batch size."""
     lines = []
-    for workload in results.workloads:
-        strata = [r for r in results.rows if r.workload == workload and r.system == "Strata" and r.batch != UNARY]
-        if not strata:
-            continue
-        best = max(strata, key=lambda r: r.pages_per_s)
+    for workload, strata, best in strata_getpages_rows(results):
         verdict = "met" if best.pages_per_s >= TARGET_PAGES_PER_S else "not met"
         each = ", ".join(f"batch {r.batch}: {r.pages_per_s:,.0f}" for r in strata)
         lines.append(
