@@ -11,13 +11,16 @@ Strata and right after on PostgreSQL, the whole sequence `--rounds` times, keepi
 each system's best round per configuration (on a shared machine, other work only
 ever slows a round down; the notes say how far apart the rounds were):
 
-- **Strata**: `WalService.Append` over loopback gRPC, each record a `PagePatch`
-  with one 200-byte splice (8 KiB pages; writer i patches block i of relation 1
-  at a rotating offset). An Append is acknowledged only after `fdatasync`, so
-  one Append is one durable commit. The writers are asyncio tasks on grpc.aio,
-  each with one Append in flight, spread over `--client-processes` processes
-  (one channel each); requests are serialized once up front, so the client
-  spends its CPU on gRPC, not on protobuf. The benchmark starts its own
+- **Strata**: appends over loopback gRPC, each record a `PagePatch` with one
+  200-byte splice (8 KiB pages; writer i patches block i of relation 1 at a
+  rotating offset). An append is acknowledged only after `fdatasync`, so one
+  append is one durable commit. The writers are asyncio tasks, each with one
+  append in flight, spread over `--client-processes` processes; each process's
+  writers share one `compute_shim.WalWriter`, which packs their appends into
+  the messages of one `AppendStream` (how a compute's sessions share its WAL
+  connection; each append keeps its own LSNs, condition and answer).
+  Requests are serialized once up front, so the client spends its CPU on gRPC,
+  not on protobuf. The benchmark starts its own
   walservice (data dir under the work directory) unless `--target` names one;
   each configuration gets a fresh timeline.
 - **PostgreSQL 15**: a throwaway cluster (initdb as the unprivileged `postgres`
@@ -65,6 +68,7 @@ import grpc
 
 from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
 from bench.report import percentile
+from compute_shim.wal_writer import WalWriter
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2
 
@@ -79,7 +83,6 @@ DEFAULT_WARMUP_S = 1.0
 QUICK_WARMUP_S = 0.5
 DEFAULT_ROUNDS = 2
 TARGET_WRITERS = 64
-APPEND_METHOD = "/strata.v1.WalService/Append"
 CREATE_TIMELINE_METHOD = "/strata.v1.WalService/CreateTimeline"
 # Distinct requests each writer cycles through (rotating splice offsets).
 REQUESTS_PER_WRITER = 16
@@ -291,8 +294,9 @@ async def drive_writers(
     """Run one Append at a time per writer until `window_end` (monotonic); count the
     Appends that complete inside [window_start, window_end] and their latencies."""
     tally = WriterTally()
-    async with grpc.aio.insecure_channel(address) as channel:
-        append = channel.unary_unary(APPEND_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendResponse.FromString)
+    # The process's writers share one WalWriter: one AppendStream, their appends
+    # packed into its messages (each append still its own durable batch).
+    async with WalWriter(address) as wal:
 
         async def writer(writer_id: int) -> None:
             requests = [append_request_bytes(tenant_id, timeline_id, writer_id, batch, v) for v in range(REQUESTS_PER_WRITER)]
@@ -301,7 +305,7 @@ async def drive_writers(
                 sent = time.monotonic()
                 if sent >= window_end:
                     return
-                response = await append(requests[n % REQUESTS_PER_WRITER], timeout=60)
+                response = await wal.append_serialized(requests[n % REQUESTS_PER_WRITER])
                 done = time.monotonic()
                 n += 1
                 if len(response.record_lsns) != batch or response.end_lsn <= response.start_lsn:
@@ -636,7 +640,7 @@ def run_benchmark(
     where = f"an existing walservice at {target}" if target else f"a walservice started by the bench, data in `{work_dir}`"
     results.notes.insert(
         0,
-        f"Strata: {where}; {client_processes} client process(es) with grpc.aio; one timeline per configuration; "
+        f"Strata: {where}; {client_processes} client process(es) with grpc.aio, each process's writers sharing one `compute_shim.WalWriter` (one AppendStream; each append its own durable batch); one timeline per configuration; "
         f"each record a PagePatch of one {PAYLOAD_BYTES}-byte splice ({record_bytes()} bytes serialized). "
         "Each configuration runs on Strata and then at once on PostgreSQL.",
     )

@@ -150,6 +150,15 @@ class Client:
         """fields: tenant_id, timeline_id, records (Record messages), expected_end_lsn."""
         return self._wal_call("Append", wal_pb2.AppendRequest(**fields), timeout, idempotent=False)
 
+    def append_stream(
+        self, requests: Iterable[wal_pb2.AppendStreamRequest], *, timeout: float | None = None
+    ) -> Iterator[wal_pb2.AppendStreamResponse]:
+        """The raw bidi stream: one response per request message, in order, one
+        outcome per append. Not retried (appends are not idempotent); for many
+        concurrent writers use `compute_shim.WalWriter`, which packs their appends."""
+        _, stub = self._wal_stub()
+        return stub.AppendStream(iter(requests), timeout=timeout or self.timeout)
+
     def stream(self, *, timeout: float | None = None, **fields: Any) -> Iterator[wal_pb2.WalBatch]:
         """fields: tenant_id, timeline_id, start_lsn. Follows live commits until cancelled or `timeout`."""
         _, stub = self._wal_stub()
@@ -206,7 +215,7 @@ class Client:
         for response in responses:
             for result in response.responses:
                 if result.error_code:
-                    out.append(PageError(_status_code(result.error_code), result.error))
+                    out.append(PageError(status_code_of(result.error_code), result.error))
                 else:
                     out.append(result.page)
         return out
@@ -255,7 +264,7 @@ class Client:
         return self._timeline_call("DetachTenant", timeline_pb2.TenantRef(**fields), timeout)
 
 
-def _status_code(value: int) -> grpc.StatusCode:
+def status_code_of(value: int) -> grpc.StatusCode:
     for code in grpc.StatusCode:
         if code.value[0] == value:
             return code

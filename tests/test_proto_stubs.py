@@ -22,7 +22,8 @@ def test_contract_names_exist() -> None:
     from strata.v1 import page_pb2, timeline_pb2, wal_pb2
 
     assert set(wal_pb2.DESCRIPTOR.services_by_name["WalService"].methods_by_name) == {
-        "CreateTimeline", "Append", "Stream", "Status", "ReportPersisted"
+        "CreateTimeline", "Append", "Stream", "Status", "ReportPersisted",
+        "AppendStream",  # Strata's extension: pipelined Appends (docs/design/0001-wal-segments.md)
     }
     assert set(page_pb2.DESCRIPTOR.services_by_name["PageService"].methods_by_name) == {"GetPage", "GetPages", "GetRelSize"}
     assert {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -78,7 +79,7 @@ class Timeline:
         self.commit_lsn = wal.end_lsn
         self.broken: StrataError | None = None
         self.closing = False
-        self._pending: list[_PendingAppend] = []
+        self._pending: deque[_PendingAppend] = deque()
         self._flush_task: asyncio.Task[None] | None = None
         self._commit_event = asyncio.Event()
         # Serializes control file rewrites (guards `control` against lost updates).
@@ -104,26 +105,37 @@ class Timeline:
 
     # -- appends ----------------------------------------------------------------
 
-    async def append(self, payloads: list[bytes], expected_end_lsn: int = 0) -> AppendResult:
-        """Sequence and durably store one batch of serialized records."""
+    def submit(self, payloads: list[bytes], expected_end_lsn: int = 0) -> asyncio.Future[AppendResult]:
+        """Queue one batch of serialized records for the next flush round. The
+        future settles once the batch is durable, or with the reason it was
+        refused. Callers that stop waiting do not withdraw the batch: it may
+        still be written (as with any RPC whose caller gave up)."""
         self.check_usable()
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingAppend(payloads, expected_end_lsn, future))
         if self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush_loop())
-        return await asyncio.shield(future)
+        return future
+
+    async def append(self, payloads: list[bytes], expected_end_lsn: int = 0) -> AppendResult:
+        """Sequence and durably store one batch of serialized records."""
+        return await self.submit(payloads, expected_end_lsn)
 
     async def _flush_loop(self) -> None:
         try:
             while self._pending:
+                # One loop turn first: requests already parsed and waiting to run
+                # (other RPC handlers, the rest of a stream message) join this round.
+                await asyncio.sleep(0)
                 await self._flush_round()
         finally:
             self._flush_task = None
 
     def _take_group(self) -> list[_PendingAppend]:
         group, size = [], 0
-        while self._pending and (not group or size < MAX_GROUP_BYTES):
-            item = self._pending.pop(0)
+        pending = self._pending
+        while pending and (not group or size < MAX_GROUP_BYTES):
+            item = pending.popleft()
             group.append(item)
             size += item.size
         return group

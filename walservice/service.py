@@ -9,6 +9,7 @@ so streaming never re-parses it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,10 +18,11 @@ import grpc
 from strata.errors import InvalidArgument, StrataError
 from strata.grpc_server import log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
+from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
 from walservice.segment import Frame
-from walservice.sequencer import Timeline
+from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
 
 SERVICE_NAME = "strata.v1.WalService"
@@ -28,23 +30,14 @@ DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_sequenced_record(frame: Frame) -> bytes:
     """strata.v1.SequencedRecord{lsn=1, record=2, commit_time_us=3, term=4} in wire format."""
     return b"".join(
         (
-            b"\x08", _varint(frame.lsn),
-            b"\x12", _varint(len(frame.payload)), frame.payload,
-            b"\x18", _varint(frame.commit_time_us),
-            b"\x20", _varint(frame.term),
+            b"\x08", varint(frame.lsn),
+            b"\x12", varint(len(frame.payload)), frame.payload,
+            b"\x18", varint(frame.commit_time_us),
+            b"\x20", varint(frame.term),
         )
     )
 
@@ -54,9 +47,17 @@ def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
     parts = []
     for frame in frames:
         rec = encode_sequenced_record(frame)
-        parts += (b"\x0a", _varint(len(rec)), rec)
-    parts += (b"\x10", _varint(commit_lsn))
+        parts += (b"\x0a", varint(len(rec)), rec)
+    parts += (b"\x10", varint(commit_lsn))
     return b"".join(parts)
+
+
+# One AppendStream message's appends: each queued (its future) or refused up front.
+_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | StrataError"]]
+
+
+def _append_response(result: AppendResult) -> wal_pb2.AppendResponse:
+    return wal_pb2.AppendResponse(start_lsn=result.start_lsn, end_lsn=result.end_lsn, record_lsns=result.record_lsns, term=result.term)
 
 
 class WalServicer:
@@ -103,15 +104,60 @@ class WalServicer:
             payloads.append(payload)
         return payloads
 
-    @unary_rpc
-    async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
+    def _submit(self, request: wal_pb2.AppendRequest) -> asyncio.Future[AppendResult]:
+        """Validate one append whole, then queue it (nothing is queued if it is bad)."""
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         tl.check_usable()
         payloads = self._batch_payloads(request, tl.control.page_size)
-        result = await tl.append(payloads, request.expected_end_lsn)
-        return wal_pb2.AppendResponse(
-            start_lsn=result.start_lsn, end_lsn=result.end_lsn, record_lsns=result.record_lsns, term=result.term
-        )
+        return tl.submit(payloads, request.expected_end_lsn)
+
+    @unary_rpc
+    async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
+        return _append_response(await self._submit(request))
+
+    async def AppendStream(
+        self, requests: AsyncIterator[wal_pb2.AppendStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[wal_pb2.AppendStreamResponse]:
+        """Appends pipelined over one stream. A reader task queues each message's
+        appends as soon as it arrives (so messages behind it join the same or the
+        next flush round); this generator answers the messages in order. Appends
+        are sequenced FIFO, so message i's appends are durable no later than
+        message i+1's and waiting in order costs nothing."""
+        answers: asyncio.Queue[_QueuedAppends | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    queued: _QueuedAppends = []
+                    for request in message.appends:
+                        try:
+                            queued.append((request, self._submit(request)))
+                        except StrataError as exc:
+                            queued.append((request, exc))
+                    answers.put_nowait(queued)
+            finally:
+                answers.put_nowait(None)
+
+        def failed(request: wal_pb2.AppendRequest, exc: StrataError) -> wal_pb2.AppendOutcome:
+            log_rpc_failure(self.log, "AppendStream", request, exc)
+            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc))
+
+        reader = asyncio.create_task(read())
+        try:
+            while (queued := await answers.get()) is not None:
+                outcomes = []
+                for request, item in queued:
+                    if isinstance(item, StrataError):
+                        outcomes.append(failed(request, item))
+                        continue
+                    try:
+                        outcomes.append(wal_pb2.AppendOutcome(response=_append_response(await item)))
+                    except StrataError as exc:
+                        outcomes.append(failed(request, exc))
+                yield wal_pb2.AppendStreamResponse(outcomes=outcomes)
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
 
     @unary_rpc
     async def Status(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
@@ -146,6 +192,11 @@ class WalServicer:
         handlers = {
             "CreateTimeline": unary(self.CreateTimeline, wal_pb2.WalTimeline, wal_pb2.WalStatus),
             "Append": unary(self.Append, wal_pb2.AppendRequest, wal_pb2.AppendResponse),
+            "AppendStream": grpc.stream_stream_rpc_method_handler(
+                self.AppendStream,
+                request_deserializer=wal_pb2.AppendStreamRequest.FromString,
+                response_serializer=wal_pb2.AppendStreamResponse.SerializeToString,
+            ),
             "Status": unary(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
             "ReportPersisted": unary(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
             "Stream": grpc.unary_stream_rpc_method_handler(

@@ -43,6 +43,28 @@ class AppendResponse(_message.Message):
     term: int
     def __init__(self, start_lsn: _Optional[int] = ..., end_lsn: _Optional[int] = ..., record_lsns: _Optional[_Iterable[int]] = ..., term: _Optional[int] = ...) -> None: ...
 
+class AppendStreamRequest(_message.Message):
+    __slots__ = ("appends",)
+    APPENDS_FIELD_NUMBER: _ClassVar[int]
+    appends: _containers.RepeatedCompositeFieldContainer[AppendRequest]
+    def __init__(self, appends: _Optional[_Iterable[_Union[AppendRequest, _Mapping]]] = ...) -> None: ...
+
+class AppendOutcome(_message.Message):
+    __slots__ = ("response", "error_code", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: AppendResponse
+    error_code: int
+    error: str
+    def __init__(self, response: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AppendStreamResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[AppendOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[AppendOutcome, _Mapping]]] = ...) -> None: ...
+
 class StreamRequest(_message.Message):
     __slots__ = ("tenant_id", "timeline_id", "start_lsn")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class WalServiceStub:
                 request_serializer=strata_dot_v1_dot_wal__pb2.AppendRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_wal__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/strata.v1.WalService/AppendStream',
+                request_serializer=strata_dot_v1_dot_wal__pb2.AppendStreamRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_wal__pb2.AppendStreamResponse.FromString,
+                _registered_method=True)
         self.Stream = channel.unary_stream(
                 '/strata.v1.WalService/Stream',
                 request_serializer=strata_dot_v1_dot_wal__pb2.StreamRequest.SerializeToString,
@@ -76,6 +81,17 @@ class WalServiceServicer:
     def Append(self, request, context):
         """Atomic and durable: acknowledged only after fsync (on a majority when
         replicated). expected_end_lsn != 0 makes it conditional.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendStream(self, request_iterator, context):
+        """Many Appends over one stream (how a compute's WAL writer ships commits):
+        each request message carries appends, each answered in order by one
+        response message holding one outcome per append. Every append is its own
+        atomic, durable batch with exactly Append's semantics; one append's error
+        (a bad record, an expected_end_lsn mismatch) answers that append only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +129,11 @@ def add_WalServiceServicer_to_server(servicer, server):
                     servicer.Append,
                     request_deserializer=strata_dot_v1_dot_wal__pb2.AppendRequest.FromString,
                     response_serializer=strata_dot_v1_dot_wal__pb2.AppendResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=strata_dot_v1_dot_wal__pb2.AppendStreamRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_wal__pb2.AppendStreamResponse.SerializeToString,
             ),
             'Stream': grpc.unary_stream_rpc_method_handler(
                     servicer.Stream,
@@ -184,6 +205,33 @@ class WalService:
             '/strata.v1.WalService/Append',
             strata_dot_v1_dot_wal__pb2.AppendRequest.SerializeToString,
             strata_dot_v1_dot_wal__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/strata.v1.WalService/AppendStream',
+            strata_dot_v1_dot_wal__pb2.AppendStreamRequest.SerializeToString,
+            strata_dot_v1_dot_wal__pb2.AppendStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

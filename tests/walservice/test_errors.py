@@ -177,6 +177,26 @@ def test_bad_input_is_refused_and_changes_nothing(node: Node, bad: BadCall) -> N
     assert node.state() == before
 
 
+STREAMED_BAD_APPENDS = [b for b in BAD_CALLS if b.method == "Append"]
+
+
+@pytest.mark.parametrize("bad", STREAMED_BAD_APPENDS, ids=[b.id for b in STREAMED_BAD_APPENDS])
+def test_a_bad_append_in_an_append_stream_gets_the_same_answer(node: Node, bad: BadCall) -> None:
+    """AppendStream answers each bad append with the unary call's code and message
+    as its outcome, and changes nothing; the stream itself stays healthy."""
+    before = node.state()
+    responses = list(
+        node.stub.AppendStream(iter([wal_pb2.AppendStreamRequest(appends=[bad.request(node)])]), timeout=STREAM_TIMEOUT_S)
+    )
+    assert len(responses) == 1 and len(responses[0].outcomes) == 1
+    outcome = responses[0].outcomes[0]
+    assert outcome.error_code == bad.code.value[0], outcome.error
+    for name in bad.names:
+        assert name in outcome.error, f"{name!r} not named in {outcome.error!r}"
+    assert not outcome.HasField("response")
+    assert node.state() == before
+
+
 def test_an_end_lsn_mismatch_names_the_current_end(node: Node) -> None:
     end = node.status().flush_lsn
     with pytest.raises(grpc.RpcError) as caught:
