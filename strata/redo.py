@@ -17,6 +17,9 @@ written reads as zeros.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NoReturn
+
 from strata.errors import InvalidArgument
 from strata.v1 import records_pb2
 
@@ -24,34 +27,58 @@ from strata.v1 import records_pb2
 MAX_BLKNO = 0xFFFFFFFE
 
 
-def validate_record(record: records_pb2.Record, page_size: int, field: str) -> None:
-    """Raise InvalidArgument naming `field` (e.g. "records[3]") if `record` is malformed."""
+def validate_record(record: records_pb2.Record, page_size: int, field: str, index: int | None = None) -> None:
+    """Raise InvalidArgument naming the record (`field`, or `field[index]`, e.g.
+    "records[3]") if `record` is malformed.
+
+    This runs once per appended record on the walservice's one event loop, so it
+    reads each protobuf field once (every attribute access on a message costs a
+    C call and, for bytes, a copy) and formats names only on the error path."""
     kind = record.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument(f"{field} has no kind: set one of image, patch, rel_size, rel_drop")
-    if kind in ("image", "patch"):
-        blkno = getattr(record, kind).blkno
-        if blkno > MAX_BLKNO:
-            raise InvalidArgument(
-                f"{field}.{kind}.blkno={blkno} is out of range: the largest block number is {MAX_BLKNO} "
-                "(a relation holds at most 2^32-1 blocks)"
-            )
-    if kind == "image":
-        n = len(record.image.page)
+    if kind == "patch":
+        patch = record.patch
+        if patch.blkno > MAX_BLKNO:
+            _bad_blkno(patch.blkno, _name(field, index), kind)
+        splices = patch.splices
+        if not splices:
+            raise InvalidArgument(f"{_name(field, index)}.patch.splices is empty: a patch needs at least one splice")
+        for splice in splices:
+            if splice.offset + len(splice.data) > page_size:
+                _bad_splice(splices, page_size, _name(field, index))
+    elif kind == "image":
+        image = record.image
+        if image.blkno > MAX_BLKNO:
+            _bad_blkno(image.blkno, _name(field, index), kind)
+        n = len(image.page)
         if n != page_size:
             raise InvalidArgument(
-                f"{field}.image.page is {n} bytes: expected exactly the page size, {page_size} bytes"
+                f"{_name(field, index)}.image.page is {n} bytes: expected exactly the page size, {page_size} bytes"
             )
-    elif kind == "patch":
-        if not record.patch.splices:
-            raise InvalidArgument(f"{field}.patch.splices is empty: a patch needs at least one splice")
-        for i, splice in enumerate(record.patch.splices):
-            end = splice.offset + len(splice.data)
-            if end > page_size:
-                raise InvalidArgument(
-                    f"{field}.patch.splices[{i}] covers bytes {splice.offset}..{end}, outside the "
-                    f"{page_size}-byte page: offset + len(data) must be <= {page_size}"
-                )
+    elif kind is None:
+        raise InvalidArgument(f"{_name(field, index)} has no kind: set one of image, patch, rel_size, rel_drop")
+
+
+def _name(field: str, index: int | None) -> str:
+    return field if index is None else f"{field}[{index}]"
+
+
+def _bad_blkno(blkno: int, field: str, kind: str) -> NoReturn:
+    raise InvalidArgument(
+        f"{field}.{kind}.blkno={blkno} is out of range: the largest block number is {MAX_BLKNO} "
+        "(a relation holds at most 2^32-1 blocks)"
+    )
+
+
+def _bad_splice(splices: Sequence[records_pb2.Splice], page_size: int, field: str) -> NoReturn:
+    """Name the first splice outside the page (the slow path of validate_record)."""
+    for i, splice in enumerate(splices):
+        end = splice.offset + len(splice.data)
+        if end > page_size:
+            raise InvalidArgument(
+                f"{field}.patch.splices[{i}] covers bytes {splice.offset}..{end}, outside the "
+                f"{page_size}-byte page: offset + len(data) must be <= {page_size}"
+            )
+    raise AssertionError("no splice is outside the page")
 
 
 def apply_to_page(page: bytearray, record: records_pb2.Record) -> None:
