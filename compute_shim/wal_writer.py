@@ -40,7 +40,7 @@ from strata.protowire import length_delimited
 from strata.v1 import records_pb2, wal_pb2
 
 APPEND_STREAM_METHOD = "/strata.v1.WalService/AppendStream"
-DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_MAX_IN_FLIGHT = 4
 # A message stops taking appends past either limit (the server's message limit is larger).
 MAX_MESSAGE_APPENDS = 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
