@@ -19,7 +19,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -58,11 +58,12 @@ def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace]:
     """`strata COMMAND ARGS...` (the image's entrypoint is `strata`) through that command's parser."""
     assert argv and argv[0] in PARSERS, f"{argv}: the first word must be one of {sorted(PARSERS)}"
     parser = PARSERS[argv[0]]()
-    parser.exit_on_error = False
-    try:
-        return argv[0], parser.parse_args(argv[1:])
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise AssertionError(f"`strata {shlex.join(argv)}` does not parse with `strata {argv[0]}`'s flags: {exc}") from None
+
+    def refuse(message: str) -> NoReturn:
+        raise AssertionError(f"`strata {shlex.join(argv)}` does not parse with `strata {argv[0]}`'s flags: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    return argv[0], parser.parse_args(argv[1:])
 
 
 def port_of(address: str) -> int:
