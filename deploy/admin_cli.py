@@ -52,16 +52,14 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> AdminError:
-    code = exc.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_server_message(exc):
-        return AdminError(f"cannot reach the pageserver at {address} ({code.name}): is the stack running? (`strata status`)")
-    return AdminError(f"{code.name}: {exc.details()}")
-
-
-def _is_server_message(exc: grpc.RpcError) -> bool:
-    # gRPC's own connection failures read "failed to connect ..."/"Deadline Exceeded"; a server's refusal has its message.
-    details = exc.details() or ""
-    return not (details.startswith("failed to connect") or details == "Deadline Exceeded" or "Connection refused" in details)
+    code, details = exc.code(), exc.details() or ""
+    # gRPC's own failures (nothing listening, no answer in time) carry its wording, not a server's message.
+    unreachable = (code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect")) or (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded"
+    )
+    if unreachable:
+        return AdminError(f"cannot reach the pageserver at {address} ({code.name}: {details}): is the stack running? (`strata status`)")
+    return AdminError(f"{code.name}: {details}")
 
 
 def _human_seconds(seconds: float) -> str:

@@ -183,6 +183,8 @@ def up(args: argparse.Namespace) -> int:
     if running:
         print(f"Strata is already running under {data_dir}:")
         _print_processes(running)
+        if args.s3 != any(p.name == "s3" for p in running):
+            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `strata down` first to restart it the other way")
         return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []

@@ -49,6 +49,8 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         again = strata("up", "--data-dir", str(data), cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout
+        again_s3 = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+        assert again_s3.returncode == 0 and "runs without --s3" in again_s3.stdout, again_s3.stdout
     finally:
         down = strata("down", "--data-dir", str(data), cwd=tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr
