@@ -191,7 +191,7 @@ def up(args: argparse.Namespace) -> int:
     remote, env = "", None
     try:
         if args.s3:
-            remote, env = local_s3.REMOTE_URL, _start_s3(data_dir, started)
+            remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started)
         else:
             local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
         while specs := components(data_dir.resolve(), started, remote):
