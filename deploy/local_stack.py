@@ -7,8 +7,11 @@ and prints the endpoints. The default ports are the ones in DESIGN.md; a busy
 default port is replaced by a free one (and said so). `down` sends SIGTERM
 (SIGKILL after a grace period); `status` says what runs and where.
 
+With `--s3` an S3-compatible server (MinIO or moto_server, see deploy/local_s3.py)
+starts first, as the component "s3", and is the stack's remote storage.
+
 stack.json (written with write_durably):
-    {"version": 1, "processes": [{"name", "pid", "address", "log", "argv"}]}
+    {"version": 1, "processes": [{"name", "pid", "address", "log", "argv", "note"}]}
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy import local_s3
 from strata.durable_file import write_durably
 
 STATE_FILE = "stack.json"
@@ -43,6 +47,7 @@ class ProcessRecord:
     address: str
     log: str
     argv: list[str]
+    note: str = ""  # said by `up` and `status` (e.g. that the S3 server is in memory)
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,19 @@ class ComponentSpec:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As the servers bind: a port held only by TIME_WAIT connections (a stack just stopped) is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -100,7 +113,7 @@ def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
     write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
 
 
-def _start(spec: ComponentSpec, data_dir: Path) -> ProcessRecord:
+def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = None) -> ProcessRecord:
     port = spec.default_port
     if not _port_free(port):
         print(f"note: port {port} is busy; {spec.name} takes a free port instead")
@@ -113,7 +126,9 @@ def _start(spec: ComponentSpec, data_dir: Path) -> ProcessRecord:
         log_file.write(f"--- strata up: {' '.join(argv)}\n".encode())
         log_file.flush()
         offset = log_file.tell()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env
+        )
     address = _wait_listening_from(proc, log_path, spec.name, offset)
     return ProcessRecord(spec.name, proc.pid, address, str(log_path), argv)
 
@@ -135,12 +150,12 @@ def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: st
     raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
 
 
-def components(data_dir: Path, started: list[ProcessRecord]) -> list[ComponentSpec]:
+def components(data_dir: Path, started: list[ProcessRecord], remote: str = "") -> list[ComponentSpec]:
     """The next component to start, given those already started (they depend on each other's addresses)."""
     addresses = {p.name: p.address for p in started}
     # The embedded remote storage, shared: WAL offload under tenants/<t>/timelines/<tl>/wal/,
     # layers and index_part.json beside it (docs/design/0003-remote-storage.md).
-    remote = f"file://{(data_dir / 'remote').resolve()}"
+    remote = remote or f"file://{(data_dir / 'remote').resolve()}"
     if "walservice" not in addresses:
         return [
             ComponentSpec(
@@ -164,19 +179,23 @@ def components(data_dir: Path, started: list[ProcessRecord]) -> list[ComponentSp
 
 def up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
-    if args.s3:
-        print("strata up --s3: S3/MinIO remote storage is not built yet; run `strata up` for the embedded default")
-        return 2
     running = [p for p in _read_state(data_dir) if _alive(p.pid)]
     if running:
         print(f"Strata is already running under {data_dir}:")
         _print_processes(running)
+        if args.s3 != any(p.name == "s3" for p in running):
+            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `strata down` first to restart it the other way")
         return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []
+    remote, env = "", None
     try:
-        while specs := components(data_dir.resolve(), started):
-            started.append(_start(specs[0], data_dir.resolve()))
+        if args.s3:
+            remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started)
+        else:
+            local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
+        while specs := components(data_dir.resolve(), started, remote):
+            started.append(_start(specs[0], data_dir.resolve(), env))
             _write_state(data_dir, started)
     except SystemExit:
         for p in started:
@@ -185,6 +204,10 @@ def up(args: argparse.Namespace) -> int:
         raise
     print(f"Strata is up (data under {data_dir}):")
     _print_processes(started)
+    if args.s3:
+        s3 = started[0]
+        print(f"\nRemote storage: {remote} on {s3.note}.")
+        print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
     wal = next(p.address for p in started if p.name == "walservice")
     print(
         "\nTry:\n"
@@ -193,6 +216,30 @@ def up(args: argparse.Namespace) -> int:
         "  .venv/bin/strata down                            # stop it"
     )
     return 0
+
+
+def _start_s3(data_dir: Path, started: list[ProcessRecord]) -> dict[str, str]:
+    """Start the S3 server and make the bucket; returns the environment for the other components."""
+    local_s3.check_reuse(data_dir, local_s3.REMOTE_URL, local_s3.server_kind())
+    port = local_s3.DEFAULT_PORT if _port_free(local_s3.DEFAULT_PORT) else _free_port()
+    if port != local_s3.DEFAULT_PORT:
+        print(f"note: port {local_s3.DEFAULT_PORT} is busy; the S3 server takes port {port} instead")
+    server = local_s3.choose_server(data_dir, port)
+    logs_dir = data_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (logs_dir / "s3.log").resolve()
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log_path, "ab") as log_file:
+        log_file.write(f"--- strata up: {' '.join(server.argv)}\n".encode())
+        log_file.flush()
+        proc = subprocess.Popen(
+            server.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+            env={**os.environ, **server.env},
+        )
+    started.append(ProcessRecord("s3", proc.pid, f"127.0.0.1:{port}", str(log_path), server.argv, server.note))
+    _write_state(data_dir, started)
+    local_s3.wait_and_create_bucket(proc, endpoint, log_path)
+    return local_s3.child_env(endpoint)
 
 
 def _stop(p: ProcessRecord) -> str:
@@ -232,9 +279,13 @@ def status(args: argparse.Namespace) -> int:
     healthy = True
     print(f"{'component':<12} {'address':<22} {'pid':<8} health")
     for p in processes:
-        state = _health(p.address) if _alive(p.pid) else "not running"
+        check = local_s3.health if p.name == "s3" else _health
+        state = check(p.address) if _alive(p.pid) else "not running"
         healthy &= state == "SERVING"
         print(f"{p.name:<12} {p.address:<22} {p.pid:<8} {state}")
+    for p in processes:
+        if p.note:
+            print(f"{p.name}: {p.note}")
     pageserver = next((p for p in processes if p.name == "pageserver"), None)
     if pageserver is not None and healthy:
         _print_timelines(pageserver.address)
@@ -260,6 +311,9 @@ def main(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"strata {command}")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the stack keeps its data (default ./.strata)")
     if command == "up":
-        parser.add_argument("--s3", action="store_true", help="use S3/MinIO remote storage configured the boto3 way")
+        parser.add_argument(
+            "--s3", action="store_true",
+            help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",
+        )
     args = parser.parse_args(argv)
     return {"up": up, "down": down, "status": status}[command](args)

@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("up", help="start the local stack on loopback", add_help=False)
     sub.add_parser("down", help="stop the local stack", add_help=False)
     sub.add_parser("status", help="say what runs and where", add_help=False)
+    sub.add_parser("tenants", help="list tenants; `tenants create` makes one", add_help=False)
+    sub.add_parser("timelines", help="list a tenant's timelines and branches", add_help=False)
+    sub.add_parser("branch", help="create a root timeline or a branch", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -31,5 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import local_stack
 
         sys.exit(local_stack.main(command, rest))
+    elif command in ("tenants", "timelines", "branch"):
+        from deploy import admin_cli
+
+        sys.exit(admin_cli.main(command, rest))
     else:
         parser.error(f"unknown command {command!r}")

@@ -76,9 +76,14 @@ async def run(args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """`strata walservice`'s command line (deploy/ manifests are checked against it)."""
     parser = argparse.ArgumentParser(prog="strata walservice", description="Run one walservice (safekeeper) node.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     asyncio.run(run(args))

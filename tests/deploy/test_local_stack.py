@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import boto3
 
 from compute_shim import Client
 from strata.v1 import records_pb2
@@ -46,6 +49,8 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         again = strata("up", "--data-dir", str(data), cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout
+        again_s3 = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+        assert again_s3.returncode == 0 and "runs without --s3" in again_s3.stdout, again_s3.stdout
     finally:
         down = strata("down", "--data-dir", str(data), cwd=tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr
@@ -56,11 +61,70 @@ def test_up_status_down(tmp_path: Path) -> None:
     assert after.returncode == 1 and "Nothing is running" in after.stdout
 
 
-def test_up_refuses_s3_until_remote_storage_exists(tmp_path: Path) -> None:
-    result = strata("up", "--data-dir", str(tmp_path / "s"), "--s3", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "not built yet" in result.stdout
-    assert not (tmp_path / "s" / "stack.json").exists()
+def test_up_s3_runs_a_local_s3_server_as_remote_storage(tmp_path: Path) -> None:
+    data = tmp_path / "s3stack"
+    up = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+    state = json.loads((data / "stack.json").read_text()) if (data / "stack.json").exists() else {"processes": []}
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        addresses = {p["name"]: p["address"] for p in state["processes"]}
+        assert list(addresses) == ["s3", "walservice", "pageserver"]
+        # No minio on PATH here: moto_server, and the output says plainly that it is in memory.
+        assert "s3://strata/stack" in up.stdout and "IN MEMORY" in up.stdout
+        endpoint = f"http://{addresses['s3']}"
+        assert f"AWS_ENDPOINT_URL={endpoint}" in up.stdout
+        for p in state["processes"][1:]:
+            assert p["argv"][p["argv"].index("--remote-storage") + 1] == "s3://strata/stack"
+
+        with Client(pageserver=addresses["pageserver"], walservice=addresses["walservice"]) as c:
+            tenant = c.create_tenant(page_size=512).tenant_id
+            timeline = c.create_timeline(tenant_id=tenant).timeline_id
+            page = bytes(range(256)) * 2
+            lsn = c.append(tenant_id=tenant, timeline_id=timeline, records=[
+                records_pb2.Record(image=records_pb2.PageImage(rel=7, blkno=0, page=page))
+            ]).end_lsn
+            assert c.get_page(tenant_id=tenant, timeline_id=timeline, rel=7, blkno=0, lsn=lsn, timeout=20).page == page
+            c.compact(tenant_id=tenant, timeline_id=timeline)  # flushes the in-memory layer: a layer file goes up
+
+            s3 = boto3.client(
+                "s3", endpoint_url=endpoint, aws_access_key_id="strata", aws_secret_access_key="strata-local-only",
+                region_name="us-east-1",
+            )
+            prefix = f"stack/tenants/{tenant}/timelines/{timeline}/"
+
+            def keys() -> list[str]:
+                return [o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket="strata", Prefix=prefix).get("Contents", [])]
+
+            def uploaded() -> bool:
+                remote_lsn = c.get_timeline(tenant_id=tenant, timeline_id=timeline).remote_consistent_lsn
+                found = keys()
+                return remote_lsn >= lsn and any(k.endswith(".delta") for k in found) and any(k.startswith("wal/") for k in found)
+
+            # Uploads and WAL offload run in the background: poll (bounded) until the layer, the index
+            # naming it and the WAL are all in the bucket.
+            deadline = time.monotonic() + 60
+            while not uploaded():
+                assert time.monotonic() < deadline, f"objects in the bucket under {prefix}: {keys()}"
+                time.sleep(0.2)
+            assert "index_part.json" in keys()
+
+        status = strata("status", "--data-dir", str(data), cwd=tmp_path)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count("SERVING") == 3 and "IN MEMORY" in status.stdout
+    finally:
+        down = strata("down", "--data-dir", str(data), cwd=tmp_path)
+    assert down.returncode == 0 and down.stdout.count("stopped") == 3, down.stdout + down.stderr
+    for p in state["processes"]:
+        assert not _running(p["pid"]), p
+    # moto_server's objects are gone with it: this data dir's state cannot start against a new, empty one.
+    again = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+    assert again.returncode == 1 and "use a fresh --data-dir" in again.stderr, again.stdout + again.stderr
+    assert not (data / "stack.json").exists()
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
 def test_strata_without_a_command_prints_help(tmp_path: Path) -> None:

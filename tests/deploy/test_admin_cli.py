@@ -1,0 +1,103 @@
+"""`strata tenants`, `strata timelines`, `strata branch` against a real `strata up` stack."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from compute_shim import Client
+from strata.v1 import records_pb2
+from tests.deploy.test_local_stack import strata
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    data = tmp_path_factory.mktemp("admin") / "stack"
+    up = strata("up", "--data-dir", str(data), cwd=data.parent)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield data
+    finally:
+        down = strata("down", "--data-dir", str(data), cwd=data.parent)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def addresses(data: Path) -> dict[str, str]:
+    return {p["name"]: p["address"] for p in json.loads((data / "stack.json").read_text())["processes"]}
+
+
+def test_tenants_timelines_and_branches(stack: Path) -> None:
+    d = ("--data-dir", str(stack))
+    empty = strata("tenants", *d, cwd=stack)
+    assert empty.returncode == 0 and "No tenants yet" in empty.stdout, empty.stdout + empty.stderr
+
+    created = strata("tenants", "create", "--page-size", "512", "--pitr-seconds", "5400", *d, cwd=stack)
+    assert created.returncode == 0, created.stderr
+    tenant = created.stdout.strip()
+    assert HEX32.match(tenant), created.stdout
+    assert "page size 512" in created.stderr
+
+    listed = strata("tenants", *d, cwd=stack)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(tenant))
+    assert row.split()[1:3] == ["512", "1h30m"], listed.stdout
+
+    root = strata("branch", tenant, *d, cwd=stack)
+    assert root.returncode == 0 and "root timeline" in root.stderr, root.stderr
+    main = root.stdout.strip()
+    assert HEX32.match(main)
+
+    # Two commits on main; branch at the first: the branch sees the first page and not the second.
+    with Client(**addresses(stack)) as c:
+        def put(byte: int) -> int:
+            record = records_pb2.Record(image=records_pb2.PageImage(rel=1, blkno=0, page=bytes([byte]) * 512))
+            return c.append(tenant_id=tenant, timeline_id=main, records=[record]).end_lsn
+
+        first, second = put(1), put(2)
+        c.get_page(tenant_id=tenant, timeline_id=main, rel=1, blkno=0, lsn=second, timeout=20)
+        branched = strata("branch", tenant, "--from", main, "--at", str(first), "--ttl", "3600", *d, cwd=stack)
+        assert branched.returncode == 0, branched.stderr
+        child = branched.stdout.strip()
+        assert f"of {main} at LSN {first}" in branched.stderr and "expires" in branched.stderr
+        info = c.get_timeline(tenant_id=tenant, timeline_id=child)
+        assert (info.ancestor_timeline_id, info.ancestor_lsn) == (main, first) and info.expires_at_us > 0
+        assert c.get_page(tenant_id=tenant, timeline_id=child, rel=1, blkno=0, lsn=0, timeout=20).page == bytes([1]) * 512
+
+    grandchild = strata("branch", tenant, "--from", child, *d, cwd=stack).stdout.strip()
+    table = strata("timelines", tenant, *d, cwd=stack)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["TIMELINE", "ANCESTOR", "BRANCH", "LSN", "LAST", "RECORD", "LSN", "GC", "CUTOFF", "EXPIRES"]
+    # Tree order: each branch right under its ancestor, indented one step deeper.
+    assert [line.split()[0] for line in lines[1:]] == [main, child, grandchild]
+    assert lines[2].startswith("  " + child) and lines[3].startswith("    " + grandchild)
+    main_row, child_row = lines[1].split(), lines[2].split()
+    assert main_row[1:3] == ["-", "-"] and int(main_row[3]) >= second and main_row[5] == "never"
+    assert child_row[1:3] == [main, str(first)] and "(in " in lines[2]
+
+
+def test_errors_are_the_servers_and_exit_nonzero(stack: Path) -> None:
+    d = ("--data-dir", str(stack))
+    unknown = "0123456789abcdef0123456789abcdef"
+    result = strata("timelines", unknown, *d, cwd=stack)
+    assert result.returncode == 1 and "NOT_FOUND" in result.stderr and unknown in result.stderr, result.stderr
+    bad = strata("branch", "not-a-tenant", *d, cwd=stack)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+    usage = strata("branch", unknown, "--at", "5", *d, cwd=stack)
+    assert usage.returncode == 2 and "--at LSN needs --from" in usage.stderr
+    page = strata("tenants", "create", "--page-size", "1000", *d, cwd=stack)
+    assert page.returncode == 1 and "INVALID_ARGUMENT" in page.stderr and page.stdout == "", page.stderr
+
+
+def test_without_a_running_stack(tmp_path: Path) -> None:
+    result = strata("tenants", "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert result.returncode == 1 and "no Strata stack is running" in result.stderr and "strata up" in result.stderr
+    # A port nobody listens on: the client says it cannot reach the pageserver, not a traceback.
+    unreachable = strata("tenants", "--pageserver", "127.0.0.1:1", cwd=tmp_path)
+    assert unreachable.returncode == 1 and "cannot reach the pageserver at 127.0.0.1:1" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
