@@ -1,0 +1,357 @@
+"""GC and the PITR window (pageserver/gc.py), GetLsnByTimestamp, and timeline expiry.
+
+The selection rules are checked on layer names alone; the rest on real
+walservice and pageserver processes with `--remote-storage file://`:
+- GC with a 1 s PITR window frees bytes (locally and remotely, after the new
+  index is up), reports and persists gc_cutoff_lsn, keeps every page at and
+  above the cutoff and at a child's branch point, and refuses reads and
+  branches below it (FAILED_PRECONDITION naming the cutoff);
+- GC deletes leaked (unindexed) layer objects and old vector index objects;
+- GetLsnByTimestamp before, inside and after the history, across a restart;
+- ttl_seconds: an expired timeline goes with its remote objects, after its
+  children; DeleteTimeline never touches an ancestor's objects.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from compute_shim import Client
+from compute_shim.client import PageError
+from pageserver.gc import covered, garbage, image_would_free, unindexed_layer_objects, vector_objects_to_delete
+from pageserver.index_part import IndexPart
+from pageserver.keys import KEY_SPACE_END
+from pageserver.layers.names import LayerName
+from pageserver.remote_storage import LocalFsStorage
+from pageserver.remote_timeline import index_key
+from tests.env import Component, StrataEnv
+from tests.pageserver.world import SMALL_LAYERS, World, image, new_id
+
+PAGE = 512
+PITR_S = 1
+
+
+def delta(lo: int, hi: int, keys: tuple[int, int] = (0, KEY_SPACE_END)) -> LayerName:
+    return LayerName("delta", keys[0], keys[1], lo, hi, 1)
+
+
+def img(lsn: int, keys: tuple[int, int] = (0, KEY_SPACE_END), generation: int = 1) -> LayerName:
+    return LayerName("image", keys[0], keys[1], lsn, lsn + 1, generation)
+
+
+# -- the rules, on layer names --------------------------------------------------------
+
+
+def test_covered() -> None:
+    assert covered(0, 10, [(0, 4), (3, 10)])
+    assert not covered(0, 10, [(0, 4), (5, 10)])
+    assert not covered(0, 10, [])
+    assert covered(2, 3, [(0, 100)])
+
+
+def test_deltas_below_cutoff_need_an_image_to_go() -> None:
+    d1, d2, d3 = delta(1, 100), delta(100, 200), delta(200, 300)
+    # No image: a read at the cutoff walks every delta down to the start.
+    assert garbage([d1, d2, d3], 250, []) == []
+    # An image at 199 supersedes d1 and d2 (d2's last LSN is 199) but not d3.
+    i = img(199)
+    assert set(garbage([d1, d2, d3, i], 250, [])) == {d1, d2}
+    # ... unless the image is above the cutoff: reads at the cutoff still walk them.
+    assert garbage([d1, d2, d3, img(260)], 250, []) == []
+    # An image of half the key space frees only what it covers.
+    half = img(199, (0, 1 << 40))
+    assert garbage([delta(1, 100, (0, 1 << 40)), delta(1, 100, (1 << 40, 1 << 41)), half], 250, []) == [
+        delta(1, 100, (0, 1 << 40))
+    ]
+    # A layer straddling the cutoff is needed by reads in the window.
+    assert garbage([delta(240, 260), img(239)], 250, []) == []
+
+
+def test_branch_points_below_the_cutoff_keep_what_they_read() -> None:
+    d1, d2 = delta(1, 100), delta(100, 200)
+    i = img(199)
+    # The child branched at 50 reads d1 (no image between 99 and 50).
+    assert garbage([d1, d2, i], 250, [50]) == [d2]
+    # The child at 150 reads d2 and below it d1.
+    assert garbage([d1, d2, i], 250, [150]) == []
+    # Branch points at or above the cutoff are inside the window anyway.
+    assert set(garbage([d1, d2, i], 250, [260])) == {d1, d2}
+    # An older image the branch point reads is kept; a newer one supersedes it for the cutoff only.
+    old = img(120)
+    assert set(garbage([d1, d2, old, i], 250, [150])) == {d1}
+    assert set(garbage([d1, d2, old, i], 250, [])) == {d1, d2, old}
+
+
+def test_images_at_one_lsn_do_not_remove_each_other() -> None:
+    a, b = img(100, generation=1), img(100, generation=2)
+    assert garbage([a, b], 200, []) == []
+
+
+def test_image_would_free() -> None:
+    d1, d2 = delta(1, 100), delta(100, 200)
+    assert set(image_would_free([d1, d2], 250, [], 1)) == {d1, d2}
+    assert image_would_free([d1, d2], 250, [150], 1) == []  # the branch point needs them all
+    assert image_would_free([d1, d2, img(250)], 250, [], 1) == []  # already there
+
+
+def test_vector_objects_rule() -> None:
+    prefix = "tenants/t/timelines/tl/vector_indexes/"
+    keys = [prefix + f"{c}/{lsn:016X}.ivf" for c in ("a", "b") for lsn in (10, 20, 30, 40)] + [prefix + "a/notes.txt"]
+    doomed = vector_objects_to_delete(prefix, keys, 35)
+    # Below 35: 10, 20, 30 per collection; the newest of them (30) stays.
+    assert doomed == sorted(prefix + f"{c}/{lsn:016X}.ivf" for c in ("a", "b") for lsn in (10, 20))
+    assert vector_objects_to_delete(prefix, keys, 10) == []
+
+
+def test_unindexed_layer_objects() -> None:
+    prefix = "tenants/t/timelines/tl/"
+    mine, newer, kept = delta(1, 5), LayerName("delta", 0, KEY_SPACE_END, 1, 5, 9), delta(5, 9)
+    keys = [prefix + n.file_name for n in (mine, newer, kept)] + [prefix + "index_part.json", prefix + "wal/x"]
+    assert unindexed_layer_objects(prefix, keys, {kept.file_name}, generation=2) == [prefix + mine.file_name]
+
+
+# -- on real processes -------------------------------------------------------------------
+
+
+def start(env: StrataEnv, *extra: str) -> tuple[Component, Component, Path]:
+    remote = env.root / "remote"
+    wal = env.walservice()
+    ps = env.pageserver(wal, *SMALL_LAYERS, "--remote-storage", f"file://{remote}", *extra)
+    return wal, ps, remote
+
+
+def remote_layer_bytes(remote: Path, tenant_id: str, timeline_id: str) -> int:
+    d = remote / "tenants" / tenant_id / "timelines" / timeline_id
+    return sum(p.stat().st_size for p in d.iterdir() if p.suffix in (".delta", ".image"))
+
+
+def remote_index(remote: Path, tenant_id: str, timeline_id: str) -> IndexPart:
+    return IndexPart.decode(LocalFsStorage(remote).download_bytes(index_key(tenant_id, timeline_id)))
+
+
+def wait_until(what: str, cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def synced(client: Client, remote: Path, tenant_id: str, timeline_id: str) -> bool:
+    """The remote index names exactly the local layers, and nothing else is there."""
+    info = client.get_timeline(tenant_id=tenant_id, timeline_id=timeline_id)
+    index = remote_index(remote, tenant_id, timeline_id)
+    d = remote / "tenants" / tenant_id / "timelines" / timeline_id
+    objects = {p.name for p in d.iterdir() if p.suffix in (".delta", ".image")}
+    return (
+        index.gc_cutoff_lsn == info.gc_cutoff_lsn
+        and objects == {e.file_name for e in index.layers}
+        and info.remote_consistent_lsn == info.disk_consistent_lsn
+    )
+
+
+def overwrite_history(world: World, timeline_id: str, rng: random.Random, batches: int) -> int:
+    """Batches of page images over the same 4 blocks: lots of history, a small state."""
+    lsn = 0
+    for _ in range(batches):
+        lsn = world.append(timeline_id, [image(1, b, rng.randrange(256), PAGE) for b in range(4)])
+    return lsn
+
+
+def expect_failed_precondition(call, cutoff: int) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value
+    assert f"gc_cutoff_lsn={cutoff}" in info.value.details(), info.value.details()
+
+
+def test_gc_frees_bytes_keeps_the_window_and_branch_points(strata_env: StrataEnv) -> None:
+    rng = random.Random(4)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World(client, client.create_tenant(page_size=PAGE, pitr_seconds=PITR_S).tenant_id, PAGE)
+        assert client.list_tenants().tenants[0].pitr_seconds == PITR_S
+        main = world.create_root()
+        early = overwrite_history(world, main, rng, 20)
+        child = world.branch(main, early)  # a branch point that will lie below the cutoff
+        old = overwrite_history(world, main, rng, 60)
+        client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        wait_until("uploads", lambda: synced(client, remote, world.tenant_id, main))
+        before_remote = remote_layer_bytes(remote, world.tenant_id, main)
+        before_local = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).physical_size
+        time.sleep(PITR_S + 0.5)  # everything so far is older than the PITR window
+        last = overwrite_history(world, main, rng, 2)
+        world.wait_ingested(main)
+
+        info = client.gc(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        cutoff = info.gc_cutoff_lsn
+        assert old <= cutoff < last, (old, cutoff, last)
+        assert info.physical_size < before_local / 2, (info.physical_size, before_local)
+        wait_until("the index without the removed layers", lambda: synced(client, remote, world.tenant_id, main))
+        after_remote = remote_layer_bytes(remote, world.tenant_id, main)
+        assert after_remote < before_remote / 2, (after_remote, before_remote)
+        assert remote_index(remote, world.tenant_id, main).gc_cutoff_lsn == cutoff
+        log = ps.log_text()
+        assert "event=gc_done" in log and "event=remote_layers_deleted" in log
+
+        # Reads at and above the cutoff, and the child's branch point, are whole.
+        for lsn in (cutoff, last, 0):
+            world.check(main, lsn, rng)
+        world.check(child, 0, rng)
+        world.check(child, early, rng)
+        # Below the cutoff: refused, naming it, on every read path and for a branch.
+        expect_failed_precondition(
+            lambda: client.get_page(tenant_id=world.tenant_id, timeline_id=main, rel=1, blkno=0, lsn=cutoff - 1), cutoff
+        )
+        expect_failed_precondition(
+            lambda: client.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=early), cutoff
+        )
+        [got] = client.read_pages(tenant_id=world.tenant_id, timeline_id=main, keys=[(1, 0)], lsn=early)
+        assert isinstance(got, PageError) and got.code == grpc.StatusCode.FAILED_PRECONDITION, got
+        expect_failed_precondition(
+            lambda: client.create_timeline(
+                tenant_id=world.tenant_id, timeline_id=new_id(), ancestor_timeline_id=main, ancestor_lsn=cutoff - 1
+            ),
+            cutoff,
+        )
+        # A second GC with nothing new to do keeps the cutoff and the pages.
+        assert client.gc(tenant_id=world.tenant_id, timeline_id=main).gc_cutoff_lsn == cutoff
+
+    # The cutoff survives a restart, and so do the pages at it.
+    ps.stop()
+    ps.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world.client = client
+        assert client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).gc_cutoff_lsn == cutoff
+        world.check(main, cutoff, rng)
+        world.check(child, early, rng)
+
+
+def test_gc_deletes_leaked_layers_and_old_vector_indexes(strata_env: StrataEnv) -> None:
+    rng = random.Random(5)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0")
+    storage = LocalFsStorage(remote)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World(client, client.create_tenant(page_size=PAGE, pitr_seconds=PITR_S).tenant_id, PAGE)
+        main = world.create_root()
+        overwrite_history(world, main, rng, 30)
+        client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        wait_until("uploads", lambda: synced(client, remote, world.tenant_id, main))
+        prefix = f"tenants/{world.tenant_id}/timelines/{main}/"
+        generation = remote_index(remote, world.tenant_id, main).generation
+        # What a crash between a layer upload and its index upload leaves behind.
+        leaked = LayerName("delta", 0, KEY_SPACE_END, 1, 2, generation).file_name
+        storage.upload_bytes(b"leaked layer bytes", prefix + leaked)
+        # A newer generation's object is not ours to delete.
+        foreign = LayerName("delta", 0, KEY_SPACE_END, 1, 2, generation + 1).file_name
+        storage.upload_bytes(b"a newer attachment's layer", prefix + foreign)
+        time.sleep(PITR_S + 0.5)
+        overwrite_history(world, main, rng, 1)
+        world.wait_ingested(main)
+        cutoff_guess = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).last_record_lsn
+        vec = prefix + "vector_indexes/"
+        lsns = (1, 2, 3, cutoff_guess + 1000)
+        for collection in ("docs", "faq"):
+            for lsn in lsns:
+                storage.upload_bytes(b"ivf", vec + f"{collection}/{lsn:016X}.ivf")
+
+        cutoff = client.gc(tenant_id=world.tenant_id, timeline_id=main, timeout=60).gc_cutoff_lsn
+        assert cutoff > 3
+        assert not storage.exists(prefix + leaked)
+        assert storage.exists(prefix + foreign)
+        left = sorted(o.key for o in storage.list(vec))
+        # Per collection: the newest below the cutoff (3) and the one above it.
+        assert left == sorted(vec + f"{c}/{lsn:016X}.ivf" for c in ("docs", "faq") for lsn in (3, cutoff_guess + 1000))
+        log = ps.log_text()
+        assert "event=remote_leaked_layer_deleted" in log and "event=vector_indexes_deleted" in log
+        world.check(main, 0, rng)
+
+
+def test_lsn_by_timestamp_survives_restart(strata_env: StrataEnv) -> None:
+    wal, ps, remote = start(strata_env, "--gc-interval", "0")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World(client, client.create_tenant(page_size=PAGE).tenant_id, PAGE)
+        main = world.create_root()
+        # (time before the append, its LSN, time after it): the commit time lies between.
+        marks = []
+        for i in range(3):
+            before = time.time_ns() // 1000
+            lsn = world.append(main, [image(1, 0, i, PAGE)])
+            marks.append((before, lsn, time.time_ns() // 1000))
+            time.sleep(0.05)
+        world.wait_ingested(main)
+
+    def check(client: Client) -> None:
+        def ask(ts: int) -> tuple[int, str]:
+            resp = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=main, timestamp_us=ts)
+            return resp.lsn, resp.kind
+
+        assert ask(marks[0][0] - 10_000_000) == (0, "past")
+        for i, (_, lsn, after) in enumerate(marks[:-1]):
+            assert ask(after) == (lsn, "present"), i
+            assert ask(marks[i + 1][0] - 1) == (lsn, "present"), i
+        assert ask(marks[-1][2] + 10_000_000) == (marks[-1][1], "future")
+        # Restoring to a time is one branch: it reads what the timeline held then.
+        lsn, _ = ask(marks[1][2])
+        branch = world.branch(main, lsn)
+        world.check(branch, 0)
+
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world.client = client
+        check(client)
+    ps.stop()  # flushes: the commit times go into index_part.json with the layers
+    ps.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world.client = client
+        check(client)
+
+
+def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: StrataEnv) -> None:
+    rng = random.Random(6)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0", "--ttl-check-interval", "0.2")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=PAGE).tenant_id
+        world = World(client, tenant, PAGE)
+        main = world.create_root()
+        overwrite_history(world, main, rng, 10)
+        world.wait_ingested(main)
+        parent_id, child_id, grandchild_id = new_id(), new_id(), new_id()
+        t0 = time.time_ns() // 1000
+        parent = client.create_timeline(tenant_id=tenant, timeline_id=parent_id, ancestor_timeline_id=main, ttl_seconds=1)
+        assert t0 + 1_000_000 <= parent.expires_at_us <= time.time_ns() // 1000 + 1_000_000
+        child = client.create_timeline(tenant_id=tenant, timeline_id=child_id, ancestor_timeline_id=parent_id, ttl_seconds=3)
+        assert child.expires_at_us > parent.expires_at_us
+        # The main timeline never expires; a child of it without a ttl neither.
+        assert client.get_timeline(tenant_id=tenant, timeline_id=main).expires_at_us == 0
+        client.create_timeline(tenant_id=tenant, timeline_id=grandchild_id, ancestor_timeline_id=main)
+        for tl in (parent_id, child_id):
+            client.append(tenant_id=tenant, timeline_id=tl, records=[image(2, b, 7, PAGE) for b in range(8)])
+            client.compact(tenant_id=tenant, timeline_id=tl, timeout=60)
+            wait_until("uploads", lambda tl=tl: synced(client, remote, tenant, tl))
+        timelines_dir = remote / "tenants" / tenant / "timelines"
+        # A timeline with children is refused by DeleteTimeline.
+        with pytest.raises(grpc.RpcError) as info:
+            client.delete_timeline(tenant_id=tenant, timeline_id=parent_id)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # The parent expires first but waits for its child; then both go.
+        wait_until("the parent's expiry to be deferred", lambda: "event=timeline_expiry_deferred" in ps.log_text(), 10)
+        assert {t.timeline_id for t in client.list_timelines(tenant_id=tenant).timelines} >= {parent_id, child_id}
+
+        def gone() -> bool:
+            return {t.timeline_id for t in client.list_timelines(tenant_id=tenant).timelines} == {main, grandchild_id}
+
+        wait_until("both expired timelines to be deleted", gone, 20)
+        for tl in (parent_id, child_id):
+            left = [p for p in (timelines_dir / tl).rglob("*") if p.is_file() and "wal" not in p.relative_to(timelines_dir / tl).parts]
+            assert left == [], left
+        expired = [line for line in ps.log_text().splitlines() if "event=timeline_expired" in line]
+        order = [tl for line in expired for tl in (parent_id, child_id) if f"timeline={tl}" in line]
+        assert order == [child_id, parent_id], expired
+        # The ancestor's objects are untouched: main reads whole, remotely indexed.
+        assert remote_index(remote, tenant, main).layers
+        world.check(main, 0, rng)
