@@ -492,8 +492,9 @@ class Timeline:
         return result
 
     def check_readable(self, lsn: int, what: str = "read") -> None:
-        """FAILED_PRECONDITION for a read or a branch below the GC cutoff."""
-        if lsn and lsn < self.gc_cutoff_lsn:
+        """FAILED_PRECONDITION for a read or a branch below the GC cutoff, except
+        at a child's branch point (GC keeps what it reads there)."""
+        if lsn and lsn < self.gc_cutoff_lsn and lsn not in self.children.values():
             raise FailedPrecondition(
                 f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: cannot {what} at lsn={lsn}: it is below "
                 f"the gc cutoff gc_cutoff_lsn={self.gc_cutoff_lsn} (history older than the tenant's PITR window is "
