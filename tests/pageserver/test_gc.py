@@ -202,15 +202,15 @@ def test_gc_frees_bytes_keeps_the_window_and_branch_points(strata_env: StrataEnv
         for lsn in (cutoff, last, 0):
             world.check(main, lsn, rng)
         world.check(child, 0, rng)
-        world.check(child, early, rng)
+        world.check(main, early, rng)  # the child's branch point: kept, and readable on main too
         # Below the cutoff: refused, naming it, on every read path and for a branch.
         expect_failed_precondition(
             lambda: client.get_page(tenant_id=world.tenant_id, timeline_id=main, rel=1, blkno=0, lsn=cutoff - 1), cutoff
         )
         expect_failed_precondition(
-            lambda: client.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=early), cutoff
+            lambda: client.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=early - 1), cutoff
         )
-        [got] = client.read_pages(tenant_id=world.tenant_id, timeline_id=main, keys=[(1, 0)], lsn=early)
+        [got] = client.read_pages(tenant_id=world.tenant_id, timeline_id=main, keys=[(1, 0)], lsn=early - 1)
         assert isinstance(got, PageError) and got.code == grpc.StatusCode.FAILED_PRECONDITION, got
         expect_failed_precondition(
             lambda: client.create_timeline(
@@ -228,7 +228,8 @@ def test_gc_frees_bytes_keeps_the_window_and_branch_points(strata_env: StrataEnv
         world.client = client
         assert client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).gc_cutoff_lsn == cutoff
         world.check(main, cutoff, rng)
-        world.check(child, early, rng)
+        world.check(main, early, rng)
+        world.check(child, 0, rng)
 
 
 def test_gc_deletes_leaked_layers_and_old_vector_indexes(strata_env: StrataEnv) -> None:
@@ -355,3 +356,24 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
         # The ancestor's objects are untouched: main reads whole, remotely indexed.
         assert remote_index(remote, tenant, main).layers
         world.check(main, 0, rng)
+
+
+def test_background_gc_uses_the_server_default_window(strata_env: StrataEnv) -> None:
+    """A tenant created with pitr_seconds 0 gets --pitr-seconds; the --gc-interval
+    loop raises its cutoff without any Gc call."""
+    rng = random.Random(7)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0.3", "--pitr-seconds", str(PITR_S))
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=PAGE, pitr_seconds=0)
+        assert tenant.pitr_seconds == PITR_S
+        world = World(client, tenant.tenant_id, PAGE)
+        main = world.create_root()
+        old = overwrite_history(world, main, rng, 30)
+        world.wait_ingested(main)
+        client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)  # in layer files: GC may cut there
+        wait_until(
+            "the background GC to pass the old history",
+            lambda: client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).gc_cutoff_lsn >= old,
+        )
+        world.check(main, 0, rng)
+        assert "event=gc_done" in ps.log_text()
