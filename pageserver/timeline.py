@@ -493,13 +493,19 @@ class Timeline:
 
     def check_readable(self, lsn: int, what: str = "read") -> None:
         """FAILED_PRECONDITION for a read or a branch below the GC cutoff, except
-        at a child's branch point (GC keeps what it reads there)."""
-        if lsn and lsn < self.gc_cutoff_lsn and lsn not in self.children.values():
-            raise FailedPrecondition(
-                f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: cannot {what} at lsn={lsn}: it is below "
-                f"the gc cutoff gc_cutoff_lsn={self.gc_cutoff_lsn} (history older than the tenant's PITR window is "
-                f"garbage collected); use an lsn >= {self.gc_cutoff_lsn}"
-            )
+        at a child's branch point (GC keeps what it reads there). A read of a
+        branch at or below its branch point reads the ancestor: its cutoff counts."""
+        tl: Timeline | None = self
+        while tl is not None and lsn:
+            if lsn < tl.gc_cutoff_lsn and lsn not in tl.children.values():
+                raise FailedPrecondition(
+                    f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: cannot {what} at lsn={lsn}: it is "
+                    f"below the gc cutoff gc_cutoff_lsn={tl.gc_cutoff_lsn} of timeline_id={tl.timeline_id} (history "
+                    f"older than the tenant's PITR window is garbage collected); use an lsn >= {tl.gc_cutoff_lsn}"
+                )
+            if lsn > tl.ancestor_lsn:
+                return
+            tl = tl.ancestor
 
     def needs_compaction(self) -> bool:
         return len(self.layer_map.l0_deltas()) >= self.config.compaction_threshold

@@ -210,6 +210,10 @@ def test_gc_frees_bytes_keeps_the_window_and_branch_points(strata_env: StrataEnv
         expect_failed_precondition(
             lambda: client.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=early - 1), cutoff
         )
+        # A branch below its branch point reads its ancestor: the ancestor's cutoff counts.
+        expect_failed_precondition(
+            lambda: client.get_page(tenant_id=world.tenant_id, timeline_id=child, rel=1, blkno=0, lsn=early - 1), cutoff
+        )
         [got] = client.read_pages(tenant_id=world.tenant_id, timeline_id=main, keys=[(1, 0)], lsn=early - 1)
         assert isinstance(got, PageError) and got.code == grpc.StatusCode.FAILED_PRECONDITION, got
         expect_failed_precondition(
