@@ -27,9 +27,10 @@ from pageserver.gc import covered, garbage, image_would_free, unindexed_layer_ob
 from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
-from pageserver.remote_storage import LocalFsStorage
+from pageserver.remote_storage import LocalFsStorage, RemoteStorage, open_remote_storage
 from pageserver.remote_timeline import index_key
 from tests.env import Component, StrataEnv
+from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
 from tests.pageserver.world import SMALL_LAYERS, World, image, new_id
 
 PAGE = 512
@@ -236,18 +237,55 @@ def test_gc_frees_bytes_keeps_the_window_and_branch_points(strata_env: StrataEnv
         world.check(child, 0, rng)
 
 
-def test_gc_deletes_leaked_layers_and_old_vector_indexes(strata_env: StrataEnv) -> None:
+def layer_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> dict[str, int]:
+    """The timeline's layer objects in remote storage: name -> bytes."""
+    prefix = f"tenants/{tenant_id}/timelines/{timeline_id}/"
+    return {
+        o.key[len(prefix):]: o.size for o in storage.list(prefix)
+        if "/" not in o.key[len(prefix):] and o.key.endswith((".delta", ".image"))
+    }
+
+
+def storage_synced(client: Client, storage: RemoteStorage, tenant_id: str, timeline_id: str) -> bool:
+    info = client.get_timeline(tenant_id=tenant_id, timeline_id=timeline_id)
+    index = IndexPart.decode(storage.download_bytes(index_key(tenant_id, timeline_id)))
+    return (
+        index.gc_cutoff_lsn == info.gc_cutoff_lsn
+        and set(layer_objects(storage, tenant_id, timeline_id)) >= {e.file_name for e in index.layers}
+        and info.remote_consistent_lsn == info.disk_consistent_lsn
+    )
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_gc_frees_remote_bytes_and_deletes_leaked_layers_and_old_vector_indexes(
+    strata_env: StrataEnv, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """On file:// and on S3 (moto_server over HTTP): removed layers leave remote
+    storage, leaked layer objects of our generation go, a newer generation's
+    stay, and the vector index rule keeps the newest object below the cutoff."""
     rng = random.Random(5)
-    wal, ps, remote = start(strata_env, "--gc-interval", "0")
-    storage = LocalFsStorage(remote)
+    if backend == "s3":
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        env = request.getfixturevalue("aws_env")
+        bucket = f"gc-{new_id()[:12]}"
+        moto.create_bucket(bucket)
+        env.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+        url = f"s3://{bucket}/strata"
+    else:
+        url = f"file://{strata_env.root / 'remote'}"
+    storage = open_remote_storage(url)
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal, *SMALL_LAYERS, "--remote-storage", url, "--gc-interval", "0")
     with Client(pageserver=ps.address, walservice=wal.address) as client:
         world = World(client, client.create_tenant(page_size=PAGE, pitr_seconds=PITR_S).tenant_id, PAGE)
         main = world.create_root()
         overwrite_history(world, main, rng, 30)
+        world.wait_ingested(main)
         client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
-        wait_until("uploads", lambda: synced(client, remote, world.tenant_id, main))
+        wait_until("uploads", lambda: storage_synced(client, storage, world.tenant_id, main))
+        before = sum(layer_objects(storage, world.tenant_id, main).values())
         prefix = f"tenants/{world.tenant_id}/timelines/{main}/"
-        generation = remote_index(remote, world.tenant_id, main).generation
+        generation = IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation
         # What a crash between a layer upload and its index upload leaves behind.
         leaked = LayerName("delta", 0, KEY_SPACE_END, 1, 2, generation).file_name
         storage.upload_bytes(b"leaked layer bytes", prefix + leaked)
@@ -257,23 +295,33 @@ def test_gc_deletes_leaked_layers_and_old_vector_indexes(strata_env: StrataEnv) 
         time.sleep(PITR_S + 0.5)
         overwrite_history(world, main, rng, 1)
         world.wait_ingested(main)
-        cutoff_guess = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).last_record_lsn
+        above = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).last_record_lsn + 1000
         vec = prefix + "vector_indexes/"
-        lsns = (1, 2, 3, cutoff_guess + 1000)
         for collection in ("docs", "faq"):
-            for lsn in lsns:
+            for lsn in (1, 2, 3, above):
                 storage.upload_bytes(b"ivf", vec + f"{collection}/{lsn:016X}.ivf")
 
         cutoff = client.gc(tenant_id=world.tenant_id, timeline_id=main, timeout=60).gc_cutoff_lsn
-        assert cutoff > 3
+        assert 3 < cutoff < above
         assert not storage.exists(prefix + leaked)
         assert storage.exists(prefix + foreign)
         left = sorted(o.key for o in storage.list(vec))
         # Per collection: the newest below the cutoff (3) and the one above it.
-        assert left == sorted(vec + f"{c}/{lsn:016X}.ivf" for c in ("docs", "faq") for lsn in (3, cutoff_guess + 1000))
+        assert left == sorted(vec + f"{c}/{lsn:016X}.ivf" for c in ("docs", "faq") for lsn in (3, above))
+        storage.delete([prefix + foreign])
+        wait_until("the index without the removed layers", lambda: storage_synced(client, storage, world.tenant_id, main))
+        wait_until(
+            "removed layers to leave remote storage",
+            lambda: set(layer_objects(storage, world.tenant_id, main)) == {
+                e.file_name for e in IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).layers
+            },
+        )
+        after = sum(layer_objects(storage, world.tenant_id, main).values())
+        assert after < before / 2, (after, before)
         log = ps.log_text()
         assert "event=remote_leaked_layer_deleted" in log and "event=vector_indexes_deleted" in log
         world.check(main, 0, rng)
+        world.check(main, cutoff, rng)
 
 
 def test_lsn_by_timestamp_survives_restart(strata_env: StrataEnv) -> None:
@@ -357,8 +405,9 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
         expired = [line for line in ps.log_text().splitlines() if "event=timeline_expired" in line]
         order = [tl for line in expired for tl in (parent_id, child_id) if f"timeline={tl}" in line]
         assert order == [child_id, parent_id], expired
-        # The ancestor's objects are untouched: main reads whole, remotely indexed.
-        assert remote_index(remote, tenant, main).layers
+        # The ancestor's objects are untouched: every layer main's index names is still there.
+        main_layers = {e.file_name for e in remote_index(remote, tenant, main).layers}
+        assert main_layers and main_layers <= set(layer_objects(LocalFsStorage(remote), tenant, main))
         world.check(main, 0, rng)
 
 
