@@ -28,7 +28,6 @@ grows with the tenant's size. Results go into BENCHMARKS.md (section `attach`).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sys
@@ -40,16 +39,12 @@ from bench.branch import (
     BENCH_REL,
     MIB,
     PAGE_SIZE,
-    exit_on_sigterm,
     format_size,
     layer_census,
-    load_average_note,
-    load_relation,
     page_bytes,
-    work_directory,
 )
 from bench.report import percentile
-from bench.storage_cost import remote_bytes, wait_uploaded
+from bench.storage_cost import add_output_arguments, load_uploaded_base, remote_bytes, run_and_report
 from compute_shim import Client
 from pageserver.remote_storage import LocalFsStorage
 from pageserver.remote_timeline import tenant_prefix
@@ -100,16 +95,8 @@ def run(size_bytes: int, samples: int, work_dir: Path, log: bool = True) -> Atta
         wal = env.walservice()
         first = env.pageserver(wal, *PAGESERVER_ARGS, "--remote-storage", url, name="pageserver-load")
         with Client(pageserver=first.address, walservice=wal.address, timeout=120) as client:
-            tenant = client.create_tenant(page_size=PAGE_SIZE).tenant_id
-            main = client.create_timeline(tenant_id=tenant).timeline_id
-            if log:
-                print(f"attach: loading {format_size(size_bytes)} ...", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            load_relation(
-                client, tenant, main, rel=BENCH_REL, npages=npages, pages_per_append=128, appends_in_flight=4,
-                compact_until=lambda: layer_census(first.data_dir, tenant, main).l0_deltas == 0,
-            )
-            wait_uploaded(client, tenant, [main])
+            tenant, main, _ = load_uploaded_base(client, first, size_bytes, log, "attach")
             census = layer_census(first.data_dir, tenant, main)
             results.notes.append(f"Setup: loaded, compacted and uploaded in {time.perf_counter() - start:.1f} s ({census}).")
         first.stop()
@@ -182,29 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--size-mib", type=float, default=1024.0)
     parser.add_argument("--samples", type=int, default=3)
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write BENCHMARKS.md")
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true")
+    add_output_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    exit_on_sigterm()
-    load_at_start = os.getloadavg()[0]
-    with work_directory(args.work_dir, args.keep) as work_dir:
-        results = run(int(args.size_mib * MIB), args.samples, work_dir)
-    results.notes.append(
+    run_and_report(
+        args, "attach", "attach: first page on an empty pageserver vs downloading the tenant",
+        lambda work_dir: run(int(args.size_mib * MIB), args.samples, work_dir),
+        lambda results: render_markdown(results, args.samples),
         "Remote storage is a local directory, so the download runs at local-disk / page-cache speed; over S3 every "
-        f"byte costs more and the gap grows. Strata pageserver flags: `{' '.join(PAGESERVER_ARGS)}`."
+        f"byte costs more and the gap grows. Strata pageserver flags: `{' '.join(PAGESERVER_ARGS)}`.",
     )
-    results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
-    markdown = render_markdown(results, args.samples)
-    print(markdown)
-    if args.write:
-        from bench.report import update_section
-
-        update_section("attach", markdown, title="attach: first page on an empty pageserver vs downloading the tenant")
 
 
 if __name__ == "__main__":

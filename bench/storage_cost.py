@@ -37,14 +37,17 @@ import random
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from bench.branch import (
     BENCH_REL,
     MIB,
     PAGE_SIZE,
     SQLITE_ROW_TEXT_BYTES,
+    StrataLoad,
     copy_and_fsync,
     exit_on_sigterm,
     format_size,
@@ -59,7 +62,7 @@ from compute_shim import Client
 from pageserver.remote_storage import LocalFsStorage
 from pageserver.remote_timeline import tenant_prefix
 from strata.v1 import records_pb2
-from tests.env import StrataEnv
+from tests.env import Component, StrataEnv
 
 TARGET_RATIO = 3.0
 ROWS_PER_SQLITE_PAGE = 7  # ~1 KiB rows in 8 KiB pages
@@ -113,6 +116,54 @@ def wait_uploaded(client: Client, tenant_id: str, timeline_ids: list[str], timeo
             time.sleep(0.05)
 
 
+def load_uploaded_base(client: Client, ps: Component, size_bytes: int, log: bool, what: str) -> tuple[str, str, StrataLoad]:
+    """A new tenant whose main timeline holds `size_bytes` of pages, compacted
+    into layer files and uploaded. Returns (tenant, main, the load)."""
+    tenant = client.create_tenant(page_size=PAGE_SIZE).tenant_id
+    main = client.create_timeline(tenant_id=tenant).timeline_id
+    if log:
+        print(f"{what}: loading {format_size(size_bytes)} ...", file=sys.stderr, flush=True)
+    load = load_relation(
+        client, tenant, main, rel=BENCH_REL, npages=max(1, size_bytes // PAGE_SIZE), pages_per_append=128,
+        appends_in_flight=4, compact_until=lambda: layer_census(ps.data_dir, tenant, main).l0_deltas == 0,
+    )
+    wait_uploaded(client, tenant, [main])
+    return tenant, main, load
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--write / --work-dir / --keep, as every bench here takes them."""
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write BENCHMARKS.md")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+
+
+class _Results(Protocol):
+    notes: list[str]
+
+
+R = TypeVar("R", bound=_Results)
+
+
+def run_and_report(
+    args: argparse.Namespace, section: str, title: str, run_in: Callable[[Path], R], render: Callable[[R], str], note: str
+) -> None:
+    """A bench's main: run in a work directory, add `note` and the load average,
+    print the table, and write it into BENCHMARKS.md unless --no-write."""
+    exit_on_sigterm()
+    load_at_start = os.getloadavg()[0]
+    with work_directory(args.work_dir, args.keep) as work_dir:
+        results = run_in(work_dir)
+    results.notes.append(note)
+    results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
+    markdown = render(results)
+    print(markdown)
+    if args.write:
+        from bench.report import update_section
+
+        update_section(section, markdown, title=title)
+
+
 def run_strata(size_bytes: int, branches: int, change: float, work_dir: Path, log: bool = True) -> CostRow:
     env = StrataEnv(work_dir / "strata")
     remote = work_dir / "remote"
@@ -123,15 +174,7 @@ def run_strata(size_bytes: int, branches: int, change: float, work_dir: Path, lo
         wal = env.walservice()
         ps = env.pageserver(wal, *PAGESERVER_ARGS, "--remote-storage", f"file://{remote}")
         with Client(pageserver=ps.address, walservice=wal.address, timeout=120) as client:
-            tenant = client.create_tenant(page_size=PAGE_SIZE).tenant_id
-            main = client.create_timeline(tenant_id=tenant).timeline_id
-            if log:
-                print(f"strata: loading {format_size(size_bytes)} ...", file=sys.stderr, flush=True)
-            load = load_relation(
-                client, tenant, main, rel=BENCH_REL, npages=npages, pages_per_append=128, appends_in_flight=4,
-                compact_until=lambda: layer_census(ps.data_dir, tenant, main).l0_deltas == 0,
-            )
-            wait_uploaded(client, tenant, [main])
+            tenant, main, load = load_uploaded_base(client, ps, size_bytes, log, "strata")
             base, _ = remote_bytes(storage, tenant)
             rng = random.Random(1)
             ids: list[str] = []
@@ -256,29 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branches", type=int, default=100)
     parser.add_argument("--change", type=float, default=0.01, help="share of the pages each branch overwrites")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite copies")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write BENCHMARKS.md")
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true")
+    add_output_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    exit_on_sigterm()
-    load_at_start = os.getloadavg()[0]
-    with work_directory(args.work_dir, args.keep) as work_dir:
-        results = run(int(args.size_mib * MIB), args.branches, args.change, work_dir, sqlite=not args.no_sqlite)
-    results.notes.append(
+    run_and_report(
+        args, "storage_cost", "storage_cost: 100 branches, 1% changed each, vs full copies",
+        lambda work_dir: run(int(args.size_mib * MIB), args.branches, args.change, work_dir, sqlite=not args.no_sqlite),
+        render_markdown,
         "Not counted: the WAL the walservice offloads to remote storage (it runs without --remote-storage here). "
-        f"Strata pageserver flags: `{' '.join(PAGESERVER_ARGS)}`."
+        f"Strata pageserver flags: `{' '.join(PAGESERVER_ARGS)}`.",
     )
-    results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
-    markdown = render_markdown(results)
-    print(markdown)
-    if args.write:
-        from bench.report import update_section
-
-        update_section("storage_cost", markdown, title="storage_cost: 100 branches, 1% changed each, vs full copies")
 
 
 if __name__ == "__main__":
