@@ -19,7 +19,7 @@ uploaded (remote_timeline.py, step 5).
 
 Deltas below the cutoff are freed only once an image at or above their end
 covers them, so GC writes one image layer of the whole key space at the cutoff
-when that frees deltas (`image_would_free`).
+when that frees enough deltas (`image_would_free`, `image_worth_writing`).
 
 Remote housekeeping in the same pass: layer objects of this timeline that no
 index names (uploads a crash left unindexed; `RemoteTimelineClient.sweep`), and
@@ -117,6 +117,14 @@ def image_would_free(layers: list[LayerName], cutoff: int, branch_points: Iterab
     now = set(garbage(layers, cutoff, points))
     then = garbage([*layers, image], cutoff, points)
     return [l for l in then if l != image and l not in now and l.kind == "delta"]
+
+
+def image_worth_writing(freed_layers: int, freed_bytes: int, logical_size: int, image_threshold: int) -> bool:
+    """Whether to write the image at the cutoff: it frees at least
+    `image_threshold` deltas (compaction's rule for images), or at least a
+    quarter of the timeline's logical size in bytes (about what the image costs,
+    compressed), so a big timeline is not imaged again for a few small deltas."""
+    return freed_layers > 0 and (freed_layers >= image_threshold or 4 * freed_bytes >= logical_size)
 
 
 def vector_objects_to_delete(prefix: str, keys: Iterable[str], cutoff: int) -> list[str]:

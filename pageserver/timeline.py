@@ -466,7 +466,11 @@ class Timeline:
             images: list[HistoricLayer] = []
             names = [l.name for l in self.layer_map.historic]
             frees = gc.image_would_free(names, cutoff, self.retained_branch_points(), self.index.generation)
-            if frees and cutoff > self.ancestor_lsn and self.ancestors_ready():
+            sizes = {l.name: l.file_size for l in self.layer_map.historic}
+            worth = gc.image_worth_writing(
+                len(frees), sum(sizes[n] for n in frees), self.logical_size(), self.config.image_threshold
+            )
+            if worth and cutoff > self.ancestor_lsn and self.ancestors_ready():
                 images = await self._write_images([(0, KEY_SPACE_END)], cutoff)
             # After the awaits: the layers, children and reservations as they are now.
             names = [l.name for l in self.layer_map.historic] + [l.name for l in images]

@@ -23,7 +23,14 @@ import pytest
 
 from compute_shim import Client
 from compute_shim.client import PageError
-from pageserver.gc import covered, garbage, image_would_free, unindexed_layer_objects, vector_objects_to_delete
+from pageserver.gc import (
+    covered,
+    garbage,
+    image_worth_writing,
+    image_would_free,
+    unindexed_layer_objects,
+    vector_objects_to_delete,
+)
 from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
@@ -98,6 +105,13 @@ def test_image_would_free() -> None:
     assert set(image_would_free([d1, d2], 250, [], 1)) == {d1, d2}
     assert image_would_free([d1, d2], 250, [150], 1) == []  # the branch point needs them all
     assert image_would_free([d1, d2, img(250)], 250, [], 1) == []  # already there
+
+
+def test_image_worth_writing() -> None:
+    assert not image_worth_writing(0, 0, 100, 3)
+    assert image_worth_writing(3, 1, 1 << 30, 3)  # enough deltas
+    assert image_worth_writing(1, 256, 1024, 3)  # enough bytes
+    assert not image_worth_writing(2, 100, 1 << 30, 3)  # a big timeline, a little to free
 
 
 def test_vector_objects_rule() -> None:
