@@ -586,9 +586,18 @@ class Timeline:
         retained history; "past": the time is before the retained history (before
         the first commit, or history GC removed), answered with the oldest LSN
         still readable (gc_cutoff_lsn, or the timeline's start); "future": the
-        time is after the last commit, answered with that commit's LSN."""
+        time is after the last commit, answered with that commit's LSN.
+
+        A branch's history before its own first commit is its ancestor's up to
+        the branch point, so such a time is answered by the ancestor (at most
+        ancestor_lsn)."""
         oldest = max(self.start_lsn, self.gc_cutoff_lsn)
         lsn = self.commit_lsn_at(timestamp_us)
+        if lsn is None and self.ancestor is not None:
+            up_to, kind = self.ancestor.lsn_by_timestamp(timestamp_us)
+            if up_to < self.ancestor_lsn:
+                return up_to, kind
+            return self.ancestor_lsn, "future" if not self._commit_times else "present"
         if lsn is None or lsn < oldest:
             return oldest, "past"
         if timestamp_us > self._commit_times[-1][1]:

@@ -366,6 +366,11 @@ def test_lsn_by_timestamp_survives_restart(strata_env: StrataEnv) -> None:
         lsn, _ = ask(marks[1][2])
         branch = world.branch(main, lsn)
         world.check(branch, 0)
+        # A branch without commits of its own answers from its ancestor, up to its branch point.
+        on_branch = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=branch, timestamp_us=marks[0][2])
+        assert (on_branch.lsn, on_branch.kind) == (marks[0][1], "present")
+        on_branch = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=branch, timestamp_us=marks[2][2])
+        assert (on_branch.lsn, on_branch.kind) == (lsn, "future")
 
     with Client(pageserver=ps.address, walservice=wal.address) as client:
         world.client = client
