@@ -15,6 +15,7 @@ walservice and pageserver processes with `--remote-storage file://`:
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -449,3 +450,43 @@ def test_background_gc_uses_the_server_default_window(strata_env: StrataEnv) -> 
         )
         world.check(main, 0, rng)
         assert "event=gc_done" in ps.log_text()
+
+
+def test_kill9_right_after_gc_then_attach_on_an_empty_disk(strata_env: StrataEnv) -> None:
+    """Gc answers once the local index changed; the remote index and the remote
+    deletions follow. Killed at once and attached from remote storage alone,
+    whichever index made it up is whole: every LSN at or above its cutoff reads
+    as the model, and the commit times came along (GetLsnByTimestamp)."""
+    rng = random.Random(8)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0")
+    url = f"file://{remote}"
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World(client, client.create_tenant(page_size=PAGE, pitr_seconds=PITR_S).tenant_id, PAGE)
+        main = world.create_root()
+        early = overwrite_history(world, main, rng, 20)
+        child = world.branch(main, early)
+        overwrite_history(world, main, rng, 40)
+        world.wait_ingested(main)
+        client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        wait_until("uploads", lambda: synced(client, remote, world.tenant_id, main))
+        time.sleep(PITR_S + 0.5)
+        last = overwrite_history(world, main, rng, 2)
+        world.wait_ingested(main)
+        stamp = time.time_ns() // 1000
+        answer = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=main, timestamp_us=stamp)
+        assert (answer.lsn, answer.kind) == (last, "future")
+        cutoff = client.gc(tenant_id=world.tenant_id, timeline_id=main, timeout=60).gc_cutoff_lsn
+        assert cutoff > early
+    ps.kill()
+    shutil.rmtree(ps.data_dir)
+    fresh = strata_env.pageserver(wal, *SMALL_LAYERS, "--remote-storage", url, "--gc-interval", "0", name="ps-new")
+    with Client(pageserver=fresh.address, walservice=wal.address) as client:
+        world.client = client
+        client.attach_tenant(tenant_id=world.tenant_id, timeout=60)
+        remote_cutoff = client.get_timeline(tenant_id=world.tenant_id, timeline_id=main).gc_cutoff_lsn
+        assert remote_cutoff in (0, cutoff)  # the old index, or the one Gc wrote
+        for lsn in [l for l in world.read_lsns(main) if l >= remote_cutoff][::7] + [early, last]:
+            world.check(main, lsn, rng)
+        world.check(child, 0, rng)
+        answer = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=main, timestamp_us=stamp)
+        assert (answer.lsn, answer.kind) == (last, "future")
