@@ -24,8 +24,10 @@ whose remote generation moved past ours (attached elsewhere) is fenced: it
 uploads nothing more, stops ingest and answers reads FAILED_PRECONDITION.
 
 Concurrency: everything here is owned by the event loop; `compaction_lock`
-serializes compaction (the only deleter of layer files) across the tenant's
-timelines, so a branch's compaction never reads an ancestor layer being removed.
+serializes compaction and GC (the only deleters of layer files) across the
+tenant's timelines, so a branch's compaction never reads an ancestor layer being
+removed. GC (`gc`, `gc_all`, every `--gc-interval`) and timeline expiry
+(`expire`, every `--ttl-check-interval`) run from TenantSet's loops.
 """
 
 from __future__ import annotations

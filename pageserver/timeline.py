@@ -21,9 +21,11 @@ first (layer_cache.py).
 
 Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
 serializes index_part changes (flush, compaction); file writing and compaction
-run on the executor and touch only frozen or immutable layers. Compaction of
-all timelines of a tenant is serialized by the tenant's compaction lock, so no
-layer a compaction reads is deleted under it.
+run on the executor and touch only frozen or immutable layers. Compaction and
+GC of all timelines of a tenant are serialized by the tenant's compaction lock,
+so no layer a compaction reads is deleted under it. `gc_cutoff_lsn`,
+`children` and `branch_reservations` belong to the event loop: GC raises the
+cutoff and reads the branch points without an await in between (pageserver/gc.py).
 """
 
 from __future__ import annotations
