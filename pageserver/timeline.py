@@ -385,7 +385,13 @@ class Timeline:
                         raise Unavailable(f"{self}: cannot read layer {need.layer.name.file_name}: {need}") from need
                     need.layer.pins += 1
                     pinned.append(need.layer)
-                    await self.layer_cache.download(need)
+                    try:
+                        await self.layer_cache.download(need)
+                    except Exception:
+                        if any(l is need.layer for l in self.chain_layers()):
+                            raise
+                        # Compaction or GC replaced it meanwhile (its remote object may be
+                        # gone already): the retried read walks the new layer map.
         finally:
             if pinned:
                 self._unpin(pinned)

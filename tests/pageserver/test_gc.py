@@ -490,3 +490,54 @@ def test_kill9_right_after_gc_then_attach_on_an_empty_disk(strata_env: StrataEnv
         world.check(child, 0, rng)
         answer = client.get_lsn_by_timestamp(tenant_id=world.tenant_id, timeline_id=main, timestamp_us=stamp)
         assert (answer.lsn, answer.kind) == (last, "future")
+
+
+def test_reads_at_the_latest_lsn_never_fail_while_gc_and_eviction_run(strata_env: StrataEnv) -> None:
+    """Background GC every 0.2 s with a 1 s window, a local cache too small to
+    hold the layers (reads download them), writes and compactions going on:
+    every read at the latest LSN succeeds and equals the model at the LSN it
+    says it read (a layer GC or compaction removed while a read waited for its
+    download is not an error: the read walks the new layer map)."""
+    import threading
+
+    rng = random.Random(9)
+    wal, ps, remote = start(strata_env, "--gc-interval", "0.2", "--local-cache-bytes", "1", "--page-cache-bytes", "0")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World(client, client.create_tenant(page_size=PAGE, pitr_seconds=PITR_S).tenant_id, PAGE)
+        main = world.create_root()
+        overwrite_history(world, main, rng, 10)
+        world.wait_ingested(main)
+        seen: list[tuple[int, int, bytes]] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            with Client(pageserver=ps.address, walservice=wal.address) as rc:
+                r = random.Random(10)
+                while not stop.is_set():
+                    blkno = r.randrange(4)
+                    try:
+                        resp = rc.get_page(tenant_id=world.tenant_id, timeline_id=main, rel=1, blkno=blkno, timeout=30)
+                        seen.append((resp.lsn, blkno, resp.page))
+                    except grpc.RpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                overwrite_history(world, main, rng, 5)
+                world.wait_ingested(main)
+                client.compact(tenant_id=world.tenant_id, timeline_id=main, timeout=60)
+        finally:
+            stop.set()
+            thread.join()
+        assert not errors, errors[:5]
+        assert len(seen) > 20
+        model = world.timelines[main]
+        for lsn, blkno, page in random.Random(11).sample(seen, min(200, len(seen))):
+            assert page == bytes(model.state(lsn)[1].pages[blkno]), (lsn, blkno)
+        log = ps.log_text()
+        assert "event=layer_downloaded" in log
+        assert any("event=gc_done" in l and "removed_layers=0" not in l for l in log.splitlines())
