@@ -37,6 +37,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pageserver import gc
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart
 from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
@@ -115,9 +116,10 @@ def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:
 
 
 def timeline_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> list[str]:
-    """Keys of a timeline's index and layers (not the walservice's WAL under it)."""
+    """Keys of a timeline's index, layers and vector indexes (not the
+    walservice's WAL under it, `wal/`)."""
     prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
-    return [o.key for o in storage.list(prefix) if "/" not in o.key[len(prefix):]]
+    return [o.key for o in storage.list(prefix) if not o.key[len(prefix):].startswith("wal/")]
 
 
 class Fenced(Exception):
@@ -153,6 +155,9 @@ class RemoteTimelineClient:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.fenced = False
+        # Held for a whole sync round and by GC's sweep of unindexed objects, so
+        # the sweep never deletes a layer an index being uploaded will name.
+        self._sync_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"RemoteTimelineClient({self.timeline})"
@@ -189,6 +194,47 @@ class RemoteTimelineClient:
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
+    async def sweep_unindexed(self) -> int:
+        """GC: delete this timeline's layer objects that no index names (uploads a
+        crash left unindexed, deletions a crash interrupted). Returns how many."""
+        tl = self.timeline
+        if self.fenced:
+            return 0
+        try:
+            await self.check_generation()  # a newer generation's objects are not ours to judge
+        except Fenced:
+            return 0
+        loop = asyncio.get_running_loop()
+        prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
+        async with self._sync_lock:
+            listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+            keep = {e.file_name for e in tl.index.layers} | set(self.remote_objects)
+            if self.remote_index is not None:
+                keep |= {e.file_name for e in self.remote_index.layers}
+            leaked = gc.unindexed_layer_objects(prefix, [o.key for o in listed], keep, tl.index.generation)
+            if leaked:
+                await loop.run_in_executor(self.executor, self.storage.delete, leaked)
+        for key in leaked:
+            self.log.info("remote_leaked_layer_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, key=key)
+        return len(leaked)
+
+    async def delete_old_vector_indexes(self, cutoff: int) -> int:
+        """GC: per collection, vector index objects below `cutoff` except the
+        newest of them (gc.vector_objects_to_delete). Returns how many."""
+        tl = self.timeline
+        if self.fenced:
+            return 0
+        loop = asyncio.get_running_loop()
+        prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id)) + gc.VECTOR_INDEX_DIR + "/"
+        listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+        doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff)
+        if doomed:
+            await loop.run_in_executor(self.executor, self.storage.delete, doomed)
+            self.log.info(
+                "vector_indexes_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=cutoff, objects=len(doomed),
+            )
+        return len(doomed)
+
     def _notify(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
@@ -202,7 +248,8 @@ class RemoteTimelineClient:
             self._wake.clear()
             while not self.up_to_date and not tl.deleted:
                 try:
-                    await self._sync_once()
+                    async with self._sync_lock:
+                        await self._sync_once()
                 except Fenced:
                     self.fenced = True
                     self._notify()

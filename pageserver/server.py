@@ -14,9 +14,10 @@ from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.remote_storage import open_remote_storage
-from pageserver.tenant import PageserverContext, TenantSet
+from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
+from strata.background_tasks import cancel_and_wait
 from strata.v1 import wal_pb2_grpc
 
 DEFAULT_LISTEN = "127.0.0.1:6400"
@@ -47,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--page-cache-bytes", type=int, default=128 * 1024 * 1024, help="pages rebuilt at the latest LSN, kept until a record changes them"
     )
     parser.add_argument("--block-cache-bytes", type=int, default=256 * 1024 * 1024, help="decompressed layer blocks kept in memory")
+    parser.add_argument(
+        "--pitr-seconds", type=int, default=DEFAULT_PITR_SECONDS,
+        help="the PITR window of a tenant created with pitr_seconds 0: GC keeps every LSN committed within it",
+    )
+    parser.add_argument("--gc-interval", type=float, default=3600.0, help="seconds between background GC rounds (0: no background GC)")
+    parser.add_argument(
+        "--ttl-check-interval", type=float, default=10.0, help="seconds between checks for expired timelines (ttl_seconds)"
+    )
     parser.add_argument("--log-level", default="info")
 
 
@@ -77,13 +86,19 @@ async def run(args: argparse.Namespace) -> None:
             timeline_config=config,
             log=log,
             wal_stub=wal_pb2_grpc.WalServiceStub(channel),
+            default_pitr_seconds=args.pitr_seconds,
         )
         tenants = TenantSet(ctx)
         tenants.load()
         ticker = asyncio.create_task(tenants.run_ticks())
+        housekeeping = [asyncio.create_task(tenants.run_expiry(args.ttl_check_interval))]
+        if args.gc_interval > 0:
+            housekeeping.append(asyncio.create_task(tenants.run_gc(args.gc_interval)))
 
         async def stopped() -> None:
             ticker.cancel()
+            for task in housekeeping:
+                await cancel_and_wait(task)
             await tenants.shutdown()
             await channel.close()
 

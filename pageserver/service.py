@@ -13,17 +13,20 @@ its status code and message in its PageResult, and the others are served.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 
 from pageserver.tenant import Tenant, TenantSet
 from pageserver.timeline import Timeline
 from strata import ids
-from strata.errors import StrataError, Unavailable
+from strata.errors import StrataError
 from strata.grpc_server import log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc
+
+T = TypeVar("T")
 
 
 def timeline_info(tl: Timeline, with_sizes: bool = True) -> timeline_pb2.TimelineInfo:
@@ -35,7 +38,7 @@ def timeline_info(tl: Timeline, with_sizes: bool = True) -> timeline_pb2.Timelin
         last_record_lsn=tl.last_record_lsn,
         disk_consistent_lsn=tl.disk_consistent_lsn,
         remote_consistent_lsn=tl.remote_consistent_lsn,
-        gc_cutoff_lsn=tl.index.gc_cutoff_lsn,
+        gc_cutoff_lsn=tl.gc_cutoff_lsn,
         logical_size=tl.logical_size() if with_sizes else 0,
         physical_size=tl.physical_size(),
         expires_at_us=tl.index.expires_at_us,
@@ -70,8 +73,17 @@ async def _read_timeline(tenants: TenantSet, req, context: grpc.aio.ServicerCont
     the ancestors' branch points, if needed)."""
     tl = tenants.timeline(req.tenant_id, req.timeline_id)
     lsn = tl.read_lsn(req.lsn)
+    tl.check_readable(lsn)
     await tl.wait_for_lsn(lsn, wait_budget(context))
     return tl, lsn
+
+
+async def _read_checked(tl: Timeline, lsn: int, fn: Callable[[], T]) -> T:
+    """`tl.read(fn)` at `lsn`, refused if GC raised the cutoff past `lsn`
+    meanwhile (it may have removed layers the read walked)."""
+    out = await tl.read(fn)
+    tl.check_readable(lsn)
+    return out
 
 
 class PageServicer(page_pb2_grpc.PageServiceServicer):
@@ -82,13 +94,13 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
     @unary_rpc
     async def GetPage(self, request: page_pb2.GetPageRequest, context: grpc.aio.ServicerContext) -> page_pb2.GetPageResponse:
         tl, lsn = await _read_timeline(self.tenants, request, context)
-        page = await tl.read(lambda: tl.get_page(request.rel, request.blkno, lsn))
+        page = await _read_checked(tl, lsn, lambda: tl.get_page(request.rel, request.blkno, lsn))
         return page_pb2.GetPageResponse(page=page, lsn=lsn)
 
     @unary_rpc
     async def GetRelSize(self, request: page_pb2.RelRequest, context: grpc.aio.ServicerContext) -> page_pb2.RelSizeResponse:
         tl, lsn = await _read_timeline(self.tenants, request, context)
-        state = await tl.read(lambda: tl.get_rel_state(request.rel, lsn))
+        state = await _read_checked(tl, lsn, lambda: tl.get_rel_state(request.rel, lsn))
         return page_pb2.RelSizeResponse(exists=state.exists, nblocks=state.nblocks if state.exists else 0, lsn=lsn)
 
     async def GetPages(
@@ -106,11 +118,12 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
                     if tl is None:
                         tl = timelines[(req.tenant_id, req.timeline_id)] = self.tenants.timeline(req.tenant_id, req.timeline_id)
                     lsn = req.lsn or tl.last_record_lsn
+                    tl.check_readable(lsn)
                     # Fast path: ingested already, and a hot page in the materialized cache.
                     page = tl.cached_page(req.rel, req.blkno, lsn) if lsn <= tl.last_record_lsn else None
                     if page is None:
                         await tl.wait_for_lsn(lsn, wait_budget(context))
-                        page = await tl.read(lambda: tl.get_page(req.rel, req.blkno, lsn))
+                        page = await _read_checked(tl, lsn, lambda: tl.get_page(req.rel, req.blkno, lsn))
                     results.add(page=page, lsn=lsn)
                 except StrataError as exc:
                     log_rpc_failure(self.log, "GetPages", req, exc)
@@ -180,8 +193,13 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
 
     @unary_rpc
     async def Gc(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
-        self.tenants.timeline(request.tenant_id, request.timeline_id)
-        raise Unavailable("Gc is not available yet: it arrives with remote storage and the PITR window")
+        """Flush what is in memory, then one GC pass (pageserver/gc.py) with the
+        tenant's PITR window; the answer carries the new gc_cutoff_lsn."""
+        tenant = self.tenants.get(request.tenant_id)
+        tl = tenant.get_timeline(request.timeline_id)
+        await tl.checkpoint()
+        await tenant.gc(tl)
+        return timeline_info(tl)
 
     @unary_rpc
     async def AttachTenant(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TenantInfo:

@@ -24,8 +24,10 @@ whose remote generation moved past ours (attached elsewhere) is fenced: it
 uploads nothing more, stops ingest and answers reads FAILED_PRECONDITION.
 
 Concurrency: everything here is owned by the event loop; `compaction_lock`
-serializes compaction (the only deleter of layer files) across the tenant's
-timelines, so a branch's compaction never reads an ancestor layer being removed.
+serializes compaction and GC (the only deleters of layer files) across the
+tenant's timelines, so a branch's compaction never reads an ancestor layer being
+removed. GC (`gc`, `gc_all`, every `--gc-interval`) and timeline expiry
+(`expire`, every `--ttl-check-interval`) run from TenantSet's loops.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, read_index_part, write_index_part
 from pageserver.ingest import WalReceiver
 from pageserver.layer_cache import LayerCache
-from pageserver import remote_timeline
+from pageserver import gc, remote_timeline
 from pageserver.remote_storage import RemoteObject, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
@@ -58,7 +60,7 @@ from strata.v1 import wal_pb2, wal_pb2_grpc
 
 TENANT_FILE = "tenant.json"
 TENANT_FORMAT_VERSION = 1
-DEFAULT_PITR_SECONDS = 7 * 24 * 3600
+DEFAULT_PITR_SECONDS = 7 * 24 * 3600  # --pitr-seconds: the window of a tenant created with pitr_seconds 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class PageserverContext:
     remote: RemoteStorage | None = None
     layer_cache: LayerCache | None = None
     page_cache: MaterializedPageCache | None = None
+    default_pitr_seconds: int = DEFAULT_PITR_SECONDS
 
 
 def _make_dir_durably(parent: Path, name: str, fill) -> Path:
@@ -118,6 +121,8 @@ class Tenant:
         self._stopping = False
         # Set once a newer generation attached this tenant elsewhere: why we stopped.
         self.fenced: str | None = None
+        # Expired timelines whose deletion waits for their children (logged once).
+        self._expiry_deferred: set[str] = set()
         # remote index per timeline as found at load (None: unknown)
         self._remote_indexes: dict[str, IndexPart | None] = {}
 
@@ -190,7 +195,7 @@ class Tenant:
             )
             timeline.on_index_changed = lambda tl: tl.remote.schedule() if tl.remote is not None else None
         if ancestor is not None:
-            ancestor.children.add(timeline.timeline_id)
+            ancestor.children[timeline.timeline_id] = timeline.ancestor_lsn
         self.timelines[timeline.timeline_id] = timeline
         receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, self._backpressure)
         self.receivers[timeline.timeline_id] = receiver
@@ -311,9 +316,26 @@ class Tenant:
                 raise NotFound(f"ancestor_timeline_id={ancestor_timeline_id}: no such timeline in tenant_id={self.tenant_id}")
             if ancestor_lsn == 0:
                 ancestor_lsn = ancestor.last_record_lsn
+            ancestor.check_readable(ancestor_lsn, "branch")
             await ancestor.wait_for_lsn(ancestor_lsn, timeout)
+            # Checked again after the wait, and reserved at once (no await in
+            # between): GC keeps this branch point until the child is added.
+            ancestor.check_readable(ancestor_lsn, "branch")
+            ancestor.branch_reservations[ancestor_lsn] = ancestor.branch_reservations.get(ancestor_lsn, 0) + 1
+            try:
+                return await self._create_timeline(timeline_id, ancestor, ancestor_lsn, ttl_seconds)
+            finally:
+                left = ancestor.branch_reservations.pop(ancestor_lsn) - 1
+                if left:
+                    ancestor.branch_reservations[ancestor_lsn] = left
         elif ancestor_lsn:
             raise InvalidArgument(f"ancestor_lsn={ancestor_lsn} needs an ancestor_timeline_id")
+        return await self._create_timeline(timeline_id, None, 0, ttl_seconds)
+
+    async def _create_timeline(
+        self, timeline_id: str, ancestor: Timeline | None, ancestor_lsn: int, ttl_seconds: int
+    ) -> Timeline:
+        ancestor_timeline_id = ancestor.timeline_id if ancestor is not None else ""
         relations: tuple[tuple[int, bool, int], ...] = ()
         if ancestor is not None:
             # The relation directory at the branch point: one lookup per relation
@@ -375,9 +397,10 @@ class Tenant:
 
     async def delete_timeline(self, timeline_id: str) -> Timeline:
         timeline = self.get_timeline(timeline_id)
-        if timeline.children:
+        if timeline.children or timeline.branch_reservations:
             raise FailedPrecondition(
-                f"timeline_id={timeline_id} has child timelines {sorted(timeline.children)}: delete them first"
+                f"timeline_id={timeline_id} has child timelines {sorted(timeline.children)} (or one being created): "
+                "delete them first"
             )
         timeline.deleted = True
         await self.receivers.pop(timeline_id).stop()
@@ -387,7 +410,7 @@ class Tenant:
                 task.cancel()
         del self.timelines[timeline_id]
         if timeline.ancestor is not None:
-            timeline.ancestor.children.discard(timeline_id)
+            timeline.ancestor.children.pop(timeline_id, None)
         if timeline.remote is not None:
             await timeline.remote.stop()
             await self._delete_remote_timeline(timeline_id)
@@ -400,7 +423,9 @@ class Tenant:
         return timeline
 
     async def _delete_remote_timeline(self, timeline_id: str) -> None:
-        """Best effort: the timeline's index and layers (not the walservice's WAL)."""
+        """Best effort: the timeline's index, layers and vector indexes (not the
+        walservice's WAL). Layers are per timeline (a branch reads its ancestor's
+        objects under the ancestor's prefix), so no other timeline needs them."""
         storage = self.ctx.remote
         if storage is None or self.fenced is not None:
             return
@@ -417,6 +442,52 @@ class Tenant:
             self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
         except Exception as exc:  # noqa: BLE001 - leftovers are unreferenced
             self.ctx.log.warning("remote_timeline_delete_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc))
+
+    # -- GC and expiry (pageserver/gc.py) ----------------------------------------------
+
+    async def gc(self, timeline: Timeline, now_us: int | None = None) -> gc.GcResult:
+        """One GC pass of `timeline` with this tenant's PITR window."""
+        if self.fenced is not None:
+            raise FailedPrecondition(self.fenced)
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        return await timeline.gc(self.compaction_lock, now, self.config.pitr_seconds)
+
+    async def gc_all(self) -> None:
+        """Background: GC every timeline (errors logged; retried next round)."""
+        for timeline in list(self.timelines.values()):
+            if self._stopping or self.fenced is not None:
+                return
+            if timeline.deleted:
+                continue
+            try:
+                await self.gc(timeline)
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                self.ctx.log.error("gc_failed", tenant=self.tenant_id, timeline=timeline.timeline_id, error=repr(exc))
+
+    async def expire(self, now_us: int) -> list[str]:
+        """Delete every timeline whose ttl passed and that has no children (a
+        parent goes in a later round, after its expired children)."""
+        deleted = []
+        for timeline in list(self.timelines.values()):
+            expires = timeline.index.expires_at_us
+            if not expires or expires > now_us or timeline.deleted or self._stopping or self.fenced is not None:
+                continue
+            if timeline.children or timeline.branch_reservations:
+                if timeline.timeline_id not in self._expiry_deferred:
+                    self._expiry_deferred.add(timeline.timeline_id)
+                    self.ctx.log.info(
+                        "timeline_expiry_deferred", tenant=self.tenant_id, timeline=timeline.timeline_id,
+                        children=",".join(sorted(timeline.children)), reason="has children",
+                    )
+                continue
+            self.ctx.log.info(
+                "timeline_expired", tenant=self.tenant_id, timeline=timeline.timeline_id, lsn=timeline.last_record_lsn,
+                expires_at_us=expires,
+            )
+            await self.delete_timeline(timeline.timeline_id)
+            self._expiry_deferred.discard(timeline.timeline_id)
+            deleted.append(timeline.timeline_id)
+        return deleted
 
     async def stop_ingest(self) -> None:
         self._stopping = True
@@ -503,7 +574,7 @@ class TenantSet:
         size = ids.page_size(page_size)
         if tenant_id in self.tenants:
             raise AlreadyExists(f"tenant_id={tenant_id} already exists")
-        config = TenantConfig(tenant_id, size, pitr_seconds or DEFAULT_PITR_SECONDS)
+        config = TenantConfig(tenant_id, size, pitr_seconds or self.ctx.default_pitr_seconds)
         if self.ctx.remote is not None:
             config = await self._claim_remote(config)
 
@@ -655,6 +726,24 @@ class TenantSet:
             await asyncio.sleep(interval_s)
             for tenant in list(self.tenants.values()):
                 tenant.tick()
+
+    async def run_gc(self, interval_s: float) -> None:
+        """Background GC of every timeline every `interval_s` (--gc-interval)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for tenant in list(self.tenants.values()):
+                await tenant.gc_all()
+
+    async def run_expiry(self, interval_s: float) -> None:
+        """Delete expired timelines every `interval_s` (--ttl-check-interval)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now_us = time.time_ns() // 1000
+            for tenant in list(self.tenants.values()):
+                try:
+                    await tenant.expire(now_us)
+                except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                    self.ctx.log.error("timeline_expiry_failed", tenant=tenant.tenant_id, error=repr(exc))
 
     async def shutdown(self) -> None:
         for tenant in self.tenants.values():

@@ -21,9 +21,11 @@ first (layer_cache.py).
 
 Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
 serializes index_part changes (flush, compaction); file writing and compaction
-run on the executor and touch only frozen or immutable layers. Compaction of
-all timelines of a tenant is serialized by the tenant's compaction lock, so no
-layer a compaction reads is deleted under it.
+run on the executor and touch only frozen or immutable layers. Compaction and
+GC of all timelines of a tenant are serialized by the tenant's compaction lock,
+so no layer a compaction reads is deleted under it. `gc_cutoff_lsn`,
+`children` and `branch_reservations` belong to the event loop: GC raises the
+cutoff and reads the branch points without an await in between (pageserver/gc.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
-from pageserver import compaction, reconstruct
+from pageserver import compaction, gc, reconstruct
 from pageserver.in_memory_layer import InMemoryLayer
 from pageserver.index_part import IndexPart, LayerEntry, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
@@ -48,7 +50,7 @@ from pageserver.layers.block_file import BlockCache
 from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
-from strata.errors import DeadlineExceeded, Unavailable
+from strata.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
 
@@ -73,6 +75,19 @@ class TimelineConfig:
 
 
 _CACHE_TOKENS = itertools.count(1)
+# Commit time samples kept per timeline (memory and index_part.json): past
+# twice this many the older half is thinned to every other sample, so the
+# samples always span the whole retained history, coarser for older times.
+MAX_COMMIT_SAMPLES = 4096
+
+
+def thin_commit_times(times: list[tuple[int, int]], limit: int = MAX_COMMIT_SAMPLES) -> list[tuple[int, int]]:
+    """Every other sample of the older half once there are more than 2 * limit
+    (the first and the newest half are always kept)."""
+    if len(times) <= 2 * limit:
+        return times
+    half = len(times) // 2
+    return times[:half:2] + times[half:]
 
 
 def truncation_list(truncations: dict[int, list[tuple[int, int]]]) -> tuple[tuple[int, int, int], ...]:
@@ -132,7 +147,8 @@ class Timeline:
         self.on_index_changed: Callable[[Timeline], None] | None = None
         self.disk_consistent_lsn = index.disk_consistent_lsn
         self.last_record_lsn = index.disk_consistent_lsn
-        self.children: set[str] = set()
+        # Child timelines: id -> its branch point (ancestor_lsn), which GC keeps.
+        self.children: dict[str, int] = {}
         self.deleted = False
         self.on_persisted: Callable[[Timeline], None] | None = None
         self._lsn_event = asyncio.Event()
@@ -146,7 +162,13 @@ class Timeline:
             self.truncations.setdefault(rel, []).append((lsn, nblocks))
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
+        # (lsn, commit_time_us) of ingested batches, ascending in both.
         self._commit_times: list[tuple[int, int]] = list(index.commit_times)
+        # Reads and branches below this are refused; raised (only) by gc().
+        self.gc_cutoff_lsn = index.gc_cutoff_lsn
+        # Branch points of CreateTimeline calls in flight (lsn -> count): GC
+        # keeps them like children's until the child is added.
+        self.branch_reservations: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"Timeline({self.tenant_id}/{self.timeline_id})"
@@ -211,6 +233,7 @@ class Timeline:
         self._lsn_event = asyncio.Event()
         if commit_time_us and (not self._commit_times or self._commit_times[-1][1] < commit_time_us):
             self._commit_times.append((self.last_record_lsn, commit_time_us))
+            self._commit_times = thin_commit_times(self._commit_times)
         self.maybe_freeze()
 
     def maybe_freeze(self, force: bool = False) -> bool:
@@ -248,7 +271,7 @@ class Timeline:
             entry = LayerEntry(name.file_name, summary.file_size, summary.file_checksum)
             index = replace(
                 self.index.with_layers([*self.index.layers, entry], mem.end_lsn - 1),
-                commit_times=tuple(self._commit_times[-1000:]),
+                commit_times=tuple(self._commit_times),
                 relations=relation_directory(mem.relations_at_end),
                 truncations=mem.truncations_at_end,
             )
@@ -280,14 +303,15 @@ class Timeline:
             self._flush_task = asyncio.create_task(self._flush_frozen())
             await self._flush_task
 
-    async def commit_layers(self, remove: list[HistoricLayer], add: list[HistoricLayer]) -> None:
-        """Swap layers in the index and the map (compaction), then delete the old files."""
+    async def commit_layers(self, remove: list[HistoricLayer], add: list[HistoricLayer], **index_fields) -> None:
+        """Swap layers in the index and the map (compaction, GC), then delete the
+        old files. `index_fields`: other IndexPart fields to change with it (GC)."""
         loop = asyncio.get_running_loop()
         async with self._index_lock:
             gone = {l.name.file_name for l in remove}
             entries = [e for e in self.index.layers if e.file_name not in gone]
             entries += [LayerEntry(l.name.file_name, l.file_size, l.file_checksum) for l in add]
-            index = self.index.with_layers(entries, self.index.disk_consistent_lsn)
+            index = replace(self.index.with_layers(entries, self.index.disk_consistent_lsn), **index_fields)
             await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
             self.index = index
             self.layer_map.replace_historic(remove, add)
@@ -361,7 +385,13 @@ class Timeline:
                         raise Unavailable(f"{self}: cannot read layer {need.layer.name.file_name}: {need}") from need
                     need.layer.pins += 1
                     pinned.append(need.layer)
-                    await self.layer_cache.download(need)
+                    try:
+                        await self.layer_cache.download(need)
+                    except Exception:
+                        if any(l is need.layer for l in self.chain_layers()):
+                            raise
+                        # Compaction or GC replaced it meanwhile (its remote object may be
+                        # gone already): the retried read walks the new layer map.
         finally:
             if pinned:
                 self._unpin(pinned)
@@ -397,19 +427,97 @@ class Timeline:
                 self.log.info("images_deferred", tenant=self.tenant_id, timeline=self.timeline_id, reason="ancestor_catching_up")
             elif partitions:
                 lsn = self.disk_consistent_lsn
-                # Reconstruction on the executor may read any layer of the chain:
-                # make them all local and keep them from eviction meanwhile.
-                chain = self.chain_layers()
-                await self._pinned_local(chain)
-                try:
-                    images = await loop.run_in_executor(
-                        self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
-                        self.index.generation,
-                    )
-                finally:
-                    self._unpin(chain)
+                images = await self._write_images(partitions, lsn)
                 await self.commit_layers([], images)
                 self.log.info("created_images", tenant=self.tenant_id, timeline=self.timeline_id, layers=len(images), lsn=lsn)
+
+    async def _write_images(self, partitions: list[tuple[int, int]], lsn: int) -> list[HistoricLayer]:
+        """Image layers at `lsn` for these key ranges (not yet in the index)."""
+        # Reconstruction on the executor may read any layer of the chain:
+        # make them all local and keep them from eviction meanwhile.
+        chain = self.chain_layers()
+        await self._pinned_local(chain)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, compaction.create_image_layers, self, partitions, list(self.rel_states), lsn,
+                self.index.generation,
+            )
+        finally:
+            self._unpin(chain)
+
+    # -- GC (docs/design/0003-remote-storage.md) ------------------------------------
+
+    def pitr_cutoff(self, now_us: int, pitr_seconds: int) -> int:
+        """The cutoff the PITR window allows now: the LSN of the last commit at or
+        before now - pitr_seconds, at most disk_consistent_lsn (GC works on layer
+        files), never below the current cutoff."""
+        lsn = self.commit_lsn_at(now_us - pitr_seconds * 1_000_000)
+        if lsn is None:
+            return self.gc_cutoff_lsn
+        return max(self.gc_cutoff_lsn, min(lsn, self.disk_consistent_lsn))
+
+    def retained_branch_points(self) -> list[int]:
+        """Branch points of children (set by the tenant) and of branches being created."""
+        return sorted({*self.children.values(), *self.branch_reservations})
+
+    async def gc(self, tenant_lock: asyncio.Lock, now_us: int, pitr_seconds: int) -> gc.GcResult:
+        """Raise the cutoff to the PITR window and remove the layers no retained
+        LSN needs (see pageserver/gc.py), writing an image at the cutoff when that
+        frees deltas. Remote objects of removed layers go after the new index is
+        uploaded (the upload queue); leaked and old vector index objects now."""
+        async with tenant_lock:
+            if self.deleted:
+                return gc.GcResult(self.gc_cutoff_lsn)
+            cutoff = self.pitr_cutoff(now_us, pitr_seconds)
+            raised = cutoff > self.gc_cutoff_lsn
+            self.gc_cutoff_lsn = cutoff  # from here on reads and branches below it are refused
+            images: list[HistoricLayer] = []
+            names = [l.name for l in self.layer_map.historic]
+            frees = gc.image_would_free(names, cutoff, self.retained_branch_points(), self.index.generation)
+            sizes = {l.name: l.file_size for l in self.layer_map.historic}
+            worth = gc.image_worth_writing(
+                len(frees), sum(sizes[n] for n in frees), self.logical_size(), self.config.image_threshold
+            )
+            if worth and cutoff > self.ancestor_lsn and self.ancestors_ready():
+                images = await self._write_images([(0, KEY_SPACE_END)], cutoff)
+            # After the awaits: the layers, children and reservations as they are now.
+            names = [l.name for l in self.layer_map.historic] + [l.name for l in images]
+            doomed = set(gc.garbage(names, cutoff, self.retained_branch_points()))
+            remove = [l for l in self.layer_map.historic if l.name in doomed]
+            kept_times = [(l, t) for l, t in self._commit_times if l >= cutoff]
+            older = [(l, t) for l, t in self._commit_times if l < cutoff]
+            self._commit_times = older[-1:] + kept_times  # the newest at or below the cutoff answers for it
+            if remove or images or raised:
+                await self.commit_layers(remove, images, gc_cutoff_lsn=cutoff, commit_times=tuple(self._commit_times))
+        leaked = vectors = 0
+        if self.remote is not None:
+            leaked = await self.remote.sweep_unindexed()
+            vectors = await self.remote.delete_old_vector_indexes(cutoff)
+        result = gc.GcResult(
+            cutoff, len(remove), sum(l.file_size for l in remove), len(images), leaked, vectors,
+        )
+        self.log.info(
+            "gc_done", tenant=self.tenant_id, timeline=self.timeline_id, lsn=cutoff, pitr_s=pitr_seconds,
+            removed_layers=result.removed_layers, removed_bytes=result.removed_bytes, images=result.images_created,
+            leaked_objects=leaked, vector_objects=vectors,
+        )
+        return result
+
+    def check_readable(self, lsn: int, what: str = "read") -> None:
+        """FAILED_PRECONDITION for a read or a branch below the GC cutoff, except
+        at a child's branch point (GC keeps what it reads there). A read of a
+        branch at or below its branch point reads the ancestor: its cutoff counts."""
+        tl: Timeline | None = self
+        while tl is not None and lsn:
+            if lsn < tl.gc_cutoff_lsn and lsn not in tl.children.values():
+                raise FailedPrecondition(
+                    f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: cannot {what} at lsn={lsn}: it is "
+                    f"below the gc cutoff gc_cutoff_lsn={tl.gc_cutoff_lsn} of timeline_id={tl.timeline_id} (history "
+                    f"older than the tenant's PITR window is garbage collected); use an lsn >= {tl.gc_cutoff_lsn}"
+                )
+            if lsn > tl.ancestor_lsn:
+                return
+            tl = tl.ancestor
 
     def needs_compaction(self) -> bool:
         return len(self.layer_map.l0_deltas()) >= self.config.compaction_threshold
@@ -474,15 +582,35 @@ class Timeline:
     def get_rel_state(self, rel: int, lsn: int) -> RelState:
         return reconstruct.rel_state(self, rel, lsn)[0]
 
-    def lsn_by_timestamp(self, timestamp_us: int) -> tuple[int, str]:
-        """The LSN of the last commit at or before `timestamp_us`, and "past"
-        (before the first commit: the timeline's start), "present", or "future"
-        (at or after the last commit known)."""
+    def commit_lsn_at(self, timestamp_us: int) -> int | None:
+        """The LSN of the last commit at or before `timestamp_us` (None: none known)."""
         times = self._commit_times
         i = bisect.bisect_right([t for _, t in times], timestamp_us)
-        if i == 0:
-            return self.start_lsn, "past"
-        return times[i - 1][0], "future" if i == len(times) else "present"
+        return times[i - 1][0] if i else None
+
+    def lsn_by_timestamp(self, timestamp_us: int) -> tuple[int, str]:
+        """The LSN at which the timeline stood at `timestamp_us`, and its kind:
+        "present": the LSN of the last commit at or before it, inside the
+        retained history; "past": the time is before the retained history (before
+        the first commit, or history GC removed), answered with the oldest LSN
+        still readable (gc_cutoff_lsn, or the timeline's start); "future": the
+        time is after the last commit, answered with that commit's LSN.
+
+        A branch's history before its own first commit is its ancestor's up to
+        the branch point, so such a time is answered by the ancestor (at most
+        ancestor_lsn)."""
+        oldest = max(self.start_lsn, self.gc_cutoff_lsn)
+        lsn = self.commit_lsn_at(timestamp_us)
+        if lsn is None and self.ancestor is not None:
+            up_to, kind = self.ancestor.lsn_by_timestamp(timestamp_us)
+            if up_to < self.ancestor_lsn:
+                return up_to, kind
+            return self.ancestor_lsn, "future" if not self._commit_times else "present"
+        if lsn is None or lsn < oldest:
+            return oldest, "past"
+        if timestamp_us > self._commit_times[-1][1]:
+            return lsn, "future"
+        return lsn, "present"
 
     # -- sizes --------------------------------------------------------------------
 
