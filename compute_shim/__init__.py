@@ -1,5 +1,8 @@
-"""What a stateless compute node links: gRPC clients for Strata's services."""
+"""What a stateless compute node links: gRPC clients for Strata's services,
+a page cache, and SQLite on Strata pages."""
 
 from compute_shim.client import Client, PageError
+from compute_shim.page_cache import PageCache
+from compute_shim.sqlite import WriteConflict, connect_sqlite
 
-__all__ = ["Client", "PageError"]
+__all__ = ["Client", "PageCache", "PageError", "WriteConflict", "connect_sqlite"]

@@ -1,0 +1,487 @@
+"""SQLite on Strata pages: `connect_sqlite(client, tenant, timeline, lsn=None)`.
+
+An apsw VFS (registered once per process as "strata") whose main database file
+is one Strata relation (`rel`, default 1) of the tenant's page size; SQLite's
+page_size is set to it (an existing database with another page size is refused).
+
+Reads: block b of the file is page (rel, b) at the connection's read LSN, served
+from the client's `PageCache` when a cached version is known to equal it, else
+fetched (`GetPage` for a lone miss, `GetPages` read-ahead for sequential misses:
+the window doubles from 1 up to `MAX_READAHEAD` pages while misses stay
+sequential).
+
+Writes (read-write connections only): SQLite's rollback journal lives in memory
+(`journal_mode=MEMORY`; journals and temp files are per-transaction scratch, never
+sent anywhere) and the pages SQLite writes to the database file, spilled
+mid-transaction or written at commit, stay in a local dirty map. The commit point
+is SQLite's `xSync` of the database file: the dirty pages are compared with the
+committed ones and shipped as ONE Append, conditional on the timeline's end
+(`expected_end_lsn` = the LSN this connection read at): a `PagePatch` of the
+changed byte ranges where that is smaller than the page, a `PageImage`
+otherwise, and a `RelSize` when the file's size changed without a write at its
+end (VACUUM shrinking it). So a transaction is all-or-nothing on Strata, and
+closing or SIGKILLing a compute leaves only committed transactions.
+
+A second writer: the conditional Append is refused (FAILED_PRECONDITION) and the
+transaction fails with `WriteConflict` ("another writer moved the timeline");
+nothing of it reached Strata. When SQLite ends the failed transaction, the
+connection moves its read LSN to the timeline's new end, so the next transaction
+sees the other writer's commits (SQLite notices the changed file change counter
+and drops its own cache).
+
+`lsn=N` opens read-only at LSN N: time travel with plain SQL.
+
+Limits: one transaction must fit one Append (the walservice's
+`--max-batch-bytes`, 64 MiB by default); `journal_mode=WAL` is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+import apsw
+import grpc
+import numpy as np
+
+from compute_shim.client import Client, PageError
+from compute_shim.page_cache import PageCache
+from strata.logs import event_logger
+from strata.v1 import records_pb2
+
+log = event_logger("compute")
+
+VFS_NAME = "strata"
+SQLITE_REL = 1  # the relation holding the main database file
+# An empty relation written once by a writer opening a timeline whose WAL is still
+# empty (end LSN 0, where expected_end_lsn=0 would mean "unconditional"), so that
+# every later append of that writer is conditional. It touches no other relation.
+CLAIM_REL = 0xFFFF_FFF0
+MAX_READAHEAD = 128  # pages per GetPages read-ahead
+SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, lengths, offset)
+MERGE_GAP = SPLICE_OVERHEAD  # unchanged runs shorter than this are carried inside one splice
+SQLITE_SHARED_LOCK = 1
+
+
+class WriteConflict(Exception):
+    """Another writer moved the timeline: this transaction was not committed."""
+
+
+@dataclass
+class _DbConfig:
+    client: Client
+    tenant_id: str
+    timeline_id: str
+    rel: int
+    page_size: int
+    read_lsn: int | None  # None: read-write at the timeline's end
+
+
+@dataclass
+class _Registry:
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards configs
+    configs: dict[str, _DbConfig] = field(default_factory=dict)  # database name -> its config, until opened
+    counter: itertools.count = field(default_factory=itertools.count)
+
+
+_registry = _Registry()
+_vfs: StrataVFS | None = None
+_vfs_lock = threading.Lock()  # guards _vfs
+
+
+def _patch_or_image(rel: int, blkno: int, old: bytes, new: bytes) -> records_pb2.Record | None:
+    """The smaller of a PagePatch (changed byte ranges of `old`) and a PageImage; None if equal."""
+    if old == new:
+        return None
+    a = np.frombuffer(old, dtype=np.uint8)
+    b = np.frombuffer(new, dtype=np.uint8)
+    changed = np.flatnonzero(a != b)
+    breaks = np.flatnonzero(np.diff(changed) > MERGE_GAP)
+    starts = np.concatenate((changed[:1], changed[breaks + 1]))
+    ends = np.concatenate((changed[breaks], changed[-1:])) + 1
+    patch_bytes = int((ends - starts).sum()) + SPLICE_OVERHEAD * len(starts)
+    if patch_bytes >= len(new):
+        return records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=new))
+    splices = [records_pb2.Splice(offset=int(s), data=new[s:e]) for s, e in zip(starts.tolist(), ends.tolist())]
+    return records_pb2.Record(patch=records_pb2.PagePatch(rel=rel, blkno=blkno, splices=splices))
+
+
+class _ScratchFile:
+    """A journal in memory: per-transaction scratch that never leaves this process."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        return bytes(self.data[offset : offset + amount])
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if len(self.data) < offset:
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset : offset + len(data)] = data
+
+    def xTruncate(self, size: int) -> None:
+        del self.data[size:]
+
+    def xSync(self, flags: int) -> None:
+        pass
+
+    def xFileSize(self) -> int:
+        return len(self.data)
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 512
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+    def xClose(self) -> None:
+        pass
+
+
+class StrataDbFile:
+    """The main database file: block b is page (rel, b) of the timeline.
+
+    SQLite calls one connection's file methods from one thread at a time (the
+    connection's mutex), so the fields below need no lock of their own; the
+    shared page cache has its own.
+    """
+
+    def __init__(self, config: _DbConfig) -> None:
+        self.cfg = config
+        self.client = config.client
+        self.cache: PageCache = config.client.page_cache
+        self.ps = config.page_size
+        self.readonly = config.read_lsn is not None
+        self.epoch = 0
+        if config.read_lsn is not None:
+            self.read_lsn = config.read_lsn
+        else:
+            self.read_lsn = self._writer_start()
+        self.committed_nblocks = self._nblocks_at(self.read_lsn)
+        self.size_blocks = self.committed_nblocks  # SQLite's view, dirty writes included
+        self.dirty: dict[int, bytes] = {}  # blkno -> page written by the open transaction
+        self.failed: WriteConflict | None = None  # set when a commit was refused; cleared when SQLite ends it
+        self._next_sequential = -1  # the block after the last read-ahead
+        self._window = 1  # read-ahead pages for the next sequential miss
+
+    # -- positioning --------------------------------------------------------------
+
+    def _ids(self) -> dict[str, str]:
+        return {"tenant_id": self.cfg.tenant_id, "timeline_id": self.cfg.timeline_id}
+
+    def _writer_start(self) -> int:
+        """The timeline's end, claimed with one append if the WAL is still empty; tracked in the cache."""
+        end = self.client.status(**self._ids()).flush_lsn
+        if end == 0:
+            claim = records_pb2.Record(rel_size=records_pb2.RelSize(rel=CLAIM_REL, nblocks=0))
+            end = self.client.append(records=[claim], **self._ids()).end_lsn
+            log.info("sqlite_claim", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=end)
+        self.epoch = self.cache.track(self.cfg.tenant_id, self.cfg.timeline_id, end)
+        return end
+
+    def _nblocks_at(self, lsn: int) -> int:
+        resp = self.client.get_rel_size(rel=self.cfg.rel, lsn=lsn, **self._ids())
+        return resp.nblocks if resp.exists else 0
+
+    # -- reads --------------------------------------------------------------------
+
+    def _committed_page(self, blkno: int) -> bytes:
+        if blkno >= self.committed_nblocks:
+            return bytes(self.ps)
+        cached = self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn)
+        if cached is not None:
+            return cached
+        if blkno == self._next_sequential:
+            self._window = min(self._window * 2, MAX_READAHEAD)
+        else:
+            self._window = 1
+        last = min(blkno + self._window, self.committed_nblocks)
+        self._next_sequential = last
+        return self._fetch(list(range(blkno, last)))[0]
+
+    def _fetch(self, blknos: list[int]) -> list[bytes]:
+        """page@read_lsn of each block, from the pageserver; each put in the cache."""
+        if len(blknos) == 1:
+            pages: list[bytes | PageError] = [
+                self.client.get_page(rel=self.cfg.rel, blkno=blknos[0], lsn=self.read_lsn, **self._ids()).page
+            ]
+        else:
+            pages = self.client.read_pages(keys=[(self.cfg.rel, b) for b in blknos], lsn=self.read_lsn, batch=64, **self._ids())
+        out: list[bytes] = []
+        for blkno, page in zip(blknos, pages):
+            if isinstance(page, PageError):
+                raise OSError(
+                    f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id} rel={self.cfg.rel} "
+                    f"blkno={blkno} lsn={self.read_lsn}: GetPages failed: {page}"
+                )
+            self.cache.put(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn, page)
+            out.append(page)
+        return out
+
+    def _page(self, blkno: int) -> bytes:
+        page = self.dirty.get(blkno)
+        return page if page is not None else self._committed_page(blkno)
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        end = min(offset + amount, self.size_blocks * self.ps)
+        if offset >= end:
+            return b""  # apsw zero-fills a short read and reports SQLITE_IOERR_SHORT_READ
+        first, last = offset // self.ps, (end - 1) // self.ps
+        if first == last:
+            start = offset - first * self.ps
+            return self._page(first)[start : start + end - offset]
+        data = b"".join(self._page(b) for b in range(first, last + 1))
+        start = offset - first * self.ps
+        return data[start : start + end - offset]
+
+    def xFileSize(self) -> int:
+        return self.size_blocks * self.ps
+
+    # -- writes -------------------------------------------------------------------
+
+    def _refuse_readonly(self) -> None:
+        if self.readonly:
+            raise apsw.ReadOnlyError(
+                f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id} is open read-only at lsn={self.read_lsn}; "
+                "open it with lsn=None to write"
+            )
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        self._refuse_readonly()
+        pos = 0
+        while pos < len(data):
+            blkno, within = divmod(offset + pos, self.ps)
+            n = min(self.ps - within, len(data) - pos)
+            if within == 0 and n == self.ps:
+                page = bytes(data[pos : pos + n])
+            else:
+                buf = bytearray(self._page(blkno) if blkno < self.size_blocks else bytes(self.ps))
+                buf[within : within + n] = data[pos : pos + n]
+                page = bytes(buf)
+            self.dirty[blkno] = page
+            self.size_blocks = max(self.size_blocks, blkno + 1)
+            pos += n
+
+    def xTruncate(self, size: int) -> None:
+        self._refuse_readonly()
+        if size % self.ps:
+            raise OSError(f"truncate to {size} bytes: a Strata database file holds whole {self.ps}-byte pages")
+        self.size_blocks = size // self.ps
+        for blkno in [b for b in self.dirty if b >= self.size_blocks]:
+            del self.dirty[blkno]
+
+    def xSync(self, flags: int) -> None:
+        """SQLite's commit point (and the end of a rollback that spilled): ship the changes."""
+        if self.readonly or self.failed is not None:
+            return
+        self._commit()
+
+    def _commit(self) -> None:
+        started = time.monotonic()
+        final = self.size_blocks
+        blknos = sorted(b for b in self.dirty if b < final)
+        missing = [
+            b
+            for b in blknos
+            if b < self.committed_nblocks
+            and self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, b, self.read_lsn) is None
+        ]
+        base = dict(zip(missing, self._fetch(missing))) if missing else {}
+        records: list[records_pb2.Record] = []
+        written: dict[tuple[int, int], bytes] = {}
+        for blkno in blknos:
+            new = self.dirty[blkno]
+            old = base.get(blkno) or self._committed_page(blkno)
+            record = _patch_or_image(self.cfg.rel, blkno, old, new)
+            if record is not None:
+                records.append(record)
+                written[(self.cfg.rel, blkno)] = new
+        last_written = max((b for _, b in written), default=-1)
+        if final != self.committed_nblocks and last_written != final - 1:
+            records.append(records_pb2.Record(rel_size=records_pb2.RelSize(rel=self.cfg.rel, nblocks=final)))
+        if not records:
+            self.dirty.clear()
+            return
+        try:
+            resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            self.failed = WriteConflict(
+                f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}: another writer moved the timeline past "
+                f"lsn={self.read_lsn}, the LSN this transaction read at ({exc.details()}); nothing of this transaction "
+                "was written. Run it again: the next transaction reads the timeline's new end"
+            )
+            log.warning(
+                "sqlite_write_conflict", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn
+            )
+            raise self.failed from None
+        cut = [(self.cfg.rel, b) for b in range(final, self.committed_nblocks)]
+        self.cache.advance(self.cfg.tenant_id, self.cfg.timeline_id, self.epoch, resp.end_lsn, written, cut)
+        log.info(
+            "sqlite_commit",
+            tenant=self.cfg.tenant_id,
+            timeline=self.cfg.timeline_id,
+            lsn=resp.end_lsn,
+            records=len(records),
+            pages=len(written),
+            nblocks=final,
+            ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        self.read_lsn = resp.end_lsn
+        self.committed_nblocks = final
+        self.dirty.clear()
+
+    # -- locks and the rest ---------------------------------------------------------
+
+    def xLock(self, level: int) -> None:
+        pass  # one process's connections: SQLite's own locks; other writers: conditional appends
+
+    def xUnlock(self, level: int) -> None:
+        if level > SQLITE_SHARED_LOCK:
+            return
+        # The write transaction is over: whatever is still dirty was rolled back.
+        self.dirty.clear()
+        self.size_blocks = self.committed_nblocks
+        if self.failed is not None:
+            self.failed = None
+            self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
+            self.read_lsn = self._writer_start()
+            self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
+            log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 512
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+    def xClose(self) -> None:
+        self.dirty.clear()
+
+
+class StrataVFS(apsw.VFS):
+    """Main database files are Strata relations; journals live in memory; temp files
+    go to the default VFS (local temp, deleted on close)."""
+
+    def __init__(self) -> None:
+        super().__init__(VFS_NAME, base="")
+        self._lock = threading.Lock()  # guards _scratch
+        self._scratch: dict[str, _ScratchFile] = {}
+
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> object:
+        filename = name.filename() if isinstance(name, apsw.URIFilename) else name
+        if filename is None:
+            return super().xOpen(name, flags)
+        if flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
+            with _registry.lock:
+                config = _registry.configs.pop(filename, None)
+            if config is None:
+                raise apsw.CantOpenError(f"{filename!r} is not a database opened with compute_shim.connect_sqlite")
+            return StrataDbFile(config)
+        if flags[0] & apsw.SQLITE_OPEN_WAL:
+            raise apsw.CantOpenError(
+                f"{filename!r}: journal_mode=WAL is not supported on Strata (each commit is already one atomic "
+                "append); keep journal_mode=MEMORY"
+            )
+        with self._lock:
+            return self._scratch.setdefault(filename, _ScratchFile())
+
+    def xAccess(self, pathname: str, flags: int) -> bool:
+        return False  # no hot journals: nothing of an unfinished transaction outlives it
+
+    def xDelete(self, filename: str, syncdir: bool) -> None:
+        with self._lock:
+            self._scratch.pop(filename, None)
+
+    def xFullPathname(self, name: str) -> str:
+        return name
+
+
+def _ensure_vfs() -> None:
+    global _vfs
+    with _vfs_lock:
+        if _vfs is None:
+            _vfs = StrataVFS()
+
+
+def connect_sqlite(
+    client: Client,
+    tenant: str,
+    timeline: str,
+    lsn: int | None = None,
+    *,
+    rel: int = SQLITE_REL,
+) -> apsw.Connection:
+    """An apsw.Connection on the timeline's SQLite database: read-write at its end
+    (lsn=None), or read-only at LSN `lsn` (0: the current end)."""
+    status = client.status(tenant_id=tenant, timeline_id=timeline)
+    page_size = status.page_size
+    if lsn is not None:
+        if lsn == 0:
+            lsn = status.flush_lsn
+        if lsn > status.flush_lsn:
+            raise ValueError(
+                f"tenant={tenant} timeline={timeline}: lsn={lsn} is past the timeline's end {status.flush_lsn}; "
+                f"pass an LSN at or below it"
+            )
+        info = client.get_timeline(tenant_id=tenant, timeline_id=timeline)
+        if lsn < info.gc_cutoff_lsn:
+            raise ValueError(
+                f"tenant={tenant} timeline={timeline}: lsn={lsn} is below the GC cutoff {info.gc_cutoff_lsn}; "
+                "only LSNs at or above it are retained"
+            )
+        if lsn == 0:
+            raise ValueError(f"tenant={tenant} timeline={timeline} has no records yet: there is nothing to read")
+    _ensure_vfs()
+    name = f"strata-{tenant}-{timeline}-{'rw' if lsn is None else lsn}-{next(_registry.counter)}.db"
+    with _registry.lock:
+        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn)
+    flags = apsw.SQLITE_OPEN_READONLY if lsn is not None else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    try:
+        db = apsw.Connection(name, flags=flags, vfs=VFS_NAME)
+    finally:
+        with _registry.lock:
+            _registry.configs.pop(name, None)
+    try:
+        _check_page_size(db, tenant, timeline, page_size, readonly=lsn is not None)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def _check_page_size(db: apsw.Connection, tenant: str, timeline: str, page_size: int, readonly: bool) -> None:
+    if not readonly:
+        db.execute(f"PRAGMA page_size={page_size}")  # takes effect on a new database only
+        db.execute("PRAGMA journal_mode=MEMORY")
+    else:
+        db.execute("PRAGMA query_only=1")
+    actual = db.execute("PRAGMA page_size").fetchall()[0][0]
+    empty = db.execute("PRAGMA page_count").fetchall()[0][0] == 0
+    if actual != page_size and not empty:
+        raise ValueError(
+            f"tenant={tenant} timeline={timeline}: the database's SQLite page_size is {actual} but the tenant's page "
+            f"size is {page_size}; a Strata SQLite database must use the tenant's page size"
+        )
