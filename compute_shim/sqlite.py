@@ -312,7 +312,8 @@ class StrataDbFile:
                 records.append(record)
                 written[(self.cfg.rel, blkno)] = new
         last_written = max((b for _, b in written), default=-1)
-        if final != self.committed_nblocks and last_written != final - 1:
+        shrunk = final < self.committed_nblocks
+        if shrunk or (final > self.committed_nblocks and last_written != final - 1):
             records.append(records_pb2.Record(rel_size=records_pb2.RelSize(rel=self.cfg.rel, nblocks=final)))
         if not records:
             self.dirty.clear()
@@ -355,6 +356,14 @@ class StrataDbFile:
     def xUnlock(self, level: int) -> None:
         if level > SQLITE_SHARED_LOCK:
             return
+        if self.failed is None and not self.dirty and self.size_blocks < self.committed_nblocks:
+            # VACUUM truncates the file after its last xSync: ship that shrink now. A failure
+            # here leaves the file longer than SQLite's header says, which SQLite ignores.
+            try:
+                self._commit()
+            except (WriteConflict, grpc.RpcError) as exc:
+                log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                            lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
         # The write transaction is over: whatever is still dirty was rolled back.
         self.dirty.clear()
         self.size_blocks = self.committed_nblocks

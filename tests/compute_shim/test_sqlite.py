@@ -1,0 +1,184 @@
+"""SQLite on Strata pages (compute_shim/sqlite.py) against real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import apsw
+import pytest
+
+from bench import sqlite_workload as wl
+from compute_shim import WriteConflict, connect_sqlite
+from compute_shim.sqlite import SQLITE_REL, _patch_or_image
+from strata.v1 import records_pb2
+from tests.compute_shim.conftest import Stack
+
+USERS = 600
+
+
+def integrity(db: apsw.Connection) -> list[tuple[object, ...]]:
+    return [tuple(r) for r in db.execute("PRAGMA integrity_check")]
+
+
+def test_workload_matches_local_file_and_time_travels(stack: Stack, tmp_path: Path) -> None:
+    main = stack.new_timeline()
+    local = apsw.Connection(str(tmp_path / "local.db"))
+    local.execute("PRAGMA page_size=4096")
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    at_step: list[tuple[str, int, wl.Answers]] = []
+    nblocks: dict[str, int] = {}
+    for step in wl.steps(USERS):
+        wl.run_step(local, step)
+        wl.run_step(db, step)
+        expected = wl.answers(local)
+        assert wl.answers(db) == expected, f"after step {step.name}"
+        lsn = stack.end_lsn(main)
+        at_step.append((step.name, lsn, expected))
+        size = stack.client.get_rel_size(tenant_id=stack.tenant, timeline_id=main, rel=SQLITE_REL, lsn=lsn)
+        nblocks[step.name] = size.nblocks
+    assert integrity(db) == [("ok",)]
+    assert db.execute("PRAGMA page_size").fetchall() == [(4096,)]
+    # VACUUM after deleting half the rows shrank the relation (a RelSize record).
+    assert nblocks["drop_and_vacuum"] < nblocks["alter"]
+    assert at_step[-1][2]["users"][0][0] == USERS // 2
+    db.close()
+
+    # A fresh compute (empty page cache) sees the same database.
+    stack.client.page_cache.drop_timeline(stack.tenant, main)
+    again = connect_sqlite(stack.client, stack.tenant, main)
+    assert wl.answers(again) == at_step[-1][2]
+    again.close()
+
+    # Time travel: at each step's LSN, that step's answers.
+    for name, lsn, expected in at_step:
+        old = connect_sqlite(stack.client, stack.tenant, main, lsn=lsn)
+        assert wl.answers(old) == expected, f"time travel to step {name} at lsn={lsn}"
+        assert integrity(old) == [("ok",)]
+        old.close()
+
+
+def test_read_only_connection_refuses_writes(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    lsn = stack.end_lsn(main)
+    old = connect_sqlite(stack.client, stack.tenant, main, lsn=lsn)
+    with pytest.raises(apsw.ReadOnlyError):
+        old.execute("INSERT INTO t VALUES (2)")
+    assert stack.end_lsn(main) == lsn
+    with pytest.raises(ValueError, match="past the timeline's end"):
+        connect_sqlite(stack.client, stack.tenant, main, lsn=lsn + 1000)
+
+
+def test_branch_is_isolated_both_ways(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT); INSERT INTO kv VALUES ('a', 'main-1')")
+    fork_lsn = stack.end_lsn(main)
+    branch = stack.new_timeline(ancestor_timeline_id=main, ancestor_lsn=fork_lsn)
+    agent = connect_sqlite(stack.client, stack.tenant, branch)
+    assert agent.execute("SELECT v FROM kv").fetchall() == [("main-1",)]
+    agent.execute("UPDATE kv SET v = 'agent'; INSERT INTO kv VALUES ('b', 'agent-only')")
+    agent.execute("ALTER TABLE kv ADD COLUMN extra INTEGER")
+    db.execute("INSERT INTO kv VALUES ('c', 'main-2')")
+    assert db.execute("SELECT k, v FROM kv ORDER BY k").fetchall() == [("a", "main-1"), ("c", "main-2")]
+    assert agent.execute("SELECT k, v FROM kv ORDER BY k").fetchall() == [("a", "agent"), ("b", "agent-only")]
+    # Fresh connections (no cached pages of either) agree.
+    stack.client.page_cache.drop_timeline(stack.tenant, main)
+    stack.client.page_cache.drop_timeline(stack.tenant, branch)
+    fresh_main = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+    fresh_branch = connect_sqlite(stack.client, stack.tenant, branch, lsn=0)
+    assert fresh_main.execute("SELECT k, v FROM kv ORDER BY k").fetchall() == [("a", "main-1"), ("c", "main-2")]
+    assert [r[1] for r in fresh_branch.execute("PRAGMA table_info(kv)")] == ["k", "v", "extra"]
+    assert integrity(fresh_main) == [("ok",)] and integrity(fresh_branch) == [("ok",)]
+
+
+def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
+    main = stack.new_timeline()
+    first = connect_sqlite(stack.client, stack.tenant, main)
+    first.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('first')")
+    second = connect_sqlite(stack.client, stack.tenant, main)
+    first.execute("INSERT INTO t(who) VALUES ('first again')")
+    end = stack.end_lsn(main)
+    with pytest.raises(WriteConflict, match="another writer moved the timeline"):
+        second.execute("INSERT INTO t(who) VALUES ('second')")
+    assert stack.end_lsn(main) == end, "the refused transaction must not reach Strata"
+    # The refused connection re-reads the timeline's end and its retry commits on top.
+    second.execute("INSERT INTO t(who) VALUES ('second, retried')")
+    check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+    assert check.execute("SELECT who FROM t ORDER BY id").fetchall() == [("first",), ("first again",), ("second, retried",)]
+    assert integrity(check) == [("ok",)]
+    # And now the first writer is the stale one.
+    with pytest.raises(WriteConflict):
+        first.execute("DELETE FROM t")
+    assert check.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from compute_shim import Client, connect_sqlite
+    pageserver, walservice, tenant, timeline = sys.argv[1:5]
+    db = connect_sqlite(Client(pageserver=pageserver, walservice=walservice), tenant, timeline)
+    db.execute("PRAGMA cache_size=8")  # 8 pages: the transaction below spills to the database file
+    db.execute("BEGIN")
+    db.execute(
+        "INSERT INTO t(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<4000) "
+        "SELECT printf('%0300d', x) FROM c"
+    )
+    db.execute("UPDATE t SET v = 'overwritten' WHERE id <= 10")
+    print("in transaction", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_sigkill_mid_transaction_leaves_previous_commit(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    db.execute("INSERT INTO t(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<50) SELECT 'committed' FROM c")
+    db.close()
+    end = stack.end_lsn(main)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, stack.pageserver.address, stack.walservice.address, stack.tenant, main],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    try:
+        line = child.stdout.readline()
+        assert line == b"in transaction\n", child.stderr.read().decode()
+    finally:
+        child.kill()
+        child.wait()
+    assert stack.end_lsn(main) == end, "an uncommitted transaction reached the WAL"
+    after = connect_sqlite(stack.client, stack.tenant, main)
+    assert after.execute("SELECT count(*), min(v), max(v) FROM t").fetchall() == [(50, "committed", "committed")]
+    assert integrity(after) == [("ok",)]
+    after.execute("INSERT INTO t(v) VALUES ('after the crash')")
+    assert after.execute("SELECT count(*) FROM t").fetchall() == [(51,)]
+
+
+def test_patch_when_smaller_than_image() -> None:
+    old = bytes(4096)
+    small = bytearray(old)
+    small[100:104] = b"abcd"
+    small[4000:4002] = b"xy"
+    record = _patch_or_image(1, 7, old, bytes(small))
+    assert record is not None and record.WhichOneof("kind") == "patch"
+    assert [(s.offset, s.data) for s in record.patch.splices] == [(100, b"abcd"), (4000, b"xy")]
+    whole = bytes(range(256)) * 16
+    assert _patch_or_image(1, 7, old, whole).WhichOneof("kind") == "image"
+    assert _patch_or_image(1, 7, old, old) is None
+    # Nearby changes share one splice rather than paying a splice's overhead twice.
+    near = bytearray(old)
+    near[10] = 1
+    near[14] = 1
+    merged = _patch_or_image(1, 7, old, bytes(near))
+    assert [(s.offset, s.data) for s in merged.patch.splices] == [(10, b"\x01\x00\x00\x00\x01")]
+    assert isinstance(merged, records_pb2.Record)
