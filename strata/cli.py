@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("up", help="start the local stack on loopback", add_help=False)
     sub.add_parser("down", help="stop the local stack", add_help=False)
     sub.add_parser("status", help="say what runs and where", add_help=False)
+    sub.add_parser("sql", help="an SQL shell on a timeline (SQLite on Strata pages)", add_help=False)
+    sub.add_parser("demo", help="the agent workflow on the local stack: 20 branches, migrations, undo", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -31,5 +33,13 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import local_stack
 
         sys.exit(local_stack.main(command, rest))
+    elif command == "sql":
+        from compute_shim import sql_shell
+
+        sys.exit(sql_shell.main(rest))
+    elif command == "demo":
+        from compute_shim import demo
+
+        sys.exit(demo.main(rest))
     else:
         parser.error(f"unknown command {command!r}")
