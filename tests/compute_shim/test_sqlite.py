@@ -171,14 +171,20 @@ def test_patch_when_smaller_than_image() -> None:
     small[4000:4002] = b"xy"
     record = _patch_or_image(1, 7, old, bytes(small))
     assert record is not None and record.WhichOneof("kind") == "patch"
-    assert [(s.offset, s.data) for s in record.patch.splices] == [(100, b"abcd"), (4000, b"xy")]
+    # Splices cover the changed 8-byte words.
+    assert [(s.offset, len(s.data)) for s in record.patch.splices] == [(96, 8), (4000, 8)]
+    assert all(s.data == bytes(small)[s.offset : s.offset + len(s.data)] for s in record.patch.splices)
     whole = bytes(range(256)) * 16
     assert _patch_or_image(1, 7, old, whole).WhichOneof("kind") == "image"
     assert _patch_or_image(1, 7, old, old) is None
     # Nearby changes share one splice rather than paying a splice's overhead twice.
     near = bytearray(old)
     near[10] = 1
-    near[14] = 1
+    near[30] = 1
     merged = _patch_or_image(1, 7, old, bytes(near))
-    assert [(s.offset, s.data) for s in merged.patch.splices] == [(10, b"\x01\x00\x00\x00\x01")]
+    assert [(s.offset, len(s.data)) for s in merged.patch.splices] == [(8, 24)]
+    # Many scattered changes: the image is smaller than their splices.
+    scattered = bytearray(old)
+    scattered[::16] = b"\x01" * len(scattered[::16])
+    assert _patch_or_image(1, 7, old, bytes(scattered)).WhichOneof("kind") == "image"
     assert isinstance(merged, records_pb2.Record)
