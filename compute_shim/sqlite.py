@@ -61,7 +61,11 @@ SQLITE_REL = 1  # the relation holding the main database file
 CLAIM_REL = 0xFFFF_FFF0
 MAX_READAHEAD = 128  # pages per GetPages read-ahead
 SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, lengths, offset)
-MERGE_GAP = 16  # unchanged runs up to this many bytes are carried inside one splice
+# Unchanged runs up to this many bytes are carried inside one splice. Measured on
+# bench/sqlite_workload.py (20,000 users, 6,888 changed pages): 16 bytes gives 65,566
+# splices and 19.4 MB of records, 64 bytes 46,066 splices and 20.0 MB (+3%) for 30% less
+# commit CPU (building splices is the cost); 128 bytes costs +15% bytes.
+MERGE_GAP = 64
 SQLITE_SHARED_LOCK = 1
 
 
@@ -101,25 +105,31 @@ def page_records(rel: int, pages: list[tuple[int, bytes, bytes]]) -> list[tuple[
     if not pages:
         return []
     page_size = len(pages[0][2])
-    words = page_size // 8
+    words = page_size // 8  # pages are at least 512 bytes, a multiple of 8
     olds = np.frombuffer(b"".join(old for _, old, _ in pages), dtype=np.uint64).reshape(len(pages), words)
     news = np.frombuffer(b"".join(new for _, _, new in pages), dtype=np.uint64).reshape(len(pages), words)
-    diff = olds != news
-    counts = diff.sum(axis=1).tolist()
+    rows, cols = np.nonzero(olds != news)  # changed words, by page then offset
+    if len(rows) == 0:
+        return []
+    # A run of changed words ends at a new page or a gap of more than MERGE_GAP bytes.
+    starts = np.flatnonzero(np.concatenate(([True], (rows[1:] != rows[:-1]) | (np.diff(cols) > MERGE_GAP // 8))))
+    ends = np.concatenate((starts[1:] - 1, [len(rows) - 1]))
+    run_page = rows[starts]
+    run_lo, run_hi = cols[starts] * 8, (cols[ends] + 1) * 8
+    patch_bytes = np.bincount(run_page, weights=run_hi - run_lo + SPLICE_OVERHEAD, minlength=len(pages))
+    changed = np.bincount(rows, minlength=len(pages)) > 0
     out: list[tuple[int, records_pb2.Record]] = []
-    for i, (blkno, _, new) in enumerate(pages):
-        if counts[i] == 0:
-            continue
-        if counts[i] * 8 + SPLICE_OVERHEAD < page_size:
-            changed = np.flatnonzero(diff[i])
-            breaks = np.flatnonzero(np.diff(changed) > MERGE_GAP // 8)
-            starts = (changed[np.concatenate(([0], breaks + 1))] * 8).tolist()
-            ends = ((changed[np.concatenate((breaks, [len(changed) - 1]))] + 1) * 8).tolist()
-            if sum(ends) - sum(starts) + SPLICE_OVERHEAD * len(starts) < page_size:
-                splices = [records_pb2.Splice(offset=s, data=new[s:e]) for s, e in zip(starts, ends)]
-                out.append((blkno, records_pb2.Record(patch=records_pb2.PagePatch(rel=rel, blkno=blkno, splices=splices))))
-                continue
-        out.append((blkno, records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=new))))
+    splices: dict[int, list[records_pb2.Splice]] = {}
+    as_patch = (patch_bytes < page_size).tolist()
+    for i, lo, hi in zip(run_page.tolist(), run_lo.tolist(), run_hi.tolist()):
+        if as_patch[i]:
+            splices.setdefault(i, []).append(records_pb2.Splice(offset=lo, data=pages[i][2][lo:hi]))
+    for i in np.flatnonzero(changed).tolist():
+        blkno, _, new = pages[i]
+        if as_patch[i]:
+            out.append((blkno, records_pb2.Record(patch=records_pb2.PagePatch(rel=rel, blkno=blkno, splices=splices[i]))))
+        else:
+            out.append((blkno, records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=new))))
     return out
 
 

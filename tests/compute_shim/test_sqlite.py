@@ -180,11 +180,11 @@ def test_patch_when_smaller_than_image() -> None:
     # Nearby changes share one splice rather than paying a splice's overhead twice.
     near = bytearray(old)
     near[10] = 1
-    near[30] = 1
+    near[70] = 1
     merged = _patch_or_image(1, 7, old, bytes(near))
-    assert [(s.offset, len(s.data)) for s in merged.patch.splices] == [(8, 24)]
-    # Many scattered changes: the image is smaller than their splices.
+    assert [(s.offset, len(s.data)) for s in merged.patch.splices] == [(8, 64)]
+    # Changes in every word: the image is smaller than a patch.
     scattered = bytearray(old)
-    scattered[::16] = b"\x01" * len(scattered[::16])
+    scattered[::8] = b"\x01" * len(scattered[::8])
     assert _patch_or_image(1, 7, old, bytes(scattered)).WhichOneof("kind") == "image"
     assert isinstance(merged, records_pb2.Record)
