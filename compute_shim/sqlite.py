@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import apsw
@@ -71,6 +72,13 @@ SQLITE_SHARED_LOCK = 1
 
 class WriteConflict(Exception):
     """Another writer moved the timeline: this transaction was not committed."""
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    start: int
+    end: int
+    future: Future[list[bytes]]  # page@read_lsn of blocks start..end-1
 
 
 @dataclass
@@ -209,6 +217,8 @@ class StrataDbFile:
         self.failed: WriteConflict | None = None  # set when a commit was refused; cleared when SQLite ends it
         self._next_sequential = -1  # the block after the last read-ahead
         self._window = 1  # read-ahead pages for the next sequential miss
+        self._ahead: list[_ReadAhead] = []  # windows fetched in the background, oldest first (at most 2)
+        self._pool: ThreadPoolExecutor | None = None  # the read-ahead thread, started on the first sequential miss
 
     # -- positioning --------------------------------------------------------------
 
@@ -234,33 +244,59 @@ class StrataDbFile:
     def _committed_page(self, blkno: int) -> bytes:
         if blkno >= self.committed_nblocks:
             return bytes(self.ps)
+        for i, ahead in enumerate(self._ahead):
+            if ahead.start <= blkno < ahead.end:
+                if i == len(self._ahead) - 1:
+                    # The scan reached the newest window: fetch the next one while SQLite works on this one.
+                    self._window = min(self._window * 2, MAX_READAHEAD)
+                    self._read_ahead(ahead.end)
+                del self._ahead[:i]
+                return ahead.future.result()[blkno - ahead.start]
         cached = self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn)
         if cached is not None:
             return cached
-        if blkno == self._next_sequential:
-            self._window = min(self._window * 2, MAX_READAHEAD)
-        else:
-            self._window = 1
+        sequential = blkno == self._next_sequential
+        self._window = min(self._window * 2, MAX_READAHEAD) if sequential else 1
         last = min(blkno + self._window, self.committed_nblocks)
         self._next_sequential = last
-        return self._fetch(list(range(blkno, last)))[0]
+        pages = self._fetch(list(range(blkno, last)), self.read_lsn)
+        if sequential:
+            self._ahead.clear()
+            self._read_ahead(last)
+        return pages[0]
 
-    def _fetch(self, blknos: list[int]) -> list[bytes]:
-        """page@read_lsn of each block, from the pageserver; each put in the cache."""
+    def _read_ahead(self, start: int) -> None:
+        """Fetch the `_window` blocks from `start` in the background (GetPages)."""
+        end = min(start + self._window, self.committed_nblocks)
+        if start >= end:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="strata-read-ahead")
+        self._ahead.append(_ReadAhead(start, end, self._pool.submit(self._fetch, list(range(start, end)), self.read_lsn)))
+        self._next_sequential = end
+
+    def _forget_read_ahead(self) -> None:
+        """The read LSN or the committed size moved: windows read before are not to be served."""
+        self._ahead.clear()
+        self._next_sequential = -1
+
+    def _fetch(self, blknos: list[int], lsn: int) -> list[bytes]:
+        """page@lsn of each block, from the pageserver; each put in the cache. Runs on
+        SQLite's thread or the read-ahead thread: it touches only the client and the cache."""
         if len(blknos) == 1:
             pages: list[bytes | PageError] = [
-                self.client.get_page(rel=self.cfg.rel, blkno=blknos[0], lsn=self.read_lsn, **self._ids()).page
+                self.client.get_page(rel=self.cfg.rel, blkno=blknos[0], lsn=lsn, **self._ids()).page
             ]
         else:
-            pages = self.client.read_pages(keys=[(self.cfg.rel, b) for b in blknos], lsn=self.read_lsn, batch=64, **self._ids())
+            pages = self.client.read_pages(keys=[(self.cfg.rel, b) for b in blknos], lsn=lsn, batch=64, **self._ids())
         out: list[bytes] = []
         for blkno, page in zip(blknos, pages):
             if isinstance(page, PageError):
                 raise OSError(
                     f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id} rel={self.cfg.rel} "
-                    f"blkno={blkno} lsn={self.read_lsn}: GetPages failed: {page}"
+                    f"blkno={blkno} lsn={lsn}: GetPages failed: {page}"
                 )
-            self.cache.put(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn, page)
+            self.cache.put(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, lsn, page)
             out.append(page)
         return out
 
@@ -336,7 +372,7 @@ class StrataDbFile:
             else:
                 missing.append(b)
         if missing:
-            old_pages.update(zip(missing, self._fetch(missing)))
+            old_pages.update(zip(missing, self._fetch(missing, self.read_lsn)))
         changed = page_records(self.cfg.rel, [(b, old_pages[b], self.dirty[b]) for b in blknos])
         records = [record for _, record in changed]
         written = {(self.cfg.rel, b): self.dirty[b] for b, _ in changed}
@@ -376,6 +412,7 @@ class StrataDbFile:
         self.read_lsn = resp.end_lsn
         self.committed_nblocks = final
         self.dirty.clear()
+        self._forget_read_ahead()
 
     # -- locks and the rest ---------------------------------------------------------
 
@@ -401,6 +438,7 @@ class StrataDbFile:
             self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
             self.read_lsn = self._writer_start()
             self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
+            self._forget_read_ahead()
             log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
 
     def xCheckReservedLock(self) -> bool:
@@ -417,6 +455,9 @@ class StrataDbFile:
 
     def xClose(self) -> None:
         self.dirty.clear()
+        self._forget_read_ahead()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class StrataVFS(apsw.VFS):
