@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 from bench import sqlite_workload as wl
-from compute_shim import WriteConflict, connect_sqlite
+from compute_shim import Client, WriteConflict, connect_sqlite
 from compute_shim.sqlite import SQLITE_REL, _patch_or_image
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
@@ -58,6 +58,31 @@ def test_workload_matches_local_file_and_time_travels(stack: Stack, tmp_path: Pa
         assert wl.answers(old) == expected, f"time travel to step {name} at lsn={lsn}"
         assert integrity(old) == [("ok",)]
         old.close()
+
+
+def test_page_cache_serves_repeat_reads_and_read_ahead_batches_scans(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute(
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT);"
+        "INSERT INTO big(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<6000) SELECT printf('%0300d', x) FROM c"
+    )
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    lsn = stack.end_lsn(main)
+    db.close()
+    with Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address) as fresh:
+        scan = "SELECT count(*), sum(length(v)) FROM big"
+        first = connect_sqlite(fresh, stack.tenant, main, lsn=lsn)
+        assert first.execute(scan).fetchall() == [(6000, 6000 * 300)]
+        first.close()
+        after_first = fresh.page_cache.stats()
+        assert after_first.versions >= pages - 1
+        assert after_first.misses < pages / 10, f"a cold scan of {pages} pages is read ahead in batches: {after_first}"
+        second = connect_sqlite(fresh, stack.tenant, main, lsn=lsn)  # SQLite's own cache is empty again
+        assert second.execute(scan).fetchall() == [(6000, 6000 * 300)]
+        after_second = fresh.page_cache.stats()
+        assert after_second.misses == after_first.misses, "every page of the second scan came from the page cache"
+        assert after_second.hits >= after_first.hits + pages - 1
 
 
 def test_read_only_connection_refuses_writes(stack: Stack) -> None:
@@ -121,6 +146,10 @@ CHILD = textwrap.dedent(
     """
     import sys
     from compute_shim import Client, connect_sqlite
+    from compute_shim import sqlite as strata_sqlite
+    spilled = []  # pages SQLite wrote to the database file before any commit
+    write = strata_sqlite.StrataDbFile.xWrite
+    strata_sqlite.StrataDbFile.xWrite = lambda self, data, offset: spilled.append(offset) or write(self, data, offset)
     pageserver, walservice, tenant, timeline = sys.argv[1:5]
     db = connect_sqlite(Client(pageserver=pageserver, walservice=walservice), tenant, timeline)
     db.execute("PRAGMA cache_size=8")  # 8 pages: the transaction below spills to the database file
@@ -130,7 +159,7 @@ CHILD = textwrap.dedent(
         "SELECT printf('%0300d', x) FROM c"
     )
     db.execute("UPDATE t SET v = 'overwritten' WHERE id <= 10")
-    print("in transaction", flush=True)
+    print(f"in transaction, spilled {len(spilled)} pages", flush=True)
     sys.stdin.read()
     """
 )
@@ -151,8 +180,9 @@ def test_sigkill_mid_transaction_leaves_previous_commit(stack: Stack) -> None:
         cwd=str(Path(__file__).resolve().parents[2]),
     )
     try:
-        line = child.stdout.readline()
-        assert line == b"in transaction\n", child.stderr.read().decode()
+        line = child.stdout.readline().decode()
+        assert line.startswith("in transaction, spilled "), child.stderr.read().decode()
+        assert int(line.split()[3]) > 50, f"the transaction must spill to the database file: {line}"
     finally:
         child.kill()
         child.wait()
