@@ -147,7 +147,30 @@ def _patch_or_image(rel: int, blkno: int, old: bytes, new: bytes) -> records_pb2
     return records[0][1] if records else None
 
 
-class _ScratchFile:
+class _FileDefaults:
+    """What both kinds of file answer alike: no OS locks (one process's connections share
+    SQLite's own locking; other writers meet the conditional Append), no file controls."""
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 512
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+
+class _ScratchFile(_FileDefaults):
     """A journal in memory: per-transaction scratch that never leaves this process."""
 
     def __init__(self) -> None:
@@ -170,29 +193,11 @@ class _ScratchFile:
     def xFileSize(self) -> int:
         return len(self.data)
 
-    def xLock(self, level: int) -> None:
-        pass
-
-    def xUnlock(self, level: int) -> None:
-        pass
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 512
-
-    def xDeviceCharacteristics(self) -> int:
-        return 0
-
     def xClose(self) -> None:
         pass
 
 
-class StrataDbFile:
+class StrataDbFile(_FileDefaults):
     """The main database file: block b is page (rel, b) of the timeline.
 
     SQLite calls one connection's file methods from one thread at a time (the
@@ -416,9 +421,6 @@ class StrataDbFile:
 
     # -- locks and the rest ---------------------------------------------------------
 
-    def xLock(self, level: int) -> None:
-        pass  # one process's connections: SQLite's own locks; other writers: conditional appends
-
     def xUnlock(self, level: int) -> None:
         if level > SQLITE_SHARED_LOCK:
             return
@@ -440,18 +442,6 @@ class StrataDbFile:
             self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
             self._forget_read_ahead()
             log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 512
-
-    def xDeviceCharacteristics(self) -> int:
-        return 0
 
     def xClose(self) -> None:
         self.dirty.clear()
