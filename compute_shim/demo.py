@@ -28,6 +28,7 @@ import apsw
 from compute_shim.client import Client
 from compute_shim.sql_shell import add_endpoint_args, stack_client
 from compute_shim.sqlite import connect_sqlite
+from deploy.local_stack import DEFAULT_DATA_DIR
 
 LOAD_SQL = """
 BEGIN;
@@ -78,8 +79,9 @@ class Agent:
 
 
 class Demo:
-    def __init__(self, client: Client, agents: int, customers: int, orders: int) -> None:
+    def __init__(self, client: Client, agents: int, customers: int, orders: int, sql_args: str = "") -> None:
         self.client = client
+        self.sql_args = sql_args  # what `strata sql` needs to find the same stack
         self.n_agents = agents
         self.customers = customers
         self.orders = orders
@@ -171,9 +173,9 @@ class Demo:
             db.close()
 
         print(f"\ndone in {time.monotonic() - total:.2f} s. Look around:")
-        print(f"  strata sql {tenant} {main}")
-        print(f"  strata sql {tenant} {main} --at {loaded_lsn}")
-        print(f"  strata sql {tenant} {bad.timeline}          # agent {bad.index}, after its mistake")
+        print(f"  strata sql {tenant} {main}{self.sql_args}")
+        print(f"  strata sql {tenant} {main} --at {loaded_lsn}{self.sql_args}")
+        print(f"  strata sql {tenant} {bad.timeline}{self.sql_args}          # agent {bad.index}, after its mistake")
         if self.failures:
             print(f"\n{len(self.failures)} check(s) failed: " + "; ".join(self.failures))
             return 1
@@ -203,7 +205,14 @@ def main(argv: list[str]) -> int:
         parser.error("--agents must be at least 1")
     try:
         with stack_client(args.data_dir, args.pageserver, args.walservice) as client:
-            return Demo(client, args.agents, args.customers, args.orders).run()
+            sql_args = "".join(
+                f" {flag} {value}"
+                for flag, value in (("--pageserver", args.pageserver), ("--walservice", args.walservice))
+                if value
+            )
+            if not sql_args and args.data_dir != DEFAULT_DATA_DIR:
+                sql_args = f" --data-dir {args.data_dir}"
+            return Demo(client, args.agents, args.customers, args.orders, sql_args).run()
     except apsw.Error as exc:
         print(f"strata demo: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

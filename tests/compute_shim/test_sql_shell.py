@@ -84,4 +84,5 @@ def test_demo_runs_the_agent_workflow(stack: Stack) -> None:
     ):
         assert line in text, text
     assert "CHECK FAILED" not in text
+    assert f"--pageserver {stack.pageserver.address}" in text, "the printed `strata sql` lines reach the same stack"
     assert text.count(" ms] ") == 7, "each step says how long it took"
