@@ -24,10 +24,12 @@ closing or SIGKILLing a compute leaves only committed transactions.
 
 A second writer: the conditional Append is refused (FAILED_PRECONDITION) and the
 transaction fails with `WriteConflict` ("another writer moved the timeline");
-nothing of it reached Strata. When SQLite ends the failed transaction, the
-connection moves its read LSN to the timeline's new end, so the next transaction
-sees the other writer's commits (SQLite notices the changed file change counter
-and drops its own cache).
+nothing of it reached Strata. The next transaction starts by moving the
+connection's read LSN to the timeline's new end, so it sees the other writer's
+commits (SQLite notices the changed file change counter and drops its own cache).
+An Append that fails otherwise (UNAVAILABLE, a deadline) may or may not have been
+applied: the transaction fails with `CommitUncertain`, and the next transaction
+re-reads the same way, so it builds on whatever the timeline holds.
 
 `lsn=N` opens read-only at LSN N: time travel with plain SQL.
 
@@ -72,6 +74,10 @@ SQLITE_SHARED_LOCK = 1
 
 class WriteConflict(Exception):
     """Another writer moved the timeline: this transaction was not committed."""
+
+
+class CommitUncertain(Exception):
+    """A commit's Append failed other than by being refused: it may have been applied."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +225,10 @@ class StrataDbFile(_FileDefaults):
         self.committed_nblocks = self._nblocks_at(self.read_lsn)
         self.size_blocks = self.committed_nblocks  # SQLite's view, dirty writes included
         self.dirty: dict[int, bytes] = {}  # blkno -> page written by the open transaction
-        self.failed: WriteConflict | None = None  # set when a commit was refused; cleared when SQLite ends it
+        # Set when a commit's Append failed (refused, or its outcome unknown); while set, SQLite's
+        # rollback is not shipped; cleared when SQLite ends the transaction (then `stale`).
+        self.failed: Exception | None = None
+        self.stale = False  # a failed commit ended: re-read the timeline's end before the next transaction
         self._next_sequential = -1  # the block after the last read-ahead
         self._window = 1  # read-ahead pages for the next sequential miss
         self._ahead: list[_ReadAhead] = []  # windows fetched in the background, oldest first (at most 2)
@@ -392,7 +401,16 @@ class StrataDbFile(_FileDefaults):
             resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
+                # Not refused: the append may or may not have been applied (a lost reply). The next
+                # transaction re-reads the timeline's end, so it builds on whatever is there.
+                self.failed = CommitUncertain(
+                    f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}: the commit's Append failed with "
+                    f"{exc.code().name}: {exc.details()}; it may or may not have been applied. The next transaction "
+                    "re-reads the timeline: check there whether this one is in it before running it again"
+                )
+                log.warning("sqlite_commit_uncertain", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                            lsn=self.read_lsn, code=exc.code().name)
+                raise self.failed from exc
             self.failed = WriteConflict(
                 f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}: another writer moved the timeline past "
                 f"lsn={self.read_lsn}, the LSN this transaction read at ({exc.details()}); nothing of this transaction "
@@ -429,7 +447,7 @@ class StrataDbFile(_FileDefaults):
             # here leaves the file longer than SQLite's header says, which SQLite ignores.
             try:
                 self._commit()
-            except (WriteConflict, grpc.RpcError) as exc:
+            except (WriteConflict, CommitUncertain) as exc:
                 log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
                             lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
         # The write transaction is over: whatever is still dirty was rolled back.
@@ -437,11 +455,21 @@ class StrataDbFile(_FileDefaults):
         self.size_blocks = self.committed_nblocks
         if self.failed is not None:
             self.failed = None
-            self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
-            self.read_lsn = self._writer_start()
-            self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
-            self._forget_read_ahead()
-            log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
+            self.stale = True  # re-read at the next transaction's start (the services may be down now)
+
+    def xLock(self, level: int) -> None:
+        if self.stale and level >= SQLITE_SHARED_LOCK:
+            self._reread()
+
+    def _reread(self) -> None:
+        """After a failed commit: read the timeline's end again. SQLite then sees a new change
+        counter in page 1 (if anything changed) and drops its own cache."""
+        self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
+        self.read_lsn = self._writer_start()
+        self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
+        self._forget_read_ahead()
+        self.stale = False
+        log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
 
     def xClose(self) -> None:
         self.dirty.clear()

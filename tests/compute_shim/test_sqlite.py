@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 from bench import sqlite_workload as wl
-from compute_shim import Client, WriteConflict, connect_sqlite
+from compute_shim import Client, CommitUncertain, WriteConflict, connect_sqlite
 from compute_shim.sqlite import SQLITE_REL, _patch_or_image
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
@@ -218,3 +218,18 @@ def test_patch_when_smaller_than_image() -> None:
     scattered[::8] = b"\x01" * len(scattered[::8])
     assert _patch_or_image(1, 7, old, bytes(scattered)).WhichOneof("kind") == "image"
     assert isinstance(merged, records_pb2.Record)
+
+
+def test_commit_with_unknown_outcome_then_reread(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('before')")
+    stack.walservice.kill()
+    with pytest.raises(CommitUncertain, match="may or may not have been applied"):
+        db.execute("INSERT INTO t VALUES ('while down')")
+    stack.walservice.start()
+    db.execute("INSERT INTO t VALUES ('after')")
+    assert db.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [("before",), ("after",)]
+    check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+    assert check.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [("before",), ("after",)]
+    assert integrity(check) == [("ok",)]
