@@ -125,7 +125,8 @@ def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
     main = stack.new_timeline()
     first = connect_sqlite(stack.client, stack.tenant, main)
     first.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('first')")
-    second = connect_sqlite(stack.client, stack.tenant, main)
+    other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)  # its own page cache
+    second = connect_sqlite(other_compute, stack.tenant, main)
     first.execute("INSERT INTO t(who) VALUES ('first again')")
     end = stack.end_lsn(main)
     with pytest.raises(WriteConflict, match="another writer moved the timeline"):
@@ -140,6 +141,9 @@ def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
     with pytest.raises(WriteConflict):
         first.execute("DELETE FROM t")
     assert check.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+    # ... and after its refusal it reads what the second wrote.
+    assert first.execute("SELECT who FROM t ORDER BY id").fetchall()[-1] == ("second, retried",)
+    other_compute.close()
 
 
 CHILD = textwrap.dedent(
