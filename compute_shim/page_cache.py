@@ -27,6 +27,7 @@ Nothing here touches the network: callers fetch misses and `put` them.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ log = event_logger("compute")
 PageKey = tuple[str, str, int, int]  # (tenant_id, timeline_id, rel, blkno)
 TimelineKey = tuple[str, str]  # (tenant_id, timeline_id)
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# A page a writer rewrites at every commit (SQLite's page 1) would otherwise pile up one
+# version per commit; keep the newest few (older LSNs are read again if asked for).
+MAX_VERSIONS_PER_PAGE = 16
 
 
 @dataclass
@@ -46,6 +50,10 @@ class _Version:
     lsn_hi: int | None  # the upper bound (inclusive); None: the head of `epoch`
     epoch: int  # for open versions: the tracking epoch whose head bounds it
     data: bytes
+
+
+def _lsn_lo(v: _Version) -> int:
+    return v.lsn_lo
 
 
 @dataclass
@@ -139,8 +147,11 @@ class PageCache:
         key = (tenant_id, timeline_id, rel, blkno)
         with self._lock:
             head = self._heads.get((tenant_id, timeline_id))
-            for v in self._versions.get(key, ()):
-                if v.lsn_lo <= lsn <= self._upper(v, head):
+            versions = self._versions.get(key, ())
+            # Newest first among those starting at or below `lsn`: a writer reads at its head.
+            for i in range(bisect.bisect_right(versions, lsn, key=_lsn_lo) - 1, -1, -1):
+                v = versions[i]
+                if lsn <= self._upper(v, head):
                     self._lru.move_to_end((key, v.lsn_lo))
                     self._hits += 1
                     return v.data
@@ -163,28 +174,31 @@ class PageCache:
     def _insert_locked(self, key: PageKey, version: _Version) -> None:
         if self.max_bytes == 0:
             return
-        versions = self._versions.setdefault(key, [])
-        for i, v in enumerate(versions):
-            if v.lsn_lo == version.lsn_lo:
-                self._bytes -= len(v.data)
-                versions[i] = version
-                break
+        versions = self._versions.setdefault(key, [])  # sorted by lsn_lo
+        i = bisect.bisect_left(versions, version.lsn_lo, key=_lsn_lo)
+        if i < len(versions) and versions[i].lsn_lo == version.lsn_lo:
+            self._bytes -= len(versions[i].data)
+            versions[i] = version
         else:
-            versions.append(version)
+            versions.insert(i, version)
         self._bytes += len(version.data)
         self._lru[(key, version.lsn_lo)] = None
         self._lru.move_to_end((key, version.lsn_lo))
+        while len(versions) > MAX_VERSIONS_PER_PAGE:
+            self._remove_locked(key, versions[0].lsn_lo)
         while self._bytes > self.max_bytes and self._lru:
             (old_key, lo), _ = self._lru.popitem(last=False)
-            olds = self._versions[old_key]
-            for i, v in enumerate(olds):
-                if v.lsn_lo == lo:
-                    self._bytes -= len(v.data)
-                    del olds[i]
-                    self._evictions += 1
-                    break
-            if not olds:
-                del self._versions[old_key]
+            self._remove_locked(old_key, lo)
+
+    def _remove_locked(self, key: PageKey, lsn_lo: int) -> None:
+        versions = self._versions[key]
+        i = bisect.bisect_left(versions, lsn_lo, key=_lsn_lo)
+        self._bytes -= len(versions[i].data)
+        del versions[i]
+        self._lru.pop((key, lsn_lo), None)
+        self._evictions += 1
+        if not versions:
+            del self._versions[key]
 
     def drop_timeline(self, tenant_id: str, timeline_id: str) -> int:
         """Forget every version of one timeline (e.g. it was deleted); returns how many."""

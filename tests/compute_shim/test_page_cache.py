@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compute_shim.page_cache import PageCache
+from compute_shim.page_cache import MAX_VERSIONS_PER_PAGE, PageCache
 
 T, TL, OTHER = "t" * 32, "a" * 32, "b" * 32
 
@@ -89,3 +89,27 @@ def test_drop_timeline_forgets_only_that_timeline() -> None:
     assert cache.get(T, TL, 1, 0, 10) is None
     assert cache.get(T, OTHER, 1, 0, 10) == page(2)
     assert cache.stats().bytes == 64
+
+
+def test_versions_per_page_are_capped_newest_kept() -> None:
+    cache = PageCache(1 << 20)
+    epoch = cache.track(T, TL, 100)
+    cache.put(T, TL, 1, 0, 100, page(0))
+    for i in range(1, MAX_VERSIONS_PER_PAGE + 10):
+        cache.advance(T, TL, epoch, 100 + i * 10, {(1, 0): page(i % 256)})
+    last = MAX_VERSIONS_PER_PAGE + 9
+    assert cache.get(T, TL, 1, 0, 100 + last * 10) == page(last % 256)
+    assert cache.get(T, TL, 1, 0, 100 + (last - 1) * 10) == page((last - 1) % 256)
+    assert cache.get(T, TL, 1, 0, 100) is None, "the oldest versions made room"
+    assert cache.stats().versions == MAX_VERSIONS_PER_PAGE
+
+
+def test_overlapping_versions_any_covering_one_serves() -> None:
+    cache = PageCache(1 << 20)
+    epoch = cache.track(T, TL, 100)
+    cache.put(T, TL, 1, 0, 100, page(1))  # open: 100 .. head
+    cache.advance(T, TL, epoch, 200, {})
+    cache.put(T, TL, 1, 0, 150, page(1))  # a read-only compute read it at 150: closed [150, 150]
+    assert cache.get(T, TL, 1, 0, 170) == page(1), "the open version still covers 170"
+    assert cache.get(T, TL, 1, 0, 150) == page(1)
+    assert cache.get(T, TL, 1, 0, 201) is None
