@@ -237,3 +237,26 @@ def test_commit_with_unknown_outcome_then_reread(stack: Stack) -> None:
     check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
     assert check.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [("before",), ("after",)]
     assert integrity(check) == [("ok",)]
+
+
+def test_page_size_follows_the_tenant_and_a_mismatch_is_refused(stack: Stack, tmp_path: Path) -> None:
+    for page_size in (512, 65536):
+        tenant = stack.client.create_tenant(page_size=page_size).tenant_id
+        timeline = stack.client.create_timeline(tenant_id=tenant).timeline_id
+        db = connect_sqlite(stack.client, tenant, timeline)
+        db.execute("CREATE TABLE t(x); INSERT INTO t SELECT zeroblob(700) FROM (SELECT 1 UNION ALL SELECT 2)")
+        db.close()
+        again = connect_sqlite(stack.client, tenant, timeline, lsn=0)
+        assert again.execute("PRAGMA page_size").fetchall() == [(page_size,)]
+        assert again.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    # A database file written with 4096-byte SQLite pages into a tenant of 8192-byte pages.
+    local = apsw.Connection(str(tmp_path / "4k.db"))
+    local.execute("PRAGMA page_size=4096; CREATE TABLE t(x)")
+    local.close()
+    data = (tmp_path / "4k.db").read_bytes()
+    tenant = stack.client.create_tenant(page_size=8192).tenant_id
+    timeline = stack.client.create_timeline(tenant_id=tenant).timeline_id
+    image = records_pb2.PageImage(rel=SQLITE_REL, blkno=0, page=data[:8192].ljust(8192, b"\0"))
+    stack.client.append(tenant_id=tenant, timeline_id=timeline, records=[records_pb2.Record(image=image)])
+    with pytest.raises(ValueError, match="page_size is 4096 but the tenant's page size is 8192"):
+        connect_sqlite(stack.client, tenant, timeline)
