@@ -31,7 +31,11 @@ An Append that fails otherwise (UNAVAILABLE, a deadline) may or may not have bee
 applied: the transaction fails with `CommitUncertain`, and the next transaction
 re-reads the same way, so it builds on whatever the timeline holds.
 
-`lsn=N` opens read-only at LSN N: time travel with plain SQL.
+`lsn=N` opens read-only at LSN N: time travel with plain SQL. N should be a
+transaction boundary: the end LSN of a commit (what `status().flush_lsn`, a
+timeline's `last_record_lsn`, a branch's `ancestor_lsn` or `GetLsnByTimestamp`
+give); an LSN inside one commit's Append shows part of that transaction (the
+WAL does not mark batch ends in what it serves, so this cannot be checked here).
 
 Limits: one transaction must fit one Append (the walservice's
 `--max-batch-bytes`, 64 MiB by default); `journal_mode=WAL` is refused.
@@ -532,7 +536,8 @@ def connect_sqlite(
     rel: int = SQLITE_REL,
 ) -> apsw.Connection:
     """An apsw.Connection on the timeline's SQLite database: read-write at its end
-    (lsn=None), or read-only at LSN `lsn` (0: the current end)."""
+    (lsn=None), or read-only at LSN `lsn` (0: the current end), which should be the
+    end of a commit (see the module's docstring)."""
     status = client.status(tenant_id=tenant, timeline_id=timeline)
     page_size = status.page_size
     if lsn is not None:
