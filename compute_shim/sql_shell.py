@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("tenant")
     parser.add_argument("timeline")
     at = parser.add_mutually_exclusive_group()
-    at.add_argument("--at", type=int, metavar="LSN", help="open read-only at this LSN (time travel)")
+    at.add_argument("--at", type=int, metavar="LSN", help="open read-only at this LSN (time travel; the end LSN of a commit)")
     at.add_argument("--at-time", metavar="ISO-TIME", help="open read-only at the last commit at or before this time")
     parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
     add_endpoint_args(parser)
