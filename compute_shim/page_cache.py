@@ -147,11 +147,9 @@ class PageCache:
         key = (tenant_id, timeline_id, rel, blkno)
         with self._lock:
             head = self._heads.get((tenant_id, timeline_id))
-            versions = self._versions.get(key, ())
-            # Newest first among those starting at or below `lsn`: a writer reads at its head.
-            for i in range(bisect.bisect_right(versions, lsn, key=_lsn_lo) - 1, -1, -1):
-                v = versions[i]
-                if lsn <= self._upper(v, head):
+            # Newest first (at most MAX_VERSIONS_PER_PAGE): a writer reads at its head.
+            for v in reversed(self._versions.get(key, ())):
+                if v.lsn_lo <= lsn and lsn <= (v.lsn_hi if v.lsn_hi is not None else self._upper(v, head)):
                     self._lru.move_to_end((key, v.lsn_lo))
                     self._hits += 1
                     return v.data

@@ -262,7 +262,7 @@ class StrataDbFile(_FileDefaults):
     def _committed_page(self, blkno: int) -> bytes:
         if blkno >= self.committed_nblocks:
             return bytes(self.ps)
-        for i, ahead in enumerate(self._ahead):
+        for i, ahead in enumerate(self._ahead):  # usually empty: only during a sequential scan
             if ahead.start <= blkno < ahead.end:
                 if i == len(self._ahead) - 1:
                     # The scan reached the newest window: fetch the next one while SQLite works on this one.
@@ -323,6 +323,9 @@ class StrataDbFile(_FileDefaults):
         return page if page is not None else self._committed_page(blkno)
 
     def xRead(self, amount: int, offset: int) -> bytes:
+        if amount == self.ps and offset % amount == 0 and offset < self.size_blocks * amount:
+            page = self.dirty.get(offset // amount)  # the common case: one whole page
+            return page if page is not None else self._committed_page(offset // amount)
         end = min(offset + amount, self.size_blocks * self.ps)
         if offset >= end:
             return b""  # apsw zero-fills a short read and reports SQLITE_IOERR_SHORT_READ
@@ -444,8 +447,8 @@ class StrataDbFile(_FileDefaults):
     # -- locks and the rest ---------------------------------------------------------
 
     def xUnlock(self, level: int) -> None:
-        if level > SQLITE_SHARED_LOCK:
-            return
+        if level > SQLITE_SHARED_LOCK or (not self.dirty and self.failed is None and self.size_blocks == self.committed_nblocks):
+            return  # still in a write transaction, or after a read-only one: nothing to do
         if self.failed is None and not self.dirty and self.size_blocks < self.committed_nblocks:
             # VACUUM truncates the file after its last xSync: ship that shrink now. A failure
             # here leaves the file longer than SQLite's header says, which SQLite ignores.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import apsw
+import grpc
 import pytest
 
 from bench import sqlite_workload as wl
@@ -224,6 +226,18 @@ def test_patch_when_smaller_than_image() -> None:
     assert isinstance(merged, records_pb2.Record)
 
 
+def wait_until_reachable(stack: Stack, timeline: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stack.client.status(tenant_id=stack.tenant, timeline_id=timeline, timeout=2)
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_commit_with_unknown_outcome_then_reread(stack: Stack) -> None:
     main = stack.new_timeline()
     db = connect_sqlite(stack.client, stack.tenant, main)
@@ -232,6 +246,7 @@ def test_commit_with_unknown_outcome_then_reread(stack: Stack) -> None:
     with pytest.raises(CommitUncertain, match="may or may not have been applied"):
         db.execute("INSERT INTO t VALUES ('while down')")
     stack.walservice.start()
+    wait_until_reachable(stack, main)  # the client's channel reconnects with gRPC's backoff
     db.execute("INSERT INTO t VALUES ('after')")
     assert db.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [("before",), ("after",)]
     check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
