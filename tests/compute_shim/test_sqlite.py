@@ -275,3 +275,22 @@ def test_page_size_follows_the_tenant_and_a_mismatch_is_refused(stack: Stack, tm
     stack.client.append(tenant_id=tenant, timeline_id=timeline, records=[records_pb2.Record(image=image)])
     with pytest.raises(ValueError, match="page_size is 4096 but the tenant's page size is 8192"):
         connect_sqlite(stack.client, tenant, timeline)
+
+
+def test_closing_mid_transaction_leaves_only_committed(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('committed')")
+    end = stack.end_lsn(main)
+    db.execute("PRAGMA cache_size=8")
+    db.execute("BEGIN")
+    db.execute(
+        "INSERT INTO t(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<3000) "
+        "SELECT printf('%0300d', x) FROM c"
+    )
+    db.execute("UPDATE t SET v = 'changed' WHERE id = 1")
+    db.close(force=True)  # SQLite rolls the open transaction back, spilled pages included
+    assert stack.end_lsn(main) == end
+    after = connect_sqlite(stack.client, stack.tenant, main)
+    assert after.execute("SELECT id, v FROM t").fetchall() == [(1, "committed")]
+    assert integrity(after) == [("ok",)]
