@@ -3,6 +3,6 @@ a page cache, and SQLite on Strata pages."""
 
 from compute_shim.client import Client, PageError
 from compute_shim.page_cache import PageCache
-from compute_shim.sqlite import CommitUncertain, WriteConflict, connect_sqlite
+from compute_shim.sqlite import CommitRefused, CommitUncertain, WriteConflict, connect_sqlite
 
-__all__ = ["Client", "CommitUncertain", "PageCache", "PageError", "WriteConflict", "connect_sqlite"]
+__all__ = ["Client", "CommitRefused", "CommitUncertain", "PageCache", "PageError", "WriteConflict", "connect_sqlite"]

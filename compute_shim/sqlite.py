@@ -38,7 +38,8 @@ give); an LSN inside one commit's Append shows part of that transaction (the
 WAL does not mark batch ends in what it serves, so this cannot be checked here).
 
 Limits: one transaction must fit one Append (the walservice's
-`--max-batch-bytes`, 64 MiB by default); `journal_mode=WAL` is refused.
+`--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`);
+`journal_mode=WAL` is refused.
 """
 
 from __future__ import annotations
@@ -74,9 +75,23 @@ SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, leng
 # commit CPU (building splices is the cost); 128 bytes costs +15% bytes.
 MERGE_GAP = 64
 SQLITE_SHARED_LOCK = 1
+# Append errors that mean the batch was not applied (other than FAILED_PRECONDITION, a
+# conflict); anything else (UNAVAILABLE without a leader hint, a deadline) may have been.
+REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,  # e.g. the batch is over the walservice's --max-batch-bytes
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DATA_LOSS,
+})
 
 
-class WriteConflict(Exception):
+class CommitRefused(Exception):
+    """The walservice refused the commit's Append: nothing of the transaction was written."""
+
+
+class WriteConflict(CommitRefused):
     """Another writer moved the timeline: this transaction was not committed."""
 
 
@@ -407,25 +422,7 @@ class StrataDbFile(_FileDefaults):
         try:
             resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                # Not refused: the append may or may not have been applied (a lost reply). The next
-                # transaction re-reads the timeline's end, so it builds on whatever is there.
-                self.failed = CommitUncertain(
-                    f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}: the commit's Append failed with "
-                    f"{exc.code().name}: {exc.details()}; it may or may not have been applied. The next transaction "
-                    "re-reads the timeline: check there whether this one is in it before running it again"
-                )
-                log.warning("sqlite_commit_uncertain", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
-                            lsn=self.read_lsn, code=exc.code().name)
-                raise self.failed from exc
-            self.failed = WriteConflict(
-                f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}: another writer moved the timeline past "
-                f"lsn={self.read_lsn}, the LSN this transaction read at ({exc.details()}); nothing of this transaction "
-                "was written. Run it again: the next transaction reads the timeline's new end"
-            )
-            log.warning(
-                "sqlite_write_conflict", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn
-            )
+            self.failed = self._append_failure(exc, len(records))
             raise self.failed from None
         cut = [(self.cfg.rel, b) for b in range(final, self.committed_nblocks)]
         self.cache.advance(self.cfg.tenant_id, self.cfg.timeline_id, self.epoch, resp.end_lsn, written, cut)
@@ -444,6 +441,32 @@ class StrataDbFile(_FileDefaults):
         self.dirty.clear()
         self._forget_read_ahead()
 
+    def _append_failure(self, exc: grpc.RpcError, n_records: int) -> Exception:
+        """What a failed commit raises (and logs): refused, a conflict, or an unknown outcome."""
+        code, where = exc.code(), f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}"
+        fields = {"tenant": self.cfg.tenant_id, "timeline": self.cfg.timeline_id, "lsn": self.read_lsn, "code": code.name}
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            log.warning("sqlite_write_conflict", **fields)
+            return WriteConflict(
+                f"{where}: another writer moved the timeline past lsn={self.read_lsn}, the LSN this transaction read "
+                f"at ({exc.details()}); nothing of this transaction was written. Run it again: the next transaction "
+                "reads the timeline's new end"
+            )
+        if code in REFUSALS:
+            log.warning("sqlite_commit_refused", **fields)
+            return CommitRefused(
+                f"{where}: the walservice refused the commit's Append ({n_records} records) with {code.name}: "
+                f"{exc.details()}; nothing of this transaction was written"
+            )
+        # Not refused: the append may or may not have been applied (a lost reply). The next
+        # transaction re-reads the timeline's end, so it builds on whatever is there.
+        log.warning("sqlite_commit_uncertain", **fields)
+        return CommitUncertain(
+            f"{where}: the commit's Append failed with {code.name}: {exc.details()}; it may or may not have been "
+            "applied. The next transaction re-reads the timeline: check there whether this one is in it before "
+            "running it again"
+        )
+
     # -- locks and the rest ---------------------------------------------------------
 
     def xUnlock(self, level: int) -> None:
@@ -454,7 +477,7 @@ class StrataDbFile(_FileDefaults):
             # here leaves the file longer than SQLite's header says, which SQLite ignores.
             try:
                 self._commit()
-            except (WriteConflict, CommitUncertain) as exc:
+            except (CommitRefused, CommitUncertain) as exc:
                 log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
                             lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
         # The write transaction is over: whatever is still dirty was rolled back.

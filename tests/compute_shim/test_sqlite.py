@@ -13,10 +13,11 @@ import grpc
 import pytest
 
 from bench import sqlite_workload as wl
-from compute_shim import Client, CommitUncertain, WriteConflict, connect_sqlite
+from compute_shim import Client, CommitRefused, CommitUncertain, WriteConflict, connect_sqlite
 from compute_shim.sqlite import SQLITE_REL, _patch_or_image
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
+from tests.env import StrataEnv
 
 USERS = 600
 
@@ -294,3 +295,24 @@ def test_closing_mid_transaction_leaves_only_committed(stack: Stack) -> None:
     after = connect_sqlite(stack.client, stack.tenant, main)
     assert after.execute("SELECT id, v FROM t").fetchall() == [(1, "committed")]
     assert integrity(after) == [("ok",)]
+
+
+def test_transaction_over_the_batch_limit_is_refused_whole(strata_env: StrataEnv) -> None:
+    wal = strata_env.walservice("--max-batch-bytes", "200000")
+    ps = strata_env.pageserver(wal)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=4096).tenant_id
+        main = client.create_timeline(tenant_id=tenant).timeline_id
+        db = connect_sqlite(client, tenant, main)
+        db.execute("CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('small')")
+        end = client.status(tenant_id=tenant, timeline_id=main).flush_lsn
+        with pytest.raises(CommitRefused, match="INVALID_ARGUMENT.*nothing of this transaction was written"):
+            db.execute(
+                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<2000) "
+                "SELECT hex(randomblob(200)) FROM c"
+            )
+        assert client.status(tenant_id=tenant, timeline_id=main).flush_lsn == end
+        db.execute("INSERT INTO t VALUES ('small again')")
+        assert db.execute("SELECT v FROM t").fetchall() == [("small",), ("small again",)]
+        check = connect_sqlite(client, tenant, main, lsn=0)
+        assert check.execute("SELECT v FROM t").fetchall() == [("small",), ("small again",)]
