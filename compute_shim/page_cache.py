@@ -82,7 +82,8 @@ class PageCache:
         self._versions: dict[PageKey, list[_Version]] = {}
         self._lru: OrderedDict[tuple[PageKey, int], None] = OrderedDict()  # (key, lsn_lo), oldest first
         self._heads: dict[TimelineKey, _Head] = {}  # tracked timelines: the writer's current end
-        self._closed: dict[int, int] = {}  # epoch -> the last head it knew (untracked epochs)
+        self._closed: dict[int, int] = {}  # epoch -> the last head it knew (untracked epochs with open versions)
+        self._open: dict[int, int] = {}  # epoch -> how many of its versions are open (lsn_hi None)
         self._next_epoch = 1
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
@@ -106,8 +107,22 @@ class PageCache:
 
     def _close_epoch_locked(self, tl: TimelineKey) -> None:
         head = self._heads.pop(tl, None)
-        if head is not None:
+        if head is not None and head.epoch in self._open:
             self._closed[head.epoch] = head.lsn
+
+    def _opened_locked(self, v: _Version) -> None:
+        if v.lsn_hi is None:
+            self._open[v.epoch] = self._open.get(v.epoch, 0) + 1
+
+    def _closing_locked(self, v: _Version) -> None:
+        """`v` stops being open (closed or removed): forget its epoch once nothing refers to it."""
+        if v.lsn_hi is None:
+            left = self._open[v.epoch] - 1
+            if left:
+                self._open[v.epoch] = left
+            else:
+                del self._open[v.epoch]
+                self._closed.pop(v.epoch, None)
 
     def advance(
         self,
@@ -127,7 +142,9 @@ class PageCache:
             for rel, blkno in [*written, *(cut or [])]:
                 for v in self._versions.get((*tl, rel, blkno), ()):
                     if v.lsn_hi is None and v.epoch == epoch:
-                        v.lsn_hi = head.lsn if current else self._closed.get(epoch, v.lsn_lo)
+                        hi = head.lsn if current else self._closed.get(epoch, v.lsn_lo)
+                        self._closing_locked(v)
+                        v.lsn_hi = hi
             if current:
                 head.lsn = new_lsn
             for (rel, blkno), data in written.items():
@@ -176,9 +193,11 @@ class PageCache:
         i = bisect.bisect_left(versions, version.lsn_lo, key=_lsn_lo)
         if i < len(versions) and versions[i].lsn_lo == version.lsn_lo:
             self._bytes -= len(versions[i].data)
+            self._closing_locked(versions[i])
             versions[i] = version
         else:
             versions.insert(i, version)
+        self._opened_locked(version)
         self._bytes += len(version.data)
         self._lru[(key, version.lsn_lo)] = None
         self._lru.move_to_end((key, version.lsn_lo))
@@ -192,6 +211,7 @@ class PageCache:
         versions = self._versions[key]
         i = bisect.bisect_left(versions, lsn_lo, key=_lsn_lo)
         self._bytes -= len(versions[i].data)
+        self._closing_locked(versions[i])
         del versions[i]
         self._lru.pop((key, lsn_lo), None)
         self._evictions += 1
@@ -201,16 +221,21 @@ class PageCache:
     def drop_timeline(self, tenant_id: str, timeline_id: str) -> int:
         """Forget every version of one timeline (e.g. it was deleted); returns how many."""
         with self._lock:
+            self._close_epoch_locked((tenant_id, timeline_id))
             keys = [k for k in self._versions if k[0] == tenant_id and k[1] == timeline_id]
             dropped = 0
             for k in keys:
-                for v in self._versions.pop(k):
-                    self._bytes -= len(v.data)
-                    self._lru.pop((k, v.lsn_lo), None)
+                for v in list(self._versions[k]):
+                    self._remove_locked(k, v.lsn_lo)
                     dropped += 1
-            self._close_epoch_locked((tenant_id, timeline_id))
+            self._evictions -= dropped  # dropped, not evicted
         log.info("page_cache_dropped", tenant=tenant_id, timeline=timeline_id, versions=dropped)
         return dropped
+
+    def epochs_held(self) -> int:
+        """Tracking epochs still remembered (tracked, or closed with open versions left)."""
+        with self._lock:
+            return len(self._heads) + len(self._closed)
 
     def stats(self) -> CacheStats:
         with self._lock:

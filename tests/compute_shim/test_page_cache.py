@@ -113,3 +113,16 @@ def test_overlapping_versions_any_covering_one_serves() -> None:
     assert cache.get(T, TL, 1, 0, 170) == page(1), "the open version still covers 170"
     assert cache.get(T, TL, 1, 0, 150) == page(1)
     assert cache.get(T, TL, 1, 0, 201) is None
+
+
+def test_closed_epochs_are_forgotten_once_no_version_refers_to_them() -> None:
+    cache = PageCache(1 << 20)
+    for round_ in range(50):  # a writer re-opening the timeline again and again
+        epoch = cache.track(T, TL, 100 + round_ * 10)
+        cache.put(T, TL, 1, 0, 100 + round_ * 10, page(round_))
+        cache.advance(T, TL, epoch, 105 + round_ * 10, {(1, 0): page(round_ + 1)})
+        cache.untrack(T, TL)
+    assert cache.epochs_held() <= MAX_VERSIONS_PER_PAGE, "epochs whose versions are gone are not kept"
+    cache.drop_timeline(T, TL)
+    assert cache.epochs_held() == 0
+    assert cache.stats().bytes == 0
