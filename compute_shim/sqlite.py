@@ -8,7 +8,8 @@ Reads: block b of the file is page (rel, b) at the connection's read LSN, served
 from the client's `PageCache` when a cached version is known to equal it, else
 fetched (`GetPage` for a lone miss, `GetPages` read-ahead for sequential misses:
 the window doubles from 1 up to `MAX_READAHEAD` pages while misses stay
-sequential).
+sequential, and while SQLite works through one window the next is fetched on a
+background thread).
 
 Writes (read-write connections only): SQLite's rollback journal lives in memory
 (`journal_mode=MEMORY`; journals and temp files are per-transaction scratch, never
