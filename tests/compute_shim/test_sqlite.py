@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -11,10 +12,13 @@ from pathlib import Path
 import apsw
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench import sqlite_workload as wl
 from compute_shim import Client, CommitRefused, CommitUncertain, WriteConflict, connect_sqlite
-from compute_shim.sqlite import SQLITE_REL, _patch_or_image
+from compute_shim.sqlite import SPLICE_OVERHEAD, SQLITE_REL, _patch_or_image, page_records
+from strata.redo import apply_to_page, validate_record
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
 from tests.env import StrataEnv
@@ -316,3 +320,33 @@ def test_transaction_over_the_batch_limit_is_refused_whole(strata_env: StrataEnv
         assert db.execute("SELECT v FROM t").fetchall() == [("small",), ("small again",)]
         check = connect_sqlite(client, tenant, main, lsn=0)
         assert check.execute("SELECT v FROM t").fetchall() == [("small",), ("small again",)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    page_size=st.sampled_from([512, 4096]),
+    changes=st.lists(st.tuples(st.integers(0, 4095), st.binary(min_size=1, max_size=300)), max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_page_records_redo_to_the_new_page(page_size: int, changes: list[tuple[int, bytes]], seed: int) -> None:
+    """Whatever changed, the record (patch or image) redoes the old page into the new one
+    with the contract's redo, and is never larger than a whole image."""
+    rng = random.Random(seed)
+    old = bytes(rng.getrandbits(8) for _ in range(page_size)) if seed % 2 else bytes(page_size)
+    new = bytearray(old)
+    for offset, data in changes:
+        offset %= page_size
+        new[offset : offset + len(data)] = data[: page_size - offset]
+    new_bytes = bytes(new)
+    records = page_records(1, [(3, old, new_bytes), (4, new_bytes, new_bytes)])
+    if new_bytes == old:
+        assert records == []
+        return
+    assert [b for b, _ in records] == [3], "an unchanged page gets no record"
+    record = records[0][1]
+    validate_record(record, page_size, "record")
+    page = bytearray(old)
+    apply_to_page(page, record)
+    assert bytes(page) == new_bytes
+    image_size = records_pb2.Record(image=records_pb2.PageImage(rel=1, blkno=3, page=new_bytes)).ByteSize()
+    assert record.ByteSize() <= image_size + SPLICE_OVERHEAD
