@@ -280,12 +280,19 @@ class StrataDbFile(_FileDefaults):
             return bytes(self.ps)
         for i, ahead in enumerate(self._ahead):  # usually empty: only during a sequential scan
             if ahead.start <= blkno < ahead.end:
+                try:
+                    pages = ahead.future.result()
+                except Exception as exc:  # noqa: BLE001 - read it again below, where an error reaches SQLite
+                    log.warning("sqlite_read_ahead_failed", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                                lsn=self.read_lsn, blkno=blkno, error=repr(exc))
+                    self._forget_read_ahead()
+                    break
                 if i == len(self._ahead) - 1:
                     # The scan reached the newest window: fetch the next one while SQLite works on this one.
                     self._window = min(self._window * 2, MAX_READAHEAD)
                     self._read_ahead(ahead.end)
                 del self._ahead[:i]
-                return ahead.future.result()[blkno - ahead.start]
+                return pages[blkno - ahead.start]
         cached = self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn)
         if cached is not None:
             return cached

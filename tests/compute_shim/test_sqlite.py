@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import sqlite_workload as wl
-from compute_shim import Client, CommitRefused, CommitUncertain, WriteConflict, connect_sqlite
+from compute_shim import Client, CommitRefused, CommitUncertain, PageError, WriteConflict, connect_sqlite
 from compute_shim.sqlite import SPLICE_OVERHEAD, SQLITE_REL, _patch_or_image, page_records
 from strata.redo import apply_to_page, validate_record
 from strata.v1 import records_pb2
@@ -350,3 +350,33 @@ def test_page_records_redo_to_the_new_page(page_size: int, changes: list[tuple[i
     assert bytes(page) == new_bytes
     image_size = records_pb2.Record(image=records_pb2.PageImage(rel=1, blkno=3, page=new_bytes)).ByteSize()
     assert record.ByteSize() <= image_size + SPLICE_OVERHEAD
+
+
+class FlakyReadAheadClient(Client):
+    """A real client whose second GetPages read fails once (a fault injected into the read-ahead path)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.read_pages_calls = 0
+
+    def read_pages(self, **kwargs: object) -> list[bytes | PageError]:  # type: ignore[override]
+        self.read_pages_calls += 1
+        if self.read_pages_calls == 2:
+            raise OSError("injected: this GetPages stream broke")
+        return super().read_pages(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_failed_read_ahead_window_is_read_again(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute(
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT);"
+        "INSERT INTO big(v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<3000) SELECT printf('%0300d', x) FROM c"
+    )
+    db.close()
+    with FlakyReadAheadClient(pageserver=stack.pageserver.address, walservice=stack.walservice.address) as flaky:
+        ro = connect_sqlite(flaky, stack.tenant, main, lsn=0)
+        assert ro.execute("SELECT count(*), sum(length(v)) FROM big").fetchall() == [(3000, 3000 * 300)]
+        assert flaky.read_pages_calls > 2
+        assert "event=sqlite_read_ahead_failed" in caplog.text, "the injected failure hit a background window"
+        assert [tuple(r) for r in ro.execute("PRAGMA integrity_check")] == [("ok",)]
