@@ -111,7 +111,10 @@ def run_local(cfg: SqliteBenchConfig, work_dir: Path, results: SqliteResults) ->
 
     def connect() -> apsw.Connection:
         db = apsw.Connection(str(path))
-        db.execute(f"PRAGMA page_size={cfg.page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL")
+        for pragma in (f"PRAGMA page_size={cfg.page_size}", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL"):
+            db.execute(pragma).fetchall()  # one at a time: apsw stops a script at a statement's first row
+        settings = (db.execute("PRAGMA journal_mode").fetchone()[0], db.execute("PRAGMA synchronous").fetchone()[0])
+        assert settings == ("wal", 2), f"the local peer must run in WAL mode with synchronous=FULL, got {settings}"
         return db
 
     db = connect()

@@ -39,8 +39,9 @@ give); an LSN inside one commit's Append shows part of that transaction (the
 WAL does not mark batch ends in what it serves, so this cannot be checked here).
 
 Limits: one transaction must fit one Append (the walservice's
-`--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`);
-`journal_mode=WAL` is refused.
+`--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`).
+PRAGMAs that would break this are refused (`REFUSED_PRAGMAS`): synchronous=OFF
+(no sync, no commit), journal_mode=OFF or WAL, locking_mode=EXCLUSIVE.
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ REFUSALS = frozenset({
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.DATA_LOSS,
 })
+
+_NO_SYNC = "a commit is shipped at SQLite's sync of the database file; keep synchronous=NORMAL or FULL (each commit is one durable Append either way)"
+_NO_ROLLBACK = "transactions must be able to roll back; keep journal_mode=MEMORY (or DELETE, TRUNCATE, PERSIST: journals live in memory)"
+_NO_WAL = "each commit is already one atomic Append; keep journal_mode=MEMORY"
+REFUSED_PRAGMAS: dict[tuple[str, str], str] = {
+    ("synchronous", "off"): _NO_SYNC,
+    ("synchronous", "0"): _NO_SYNC,
+    ("journal_mode", "off"): _NO_ROLLBACK,
+    ("journal_mode", "wal"): _NO_WAL,
+    ("locking_mode", "exclusive"): "a failed commit is cleaned up when SQLite ends its transaction, which it never does in exclusive locking mode; keep NORMAL",
+}
 
 
 class CommitRefused(Exception):
@@ -476,6 +488,18 @@ class StrataDbFile(_FileDefaults):
         )
 
     # -- locks and the rest ---------------------------------------------------------
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        """Refuse the PRAGMAs that would break commits (SQLite asks the VFS first)."""
+        if op != apsw.SQLITE_FCNTL_PRAGMA:
+            return False
+        pragma = apsw.VFSFcntlPragma(ptr)
+        value = (pragma.value or "").strip().strip("'\"").lower()
+        why = REFUSED_PRAGMAS.get((pragma.name.lower(), value))
+        if why is not None:
+            raise apsw.SQLError(f"PRAGMA {pragma.name}={pragma.value} is refused on a Strata database: {why}")
+        return False
+
 
     def xUnlock(self, level: int) -> None:
         if level > SQLITE_SHARED_LOCK or (not self.dirty and self.failed is None and self.size_blocks == self.committed_nblocks):

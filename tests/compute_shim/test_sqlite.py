@@ -380,3 +380,18 @@ def test_a_failed_read_ahead_window_is_read_again(stack: Stack, caplog: pytest.L
         assert flaky.read_pages_calls > 2
         assert "event=sqlite_read_ahead_failed" in caplog.text, "the injected failure hit a background window"
         assert [tuple(r) for r in ro.execute("PRAGMA integrity_check")] == [("ok",)]
+
+
+@pytest.mark.parametrize(
+    "pragma", ["synchronous=OFF", "synchronous = 0", "main.journal_mode=WAL", "journal_mode='off'", "locking_mode=EXCLUSIVE"]
+)
+def test_pragmas_that_would_break_commits_are_refused(stack: Stack, pragma: str) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(x)")
+    with pytest.raises(apsw.SQLError, match="refused on a Strata database: .*keep"):
+        db.execute(f"PRAGMA {pragma}")
+    for allowed in ("PRAGMA synchronous=NORMAL", "PRAGMA journal_mode=DELETE", "INSERT INTO t VALUES (1)"):
+        db.execute(allowed).fetchall()  # apsw runs a script lazily past a statement that returns rows
+    check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+    assert check.execute("SELECT x FROM t").fetchall() == [(1,)]
