@@ -634,10 +634,10 @@ def connect_sqlite(
 
 def _check_page_size(db: apsw.Connection, tenant: str, timeline: str, page_size: int, readonly: bool) -> None:
     if not readonly:
-        db.execute(f"PRAGMA page_size={page_size}")  # takes effect on a new database only
-        db.execute("PRAGMA journal_mode=MEMORY")
+        db.execute(f"PRAGMA page_size={page_size}").fetchall()  # takes effect on a new database only
+        db.execute("PRAGMA journal_mode=MEMORY").fetchall()
     else:
-        db.execute("PRAGMA query_only=1")
+        db.execute("PRAGMA query_only=1").fetchall()
     actual = db.execute("PRAGMA page_size").fetchall()[0][0]
     empty = db.execute("PRAGMA page_count").fetchall()[0][0] == 0
     if actual != page_size and not empty:
