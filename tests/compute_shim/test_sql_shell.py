@@ -21,6 +21,12 @@ def strata(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
+def iso_now(us: int | None = None) -> str:
+    """An ISO 8601 UTC time with microseconds (now, or `us` since the epoch)."""
+    us = int(time.time() * 1_000_000) if us is None else us
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000:06d}Z"
+
+
 def endpoint_args(stack: Stack) -> list[str]:
     return ["--pageserver", stack.pageserver.address, "--walservice", stack.walservice.address]
 
@@ -39,7 +45,7 @@ def test_sql_shell_writes_reads_and_time_travels(stack: Stack) -> None:
     assert now.stdout == "one,two\n"
     past = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", str(first), "-c", "SELECT group_concat(x) FROM t")
     assert past.stdout == "one\n", past.stderr
-    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(between_us / 1e6)) + f".{between_us % 1_000_000:06d}Z"
+    iso = iso_now(between_us)
     by_time = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at-time", iso, "-c", "SELECT group_concat(x) FROM t")
     assert by_time.stdout == "one\n", by_time.stderr
     assert f"lsn {first}" in by_time.stderr
@@ -86,3 +92,23 @@ def test_demo_runs_the_agent_workflow(stack: Stack) -> None:
     assert "CHECK FAILED" not in text
     assert f"--pageserver {stack.pageserver.address}" in text, "the printed `strata sql` lines reach the same stack"
     assert text.count(" ms] ") == 7, "each step says how long it took"
+
+
+def test_at_time_after_a_large_commit_reads_all_of_it(stack: Stack) -> None:
+    """A 10 MB transaction is one Append the walservice streams in 1 MiB chunks: the LSN for a
+    time after it is its end, never a chunk boundary inside it."""
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute(
+        "CREATE TABLE t(x); INSERT INTO t SELECT randomblob(1000) FROM "
+        "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<10000) SELECT x FROM c)"
+    )
+    end = stack.end_lsn(main)
+    time.sleep(0.05)
+    iso = iso_now()
+    time.sleep(0.05)
+    db.execute("INSERT INTO t VALUES ('later')")
+    stack.client.get_page(tenant_id=stack.tenant, timeline_id=main, rel=1, blkno=0, lsn=stack.end_lsn(main))  # ingested
+    out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at-time", iso, "-c", "SELECT count(*) FROM t")
+    assert out.returncode == 0, out.stderr
+    assert f"lsn {end}" in out.stderr and out.stdout == "10000\n"
