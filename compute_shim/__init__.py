@@ -1,6 +1,19 @@
-"""What a stateless compute node links: gRPC clients for Strata's services."""
+"""What a stateless compute node links: gRPC clients for Strata's services,
+a WAL writer, a page cache, and SQLite on Strata pages."""
 
 from compute_shim.client import Client, PageError
+from compute_shim.page_cache import PageCache
+from compute_shim.sqlite import CommitRefused, CommitUncertain, WriteConflict, connect_sqlite
 from compute_shim.wal_writer import AppendFailed, WalWriter
 
-__all__ = ["AppendFailed", "Client", "PageError", "WalWriter"]
+__all__ = [
+    "AppendFailed",
+    "Client",
+    "CommitRefused",
+    "CommitUncertain",
+    "PageCache",
+    "PageError",
+    "WalWriter",
+    "WriteConflict",
+    "connect_sqlite",
+]

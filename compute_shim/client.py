@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from compute_shim.page_cache import DEFAULT_CACHE_BYTES, PageCache
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc, wal_pb2, wal_pb2_grpc
 
 T = TypeVar("T")
@@ -67,8 +68,11 @@ class Client:
         *,
         timeout: float = 30.0,
         retries: int = 4,
+        page_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.timeout = timeout
+        # Page versions for compute nodes on this client (compute_shim/page_cache.py).
+        self.page_cache = PageCache(page_cache_bytes)
         self.retries = retries
         self._page_channel = grpc.insecure_channel(pageserver, options=_CHANNEL_OPTIONS) if pageserver else None
         self._wal_nodes = [a for a in (walservice or "").split(",") if a]

@@ -108,6 +108,11 @@ def _read_state(data_dir: Path) -> list[ProcessRecord]:
     return [ProcessRecord(**p) for p in state["processes"]]
 
 
+def endpoints(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, str]:
+    """The running local stack's addresses by component name ("walservice", "pageserver"), from stack.json."""
+    return {p.name: p.address for p in _read_state(data_dir) if _alive(p.pid)}
+
+
 def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
     body = {"version": STATE_VERSION, "processes": [asdict(p) for p in processes]}
     write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
@@ -213,7 +218,8 @@ def up(args: argparse.Namespace) -> int:
         "\nTry:\n"
         "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
         f"  .venv/bin/python -m bench.wal_append --quick --target {wal}   # durable appends/s against it\n"
-        "  .venv/bin/strata down                            # stop it"
+        "  .venv/bin/strata down                            # stop it\n"
+        "\nSee the agent workflow on it (20 branches, migrations, an undo, time travel): .venv/bin/strata demo"
     )
     return 0
 

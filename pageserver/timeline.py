@@ -234,6 +234,10 @@ class Timeline:
         if commit_time_us and (not self._commit_times or self._commit_times[-1][1] < commit_time_us):
             self._commit_times.append((self.last_record_lsn, commit_time_us))
             self._commit_times = thin_commit_times(self._commit_times)
+        elif commit_time_us and self._commit_times[-1][1] == commit_time_us:
+            # The same commit round, streamed in more than one message (a large Append is cut
+            # into chunks): the sample moves to its end, so it never names an LSN inside a batch.
+            self._commit_times[-1] = (self.last_record_lsn, commit_time_us)
         self.maybe_freeze()
 
     def maybe_freeze(self, force: bool = False) -> bool:

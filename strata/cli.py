@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("tenants", help="list tenants; `tenants create` makes one", add_help=False)
     sub.add_parser("timelines", help="list a tenant's timelines and branches", add_help=False)
     sub.add_parser("branch", help="create a root timeline or a branch", add_help=False)
+    sub.add_parser("sql", help="an SQL shell on a timeline (SQLite on Strata pages)", add_help=False)
+    sub.add_parser("demo", help="the agent workflow on the local stack: 20 branches, migrations, undo", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -38,5 +40,13 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import admin_cli
 
         sys.exit(admin_cli.main(command, rest))
+    elif command == "sql":
+        from compute_shim import sql_shell
+
+        sys.exit(sql_shell.main(rest))
+    elif command == "demo":
+        from compute_shim import demo
+
+        sys.exit(demo.main(rest))
     else:
         parser.error(f"unknown command {command!r}")

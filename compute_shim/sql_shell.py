@@ -1,0 +1,104 @@
+"""`strata sql TENANT TIMELINE [--at LSN | --at-time ISO-TIME]`: an SQL shell on a timeline.
+
+Read-write at the timeline's end by default (each committed transaction is one
+conditional Append); `--at LSN` or `--at-time` opens it read-only in the past.
+The endpoints come from the running local stack (`<data dir>/stack.json`, as
+written by `strata up`) unless `--pageserver` / `--walservice` name them. With
+`-c SQL` it runs the SQL, prints the rows and exits; otherwise it is apsw's
+interactive shell (`.help` lists its dot-commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import apsw
+import apsw.shell
+import grpc
+
+from compute_shim.client import Client
+from compute_shim.sqlite import connect_sqlite
+from deploy.local_stack import DEFAULT_DATA_DIR, endpoints
+
+
+def stack_client(data_dir: Path, pageserver: str | None, walservice: str | None) -> Client:
+    """A Client for the explicit endpoints, or those of the local stack under `data_dir`."""
+    if not (pageserver and walservice):
+        running = endpoints(data_dir)
+        pageserver = pageserver or running.get("pageserver")
+        walservice = walservice or running.get("walservice")
+        if not (pageserver and walservice):
+            raise SystemExit(
+                f"no running local stack under {data_dir} (start it with `strata up`, "
+                "or pass --pageserver HOST:PORT --walservice HOST:PORT)"
+            )
+    return Client(pageserver=pageserver, walservice=walservice)
+
+
+def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the local stack's data dir (default ./.strata)")
+    parser.add_argument("--pageserver", help="HOST:PORT (default: the local stack's)")
+    parser.add_argument("--walservice", help="HOST:PORT[,HOST:PORT...] (default: the local stack's)")
+
+
+def parse_time_us(text: str) -> int:
+    """An ISO 8601 time (a trailing Z or an offset; none means UTC) in microseconds since the epoch."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"--at-time {text!r} is not an ISO 8601 time; give e.g. 2026-11-23T02:15:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1_000_000)
+
+
+def resolve_lsn(client: Client, tenant: str, timeline: str, at: int | None, at_time: str | None) -> int | None:
+    """The LSN to open at (None: read-write at the end); says on stderr what it picked."""
+    if at_time is None:
+        return at
+    resp = client.get_lsn_by_timestamp(tenant_id=tenant, timeline_id=timeline, timestamp_us=parse_time_us(at_time))
+    if resp.kind == "past" or resp.lsn == 0:
+        raise SystemExit(f"--at-time {at_time}: the timeline had no commit yet at that time (its start is lsn {resp.lsn})")
+    note = " (the latest commit: the time is past it)" if resp.kind == "future" else ""
+    print(f"--at-time {at_time}: lsn {resp.lsn}{note}", file=sys.stderr)
+    return resp.lsn
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="strata sql", description="An SQL shell (SQLite) on a Strata timeline.")
+    parser.add_argument("tenant")
+    parser.add_argument("timeline")
+    at = parser.add_mutually_exclusive_group()
+    at.add_argument("--at", type=int, metavar="LSN", help="open read-only at this LSN (time travel; the end LSN of a commit)")
+    at.add_argument("--at-time", metavar="ISO-TIME", help="open read-only at the last commit at or before this time")
+    parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
+    add_endpoint_args(parser)
+    args = parser.parse_args(argv)
+    client = stack_client(args.data_dir, args.pageserver, args.walservice)
+    try:
+        lsn = resolve_lsn(client, args.tenant, args.timeline, args.at, args.at_time)
+        db = connect_sqlite(client, args.tenant, args.timeline, lsn=lsn)
+    except grpc.RpcError as exc:
+        raise SystemExit(f"strata sql: {exc.code().name}: {exc.details()}") from None
+    except ValueError as exc:
+        raise SystemExit(f"strata sql: {exc}") from None
+    mode = "read-write" if lsn is None else f"read-only at lsn {lsn}"
+    try:
+        if args.command is not None:
+            for row in db.execute(args.command):
+                print("|".join("" if v is None else str(v) for v in row))
+            return 0
+        shell = apsw.shell.Shell(db=db)
+        if sys.stdin.isatty():
+            print(f"timeline {args.timeline} of tenant {args.tenant}, {mode}. .help for help, .quit to leave.")
+        shell.cmdloop()
+        return 0
+    except apsw.Error as exc:
+        print(f"strata sql: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+        client.close()

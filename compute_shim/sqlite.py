@@ -1,0 +1,647 @@
+"""SQLite on Strata pages: `connect_sqlite(client, tenant, timeline, lsn=None)`.
+
+An apsw VFS (registered once per process as "strata") whose main database file
+is one Strata relation (`rel`, default 1) of the tenant's page size; SQLite's
+page_size is set to it (an existing database with another page size is refused).
+
+Reads: block b of the file is page (rel, b) at the connection's read LSN, served
+from the client's `PageCache` when a cached version is known to equal it, else
+fetched (`GetPage` for a lone miss, `GetPages` read-ahead for sequential misses:
+the window doubles from 1 up to `MAX_READAHEAD` pages while misses stay
+sequential, and while SQLite works through one window the next is fetched on a
+background thread).
+
+Writes (read-write connections only): SQLite's rollback journal lives in memory
+(`journal_mode=MEMORY`; journals and temp files are per-transaction scratch, never
+sent anywhere) and the pages SQLite writes to the database file, spilled
+mid-transaction or written at commit, stay in a local dirty map. The commit point
+is SQLite's `xSync` of the database file: the dirty pages are compared with the
+committed ones and shipped as ONE Append, conditional on the timeline's end
+(`expected_end_lsn` = the LSN this connection read at): a `PagePatch` of the
+changed byte ranges where that is smaller than the page, a `PageImage`
+otherwise, and a `RelSize` when the file's size changed without a write at its
+end (VACUUM shrinking it). So a transaction is all-or-nothing on Strata, and
+closing or SIGKILLing a compute leaves only committed transactions.
+
+A second writer: the conditional Append is refused (FAILED_PRECONDITION) and the
+transaction fails with `WriteConflict` ("another writer moved the timeline");
+nothing of it reached Strata. The next transaction starts by moving the
+connection's read LSN to the timeline's new end, so it sees the other writer's
+commits (SQLite notices the changed file change counter and drops its own cache).
+An Append that fails otherwise (UNAVAILABLE, a deadline) may or may not have been
+applied: the transaction fails with `CommitUncertain`, and the next transaction
+re-reads the same way, so it builds on whatever the timeline holds.
+
+`lsn=N` opens read-only at LSN N: time travel with plain SQL. N should be a
+transaction boundary: the end LSN of a commit (what `status().flush_lsn`, a
+timeline's `last_record_lsn`, a branch's `ancestor_lsn` or `GetLsnByTimestamp`
+give); an LSN inside one commit's Append shows part of that transaction (the
+WAL does not mark batch ends in what it serves, so this cannot be checked here).
+
+Limits: one transaction must fit one Append (the walservice's
+`--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`).
+PRAGMAs that would break this are refused (`REFUSED_PRAGMAS`): synchronous=OFF
+(no sync, no commit), journal_mode=OFF or WAL, locking_mode=EXCLUSIVE.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import apsw
+import grpc
+import numpy as np
+
+from compute_shim.client import Client, PageError
+from compute_shim.page_cache import PageCache
+from strata.logs import event_logger
+from strata.v1 import records_pb2
+
+log = event_logger("compute")
+
+VFS_NAME = "strata"
+SQLITE_REL = 1  # the relation holding the main database file
+# An empty relation written once by a writer opening a timeline whose WAL is still
+# empty (end LSN 0, where expected_end_lsn=0 would mean "unconditional"), so that
+# every later append of that writer is conditional. It touches no other relation.
+CLAIM_REL = 0xFFFF_FFF0
+MAX_READAHEAD = 128  # pages per GetPages read-ahead
+SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, lengths, offset)
+# Unchanged runs up to this many bytes are carried inside one splice. Measured on
+# bench/sqlite_workload.py (20,000 users, 6,888 changed pages): 16 bytes gives 65,566
+# splices and 19.4 MB of records, 64 bytes 46,066 splices and 20.0 MB (+3%) for 30% less
+# commit CPU (building splices is the cost); 128 bytes costs +15% bytes.
+MERGE_GAP = 64
+SQLITE_SHARED_LOCK = 1
+# Append errors that mean the batch was not applied (other than FAILED_PRECONDITION, a
+# conflict); anything else (UNAVAILABLE without a leader hint, a deadline) may have been.
+REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,  # e.g. the batch is over the walservice's --max-batch-bytes
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DATA_LOSS,
+})
+
+_NO_SYNC = "a commit is shipped at SQLite's sync of the database file; keep synchronous=NORMAL or FULL (each commit is one durable Append either way)"
+_NO_ROLLBACK = "transactions must be able to roll back; keep journal_mode=MEMORY (or DELETE, TRUNCATE, PERSIST: journals live in memory)"
+_NO_WAL = "each commit is already one atomic Append; keep journal_mode=MEMORY"
+REFUSED_PRAGMAS: dict[tuple[str, str], str] = {
+    ("synchronous", "off"): _NO_SYNC,
+    ("synchronous", "0"): _NO_SYNC,
+    ("journal_mode", "off"): _NO_ROLLBACK,
+    ("journal_mode", "wal"): _NO_WAL,
+    ("locking_mode", "exclusive"): "a failed commit is cleaned up when SQLite ends its transaction, which it never does in exclusive locking mode; keep NORMAL",
+}
+
+
+class CommitRefused(Exception):
+    """The walservice refused the commit's Append: nothing of the transaction was written."""
+
+
+class WriteConflict(CommitRefused):
+    """Another writer moved the timeline: this transaction was not committed."""
+
+
+class CommitUncertain(Exception):
+    """A commit's Append failed other than by being refused: it may have been applied."""
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    start: int
+    end: int
+    future: Future[list[bytes]]  # page@read_lsn of blocks start..end-1
+
+
+@dataclass
+class _DbConfig:
+    client: Client
+    tenant_id: str
+    timeline_id: str
+    rel: int
+    page_size: int
+    read_lsn: int | None  # None: read-write at the timeline's end
+
+
+@dataclass
+class _Registry:
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards configs
+    configs: dict[str, _DbConfig] = field(default_factory=dict)  # database name -> its config, until opened
+    counter: itertools.count = field(default_factory=itertools.count)
+
+
+_registry = _Registry()
+_vfs: StrataVFS | None = None
+_vfs_lock = threading.Lock()  # guards _vfs
+
+
+def page_records(rel: int, pages: list[tuple[int, bytes, bytes]]) -> list[tuple[int, records_pb2.Record]]:
+    """For each changed (blkno, old, new), the smaller of a PagePatch and a PageImage.
+
+    A patch holds the changed 8-byte words of `old` (runs closer than `MERGE_GAP` bytes
+    merged into one splice); unchanged pages get no record. Pages are at least 512
+    bytes, a multiple of 8, so whole words tile them. All pages are compared in one
+    vectorised pass: a commit is CPU-bound on this when it writes thousands of pages."""
+    if not pages:
+        return []
+    page_size = len(pages[0][2])
+    words = page_size // 8  # pages are at least 512 bytes, a multiple of 8
+    olds = np.frombuffer(b"".join(old for _, old, _ in pages), dtype=np.uint64).reshape(len(pages), words)
+    news = np.frombuffer(b"".join(new for _, _, new in pages), dtype=np.uint64).reshape(len(pages), words)
+    rows, cols = np.nonzero(olds != news)  # changed words, by page then offset
+    if len(rows) == 0:
+        return []
+    # A run of changed words ends at a new page or a gap of more than MERGE_GAP bytes.
+    starts = np.flatnonzero(np.concatenate(([True], (rows[1:] != rows[:-1]) | (np.diff(cols) > MERGE_GAP // 8))))
+    ends = np.concatenate((starts[1:] - 1, [len(rows) - 1]))
+    run_page = rows[starts]
+    run_lo, run_hi = cols[starts] * 8, (cols[ends] + 1) * 8
+    patch_bytes = np.bincount(run_page, weights=run_hi - run_lo + SPLICE_OVERHEAD, minlength=len(pages))
+    changed = np.bincount(rows, minlength=len(pages)) > 0
+    out: list[tuple[int, records_pb2.Record]] = []
+    splices: dict[int, list[records_pb2.Splice]] = {}
+    as_patch = (patch_bytes < page_size).tolist()
+    for i, lo, hi in zip(run_page.tolist(), run_lo.tolist(), run_hi.tolist()):
+        if as_patch[i]:
+            splices.setdefault(i, []).append(records_pb2.Splice(offset=lo, data=pages[i][2][lo:hi]))
+    for i in np.flatnonzero(changed).tolist():
+        blkno, _, new = pages[i]
+        if as_patch[i]:
+            out.append((blkno, records_pb2.Record(patch=records_pb2.PagePatch(rel=rel, blkno=blkno, splices=splices[i]))))
+        else:
+            out.append((blkno, records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=new))))
+    return out
+
+
+def _patch_or_image(rel: int, blkno: int, old: bytes, new: bytes) -> records_pb2.Record | None:
+    """One page's record (see `page_records`); None if the pages are equal."""
+    records = page_records(rel, [(blkno, old, new)])
+    return records[0][1] if records else None
+
+
+class _FileDefaults:
+    """What both kinds of file answer alike: no OS locks (one process's connections share
+    SQLite's own locking; other writers meet the conditional Append), no file controls."""
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 512
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+
+class _ScratchFile(_FileDefaults):
+    """A journal in memory: per-transaction scratch that never leaves this process."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        return bytes(self.data[offset : offset + amount])
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if len(self.data) < offset:
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset : offset + len(data)] = data
+
+    def xTruncate(self, size: int) -> None:
+        del self.data[size:]
+
+    def xSync(self, flags: int) -> None:
+        pass
+
+    def xFileSize(self) -> int:
+        return len(self.data)
+
+    def xClose(self) -> None:
+        pass
+
+
+class StrataDbFile(_FileDefaults):
+    """The main database file: block b is page (rel, b) of the timeline.
+
+    SQLite calls one connection's file methods from one thread at a time (the
+    connection's mutex), so the fields below need no lock of their own; the
+    shared page cache has its own.
+    """
+
+    def __init__(self, config: _DbConfig) -> None:
+        self.cfg = config
+        self.client = config.client
+        self.cache: PageCache = config.client.page_cache
+        self.ps = config.page_size
+        self.readonly = config.read_lsn is not None
+        self.epoch = 0
+        if config.read_lsn is not None:
+            self.read_lsn = config.read_lsn
+        else:
+            self.read_lsn = self._writer_start()
+        self.committed_nblocks = self._nblocks_at(self.read_lsn)
+        self.size_blocks = self.committed_nblocks  # SQLite's view, dirty writes included
+        self.dirty: dict[int, bytes] = {}  # blkno -> page written by the open transaction
+        # Set when a commit's Append failed (refused, or its outcome unknown); while set, SQLite's
+        # rollback is not shipped; cleared when SQLite ends the transaction (then `stale`).
+        self.failed: Exception | None = None
+        self.stale = False  # a failed commit ended: re-read the timeline's end before the next transaction
+        self._next_sequential = -1  # the block after the last read-ahead
+        self._window = 1  # read-ahead pages for the next sequential miss
+        self._ahead: list[_ReadAhead] = []  # windows fetched in the background, oldest first (at most 2)
+        self._pool: ThreadPoolExecutor | None = None  # the read-ahead thread, started on the first sequential miss
+
+    # -- positioning --------------------------------------------------------------
+
+    def _ids(self) -> dict[str, str]:
+        return {"tenant_id": self.cfg.tenant_id, "timeline_id": self.cfg.timeline_id}
+
+    def _writer_start(self) -> int:
+        """The timeline's end, claimed with one append if the WAL is still empty; tracked in the cache."""
+        end = self.client.status(**self._ids()).flush_lsn
+        if end == 0:
+            claim = records_pb2.Record(rel_size=records_pb2.RelSize(rel=CLAIM_REL, nblocks=0))
+            end = self.client.append(records=[claim], **self._ids()).end_lsn
+            log.info("sqlite_claim", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=end)
+        self.epoch = self.cache.track(self.cfg.tenant_id, self.cfg.timeline_id, end)
+        return end
+
+    def _nblocks_at(self, lsn: int) -> int:
+        resp = self.client.get_rel_size(rel=self.cfg.rel, lsn=lsn, **self._ids())
+        return resp.nblocks if resp.exists else 0
+
+    # -- reads --------------------------------------------------------------------
+
+    def _committed_page(self, blkno: int) -> bytes:
+        if blkno >= self.committed_nblocks:
+            return bytes(self.ps)
+        for i, ahead in enumerate(self._ahead):  # usually empty: only during a sequential scan
+            if ahead.start <= blkno < ahead.end:
+                try:
+                    pages = ahead.future.result()
+                except Exception as exc:  # noqa: BLE001 - read it again below, where an error reaches SQLite
+                    log.warning("sqlite_read_ahead_failed", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                                lsn=self.read_lsn, blkno=blkno, error=repr(exc))
+                    self._forget_read_ahead()
+                    break
+                if i == len(self._ahead) - 1:
+                    # The scan reached the newest window: fetch the next one while SQLite works on this one.
+                    self._window = min(self._window * 2, MAX_READAHEAD)
+                    self._read_ahead(ahead.end)
+                del self._ahead[:i]
+                return pages[blkno - ahead.start]
+        cached = self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, self.read_lsn)
+        if cached is not None:
+            return cached
+        sequential = blkno == self._next_sequential
+        self._window = min(self._window * 2, MAX_READAHEAD) if sequential else 1
+        last = min(blkno + self._window, self.committed_nblocks)
+        self._next_sequential = last
+        pages = self._fetch(list(range(blkno, last)), self.read_lsn)
+        if sequential:
+            self._ahead.clear()
+            self._read_ahead(last)
+        return pages[0]
+
+    def _read_ahead(self, start: int) -> None:
+        """Fetch the `_window` blocks from `start` in the background (GetPages)."""
+        end = min(start + self._window, self.committed_nblocks)
+        if start >= end:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="strata-read-ahead")
+        self._ahead.append(_ReadAhead(start, end, self._pool.submit(self._fetch, list(range(start, end)), self.read_lsn)))
+        self._next_sequential = end
+
+    def _forget_read_ahead(self) -> None:
+        """The read LSN or the committed size moved: windows read before are not to be served."""
+        self._ahead.clear()
+        self._next_sequential = -1
+
+    def _fetch(self, blknos: list[int], lsn: int) -> list[bytes]:
+        """page@lsn of each block, from the pageserver; each put in the cache. Runs on
+        SQLite's thread or the read-ahead thread: it touches only the client and the cache."""
+        if len(blknos) == 1:
+            pages: list[bytes | PageError] = [
+                self.client.get_page(rel=self.cfg.rel, blkno=blknos[0], lsn=lsn, **self._ids()).page
+            ]
+        else:
+            pages = self.client.read_pages(keys=[(self.cfg.rel, b) for b in blknos], lsn=lsn, batch=64, **self._ids())
+        out: list[bytes] = []
+        for blkno, page in zip(blknos, pages):
+            if isinstance(page, PageError):
+                raise OSError(
+                    f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id} rel={self.cfg.rel} "
+                    f"blkno={blkno} lsn={lsn}: GetPages failed: {page}"
+                )
+            self.cache.put(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, blkno, lsn, page)
+            out.append(page)
+        return out
+
+    def _page(self, blkno: int) -> bytes:
+        page = self.dirty.get(blkno)
+        return page if page is not None else self._committed_page(blkno)
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        if amount == self.ps and offset % amount == 0 and offset < self.size_blocks * amount:
+            page = self.dirty.get(offset // amount)  # the common case: one whole page
+            return page if page is not None else self._committed_page(offset // amount)
+        end = min(offset + amount, self.size_blocks * self.ps)
+        if offset >= end:
+            return b""  # apsw zero-fills a short read and reports SQLITE_IOERR_SHORT_READ
+        first, last = offset // self.ps, (end - 1) // self.ps
+        if first == last:
+            start = offset - first * self.ps
+            return self._page(first)[start : start + end - offset]
+        data = b"".join(self._page(b) for b in range(first, last + 1))
+        start = offset - first * self.ps
+        return data[start : start + end - offset]
+
+    def xFileSize(self) -> int:
+        return self.size_blocks * self.ps
+
+    # -- writes -------------------------------------------------------------------
+
+    def _refuse_readonly(self) -> None:
+        if self.readonly:
+            raise apsw.ReadOnlyError(
+                f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id} is open read-only at lsn={self.read_lsn}; "
+                "open it with lsn=None to write"
+            )
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        self._refuse_readonly()
+        pos = 0
+        while pos < len(data):
+            blkno, within = divmod(offset + pos, self.ps)
+            n = min(self.ps - within, len(data) - pos)
+            if within == 0 and n == self.ps:
+                page = bytes(data[pos : pos + n])
+            else:
+                buf = bytearray(self._page(blkno) if blkno < self.size_blocks else bytes(self.ps))
+                buf[within : within + n] = data[pos : pos + n]
+                page = bytes(buf)
+            self.dirty[blkno] = page
+            self.size_blocks = max(self.size_blocks, blkno + 1)
+            pos += n
+
+    def xTruncate(self, size: int) -> None:
+        self._refuse_readonly()
+        if size % self.ps:
+            raise OSError(f"truncate to {size} bytes: a Strata database file holds whole {self.ps}-byte pages")
+        self.size_blocks = size // self.ps
+        for blkno in [b for b in self.dirty if b >= self.size_blocks]:
+            del self.dirty[blkno]
+
+    def xSync(self, flags: int) -> None:
+        """SQLite's commit point (and the end of a rollback that spilled): ship the changes."""
+        if self.readonly or self.failed is not None:
+            return
+        self._commit()
+
+    def _commit(self) -> None:
+        started = time.monotonic()
+        final = self.size_blocks
+        blknos = sorted(b for b in self.dirty if b < final)
+        old_pages: dict[int, bytes] = {}
+        missing: list[int] = []
+        for b in blknos:
+            if b >= self.committed_nblocks:
+                old_pages[b] = bytes(self.ps)
+            elif (cached := self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, b, self.read_lsn)) is not None:
+                old_pages[b] = cached
+            else:
+                missing.append(b)
+        if missing:
+            old_pages.update(zip(missing, self._fetch(missing, self.read_lsn)))
+        changed = page_records(self.cfg.rel, [(b, old_pages[b], self.dirty[b]) for b in blknos])
+        records = [record for _, record in changed]
+        written = {(self.cfg.rel, b): self.dirty[b] for b, _ in changed}
+        last_written = max((b for _, b in written), default=-1)
+        shrunk = final < self.committed_nblocks
+        if shrunk or (final > self.committed_nblocks and last_written != final - 1):
+            records.append(records_pb2.Record(rel_size=records_pb2.RelSize(rel=self.cfg.rel, nblocks=final)))
+        if not records:
+            self.dirty.clear()
+            return
+        try:
+            resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
+        except grpc.RpcError as exc:
+            self.failed = self._append_failure(exc, len(records))
+            raise self.failed from None
+        cut = [(self.cfg.rel, b) for b in range(final, self.committed_nblocks)]
+        self.cache.advance(self.cfg.tenant_id, self.cfg.timeline_id, self.epoch, resp.end_lsn, written, cut)
+        log.info(
+            "sqlite_commit",
+            tenant=self.cfg.tenant_id,
+            timeline=self.cfg.timeline_id,
+            lsn=resp.end_lsn,
+            records=len(records),
+            pages=len(written),
+            nblocks=final,
+            ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        self.read_lsn = resp.end_lsn
+        self.committed_nblocks = final
+        self.dirty.clear()
+        self._forget_read_ahead()
+
+    def _append_failure(self, exc: grpc.RpcError, n_records: int) -> Exception:
+        """What a failed commit raises (and logs): refused, a conflict, or an unknown outcome."""
+        code, where = exc.code(), f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}"
+        fields = {"tenant": self.cfg.tenant_id, "timeline": self.cfg.timeline_id, "lsn": self.read_lsn, "code": code.name}
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            log.warning("sqlite_write_conflict", **fields)
+            return WriteConflict(
+                f"{where}: another writer moved the timeline past lsn={self.read_lsn}, the LSN this transaction read "
+                f"at ({exc.details()}); nothing of this transaction was written. Run it again: the next transaction "
+                "reads the timeline's new end"
+            )
+        if code in REFUSALS:
+            log.warning("sqlite_commit_refused", **fields)
+            return CommitRefused(
+                f"{where}: the walservice refused the commit's Append ({n_records} records) with {code.name}: "
+                f"{exc.details()}; nothing of this transaction was written"
+            )
+        # Not refused: the append may or may not have been applied (a lost reply). The next
+        # transaction re-reads the timeline's end, so it builds on whatever is there.
+        log.warning("sqlite_commit_uncertain", **fields)
+        return CommitUncertain(
+            f"{where}: the commit's Append failed with {code.name}: {exc.details()}; it may or may not have been "
+            "applied. The next transaction re-reads the timeline: check there whether this one is in it before "
+            "running it again"
+        )
+
+    # -- locks and the rest ---------------------------------------------------------
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        """Refuse the PRAGMAs that would break commits (SQLite asks the VFS first)."""
+        if op != apsw.SQLITE_FCNTL_PRAGMA:
+            return False
+        pragma = apsw.VFSFcntlPragma(ptr)
+        value = (pragma.value or "").strip().strip("'\"").lower()
+        why = REFUSED_PRAGMAS.get((pragma.name.lower(), value))
+        if why is not None:
+            raise apsw.SQLError(f"PRAGMA {pragma.name}={pragma.value} is refused on a Strata database: {why}")
+        return False
+
+
+    def xUnlock(self, level: int) -> None:
+        if level > SQLITE_SHARED_LOCK or (not self.dirty and self.failed is None and self.size_blocks == self.committed_nblocks):
+            return  # still in a write transaction, or after a read-only one: nothing to do
+        if self.failed is None and not self.dirty and self.size_blocks < self.committed_nblocks:
+            # VACUUM truncates the file after its last xSync: ship that shrink now. A failure
+            # here leaves the file longer than SQLite's header says, which SQLite ignores.
+            try:
+                self._commit()
+            except (CommitRefused, CommitUncertain) as exc:
+                log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                            lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
+        # The write transaction is over: whatever is still dirty was rolled back.
+        self.dirty.clear()
+        self.size_blocks = self.committed_nblocks
+        if self.failed is not None:
+            self.failed = None
+            self.stale = True  # re-read at the next transaction's start (the services may be down now)
+
+    def xLock(self, level: int) -> None:
+        if self.stale and level >= SQLITE_SHARED_LOCK:
+            self._reread()
+
+    def _reread(self) -> None:
+        """After a failed commit: read the timeline's end again. SQLite then sees a new change
+        counter in page 1 (if anything changed) and drops its own cache."""
+        self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
+        self.read_lsn = self._writer_start()
+        self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
+        self._forget_read_ahead()
+        self.stale = False
+        log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
+
+    def xClose(self) -> None:
+        self.dirty.clear()
+        self._forget_read_ahead()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StrataVFS(apsw.VFS):
+    """Main database files are Strata relations; journals live in memory; temp files
+    go to the default VFS (local temp, deleted on close)."""
+
+    def __init__(self) -> None:
+        super().__init__(VFS_NAME, base="")
+        self._lock = threading.Lock()  # guards _scratch
+        self._scratch: dict[str, _ScratchFile] = {}
+
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> object:
+        filename = name.filename() if isinstance(name, apsw.URIFilename) else name
+        if filename is None:
+            return super().xOpen(name, flags)
+        if flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
+            with _registry.lock:
+                config = _registry.configs.pop(filename, None)
+            if config is None:
+                raise apsw.CantOpenError(f"{filename!r} is not a database opened with compute_shim.connect_sqlite")
+            return StrataDbFile(config)
+        if flags[0] & apsw.SQLITE_OPEN_WAL:
+            raise apsw.CantOpenError(
+                f"{filename!r}: journal_mode=WAL is not supported on Strata (each commit is already one atomic "
+                "append); keep journal_mode=MEMORY"
+            )
+        with self._lock:
+            return self._scratch.setdefault(filename, _ScratchFile())
+
+    def xAccess(self, pathname: str, flags: int) -> bool:
+        return False  # no hot journals: nothing of an unfinished transaction outlives it
+
+    def xDelete(self, filename: str, syncdir: bool) -> None:
+        with self._lock:
+            self._scratch.pop(filename, None)
+
+    def xFullPathname(self, name: str) -> str:
+        return name
+
+
+def _ensure_vfs() -> None:
+    global _vfs
+    with _vfs_lock:
+        if _vfs is None:
+            _vfs = StrataVFS()
+
+
+def connect_sqlite(
+    client: Client,
+    tenant: str,
+    timeline: str,
+    lsn: int | None = None,
+    *,
+    rel: int = SQLITE_REL,
+) -> apsw.Connection:
+    """An apsw.Connection on the timeline's SQLite database: read-write at its end
+    (lsn=None), or read-only at LSN `lsn` (0: the current end), which should be the
+    end of a commit (see the module's docstring)."""
+    status = client.status(tenant_id=tenant, timeline_id=timeline)
+    page_size = status.page_size
+    if lsn is not None:
+        if lsn == 0:
+            lsn = status.flush_lsn
+        if lsn > status.flush_lsn:
+            raise ValueError(
+                f"tenant={tenant} timeline={timeline}: lsn={lsn} is past the timeline's end {status.flush_lsn}; "
+                f"pass an LSN at or below it"
+            )
+        info = client.get_timeline(tenant_id=tenant, timeline_id=timeline)
+        if lsn < info.gc_cutoff_lsn:
+            raise ValueError(
+                f"tenant={tenant} timeline={timeline}: lsn={lsn} is below the GC cutoff {info.gc_cutoff_lsn}; "
+                "only LSNs at or above it are retained"
+            )
+        if lsn == 0:
+            raise ValueError(f"tenant={tenant} timeline={timeline} has no records yet: there is nothing to read")
+    _ensure_vfs()
+    name = f"strata-{tenant}-{timeline}-{'rw' if lsn is None else lsn}-{next(_registry.counter)}.db"
+    with _registry.lock:
+        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn)
+    flags = apsw.SQLITE_OPEN_READONLY if lsn is not None else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    try:
+        db = apsw.Connection(name, flags=flags, vfs=VFS_NAME)
+    finally:
+        with _registry.lock:
+            _registry.configs.pop(name, None)
+    try:
+        _check_page_size(db, tenant, timeline, page_size, readonly=lsn is not None)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def _check_page_size(db: apsw.Connection, tenant: str, timeline: str, page_size: int, readonly: bool) -> None:
+    if not readonly:
+        db.execute(f"PRAGMA page_size={page_size}").fetchall()  # takes effect on a new database only
+        db.execute("PRAGMA journal_mode=MEMORY").fetchall()
+    else:
+        db.execute("PRAGMA query_only=1").fetchall()
+    actual = db.execute("PRAGMA page_size").fetchall()[0][0]
+    empty = db.execute("PRAGMA page_count").fetchall()[0][0] == 0
+    if actual != page_size and not empty:
+        raise ValueError(
+            f"tenant={tenant} timeline={timeline}: the database's SQLite page_size is {actual} but the tenant's page "
+            f"size is {page_size}; a Strata SQLite database must use the tenant's page size"
+        )
