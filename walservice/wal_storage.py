@@ -275,6 +275,10 @@ class TimelineWal:
         return WalCursor(self, self.segment_at(after_lsn).start_lsn, after_lsn)
 
 
+# Past the byte budget, a read finishing a batch reads on in pieces of this size.
+_FINISH_BATCH_READ_BYTES = 64 * 1024
+
+
 class WalCursor:
     """Reads committed frames in LSN order, segment after segment.
 
@@ -288,34 +292,35 @@ class WalCursor:
         self.skip_to = skip_to
 
     def read(self, limit_lsn: int, max_bytes: int) -> list[Frame]:
-        """Up to about `max_bytes` of frames with LSN <= limit_lsn (a frame boundary)."""
+        """Frames with LSN <= limit_lsn (a batch boundary): about `max_bytes` of
+        them, and always up to a batch's end, so a reader that applies what one
+        call returns never exposes part of an atomic Append (a batch never spans
+        segments, so the loop ends within the segment it started a batch in)."""
         out: list[Frame] = []
         budget = max_bytes
-        while self.position < limit_lsn and budget > 0:
+        at_batch_end = True
+        while self.position < limit_lsn and (budget > 0 or not at_batch_end):
             # Segments are contiguous, so the next segment starts where this one ends.
             seg = self.wal.segment_at(self.position)
             if self.position >= seg.end_lsn:
                 break
             end = min(limit_lsn, seg.end_lsn)
-            want = min(end - self.position, budget)
+            want = min(end - self.position, max(budget, _FINISH_BATCH_READ_BYTES))
             data = self._pread(seg, self.position, want)
-            got_any = False
-            for offset, frame in _whole_frames(data, self.position, end):
-                self.position = frame.lsn
-                got_any = True
-                budget -= FRAME_HEADER_SIZE + len(frame.payload)
-                if frame.lsn > self.skip_to:
-                    out.append(frame)
-            if not got_any:
+            frames = list(_whole_frames(data, self.position, end))
+            if not frames:
                 # One frame bigger than the budget: read exactly that frame.
                 head = self._pread(seg, self.position, FRAME_HEADER_SIZE)
                 size = FRAME_HEADER_SIZE + int.from_bytes(head[:4], "little")
-                data = self._pread(seg, self.position, size)
-                for _, frame in _whole_frames(data, self.position, end):
-                    self.position = frame.lsn
-                    budget -= size
-                    if frame.lsn > self.skip_to:
-                        out.append(frame)
+                frames = list(_whole_frames(self._pread(seg, self.position, size), self.position, end))
+            for _, frame in frames:
+                self.position = frame.lsn
+                budget -= FRAME_HEADER_SIZE + len(frame.payload)
+                at_batch_end = frame.end_of_batch
+                if frame.lsn > self.skip_to:
+                    out.append(frame)
+                if budget <= 0 and at_batch_end:
+                    break
         return out
 
     def _pread(self, seg: SegmentInfo, position: int, n: int) -> bytes:

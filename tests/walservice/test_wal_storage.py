@@ -305,3 +305,19 @@ def test_cursor_stops_at_its_limit_and_resumes(segmented: tuple[TimelineWal, lis
     while chunk := cursor.read(wal.end_lsn, 1 << 20):
         rest += chunk
     assert [(f.lsn, f.payload) for f in rest] == written[8:] + more
+
+
+@pytest.mark.parametrize("max_bytes", [1, 100, 250, 1000])
+def test_every_read_ends_at_a_batch_end(tmp_path: Path, max_bytes: int) -> None:
+    """However small the byte budget, a read returns whole batches: the pageserver
+    applies one Stream message at a time, so a message ending inside a batch would
+    show part of an atomic Append."""
+    wal = new_wal(tmp_path / "tl")
+    written = fill(wal, 6, records_per_batch=7, size=90)
+    batch_ends = {lsn for i, (lsn, _) in enumerate(written) if i % 7 == 6}
+    cursor = wal.cursor(0)
+    got: list[Frame] = []
+    while chunk := cursor.read(wal.end_lsn, max_bytes):
+        assert chunk[-1].end_of_batch and chunk[-1].lsn in batch_ends
+        got += chunk
+    assert [(f.lsn, f.payload) for f in got] == written
