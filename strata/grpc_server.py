@@ -100,6 +100,10 @@ def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await fn(self, request, context)
         except StrataError as exc:
             log_rpc_failure(self.log, fn.__name__, request, exc)
+            # E.g. `strata-leader` on a walservice node that does not lead (replication).
+            metadata = getattr(exc, "trailing_metadata", None)
+            if metadata:
+                context.set_trailing_metadata(metadata)
             await context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
 

@@ -19,6 +19,7 @@ from strata.grpc_server import log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
+from walservice.replication import Cluster
 from walservice.segment import Frame
 from walservice.sequencer import Timeline
 from walservice.timelines import TimelineSet
@@ -60,8 +61,15 @@ def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
 
 
 class WalServicer:
-    def __init__(self, timelines: TimelineSet, log: EventLogger, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        timelines: TimelineSet,
+        log: EventLogger,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        cluster: Cluster | None = None,
+    ) -> None:
         self.timelines = timelines
+        self.cluster = cluster  # None on a single node
         self.log = log
         self.max_batch_bytes = max_batch_bytes
 
@@ -77,12 +85,17 @@ class WalServicer:
             page_size=c.page_size,
             tenant_id=c.tenant_id,
             timeline_id=c.timeline_id,
-            leader_node_id=1,
+            leader_node_id=(tl.replica.live_leader() if tl.replica is not None else 1),
         )
 
     @unary_rpc
     async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
-        tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
+        if self.cluster is not None:
+            tl = await self.cluster.create_timeline(
+                self.timelines, request.tenant_id, request.timeline_id, request.start_lsn, request.page_size
+            )
+        else:
+            tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
         tl.check_usable()
         return self._status(tl)
 
