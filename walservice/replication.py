@@ -301,6 +301,7 @@ class TimelineReplica:
         self.leader_id = 0  # the leader of `timeline.term` as last heard (0: unknown)
         self.leader_heard = 0.0  # monotonic time of the leader's last PeerAppend
         self.synced_term = 0  # the term whose leader's history this follower adopted
+        self.better_candidate = 0  # a voter whose log is ahead of ours (last election)
         self.replicators: dict[int, Replicator] = {}
         self.recent: list[_Round] = []
         self.recent_bytes = 0
@@ -383,6 +384,14 @@ class TimelineReplica:
                     raise self.not_leader("a live leader exists")
                 if await self.elect():
                     return
+                if self.better_candidate:
+                    address = self.config.address(self.better_candidate)
+                    tl = self.timeline
+                    raise NotLeader(
+                        f"tenant={tl.tenant_id} timeline={tl.timeline_id}: node {self.config.node_id} cannot lead: node "
+                        f"{self.better_candidate} at {address} has a more advanced log and can win the election",
+                        address,
+                    )
                 # Lower node ids retry first: the tie-break between simultaneous candidates.
                 await asyncio.sleep((0.05 + 0.25 * random.random()) * self.config.node_id / len(self.config.nodes))
         if self.live_leader():
@@ -415,6 +424,10 @@ class TimelineReplica:
 
         answers = await asyncio.gather(*(ask(n) for n in self.config.others))
         votes = 1 + sum(1 for a in answers if a is not None and a.granted)
+        # A voter whose log is ahead of ours is the one that can win: say so to clients.
+        ahead = [(a.last_log_term, a.flush_lsn, n) for n, a in zip(self.config.others, answers)
+                 if a is not None and not a.granted and (a.last_log_term, a.flush_lsn) > (llt, flush)]
+        self.better_candidate = max(ahead)[2] if ahead else 0
         highest = max((a.term for a in answers if a is not None), default=0)
         async with self.state_lock:
             if highest > tl.term:
