@@ -135,12 +135,41 @@ def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: st
     raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
 
 
-def components(data_dir: Path, started: list[ProcessRecord]) -> list[ComponentSpec]:
-    """The next component to start, given those already started (they depend on each other's addresses)."""
+def cluster_ports(replicas: int) -> list[int]:
+    """Ports for a walservice cluster, fixed before any node starts (each node's
+    --peers names them all): 7676, 7677, ... where free, else free ones."""
+    ports = []
+    for i in range(replicas):
+        port = 7676 + i
+        if not _port_free(port):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            print(f"note: port {7676 + i} is busy; walservice{i + 1} takes {port} instead")
+        ports.append(port)
+    return ports
+
+
+def components(data_dir: Path, started: list[ProcessRecord], replicas: int = 1, ports: list[int] | None = None) -> list[ComponentSpec]:
+    """The next component to start, given those already started (they depend on each other's addresses).
+    With `replicas` > 1 the walservice is a cluster `walservice1..N` on `ports` (docs/design/0005-replication.md)."""
     addresses = {p.name: p.address for p in started}
     # The embedded remote storage, shared: WAL offload under tenants/<t>/timelines/<tl>/wal/,
     # layers and index_part.json beside it (docs/design/0003-remote-storage.md).
     remote = f"file://{(data_dir / 'remote').resolve()}"
+    if replicas > 1:
+        assert ports is not None and len(ports) == replicas
+        peers = ",".join(f"127.0.0.1:{port}" for port in ports)
+        for i in range(1, replicas + 1):
+            if f"walservice{i}" not in addresses:
+                return [
+                    ComponentSpec(
+                        f"walservice{i}", "walservice", ports[i - 1],
+                        ["--data-dir", str(data_dir / f"walservice{i}"), "--remote-storage", remote,
+                         "--node-id", str(i), "--peers", peers],
+                    )
+                ]
+        addresses["walservice"] = peers
     if "walservice" not in addresses:
         return [
             ComponentSpec(
@@ -175,7 +204,8 @@ def up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []
     try:
-        while specs := components(data_dir.resolve(), started):
+        ports = cluster_ports(args.replicas) if args.replicas > 1 else None
+        while specs := components(data_dir.resolve(), started, args.replicas, ports):
             started.append(_start(specs[0], data_dir.resolve()))
             _write_state(data_dir, started)
     except SystemExit:
@@ -185,7 +215,7 @@ def up(args: argparse.Namespace) -> int:
         raise
     print(f"Strata is up (data under {data_dir}):")
     _print_processes(started)
-    wal = next(p.address for p in started if p.name == "walservice")
+    wal = ",".join(p.address for p in started if p.name.startswith("walservice"))
     print(
         "\nTry:\n"
         "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
@@ -261,5 +291,6 @@ def main(command: str, argv: list[str]) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the stack keeps its data (default ./.strata)")
     if command == "up":
         parser.add_argument("--s3", action="store_true", help="use S3/MinIO remote storage configured the boto3 way")
+        parser.add_argument("--replicas", type=int, default=1, help="walservice nodes: 1, or 3 (or 5) for a replicated cluster")
     args = parser.parse_args(argv)
     return {"up": up, "down": down, "status": status}[command](args)
