@@ -8,6 +8,7 @@ status codes through strata.grpc_server.unary_rpc like the client-facing service
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -34,13 +35,16 @@ class PeerServicer:
         assert tl.replica is not None
         return tl.replica
 
+    # The handlers run shielded: a peer that gives up on a call (deadline, crash)
+    # must not cancel a vote or a write halfway through its state changes.
+
     @unary_rpc
     async def RequestVote(self, request: peer_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> peer_pb2.VoteResponse:
-        return await self._replica(request).on_vote_request(request)
+        return await asyncio.shield(self._replica(request).on_vote_request(request))
 
     @unary_rpc
     async def PeerAppend(self, request: peer_pb2.PeerAppendRequest, context: grpc.aio.ServicerContext) -> peer_pb2.PeerAppendResponse:
-        return await self._replica(request).on_peer_append(request)
+        return await asyncio.shield(self._replica(request).on_peer_append(request))
 
     @unary_rpc
     async def PeerCreateTimeline(self, request: peer_pb2.PeerTimeline, context: grpc.aio.ServicerContext) -> peer_pb2.PeerTimelineResponse:

@@ -210,6 +210,7 @@ class _Round:
     start_lsn: int
     end_lsn: int
     data: bytes
+    new_segment: bool  # the round starts a segment on the leader
 
 
 class Replicator:
@@ -232,8 +233,8 @@ class Replicator:
         backoff = HEARTBEAT_S / 2
         while r.leader_term == self.term and not tl.closing:
             try:
-                start, data = await self._next_data()
-                request = r.append_request(self.term, start, data)
+                start, data, new_segment = await self._next_data()
+                request = r.append_request(self.term, start, data, new_segment)
                 response: peer_pb2.PeerAppendResponse = await r.peers.call(
                     self.node_id, "PeerAppend", request, PEER_APPEND_TIMEOUT_S
                 )
@@ -260,21 +261,25 @@ class Replicator:
             if response.remote_consistent_lsn > tl.control.remote_consistent_lsn:
                 r.spawn(tl.report_persisted(response.remote_consistent_lsn))
 
-    async def _next_data(self) -> tuple[int, bytes]:
-        """What to send next: (start_lsn, frames); empty frames are a heartbeat,
-        after waiting up to HEARTBEAT_S for something to send."""
+    async def _next_data(self) -> tuple[int, bytes, bool]:
+        """What to send next: (start_lsn, frames, starts a segment); empty frames
+        are a heartbeat, after waiting up to HEARTBEAT_S for something to send.
+        Frames never cross one of the leader's segment starts."""
         r = self.replica
         tl = r.timeline
         if self.next_lsn is None and self.last_ok == 0.0:
-            return 0, b""  # introduce ourselves at once: learn the follower's end
+            return 0, b"", False  # introduce ourselves at once: learn the follower's end
         if self.next_lsn is not None and self.next_lsn < tl.end_lsn:
-            data = r.recent_from(self.next_lsn)
-            if data is None and self.next_lsn < tl.flush_lsn:
+            start = self.next_lsn
+            recent = r.recent_from(start)
+            if recent is not None:
+                return start, recent[0], recent[1]
+            if start < tl.flush_lsn:
                 data = await asyncio.get_running_loop().run_in_executor(
-                    None, tl.wal.read_batches, self.next_lsn, tl.flush_lsn, MAX_SEND_BYTES
+                    None, tl.wal.read_batches, start, tl.flush_lsn, MAX_SEND_BYTES
                 )
-            if data:
-                return self.next_lsn, data
+                if data:
+                    return start, data, tl.wal.starts_segment(start)
         self.wake.clear()
         try:
             await asyncio.wait_for(self.wake.wait(), HEARTBEAT_S)
@@ -282,7 +287,7 @@ class Replicator:
                 return await self._next_data()
         except TimeoutError:
             pass
-        return self.next_lsn or 0, b""
+        return self.next_lsn or 0, b"", False
 
     def stop(self) -> None:
         self.task.cancel()
@@ -465,9 +470,9 @@ class TimelineReplica:
             self.recent, self.recent_bytes = [], 0
             self._wake_commit_waiters()
 
-    def round_sequenced(self, start_lsn: int, end_lsn: int, data: bytes) -> None:
+    def round_sequenced(self, start_lsn: int, end_lsn: int, data: bytes, new_segment: bool) -> None:
         """A flush round's bytes: keep them for the replicators and wake them."""
-        self.recent.append(_Round(start_lsn, end_lsn, data))
+        self.recent.append(_Round(start_lsn, end_lsn, data, new_segment))
         self.recent_bytes += len(data)
         floor = min((rep.next_lsn or 0 for rep in self.replicators.values()), default=end_lsn)
         while self.recent and (self.recent[0].end_lsn <= floor or
@@ -476,18 +481,19 @@ class TimelineReplica:
         for rep in self.replicators.values():
             rep.wake.set()
 
-    def recent_from(self, start_lsn: int) -> bytes | None:
-        """Consecutive rounds from `start_lsn`, up to about MAX_SEND_BYTES (None if
+    def recent_from(self, start_lsn: int) -> tuple[bytes, bool] | None:
+        """Consecutive rounds from `start_lsn`, up to about MAX_SEND_BYTES and never
+        across a segment start, and whether they start a segment (None if
         `start_lsn` is not a round start held in memory)."""
         for i, rnd in enumerate(self.recent):
             if rnd.start_lsn == start_lsn:
                 parts, size = [], 0
                 for nxt in self.recent[i:]:
-                    if parts and size + len(nxt.data) > MAX_SEND_BYTES:
+                    if parts and (size + len(nxt.data) > MAX_SEND_BYTES or nxt.new_segment):
                         break
                     parts.append(nxt.data)
                     size += len(nxt.data)
-                return b"".join(parts)
+                return b"".join(parts), rnd.new_segment
         return None
 
     def advance_commit(self) -> None:
@@ -535,13 +541,14 @@ class TimelineReplica:
             except TimeoutError:
                 pass
 
-    def append_request(self, term: int, start_lsn: int, data: bytes) -> peer_pb2.PeerAppendRequest:
+    def append_request(self, term: int, start_lsn: int, data: bytes, new_segment: bool) -> peer_pb2.PeerAppendRequest:
         tl = self.timeline
         c = tl.control
         return peer_pb2.PeerAppendRequest(
             tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, term=term, leader_id=self.config.node_id,
             term_history=history_to_proto(c.term_history), start_lsn=start_lsn, frames=data,
             commit_lsn=tl.commit_lsn, remote_consistent_lsn=c.remote_consistent_lsn, backup_lsn=c.backup_lsn,
+            new_segment=new_segment,
         )
 
     def create_request(self, term: int) -> peer_pb2.PeerTimeline:
@@ -612,7 +619,7 @@ class TimelineReplica:
                     ok, why = False, f"frames start at lsn={req.start_lsn}, this node's WAL ends at lsn={tl.end_lsn}"
                 else:
                     end = check_frames(req.frames, req.start_lsn)
-                    await tl.write_replicated(req.start_lsn, req.frames, end)
+                    await tl.write_replicated(req.start_lsn, req.frames, end, req.new_segment)
             commit = min(req.commit_lsn, tl.flush_lsn)
             if commit > tl.commit_lsn:
                 tl.commit_lsn = commit

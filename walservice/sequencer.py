@@ -174,10 +174,12 @@ class Timeline:
         if not accepted:
             return
         data = bytes(buf)
+        # Only this flush loop writes while the node leads, so the segment decision
+        # made here holds under wal_lock below; followers cut segments at the same LSNs.
+        new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
         if self.replica is not None:
-            self.replica.round_sequenced(self.end_lsn, position, data)
+            self.replica.round_sequenced(self.end_lsn, position, data, new_segment_at is not None)
         async with self.wal_lock:
-            new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
             self.end_lsn = position
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
@@ -264,21 +266,32 @@ class Timeline:
 
     async def set_control(self, **changes: Any) -> None:
         """Durably rewrite control file fields (replication's term state), under
-        `_control_lock` like every control write."""
-        async with self._control_lock:
-            control = replace(self.control, **changes)
-            await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
-            self.control = self.wal.control = control
+        `_control_lock` like every control write. Shielded: a cancelled caller (an
+        RPC whose client went away) never leaves the file ahead of `control`."""
+
+        async def write() -> None:
+            async with self._control_lock:
+                control = replace(self.control, **changes)
+                await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
+                self.control = self.wal.control = control
+
+        await asyncio.shield(write())
 
     # -- replicated writes (a follower; walservice/replication.py) ------------------
 
-    async def write_replicated(self, start_lsn: int, data: bytes, end_lsn: int) -> None:
+    async def write_replicated(self, start_lsn: int, data: bytes, end_lsn: int, new_segment: bool) -> None:
         """Append frames received from the leader (whole batches, already checked)
-        at `start_lsn` == end_lsn and fsync; flush_lsn follows."""
+        at `start_lsn` == end_lsn and fsync, in a new segment when the leader started
+        one there (so segment files match the leader's); flush_lsn follows.
+        Shielded: a cancelled caller never leaves the file ahead of end_lsn."""
+        await asyncio.shield(self._write_replicated(start_lsn, data, end_lsn, new_segment))
+
+    async def _write_replicated(self, start_lsn: int, data: bytes, end_lsn: int, new_segment: bool) -> None:
         async with self.wal_lock:
             if start_lsn != self.end_lsn:
                 raise Unavailable(f"replicated frames start at lsn={start_lsn}, but this node's WAL ends at lsn={self.end_lsn}")
-            new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
+            # (An empty segment already starting there, e.g. a rejoining node's first one, is used as it is.)
+            new_segment_at = start_lsn if new_segment and self.wal.segments[-1].start_lsn != start_lsn else None
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
             except OSError as exc:
@@ -289,7 +302,10 @@ class Timeline:
 
     async def truncate_wal(self, lsn: int) -> None:
         """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
-        below commit_lsn, which the caller checked)."""
+        below commit_lsn, which the caller checked). Shielded like the writes."""
+        await asyncio.shield(self._truncate_wal(lsn))
+
+    async def _truncate_wal(self, lsn: int) -> None:
         async with self.wal_lock:
             if lsn >= self.end_lsn:
                 return

@@ -240,6 +240,10 @@ class TimelineWal:
         keep[-1] = SegmentInfo(last.start_lsn, last.path, lsn)
         self.segments = keep
 
+    def starts_segment(self, lsn: int) -> bool:
+        """Whether a local segment starts at `lsn` (safe on reader threads)."""
+        return any(seg.start_lsn == lsn for seg in self.segments)
+
     def read_batches(self, start_lsn: int, limit_lsn: int, max_bytes: int) -> bytes:
         """Off the loop: the encoded frames of whole batches from WAL position
         `start_lsn` (a batch boundary) up to at most `limit_lsn`, about `max_bytes`

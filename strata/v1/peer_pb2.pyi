@@ -45,7 +45,7 @@ class VoteResponse(_message.Message):
     def __init__(self, term: _Optional[int] = ..., granted: _Optional[bool] = ..., flush_lsn: _Optional[int] = ..., last_log_term: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PeerAppendRequest(_message.Message):
-    __slots__ = ("tenant_id", "timeline_id", "term", "leader_id", "term_history", "start_lsn", "frames", "commit_lsn", "remote_consistent_lsn", "backup_lsn")
+    __slots__ = ("tenant_id", "timeline_id", "term", "leader_id", "term_history", "start_lsn", "frames", "commit_lsn", "remote_consistent_lsn", "backup_lsn", "new_segment")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class PeerAppendRequest(_message.Message):
     COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
     REMOTE_CONSISTENT_LSN_FIELD_NUMBER: _ClassVar[int]
     BACKUP_LSN_FIELD_NUMBER: _ClassVar[int]
+    NEW_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     timeline_id: str
     term: int
@@ -66,7 +67,8 @@ class PeerAppendRequest(_message.Message):
     commit_lsn: int
     remote_consistent_lsn: int
     backup_lsn: int
-    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., term_history: _Optional[_Iterable[_Union[TermEntry, _Mapping]]] = ..., start_lsn: _Optional[int] = ..., frames: _Optional[bytes] = ..., commit_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., backup_lsn: _Optional[int] = ...) -> None: ...
+    new_segment: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., term_history: _Optional[_Iterable[_Union[TermEntry, _Mapping]]] = ..., start_lsn: _Optional[int] = ..., frames: _Optional[bytes] = ..., commit_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., backup_lsn: _Optional[int] = ..., new_segment: _Optional[bool] = ...) -> None: ...
 
 class PeerAppendResponse(_message.Message):
     __slots__ = ("term", "ok", "flush_lsn", "remote_consistent_lsn", "reason")
