@@ -387,7 +387,8 @@ class TimelineReplica:
                     return
                 if self.live_leader():
                     raise self.not_leader("a live leader exists")
-                if await self.elect():
+                # Shielded: a client giving up must not stop a won election halfway.
+                if await asyncio.shield(self.elect()):
                     return
                 if self.better_candidate:
                     address = self.config.address(self.better_candidate)
