@@ -659,6 +659,7 @@ class TimelineReplica:
         for rep in self.replicators.values():
             rep.stop()
         self.leader_term = 0
+        self._wake_commit_waiters()  # a round waiting for a majority fails now, not after QUORUM_TIMEOUT_S
         for task in list(self._tasks):
             task.cancel()
         tl = self.timeline
