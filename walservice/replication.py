@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,7 +38,6 @@ from walservice.sequencer import Timeline
 if TYPE_CHECKING:
     from walservice.timelines import TimelineSet
 
-T = TypeVar("T")
 
 HEARTBEAT_S = 0.25
 LEADER_LEASE_S = 1.0
@@ -148,7 +147,7 @@ class PeerClients:
             stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(channel)
         return stub
 
-    async def call(self, node_id: int, method: str, request: object, timeout: float) -> T:  # type: ignore[type-var]
+    async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
         """One peer RPC; PeerUnreachable on any transport failure (or injected fault)."""
         if self.faults is not None:
             if self.faults.rng.random() < self.faults.drop:
