@@ -243,9 +243,16 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
         w.start()
     deadline = time.monotonic() + seconds
     kills = 0
+    # Kills of one node at a time, so never more than a minority is down.
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(0.5, 2.0))
         victim = rng.choice(nodes)
+        if rng.random() < 0.5:  # half the time the leader, as far as a node knows it
+            try:
+                leader_id = node_status(victim, key).leader_node_id
+                victim = nodes[leader_id - 1] if leader_id else victim
+            except grpc.RpcError:
+                pass
         victim.kill()
         kills += 1
         time.sleep(rng.uniform(0.2, 2.0))
