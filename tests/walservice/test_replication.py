@@ -282,3 +282,39 @@ def test_random_kills_and_message_faults_soak(strata_env: StrataEnv, monkeypatch
     seed = int(os.environ.get("STRATA_REPL_SEED", random.randrange(1 << 32)))
     print(f"STRATA_REPL_SEED={seed}")
     _fault_run(strata_env, monkeypatch, float(os.environ.get("STRATA_SOAK_SECONDS", "10")), seed)
+
+
+def test_offload_and_trimming_on_every_node(strata_env: StrataEnv) -> None:
+    """All nodes offload to one remote storage; remote_consistent_lsn reported to
+    one node reaches every node, and each trims its sealed segments below it."""
+    remote = strata_env.root / "remote"
+    nodes = strata_env.walservice_cluster(
+        3, "--segment-bytes", "4096", "--remote-storage", f"file://{remote}", "--offload-interval", "0.2"
+    )
+    client = cluster_client(nodes)
+    key = create(client)
+    acked = [client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 4)) for b in range(1, 40)]
+    end = acked[-1].end_lsn
+    wait_converged(nodes, key, end)
+    before = [len(list(n.data_dir.glob("timelines/*/*/*.wal"))) for n in nodes]
+    assert min(before) > 2
+    # The pageserver's report reaches one node (a follower); the leader spreads it.
+    middle = acked[20].end_lsn
+    follower = next(n for n in nodes if node_status(n, key).leader_node_id != nodes.index(n) + 1)
+    wal_pb2_grpc.WalServiceStub(follower.channel()).ReportPersisted(
+        wal_pb2.PersistedRequest(tenant_id=key.tenant_id, timeline_id=key.timeline_id, remote_consistent_lsn=middle), timeout=5
+    )
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        statuses = [node_status(n, key) for n in nodes]
+        files = [len(list(n.data_dir.glob("timelines/*/*/*.wal"))) for n in nodes]
+        if all(s.remote_consistent_lsn == middle and s.backup_lsn == end for s in statuses) and all(
+            f < b for f, b in zip(files, before)
+        ):
+            break
+        assert time.monotonic() < deadline, f"not offloaded/trimmed everywhere: {statuses} files={files} before={before}"
+        time.sleep(0.1)
+    # Trimmed below the horizon only: everything above it still streams from every node.
+    for node in nodes:
+        got = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end, start_lsn=middle)
+        assert [r.lsn for r in got] == [lsn for r in acked[21:] for lsn in r.record_lsns]
