@@ -281,7 +281,8 @@ class Replicator:
                     return start, data, tl.wal.starts_segment(start)
         self.wake.clear()
         try:
-            await asyncio.wait_for(self.wake.wait(), HEARTBEAT_S)
+            async with asyncio.timeout(HEARTBEAT_S):  # (no extra task per wait, unlike wait_for)
+                await self.wake.wait()
             if self.next_lsn is not None and self.next_lsn < tl.end_lsn:
                 return await self._next_data()
         except TimeoutError:
@@ -537,7 +538,8 @@ class TimelineReplica:
                     "(the batch may or may not survive)"
                 )
             try:
-                await asyncio.wait_for(self._commit_event.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._commit_event.wait()
             except TimeoutError:
                 pass
 

@@ -283,10 +283,8 @@ class Timeline:
         """Append frames received from the leader (whole batches, already checked)
         at `start_lsn` == end_lsn and fsync, in a new segment when the leader started
         one there (so segment files match the leader's); flush_lsn follows.
-        Shielded: a cancelled caller never leaves the file ahead of end_lsn."""
-        await asyncio.shield(self._write_replicated(start_lsn, data, end_lsn, new_segment))
-
-    async def _write_replicated(self, start_lsn: int, data: bytes, end_lsn: int, new_segment: bool) -> None:
+        The caller must not be cancelled midway (the file would be ahead of
+        end_lsn): walservice/peer_service.py runs PeerAppend shielded."""
         async with self.wal_lock:
             if start_lsn != self.end_lsn:
                 raise Unavailable(f"replicated frames start at lsn={start_lsn}, but this node's WAL ends at lsn={self.end_lsn}")
