@@ -13,7 +13,7 @@ import asyncio
 import functools
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -88,6 +88,13 @@ def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataE
         timeline=getattr(request, "timeline_id", None),
         code=exc.code.name,
         error=exc,
+    )
+
+
+def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    """A unary-unary method handler for a generic service, (de)serializing with the message types."""
+    return grpc.unary_unary_rpc_method_handler(
+        fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
     )
 
 

@@ -9,12 +9,11 @@ status codes through strata.grpc_server.unary_rpc like the client-facing service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from strata.grpc_server import unary_rpc
+from strata.grpc_server import unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
 from walservice.replication import Cluster, TimelineReplica
@@ -51,13 +50,10 @@ class PeerServicer:
         return await self.cluster.on_peer_create(self.timelines, request)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        def unary(fn: Callable[..., Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
-
         handlers = {
-            "RequestVote": unary(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
-            "PeerAppend": unary(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
-            "PeerCreateTimeline": unary(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
+            "RequestVote": unary_handler(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
+            "PeerAppend": unary_handler(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
+            "PeerCreateTimeline": unary_handler(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         return [SERVICE_NAME]
