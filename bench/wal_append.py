@@ -4,6 +4,7 @@
     python -m bench.wal_append --quick           # 2 s per configuration, 1 round, BENCHMARKS.md untouched
     python -m bench.wal_append --target H:P      # an already running walservice
     python -m bench.wal_append --no-postgres     # Strata only
+    python -m bench.wal_append --replication     # 1 node vs a 3-node cluster, and the stall when the leader dies
 
 For each number of concurrent writers (1, 8, 64) and records per commit (1, 16),
 each configuration for `--duration` seconds after `--warmup` seconds, first on
@@ -305,7 +306,7 @@ async def drive_writers(
                 sent = time.monotonic()
                 if sent >= window_end:
                     return
-                response = await wal.append_serialized(requests[n % REQUESTS_PER_WRITER])
+                response = await wal.append_serialized(requests[n % REQUESTS_PER_WRITER], tenant_id=tenant_id, timeline_id=timeline_id)
                 done = time.monotonic()
                 n += 1
                 if len(response.record_lsns) != batch or response.end_lsn <= response.start_lsn:
@@ -451,15 +452,17 @@ def create_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
 class WalserviceProcess:
     """A walservice started by the bench, on a free loopback port; its log next to its data."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, listen: str = "127.0.0.1:0", extra_args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
-        self.log_path = data_dir.parent / "walservice.log"
+        self.log_path = data_dir.parent / f"{data_dir.name}.log" if extra_args else data_dir.parent / "walservice.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.listen = listen
+        self.extra_args = list(extra_args)
 
     def __enter__(self) -> WalserviceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "walservice", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
+        argv = [sys.executable, "-m", "walservice", "--listen", self.listen, "--data-dir", str(self.data_dir), *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
@@ -493,6 +496,173 @@ def _walservice(work_dir: Path, target: str | None) -> Iterator[tuple[str, int |
     with WalserviceProcess(work_dir / "walservice" / "data") as service:
         assert service.proc is not None
         yield service.address, service.proc.pid
+
+
+# -- replication: 1 node vs a 3-node cluster ------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def walservice_nodes(work_dir: Path, nodes: int) -> Iterator[list[WalserviceProcess]]:
+    """`nodes` walservice processes: one plain node, or a cluster (--node-id/--peers)."""
+    if nodes == 1:
+        with WalserviceProcess(work_dir / "single" / "data") as service:
+            yield [service]
+        return
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(nodes)]
+    started: list[WalserviceProcess] = []
+    try:
+        for i, address in enumerate(addresses, start=1):
+            proc = WalserviceProcess(
+                work_dir / "cluster" / f"node{i}", listen=address, extra_args=["--node-id", str(i), "--peers", ",".join(addresses)]
+            )
+            started.append(proc.__enter__())
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.__exit__()
+
+
+def leader_of(nodes: list[WalserviceProcess], tenant_id: str, timeline_id: str) -> WalserviceProcess:
+    """Create the timeline, append once through the leader-following client (which
+    elects a leader on a cluster) and return the leader."""
+    from compute_shim import Client
+
+    client = Client(walservice=",".join(n.address for n in nodes), timeout=30)
+    try:
+        client.wal_create_timeline(tenant_id=tenant_id, timeline_id=timeline_id, start_lsn=0, page_size=PAGE_SIZE)
+        request = wal_pb2.AppendRequest.FromString(append_request_bytes(tenant_id, timeline_id, 0, 1, 0))
+        client.append(tenant_id=tenant_id, timeline_id=timeline_id, records=request.records)
+        leader = client.status(tenant_id=tenant_id, timeline_id=timeline_id).leader_node_id
+    finally:
+        client.close()
+    return nodes[leader - 1] if len(nodes) > 1 else nodes[0]
+
+
+@dataclass
+class FailoverStall:
+    """Appends from `writers` leader-following clients while the leader is SIGKILLed."""
+
+    writers: int
+    stall_s: float  # from the kill to the first acknowledged Append after it
+    acked_before: int
+    acked_after: int
+    failed: int  # Appends answered with an error (in flight at the kill: outcome unknown)
+
+
+def measure_failover(nodes: list[WalserviceProcess], tenant_id: str, writers: int, before_s: float, after_s: float) -> FailoverStall:
+    from compute_shim import Client
+
+    timeline_id = ids.new_id()
+    leader = leader_of(nodes, tenant_id, timeline_id)
+    acks: list[float] = []
+    failed = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+    addresses = ",".join(n.address for n in nodes)
+
+    def writer(writer_id: int) -> None:
+        client = Client(walservice=addresses, timeout=10)
+        records = wal_pb2.AppendRequest.FromString(append_request_bytes(tenant_id, timeline_id, writer_id, 1, 0)).records
+        while not stop.is_set():
+            try:
+                client.append(tenant_id=tenant_id, timeline_id=timeline_id, records=records)
+                with lock:
+                    acks.append(time.monotonic())
+            except grpc.RpcError:
+                with lock:
+                    failed[0] += 1
+                time.sleep(0.01)
+        client.close()
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(writers)]
+    for t in threads:
+        t.start()
+    time.sleep(before_s)
+    assert leader.proc is not None
+    leader.proc.kill()
+    leader.proc.wait()
+    killed = time.monotonic()
+    time.sleep(after_s)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    after = [t for t in acks if t > killed]
+    stall = (min(after) - killed) if after else math.inf
+    return FailoverStall(writers, stall, sum(1 for t in acks if t <= killed), len(after), failed[0])
+
+
+@dataclass
+class ReplicationResults:
+    single: list[Measurement] = field(default_factory=list)
+    cluster: list[Measurement] = field(default_factory=list)
+    failover: FailoverStall | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_replication(
+    writer_counts: Sequence[int], duration_s: float, warmup_s: float, *, work_dir: Path, failover_s: float = 3.0, log: bool = True
+) -> ReplicationResults:
+    """Appends of one record at 1, 8, 64 writers against one node and against the
+    leader of a 3-node cluster (each configuration a fresh timeline), then the
+    stall when the cluster's leader is SIGKILLed under 8 writers."""
+    results = ReplicationResults()
+    tenant_id = ids.new_id()
+    for count, rows in ((1, results.single), (3, results.cluster)):
+        with walservice_nodes(work_dir / f"n{count}", count) as nodes:
+            for writers in writer_counts:
+                timeline_id = ids.new_id()
+                leader = leader_of(nodes, tenant_id, timeline_id)
+                if log:
+                    print(f"replication: {count} node(s), {writers} writers, {duration_s:g} s ...", file=sys.stderr, flush=True)
+                assert leader.proc is not None
+                rows.append(measure_strata(leader.address, tenant_id, timeline_id, writers, 1, duration_s, warmup_s, 1, leader.proc.pid))
+            if count == 3:
+                if log:
+                    print("replication: killing the leader under 8 writers ...", file=sys.stderr, flush=True)
+                results.failover = measure_failover(nodes, tenant_id, 8, failover_s / 2, failover_s)
+    results.notes.append(
+        "Both halves: one walservice process per node on this machine (loopback gRPC, each node fsyncs its own "
+        "files on the same disk); the writers append one record per call to the leader (a cluster acknowledges "
+        "once the leader and one follower have fsync'd). One fresh timeline per configuration."
+    )
+    return results
+
+
+def render_replication(results: ReplicationResults, *, duration_s: float, warmup_s: float) -> str:
+    lines = [
+        f"Durable Appends of one record, {duration_s:g} s per configuration after {warmup_s:g} s of warm-up. "
+        "Target: 3-node p50 at most 2x single-node.",
+        "",
+        "| writers | 1 node commits/s | 1 node p50 / p99 ms | 3 nodes commits/s | 3 nodes p50 / p99 ms | 3-node p50 / 1-node p50 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for one, three in zip(results.single, results.cluster):
+        ratio = three.p50_ms / one.p50_ms if one.p50_ms else math.nan
+        lines.append(
+            f"| {one.writers} | {_fmt(one.commits_per_s)} | {_latency(one)} | {_fmt(three.commits_per_s)} | "
+            f"{_latency(three)} | {ratio:.2f}x |"
+        )
+    worst = max((t.p50_ms / o.p50_ms for o, t in zip(results.single, results.cluster) if o.p50_ms), default=math.nan)
+    lines += ["", f"Target {'met' if worst <= 2 else 'not met'}: the worst 3-node/1-node p50 ratio is {worst:.2f}x."]
+    if results.failover is not None:
+        f = results.failover
+        lines += [
+            "",
+            f"Leader killed (SIGKILL) under {f.writers} leader-following writers: appends stalled {f.stall_s:.2f} s "
+            f"(kill to the first acknowledged Append after it; {f.acked_before} acknowledged before, {f.acked_after} "
+            f"after, {f.failed} answered with an error: in flight at the kill, or refused while no leader was elected). "
+            "Documented bound: LEADER_LEASE_S (1 s) + a vote round (docs/design/0005-replication.md).",
+        ]
+    lines += ["", *(f"- {note}" for note in results.notes)]
+    return "\n".join(lines) + "\n"
 
 
 # -- PostgreSQL -----------------------------------------------------------------
@@ -792,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-processes", type=int, default=1, help="client processes the Strata writers are spread over (default 1)")
     parser.add_argument("--target", metavar="HOST:PORT", default=None, help="use this running walservice (the bench creates its own timelines) instead of starting one")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
+    parser.add_argument("--replication", action="store_true", help="instead: 1 node vs a 3-node cluster at --writers, and the stall when the leader is killed (section wal_append_replication)")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write the table into BENCHMARKS.md (default: only for a full default run: "
                         "not with --quick, --no-postgres, --target, --writers or --batches)")
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the throwaway walservice and PostgreSQL data (default: a temp dir under $TMPDIR, i.e. /tmp)")
@@ -831,6 +1002,21 @@ def main(argv: list[str] | None = None) -> None:
     write = standard_run if args.write is None else args.write
     configs = [(w, b) for b in args.batches for w in args.writers]
     load_at_start = os.getloadavg()[0]
+    if args.replication:
+        with work_directory(args.work_dir, args.keep) as work_dir:
+            replication = run_replication(args.writers, duration_s, warmup_s, work_dir=work_dir)
+        replication.notes.append(
+            f"1-minute load average when the run started / ended: {load_at_start:.2f} / {os.getloadavg()[0]:.2f} on "
+            f"{os.cpu_count()} CPUs, shared with other engineers' work: indicative only."
+        )
+        markdown = render_replication(replication, duration_s=duration_s, warmup_s=warmup_s)
+        print(markdown)
+        if args.write if args.write is not None else not args.quick:
+            from bench.report import update_section
+
+            path = update_section("wal_append_replication", markdown, title="wal_append_replication: 1 walservice node vs a 3-node cluster")
+            print(f"wrote section wal_append_replication of {path}", file=sys.stderr)
+        return
     with work_directory(args.work_dir, args.keep) as work_dir:
         print(disk_note(work_dir), file=sys.stderr, flush=True)
         results = run_benchmark(

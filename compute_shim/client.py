@@ -13,7 +13,9 @@ Every call has a deadline (`timeout`, default 30 s). Calls that are safe to
 repeat (reads, Status, idempotent creates) are retried on UNAVAILABLE with
 backoff and jitter. Append is retried only when the node said it is not the
 leader (it then applied nothing): the node's `strata-leader` trailing metadata
-names the leader, and the client follows it. Errors surface as grpc.RpcError
+names the leader, and the client follows it; with a cluster
+(`walservice="A,B,C"`) a node that cannot be reached at all (the call never
+left) or that knows no leader sends the client on to the next node. Errors surface as grpc.RpcError
 with the contract's codes.
 """
 
@@ -52,12 +54,20 @@ class PageError(Exception):
 
 
 def _leader_hint(exc: grpc.RpcError) -> str | None:
+    """The `strata-leader` trailing metadata of an UNAVAILABLE answer: the leader's
+    address, "" when the node knows none (it applied nothing either way), None
+    when absent."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return None
     for key, value in exc.trailing_metadata() or ():
-        if key == LEADER_METADATA_KEY and value:
+        if key == LEADER_METADATA_KEY:
             return value
     return None
+
+
+def _not_sent(exc: grpc.RpcError) -> bool:
+    """The call never reached a server (connection refused): safe to send elsewhere."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower()
 
 
 class Client:
@@ -114,25 +124,41 @@ class Client:
         address = self._wal_leader
         return address, wal_pb2_grpc.WalServiceStub(self._wal_channel(address))
 
+    def _next_wal_node(self, hint: str | None) -> None:
+        """Follow a leader hint, or go on to the next node of the cluster."""
+        with self._wal_lock:
+            if hint:
+                self._wal_leader = hint
+            elif self._wal_leader in self._wal_nodes:
+                self._wal_leader = self._wal_nodes[(self._wal_nodes.index(self._wal_leader) + 1) % len(self._wal_nodes)]
+            else:
+                self._wal_leader = self._wal_nodes[0]
+
     def _retrying(self, call: Callable[[float], T], *, retry_unavailable: bool, timeout: float | None) -> T:
         deadline = time.monotonic() + (timeout or self.timeout)
         backoff = 0.05
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             remaining = deadline - time.monotonic()
             try:
                 return call(max(remaining, 0.001))
             except grpc.RpcError as exc:
                 hint = _leader_hint(exc)
-                if hint is not None:
-                    with self._wal_lock:
-                        self._wal_leader = hint
+                # A node that is not the leader, or one not reached at all, applied
+                # nothing: go where the hint says (or to the next node) until the deadline.
+                moved = hint is not None or (len(self._wal_nodes) > 1 and (_not_sent(exc) or retry_unavailable))
+                if moved and exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() + backoff < deadline:
+                    self._next_wal_node(hint)
+                    if not hint:
+                        time.sleep(backoff * (0.5 + random.random()))
+                        backoff = min(backoff * 2, 0.5)
                     continue
+                attempt += 1
                 retryable = retry_unavailable and exc.code() == grpc.StatusCode.UNAVAILABLE
-                if not retryable or attempt == self.retries or time.monotonic() + backoff >= deadline:
+                if not retryable or attempt > self.retries or time.monotonic() + backoff >= deadline:
                     raise
                 time.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
-        raise AssertionError("unreachable")
 
     def _page_call(self, stub_cls: Any, method: str, request: Any, timeout: float | None, idempotent: bool = True) -> Any:
         stub = stub_cls(self._pageserver())

@@ -18,11 +18,17 @@ Failure: a refused append raises `AppendFailed` with the contract's code and
 message, and nothing of it was applied. If the stream itself breaks (the node
 restarts, the connection drops), every append sent and not yet answered fails
 with `AppendFailed(UNAVAILABLE)` and may or may not have been applied, as with
-a unary Append whose connection broke; the next `append` opens a new stream,
-following a `strata-leader` hint if the node gave one.
+a unary Append whose connection broke; the next `append` opens a new stream.
 
-Concurrency: one asyncio loop owns everything; `_pending`, `_in_flight`,
-`_call` and `_address` are touched only from it.
+A cluster (`"A,B,C"`): leadership is per timeline, so the writer keeps one
+stream per node it talks to and remembers each timeline's leader. A node that
+does not lead a timeline answers its appends UNAVAILABLE with the leader's
+address (`AppendOutcome.leader`) and applies nothing, so the writer resends
+them there (a few hops at most); one that knows no leader sends the append on
+to the next node.
+
+Concurrency: one asyncio loop owns everything; the writer's maps and each
+stream's queues are touched only from it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 
 import grpc
 
-from compute_shim.client import LEADER_METADATA_KEY, status_code_of
+from compute_shim.client import status_code_of
 from strata.protowire import length_delimited
 from strata.v1 import records_pb2, wal_pb2
 
@@ -58,6 +64,93 @@ class AppendFailed(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+# An append a node did not apply (not the leader, or not reached) hops at most this often.
+MAX_REDIRECTS = 5
+REDIRECT_PAUSE_S = 0.05
+
+
+@dataclass
+class _Append:
+    request: bytes
+    route: tuple[str, str]  # (tenant_id, timeline_id): which timeline's leader to send it to
+    future: asyncio.Future[wal_pb2.AppendResponse]
+    redirects: int = 0
+
+
+class _NodeStream:
+    """One AppendStream to one node: appends packed into messages, up to
+    `max_in_flight` messages unanswered, answers matched in order."""
+
+    def __init__(self, writer: WalWriter, address: str) -> None:
+        self.writer = writer
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        method = self.channel.stream_stream(
+            APPEND_STREAM_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendStreamResponse.FromString
+        )
+        self.call: Any = method()
+        self.pending: deque[_Append] = deque()
+        self.in_flight: deque[list[_Append]] = deque()
+        self.wake = asyncio.Event()
+        self.tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._receive_loop())]
+
+    def send(self, item: _Append) -> None:
+        self.pending.append(item)
+        self.wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending and len(self.in_flight) < self.writer.max_in_flight:
+                parts: list[bytes] = []
+                items: list[_Append] = []
+                size = 0
+                while self.pending and len(items) < MAX_MESSAGE_APPENDS and size < MAX_MESSAGE_BYTES:
+                    item = self.pending.popleft()
+                    parts += length_delimited(1, item.request)  # AppendStreamRequest.appends
+                    size += len(item.request)
+                    items.append(item)
+                self.in_flight.append(items)
+                await self.call.write(b"".join(parts))
+
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                message = await self.call.read()
+                if message is grpc.aio.EOF:
+                    raise AppendFailed(grpc.StatusCode.UNAVAILABLE, f"{self.address} ended the append stream")
+                items = self.in_flight.popleft()
+                for item, outcome in zip(items, message.outcomes, strict=True):
+                    self.writer._answered(self, item, outcome)
+                self.wake.set()
+        except grpc.RpcError as exc:
+            await self._broken(AppendFailed(exc.code(), f"the append stream to {self.address} broke before this append was answered: {exc.details()}"))
+        except AppendFailed as exc:
+            await self._broken(exc)
+
+    async def _broken(self, error: AppendFailed) -> None:
+        """Fail what was sent and not answered (it may or may not be durable);
+        appends not yet sent go to a new stream."""
+        self.writer._streams.pop(self.address, None)
+        while self.in_flight:
+            for item in self.in_flight.popleft():
+                if not item.future.done():
+                    item.future.set_exception(error)
+        self.tasks[0].cancel()
+        await self.channel.close()
+        while self.pending:  # never sent: not applied, so they may go elsewhere
+            item = self.pending.popleft()
+            if not self.writer._redirect(item, self.address, ""):
+                item.future.set_exception(AppendFailed(error.code, f"not sent: {error.message}"))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.channel.close()
+
+
 class WalWriter:
     def __init__(self, address: str, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         if max_in_flight < 1:
@@ -65,14 +158,10 @@ class WalWriter:
         self._nodes = [a for a in address.split(",") if a]
         if not self._nodes:
             raise ValueError("WalWriter needs a walservice address: 'HOST:PORT[,HOST:PORT...]'")
-        self._address = self._nodes[0]
         self.max_in_flight = max_in_flight
-        self._channel: grpc.aio.Channel | None = None
-        self._call: Any = None
-        self._pending: deque[tuple[bytes, asyncio.Future[wal_pb2.AppendResponse]]] = deque()
-        self._in_flight: deque[list[asyncio.Future[wal_pb2.AppendResponse]]] = deque()
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._streams: dict[str, _NodeStream] = {}
+        self._leaders: dict[tuple[str, str], str] = {}  # timeline -> the node it was last sent to successfully
+        self._unanswered: set[asyncio.Future[wal_pb2.AppendResponse]] = set()
         self._closed = False
 
     async def __aenter__(self) -> WalWriter:
@@ -94,98 +183,60 @@ class WalWriter:
         request = wal_pb2.AppendRequest(
             tenant_id=tenant_id, timeline_id=timeline_id, records=records, expected_end_lsn=expected_end_lsn
         )
-        return await self.append_serialized(request.SerializeToString())
+        return await self.append_serialized(request.SerializeToString(), tenant_id=tenant_id, timeline_id=timeline_id)
 
-    async def append_serialized(self, request: bytes) -> wal_pb2.AppendResponse:
+    async def append_serialized(self, request: bytes, *, tenant_id: str = "", timeline_id: str = "") -> wal_pb2.AppendResponse:
         """`append` of an already serialized `AppendRequest` (callers that send
-        the same shapes over and over skip re-encoding)."""
+        the same shapes over and over skip re-encoding). `tenant_id` and
+        `timeline_id` route it to the timeline's leader in a cluster."""
         if self._closed:
             raise RuntimeError("this WalWriter is closed")
-        future: asyncio.Future[wal_pb2.AppendResponse] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
-        if not self._tasks:
-            self._open()
-        self._wake.set()
-        return await future
+        route = (tenant_id, timeline_id)
+        item = _Append(request, route, asyncio.get_running_loop().create_future())
+        self._unanswered.add(item.future)
+        item.future.add_done_callback(self._unanswered.discard)
+        self._send(item, self._leaders.get(route, self._nodes[0]))
+        return await item.future
 
-    # -- the stream -----------------------------------------------------------------
+    def _send(self, item: _Append, address: str) -> None:
+        stream = self._streams.get(address)
+        if stream is None:
+            stream = self._streams[address] = _NodeStream(self, address)
+        stream.send(item)
 
-    def _open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
-        method = self._channel.stream_stream(
-            APPEND_STREAM_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendStreamResponse.FromString
-        )
-        self._call = method()
-        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._receive_loop())]
+    def _answered(self, stream: _NodeStream, item: _Append, outcome: wal_pb2.AppendOutcome) -> None:
+        if item.future.done():
+            return
+        if not outcome.error_code:
+            self._leaders[item.route] = stream.address
+            item.future.set_result(outcome.response)
+            return
+        code = status_code_of(outcome.error_code)
+        if code == grpc.StatusCode.UNAVAILABLE and self._redirect(item, stream.address, outcome.leader):
+            return  # not the leader: nothing was applied; sent on
+        item.future.set_exception(AppendFailed(code, outcome.error))
 
-    async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending and len(self._in_flight) < self.max_in_flight:
-                parts: list[bytes] = []
-                futures: list[asyncio.Future[wal_pb2.AppendResponse]] = []
-                size = 0
-                while self._pending and len(futures) < MAX_MESSAGE_APPENDS and size < MAX_MESSAGE_BYTES:
-                    request, future = self._pending.popleft()
-                    parts += length_delimited(1, request)  # AppendStreamRequest.appends
-                    size += len(request)
-                    futures.append(future)
-                self._in_flight.append(futures)
-                await self._call.write(b"".join(parts))
-
-    async def _receive_loop(self) -> None:
-        try:
-            while True:
-                message = await self._call.read()
-                if message is grpc.aio.EOF:
-                    raise AppendFailed(grpc.StatusCode.UNAVAILABLE, "the walservice ended the append stream")
-                futures = self._in_flight.popleft()
-                for future, outcome in zip(futures, message.outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if outcome.error_code:
-                        future.set_exception(AppendFailed(status_code_of(outcome.error_code), outcome.error))
-                    else:
-                        future.set_result(outcome.response)
-                self._wake.set()
-        except grpc.RpcError as exc:
-            await self._broken(exc)
-        except AppendFailed as exc:
-            await self._broken(exc)
-
-    async def _broken(self, exc: grpc.RpcError | AppendFailed) -> None:
-        """Fail what was sent and not answered; unsent appends go on a new stream."""
-        if isinstance(exc, grpc.RpcError):
-            for key, value in (await self._call.trailing_metadata()) or ():
-                if key == LEADER_METADATA_KEY and value:
-                    self._address = value
-            error = AppendFailed(exc.code(), f"the append stream broke before this append was answered: {exc.details()}")
-        else:
-            error = exc
-        while self._in_flight:
-            for future in self._in_flight.popleft():
-                if not future.done():
-                    future.set_exception(error)
-        send_task = self._tasks[0]
-        self._tasks = []
-        send_task.cancel()
-        channel, self._channel, self._call = self._channel, None, None
-        if channel is not None:
-            await channel.close()
-        if self._pending and not self._closed:
-            self._open()
-            self._wake.set()
+    def _redirect(self, item: _Append, address: str, leader: str) -> bool:
+        """Send an append that `address` did not apply to the leader it named, or,
+        naming none (an election may be under way), to the next node after a short
+        pause. False when there is nowhere else to go (one node) or it hopped enough."""
+        if len(self._nodes) < 2 or item.redirects >= MAX_REDIRECTS:
+            return False
+        item.redirects += 1
+        if leader and leader != address:
+            self._leaders[item.route] = leader
+            self._send(item, leader)
+            return True
+        at = self._nodes.index(address) if address in self._nodes else -1
+        nxt = self._nodes[(at + 1) % len(self._nodes)]
+        self._leaders[item.route] = nxt
+        asyncio.get_running_loop().call_later(REDIRECT_PAUSE_S * item.redirects, self._send, item, nxt)
+        return True
 
     async def close(self) -> None:
-        """Wait for every append handed in to be answered, then close the stream."""
+        """Wait for every append handed in to be answered, then close the streams."""
         self._closed = True
-        unanswered = [f for _, f in self._pending] + [f for futures in self._in_flight for f in futures]
-        await asyncio.gather(*unanswered, return_exceptions=True)
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await asyncio.gather(*list(self._unanswered), return_exceptions=True)
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            await stream.close()

@@ -155,12 +155,43 @@ def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: st
     raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
 
 
-def components(data_dir: Path, started: list[ProcessRecord], remote: str = "") -> list[ComponentSpec]:
-    """The next component to start, given those already started (they depend on each other's addresses)."""
+def cluster_ports(replicas: int) -> list[int]:
+    """Ports for a walservice cluster, fixed before any node starts (each node's
+    --peers names them all): 7676, 7677, ... where free, else free ones."""
+    ports = []
+    for i in range(replicas):
+        port = 7676 + i
+        if not _port_free(port):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            print(f"note: port {7676 + i} is busy; walservice{i + 1} takes {port} instead")
+        ports.append(port)
+    return ports
+
+
+def components(
+    data_dir: Path, started: list[ProcessRecord], remote: str = "", replicas: int = 1, ports: list[int] | None = None
+) -> list[ComponentSpec]:
+    """The next component to start, given those already started (they depend on each other's addresses).
+    With `replicas` > 1 the walservice is a cluster `walservice1..N` on `ports` (docs/design/0005-replication.md)."""
     addresses = {p.name: p.address for p in started}
     # The embedded remote storage, shared: WAL offload under tenants/<t>/timelines/<tl>/wal/,
     # layers and index_part.json beside it (docs/design/0003-remote-storage.md).
     remote = remote or f"file://{(data_dir / 'remote').resolve()}"
+    if replicas > 1:
+        assert ports is not None and len(ports) == replicas
+        peers = ",".join(f"127.0.0.1:{port}" for port in ports)
+        for i in range(1, replicas + 1):
+            if f"walservice{i}" not in addresses:
+                return [
+                    ComponentSpec(
+                        f"walservice{i}", "walservice", ports[i - 1],
+                        ["--data-dir", str(data_dir / f"walservice{i}"), "--remote-storage", remote,
+                         "--node-id", str(i), "--peers", peers],
+                    )
+                ]
+        addresses["walservice"] = peers
     if "walservice" not in addresses:
         return [
             ComponentSpec(
@@ -199,7 +230,8 @@ def up(args: argparse.Namespace) -> int:
             remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started)
         else:
             local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
-        while specs := components(data_dir.resolve(), started, remote):
+        ports = cluster_ports(args.replicas) if args.replicas > 1 else None
+        while specs := components(data_dir.resolve(), started, remote, args.replicas, ports):
             started.append(_start(specs[0], data_dir.resolve(), env))
             _write_state(data_dir, started)
     except SystemExit:
@@ -213,7 +245,7 @@ def up(args: argparse.Namespace) -> int:
         s3 = started[0]
         print(f"\nRemote storage: {remote} on {s3.note}.")
         print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
-    wal = next(p.address for p in started if p.name == "walservice")
+    wal = ",".join(p.address for p in started if p.name.startswith("walservice"))
     print(
         "\nTry:\n"
         "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
@@ -321,5 +353,6 @@ def main(command: str, argv: list[str]) -> int:
             "--s3", action="store_true",
             help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",
         )
+        parser.add_argument("--replicas", type=int, default=1, help="walservice nodes: 1, or 3 (or 5) for a replicated cluster")
     args = parser.parse_args(argv)
     return {"up": up, "down": down, "status": status}[command](args)

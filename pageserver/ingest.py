@@ -8,6 +8,12 @@ walservice (ReportPersisted), which may then trim WAL below it: with remote
 storage that is remote_consistent_lsn (reported after each index upload),
 without it disk_consistent_lsn (after each flushed layer).
 
+With a walservice cluster (`--walservice A,B,C`, `WalNodes`) every (re)connect
+asks each node's Status and streams from the reachable node with the highest
+commit_lsn (any node serves what is committed); unary calls (CreateTimeline,
+ReportPersisted) go to the node that last answered, moving on to the next one
+when a node is unreachable.
+
 Concurrency: one asyncio task per timeline, on the pageserver's event loop.
 """
 
@@ -22,19 +28,76 @@ import grpc
 
 from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
-from strata.v1 import wal_pb2, wal_pb2_grpc
+from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 
 if TYPE_CHECKING:
     from pageserver.timeline import Timeline
 
 MAX_BACKOFF_S = 5.0
+PICK_TIMEOUT_S = 1.0
+_RETRY_ELSEWHERE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class WalNodes:
+    """The walservice node(s) (`--walservice A[,B,C]`); stands in for a
+    WalServiceStub (CreateTimeline, ReportPersisted, Stream). Owned by the loop."""
+
+    def __init__(self, addresses: list[str], options: list[tuple[str, int]]) -> None:
+        self.addresses = addresses
+        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        self.stubs = [wal_pb2_grpc.WalServiceStub(ch) for ch in self.channels]
+        self.preferred = 0  # the node that last answered a unary call
+
+    async def _unary(self, method: str, request: object, timeout: float) -> object:
+        last: grpc.aio.AioRpcError | None = None
+        for i in range(len(self.stubs)):
+            index = (self.preferred + i) % len(self.stubs)
+            try:
+                response = await getattr(self.stubs[index], method)(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRY_ELSEWHERE or len(self.stubs) == 1:
+                    raise
+                last = exc
+                continue
+            self.preferred = index
+            return response
+        assert last is not None
+        raise last
+
+    async def CreateTimeline(self, request: wal_pb2.WalTimeline, timeout: float) -> wal_pb2.WalStatus:  # noqa: N802 - a stub's name
+        return await self._unary("CreateTimeline", request, timeout)  # type: ignore[return-value]
+
+    async def ReportPersisted(self, request: wal_pb2.PersistedRequest, timeout: float) -> wal_pb2.WalStatus:  # noqa: N802
+        return await self._unary("ReportPersisted", request, timeout)  # type: ignore[return-value]
+
+    async def stream_stub(self, tenant_id: str, timeline_id: str, after_failure: int | None) -> tuple[int, wal_pb2_grpc.WalServiceStub]:
+        """The node to stream from: the reachable one with the highest commit_lsn
+        (after a failure, another node wins ties)."""
+        if len(self.stubs) == 1:
+            return 0, self.stubs[0]
+        ref = records_pb2.TimelineRef(tenant_id=tenant_id, timeline_id=timeline_id)
+
+        async def commit_lsn(stub: wal_pb2_grpc.WalServiceStub) -> int:
+            try:
+                return (await stub.Status(ref, timeout=PICK_TIMEOUT_S)).commit_lsn
+            except grpc.aio.AioRpcError:
+                return -1
+
+        commits = await asyncio.gather(*(commit_lsn(stub) for stub in self.stubs))
+        order = sorted(range(len(self.stubs)), key=lambda i: (commits[i], i != after_failure), reverse=True)
+        best = order[0] if commits[order[0]] >= 0 else ((after_failure or 0) + 1) % len(self.stubs)
+        return best, self.stubs[best]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
 
 class WalReceiver:
     def __init__(
         self,
         timeline: Timeline,
-        wal_stub: wal_pb2_grpc.WalServiceStub,
+        wal_stub: WalNodes,
         log: EventLogger,
         backpressure: Callable[[Timeline], Awaitable[None]],
     ) -> None:
@@ -58,10 +121,13 @@ class WalReceiver:
         tl = self.timeline
         backoff = 0.1
         failing = False
+        failed_node: int | None = None
         while not self._stopping:
             request = wal_pb2.StreamRequest(tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, start_lsn=tl.last_record_lsn)
+            node = 0
             try:
-                call = self.stub.Stream(request)
+                node, stub = await self.stub.stream_stub(tl.tenant_id, tl.timeline_id, failed_node)
+                call = stub.Stream(request)
                 async for batch in call:
                     if failing:
                         self.log.info("wal_stream_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
@@ -80,10 +146,11 @@ class WalReceiver:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                failed_node = node
                 if not failing:
                     self.log.warning(
                         "wal_stream_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn,
-                        code=exc.code().name, error=exc.details(),
+                        code=exc.code().name, error=exc.details(), node=self.stub.addresses[node],
                     )
                     failing = True
                 if exc.code() == grpc.StatusCode.NOT_FOUND:

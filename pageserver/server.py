@@ -7,9 +7,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 
 from pageserver import service
+from pageserver.ingest import WalNodes
 from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
 from pageserver.page_cache import MaterializedPageCache
@@ -18,7 +18,6 @@ from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
 from strata.background_tasks import cancel_and_wait
-from strata.v1 import wal_pb2_grpc
 
 DEFAULT_LISTEN = "127.0.0.1:6400"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -70,9 +69,9 @@ async def run(args: argparse.Namespace) -> None:
         l1_target_bytes=args.l1_target_bytes,
         l0_stall_threshold=args.l0_stall_threshold,
     )
-    wal_address = args.walservice.split(",")[0]
-    channel = grpc.aio.insecure_channel(
-        wal_address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    wal_nodes = WalNodes(
+        [a for a in args.walservice.split(",") if a],
+        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     remote = open_remote_storage(args.remote_storage) if args.remote_storage else None
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageserver-io") as executor:
@@ -85,7 +84,7 @@ async def run(args: argparse.Namespace) -> None:
             page_cache=MaterializedPageCache(args.page_cache_bytes),
             timeline_config=config,
             log=log,
-            wal_stub=wal_pb2_grpc.WalServiceStub(channel),
+            wal_stub=wal_nodes,
             default_pitr_seconds=args.pitr_seconds,
         )
         tenants = TenantSet(ctx)
@@ -100,7 +99,7 @@ async def run(args: argparse.Namespace) -> None:
             for task in housekeeping:
                 await cancel_and_wait(task)
             await tenants.shutdown()
-            await channel.close()
+            await wal_nodes.close()
 
         await grpc_server.serve(
             listen=args.listen,

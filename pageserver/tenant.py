@@ -43,7 +43,7 @@ import grpc
 
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, read_index_part, write_index_part
-from pageserver.ingest import WalReceiver
+from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
 from pageserver.remote_storage import RemoteObject, RemoteStorage
@@ -87,7 +87,7 @@ class PageserverContext:
     block_cache: BlockCache
     timeline_config: TimelineConfig
     log: EventLogger
-    wal_stub: wal_pb2_grpc.WalServiceStub
+    wal_stub: WalNodes  # the walservice node(s)
     remote: RemoteStorage | None = None
     layer_cache: LayerCache | None = None
     page_cache: MaterializedPageCache | None = None

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -91,6 +91,13 @@ def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataE
     )
 
 
+def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    """A unary-unary method handler for a generic service, (de)serializing with the message types."""
+    return grpc.unary_unary_rpc_method_handler(
+        fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+    )
+
+
 def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Wrap a servicer method (with `self.log`): StrataError -> its gRPC status."""
 
@@ -100,6 +107,10 @@ def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await fn(self, request, context)
         except StrataError as exc:
             log_rpc_failure(self.log, fn.__name__, request, exc)
+            # E.g. `strata-leader` on a walservice node that does not lead (replication).
+            metadata = getattr(exc, "trailing_metadata", None)
+            if metadata:
+                context.set_trailing_metadata(metadata)
             await context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
 

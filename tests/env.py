@@ -115,13 +115,34 @@ class StrataEnv:
         self.components.append(comp)
         return comp
 
-    def pageserver(self, walservice: Component, *extra: str, name: str = "pageserver") -> Component:
-        """A pageserver streaming from `walservice`, started."""
+    def walservice_cluster(self, nodes: int = 3, *extra: str, name: str = "wal") -> list[Component]:
+        """A walservice cluster of `nodes` nodes (`--node-id N --peers A,B,C` on
+        ports chosen up front), all started; node N is element N-1."""
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+        comps = []
+        for i, address in enumerate(addresses, start=1):
+            data_dir = self.root / f"{name}{i}"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            comp = Component(
+                f"{name}{i}",
+                [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), "--node-id", str(i), "--peers", ",".join(addresses), *extra],
+                data_dir,
+                self.root / f"{name}{i}.log",
+                address=address,
+            )
+            comp.start()
+            self.components.append(comp)
+            comps.append(comp)
+        return comps
+
+    def pageserver(self, walservice: Component | list[Component], *extra: str, name: str = "pageserver") -> Component:
+        """A pageserver streaming from `walservice` (one node, or a cluster's nodes), started."""
         data_dir = self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
+        nodes = walservice if isinstance(walservice, list) else [walservice]
         comp = Component(
             name,
-            [sys.executable, "-m", "pageserver", "--data-dir", str(data_dir), "--walservice", walservice.address, *extra],
+            [sys.executable, "-m", "pageserver", "--data-dir", str(data_dir), "--walservice", ",".join(c.address for c in nodes), *extra],
             data_dir,
             self.root / f"{name}.log",
         )

@@ -9,11 +9,15 @@ Layout (little-endian):
 | offset | size | field                                   |
 |--------|------|-----------------------------------------|
 | 0      | 4    | magic b"SWCF"                           |
-| 4      | 1    | format version (FORMAT_VERSION = 1)     |
+| 4      | 1    | format version (FORMAT_VERSION = 2)     |
 | 5      | 3    | reserved, zero                          |
 | 8      | 4    | body length n                           |
 | 12     | 8    | xxhash64 of the body                    |
 | 20     | n    | body: UTF-8 JSON of `TimelineControl`   |
+
+Versions: 1 (single node) had no `voted_for` and `commit_lsn`; it is still read
+(voted_for=0, commit_lsn=0: the caller then takes the recovered end on a single
+node). Version 2 adds them for replication (docs/design/0005-replication.md).
 
 Crash consistency: `write_control` writes `control.tmp`, fsyncs it, renames it
 over `control` and fsyncs the directory, so a crash leaves the old or the new
@@ -33,7 +37,11 @@ from strata.durable_file import write_durably
 from strata.errors import CorruptionError
 
 MAGIC = b"SWCF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# voted_for: no vote yet in `term` / abstains in `term` (a node that lost its disk).
+NO_VOTE = 0
+ABSTAIN = -1
 _HEADER = struct.Struct("<4sB3xIQ")
 CONTROL_FILE_NAME = "control"
 
@@ -46,10 +54,23 @@ class TimelineControl:
     page_size: int
     # The highest term this node has voted in or accepted appends under.
     term: int = 1
-    # (term, first LSN of that term) pairs, oldest first: the log's term history.
+    # (term, start LSN of that term) pairs, oldest first: the log's term history;
+    # records with LSN > start (to the next entry's start) were sequenced in that term.
     term_history: list[tuple[int, int]] = field(default_factory=list)
     remote_consistent_lsn: int = 0
     backup_lsn: int = 0
+    # The node id this node voted for in `term` (NO_VOTE, ABSTAIN).
+    voted_for: int = NO_VOTE
+    # A lower bound of the cluster's commit_lsn (replication; persisted lazily).
+    commit_lsn: int = 0
+
+    def last_log_term(self, flush_lsn: int) -> int:
+        """The term of the last history entry starting at or below flush_lsn."""
+        term = 0
+        for t, start in self.term_history:
+            if start <= flush_lsn:
+                term = t
+        return term
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self), sort_keys=True).encode()
@@ -62,8 +83,8 @@ class TimelineControl:
         magic, version, n, checksum = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise CorruptionError(f"{where}: bad magic {magic!r}, expected {MAGIC!r}")
-        if version != FORMAT_VERSION:
-            raise CorruptionError(f"{where}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise CorruptionError(f"{where}: unsupported format version {version} (this build reads {READABLE_VERSIONS})")
         body = data[_HEADER.size : _HEADER.size + n]
         if len(body) != n or xxhash.xxh64_intdigest(body) != checksum:
             raise CorruptionError(f"{where}: body checksum mismatch")

@@ -11,6 +11,14 @@ Concurrency: all attributes are owned by the event loop. The only work off the
 loop is `TimelineWal.write_and_sync` on `executor`, at most one call per
 timeline at a time (while `_flush_task` runs).
 
+Replication (docs/design/0005-replication.md): with `replica` set (a cluster), an
+append first makes sure this node leads the timeline (`replica.ensure_leader`:
+redirect or elect), a round's bytes are handed to the replicators as soon as they
+are encoded (`replica.round_sequenced`), and callers are acknowledged once a
+majority flushed the round (`replica.wait_committed`). Every write to the WAL
+files (the leader's rounds, a follower's replicated frames, a follower's cut of a
+divergent suffix) holds `wal_lock`, so they never interleave.
+
 Invariants: commit_lsn <= flush_lsn <= end_lsn. `end_lsn` counts batches that
 are sequenced but maybe not yet durable; `flush_lsn` what is fsync'd here;
 `commit_lsn` what is durable on a majority (on one node, == flush_lsn). Streams
@@ -25,12 +33,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from strata.errors import CorruptionError, EndLsnMismatch, StrataError, Unavailable
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
 from walservice.segment import Frame, encode_frame, frame_lsn
 from walservice.wal_storage import TimelineWal
+
+if TYPE_CHECKING:
+    from walservice.replication import TimelineReplica
 
 # A flush round stops taking pending batches once its buffer passes this.
 MAX_GROUP_BYTES = 16 * 1024 * 1024
@@ -84,6 +96,10 @@ class Timeline:
         self._commit_event = asyncio.Event()
         # Serializes control file rewrites (guards `control` against lost updates).
         self._control_lock = asyncio.Lock()
+        # Held by every write to the WAL files (see the module docstring).
+        self.wal_lock = asyncio.Lock()
+        # Set by walservice.replication for a node of a cluster; None on a single node.
+        self.replica: TimelineReplica | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -117,8 +133,17 @@ class Timeline:
             self._flush_task = asyncio.create_task(self._flush_loop())
         return future
 
+    async def ready_for_appends(self) -> None:
+        """Raise unless appends can be taken here now: the timeline is usable and,
+        in a cluster, this node leads it (this may run an election; a node that
+        does not lead raises NotLeader naming the leader). Call before `submit`."""
+        self.check_usable()
+        if self.replica is not None:
+            await self.replica.ensure_leader()
+
     async def append(self, payloads: list[bytes], expected_end_lsn: int = 0) -> AppendResult:
         """Sequence and durably store one batch of serialized records."""
+        await self.ready_for_appends()
         return await self.submit(payloads, expected_end_lsn)
 
     async def _flush_loop(self) -> None:
@@ -144,6 +169,13 @@ class Timeline:
         group = self._take_group()
         now_us = self.clock_us()
         term = self.term
+        if self.replica is not None:
+            try:
+                term = self.replica.leader_term_or_raise()
+            except Unavailable as exc:
+                for item in group:
+                    _settle(item.future, exc=exc)
+                return
         position = self.end_lsn
         buf = bytearray()
         accepted: list[tuple[_PendingAppend, AppendResult]] = []
@@ -160,17 +192,30 @@ class Timeline:
             accepted.append((item, AppendResult(start, position, lsns, term)))
         if not accepted:
             return
+        data = bytes(buf)
+        # Only this flush loop writes while the node leads, so the segment decision
+        # made here holds under wal_lock below; followers cut segments at the same LSNs.
         new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
-        self.end_lsn = position
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.wal.write_and_sync, bytes(buf), new_segment_at
-            )
-        except OSError as exc:
-            self._stop_after_write_error(exc, accepted)
-            return
-        self.wal.committed(position, new_segment_at)
-        self.flush_lsn = self.commit_lsn = position
+        if self.replica is not None:
+            self.replica.round_sequenced(self.end_lsn, position, data, new_segment_at is not None)
+        async with self.wal_lock:
+            self.end_lsn = position
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
+            except OSError as exc:
+                self._stop_after_write_error(exc, accepted)
+                return
+            self.wal.committed(position, new_segment_at)
+            self.flush_lsn = position
+        if self.replica is None:
+            self.commit_lsn = position
+        else:
+            try:
+                await self.replica.wait_committed(position)
+            except Unavailable as exc:
+                for item, _ in accepted:
+                    _settle(item.future, exc=exc)
+                return
         for item, result in accepted:
             _settle(item.future, result=result)
         self._wake_streams()
@@ -237,6 +282,52 @@ class Timeline:
         """Record that remote storage durably holds this timeline's WAL up to
         `backup_lsn` (walservice/offload.py; it only moves forward)."""
         await self._advance_control("backup_lsn", backup_lsn)
+
+    async def set_control(self, **changes: Any) -> None:
+        """Durably rewrite control file fields (replication's term state), under
+        `_control_lock` like every control write. Shielded: a cancelled caller (an
+        RPC whose client went away) never leaves the file ahead of `control`."""
+
+        async def write() -> None:
+            async with self._control_lock:
+                control = replace(self.control, **changes)
+                await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
+                self.control = self.wal.control = control
+
+        await asyncio.shield(write())
+
+    # -- replicated writes (a follower; walservice/replication.py) ------------------
+
+    async def write_replicated(self, start_lsn: int, data: bytes, end_lsn: int, new_segment: bool) -> None:
+        """Append frames received from the leader (whole batches, already checked)
+        at `start_lsn` == end_lsn and fsync, in a new segment when the leader started
+        one there (so segment files match the leader's); flush_lsn follows.
+        The caller must not be cancelled midway (the file would be ahead of
+        end_lsn): walservice/peer_service.py runs PeerAppend shielded."""
+        async with self.wal_lock:
+            if start_lsn != self.end_lsn:
+                raise Unavailable(f"replicated frames start at lsn={start_lsn}, but this node's WAL ends at lsn={self.end_lsn}")
+            # (An empty segment already starting there, e.g. a rejoining node's first one, is used as it is.)
+            new_segment_at = start_lsn if new_segment and self.wal.segments[-1].start_lsn != start_lsn else None
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
+            except OSError as exc:
+                self._stop_after_write_error(exc, [])
+                raise self.broken from exc  # type: ignore[misc]
+            self.wal.committed(end_lsn, new_segment_at)
+            self.end_lsn = self.flush_lsn = end_lsn
+
+    async def truncate_wal(self, lsn: int) -> None:
+        """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
+        below commit_lsn, which the caller checked). Shielded like the writes."""
+        await asyncio.shield(self._truncate_wal(lsn))
+
+    async def _truncate_wal(self, lsn: int) -> None:
+        async with self.wal_lock:
+            if lsn >= self.end_lsn:
+                return
+            self.end_lsn = self.flush_lsn = lsn
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
 
     async def _advance_control(self, field_name: str, lsn: int) -> None:
         """Durably raise one LSN field of the control file; `_control_lock` makes

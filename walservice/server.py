@@ -10,6 +10,8 @@ from pathlib import Path
 from pageserver.remote_storage import open_remote_storage
 from strata import grpc_server, logs
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
+from walservice.peer_service import PeerServicer
+from walservice.replication import Cluster, ClusterConfig
 from walservice.service import DEFAULT_MAX_BATCH_BYTES, WalServicer
 from walservice.timelines import TimelineSet
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES
@@ -21,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve on (port 0 picks a free one)")
     parser.add_argument("--data-dir", type=Path, required=True, help="where the timelines' WAL lives")
     parser.add_argument("--node-id", type=int, default=1, help="this node's id in a cluster")
-    parser.add_argument("--peers", default="", help="A,B,C: every node of the cluster (replication)")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="A,B,C: every node of the cluster in node-id order, this one included (replication, docs/design/0005-replication.md)",
+    )
     parser.add_argument(
         "--remote-storage",
         default="",
@@ -50,10 +56,20 @@ async def run(args: argparse.Namespace) -> None:
             storage = open_remote_storage(args.remote_storage)
         except (ValueError, OSError) as exc:
             raise SystemExit(f"--remote-storage={args.remote_storage}: {exc}") from exc
+    try:
+        config = ClusterConfig.parse(args.node_id, args.peers)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wal-flush") as executor:
         timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes)
+        cluster = Cluster(config, log) if config is not None else None
+        timelines.cluster = cluster
         timelines.load()
-        servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes)
+        servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes, cluster=cluster)
+        registers = [servicer.register]
+        if cluster is not None:
+            registers.append(PeerServicer(timelines, cluster, log).register)
+            log.info("cluster_node", node=config.node_id, nodes=",".join(config.nodes), majority=config.majority)  # type: ignore[union-attr]
         offloader = None
         if storage is not None:
             offloader = WalOffloader(storage, args.remote_storage, timelines, log, interval_s=args.offload_interval)
@@ -68,12 +84,18 @@ async def run(args: argparse.Namespace) -> None:
         await grpc_server.serve(
             listen=args.listen,
             log=log,
-            register=servicer.register,
+            register=lambda server: [name for register in registers for name in register(server)],
             # Room above the batch limit, so an oversized batch gets our INVALID_ARGUMENT.
             max_message_bytes=2 * args.max_batch_bytes + (1 << 20),
             stopping=stopping,
-            stopped=timelines.close,
+            stopped=(lambda: _close_all(timelines, cluster)),
         )
+
+
+async def _close_all(timelines: TimelineSet, cluster: Cluster | None) -> None:
+    await timelines.close()
+    if cluster is not None:
+        await cluster.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
+from walservice.replication import Cluster
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
@@ -61,8 +62,15 @@ def _append_response(result: AppendResult) -> wal_pb2.AppendResponse:
 
 
 class WalServicer:
-    def __init__(self, timelines: TimelineSet, log: EventLogger, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        timelines: TimelineSet,
+        log: EventLogger,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        cluster: Cluster | None = None,
+    ) -> None:
         self.timelines = timelines
+        self.cluster = cluster  # None on a single node
         self.log = log
         self.max_batch_bytes = max_batch_bytes
 
@@ -78,12 +86,17 @@ class WalServicer:
             page_size=c.page_size,
             tenant_id=c.tenant_id,
             timeline_id=c.timeline_id,
-            leader_node_id=1,
+            leader_node_id=(tl.replica.live_leader() if tl.replica is not None else 1),
         )
 
     @unary_rpc
     async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
-        tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
+        if self.cluster is not None:
+            tl = await self.cluster.create_timeline(
+                self.timelines, request.tenant_id, request.timeline_id, request.start_lsn, request.page_size
+            )
+        else:
+            tl = await self.timelines.create(request.tenant_id, request.timeline_id, request.start_lsn, request.page_size)
         tl.check_usable()
         return self._status(tl)
 
@@ -107,16 +120,17 @@ class WalServicer:
             payloads.append(payload)
         return payloads
 
-    def _submit(self, request: wal_pb2.AppendRequest) -> asyncio.Future[AppendResult]:
-        """Validate one append whole, then queue it (nothing is queued if it is bad)."""
+    async def _queue(self, request: wal_pb2.AppendRequest) -> asyncio.Future[AppendResult]:
+        """Validate one append whole, then queue it (nothing is queued if it is bad,
+        or if this node does not lead the timeline)."""
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
-        tl.check_usable()
+        await tl.ready_for_appends()
         payloads = self._batch_payloads(request, tl.control.page_size)
         return tl.submit(payloads, request.expected_end_lsn)
 
     @unary_rpc
     async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
-        return _append_response(await self._submit(request))
+        return _append_response(await (await self._queue(request)))
 
     async def AppendStream(
         self, requests: AsyncIterator[wal_pb2.AppendStreamRequest], context: grpc.aio.ServicerContext
@@ -134,7 +148,7 @@ class WalServicer:
                     queued: _QueuedAppends = []
                     for request in message.appends:
                         try:
-                            queued.append((request, self._submit(request)))
+                            queued.append((request, await self._queue(request)))
                         except StrataError as exc:
                             queued.append((request, exc))
                     answers.put_nowait(queued)
@@ -143,7 +157,9 @@ class WalServicer:
 
         def failed(request: wal_pb2.AppendRequest, exc: StrataError) -> wal_pb2.AppendOutcome:
             log_rpc_failure(self.log, "AppendStream", request, exc)
-            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc))
+            # A node that does not lead the timeline names the leader (replication).
+            leader = getattr(exc, "leader_address", None) or ""
+            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc), leader=leader)
 
         reader = asyncio.create_task(read())
         try:

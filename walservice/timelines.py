@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from typing import TYPE_CHECKING
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -29,10 +30,13 @@ from strata import ids
 from strata.durable_file import fsync_dir
 from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
 from strata.logs import EventLogger
-from walservice.control_file import CONTROL_FILE_NAME, TimelineControl, read_control
+from walservice.control_file import ABSTAIN, CONTROL_FILE_NAME, NO_VOTE, TimelineControl, read_control
 from walservice.sequencer import Timeline
 from walservice.segment import segment_file_name
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, TimelineWal
+
+if TYPE_CHECKING:
+    from walservice.replication import Cluster
 
 
 class TimelineSet:
@@ -44,6 +48,17 @@ class TimelineSet:
         self._timelines: dict[tuple[str, str], Timeline] = {}
         self._broken: dict[tuple[str, str], CorruptionError] = {}
         self._create_lock = asyncio.Lock()
+        # Set before `load` on a node of a cluster: every timeline gets a replica.
+        self.cluster: Cluster | None = None
+
+    def _new_timeline(self, wal: TimelineWal) -> Timeline:
+        timeline = Timeline(wal, self.executor, self.log)
+        if self.cluster is not None:
+            self.cluster.attach(timeline)
+        return timeline
+
+    def holds(self, tenant_id: str, timeline_id: str) -> bool:
+        return (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id)) in self._timelines
 
     def load(self) -> None:
         """Recover every timeline on disk (at start, before serving)."""
@@ -64,7 +79,7 @@ class TimelineSet:
                     )
                     self.log.error("timeline_broken", tenant=key[0], timeline=key[1], error=err)
                     continue
-                self._timelines[key] = Timeline(wal, self.executor, self.log)
+                self._timelines[key] = self._new_timeline(wal)
                 self.log.info(
                     "timeline_recovered",
                     tenant=key[0],
@@ -91,8 +106,25 @@ class TimelineSet:
     def __iter__(self):
         return iter(list(self._timelines.values()))
 
-    async def create(self, tenant_id: str, timeline_id: str, start_lsn: int, page_size: int) -> Timeline:
-        """Create a timeline, or return the existing one if its parameters match."""
+    async def create(
+        self,
+        tenant_id: str,
+        timeline_id: str,
+        start_lsn: int,
+        page_size: int,
+        *,
+        abstain_term: int = 0,
+        first_lsn: int | None = None,
+        term_history: list[tuple[int, int]] | None = None,
+        remote_consistent_lsn: int = 0,
+        backup_lsn: int = 0,
+    ) -> Timeline:
+        """Create a timeline, or return the existing one if its parameters match.
+
+        Replication (docs/design/0005-replication.md, "Disk loss"): with
+        `abstain_term` > 0 the timeline exists on peers already: it starts at that
+        term, abstaining in it, with an empty log at `first_lsn` (the sender's oldest
+        local LSN) under the sender's `term_history` and LSNs."""
         key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
         size = ids.page_size(page_size)
         async with self._create_lock:
@@ -107,14 +139,26 @@ class TimelineSet:
                         f"page_size={c.page_size}, not start_lsn={start_lsn} page_size={size}"
                     )
                 return existing
-            control = TimelineControl(key[0], key[1], start_lsn, size, term=1, term_history=[(1, start_lsn)])
-            wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control)
-            timeline = Timeline(wal, self.executor, self.log)
+            first = start_lsn if first_lsn is None else first_lsn
+            control = TimelineControl(
+                key[0], key[1], start_lsn, size,
+                term=max(1, abstain_term),
+                term_history=term_history or [(1, start_lsn)],
+                voted_for=ABSTAIN if abstain_term else NO_VOTE,
+                remote_consistent_lsn=remote_consistent_lsn,
+                backup_lsn=backup_lsn,
+                commit_lsn=first,
+            )
+            wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control, first)
+            timeline = self._new_timeline(wal)
             self._timelines[key] = timeline
-            self.log.info("timeline_created", tenant=key[0], timeline=key[1], lsn=start_lsn, page_size=size)
+            self.log.info(
+                "timeline_created", tenant=key[0], timeline=key[1], lsn=first, page_size=size, term=control.term,
+                abstains=bool(abstain_term) or None,
+            )
             return timeline
 
-    def _create_files(self, control: TimelineControl) -> TimelineWal:
+    def _create_files(self, control: TimelineControl, first_lsn: int) -> TimelineWal:
         """Files first, in a directory nobody reads until its rename: so each file
         needs only its own fsync (no temp-and-rename inside), then one fsync of
         the directory, the rename, and an fsync of the parent (and of the root
@@ -129,7 +173,7 @@ class TimelineSet:
         tmp.mkdir()
         wal = TimelineWal(tmp, control, self.segment_bytes)
         _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
-        _write_synced(tmp / segment_file_name(control.start_lsn), wal.segment_header(control.start_lsn).encode())
+        _write_synced(tmp / segment_file_name(first_lsn), wal.segment_header(first_lsn).encode())
         fsync_dir(tmp)
         tmp.rename(final)
         fsync_dir(tenant_dir)
@@ -142,6 +186,8 @@ class TimelineSet:
     async def close(self) -> None:
         for timeline in self:
             try:
+                if timeline.replica is not None:
+                    await timeline.replica.close()
                 await timeline.close()
             except StrataError:
                 pass

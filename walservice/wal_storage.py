@@ -220,6 +220,48 @@ class TimelineWal:
             os.close(self._fd)
             self._fd = None
 
+    def truncate_to(self, lsn: int) -> None:
+        """Off the loop, under the timeline's `wal_lock` (replication: a follower cuts a
+        divergent suffix; docs/design/0005-replication.md). Removes every WAL byte at or
+        past position `lsn` (a batch boundary at or above the first local segment's
+        start): later segments are deleted newest first, the one holding `lsn` is cut
+        back, then the directory is fsync'd. The caller has already lowered its LSNs,
+        and readers only read below commit_lsn <= lsn."""
+        self.close()
+        keep = [seg for seg in self.segments if seg.start_lsn < lsn or seg is self.segments[0]]
+        for seg in reversed(self.segments[len(keep) :]):
+            seg.path.unlink(missing_ok=True)
+        last = keep[-1]
+        with open(last.path, "r+b") as f:
+            f.truncate(SEGMENT_HEADER_SIZE + lsn - last.start_lsn)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.directory)
+        keep[-1] = SegmentInfo(last.start_lsn, last.path, lsn)
+        self.segments = keep
+
+    def starts_segment(self, lsn: int) -> bool:
+        """Whether a local segment starts at `lsn` (safe on reader threads)."""
+        return any(seg.start_lsn == lsn for seg in self.segments)
+
+    def read_batches(self, start_lsn: int, limit_lsn: int, max_bytes: int) -> bytes:
+        """Off the loop: the encoded frames of whole batches from WAL position
+        `start_lsn` (a batch boundary) up to at most `limit_lsn`, about `max_bytes`
+        (more when one batch is larger), within one segment; every frame is checked.
+        What a leader sends a follower that is behind (replication)."""
+        seg = self.segment_at(start_lsn)
+        end = min(limit_lsn, seg.end_lsn)
+        want = min(end - start_lsn, max_bytes)
+        while True:
+            data = WalCursor(self, seg.start_lsn, start_lsn)._pread(seg, start_lsn, want)
+            cut = 0
+            for offset, frame in _whole_frames(data, start_lsn, end):
+                if frame.end_of_batch:
+                    cut = offset
+            if cut or want >= end - start_lsn:
+                return data[:cut]
+            want = min(end - start_lsn, want * 2)
+
     # -- trimming ----------------------------------------------------------------
 
     def detach_segments_below(self, horizon_lsn: int) -> list[SegmentInfo]:

@@ -50,14 +50,16 @@ class AppendStreamRequest(_message.Message):
     def __init__(self, appends: _Optional[_Iterable[_Union[AppendRequest, _Mapping]]] = ...) -> None: ...
 
 class AppendOutcome(_message.Message):
-    __slots__ = ("response", "error_code", "error")
+    __slots__ = ("response", "error_code", "error", "leader")
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
     response: AppendResponse
     error_code: int
     error: str
-    def __init__(self, response: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    leader: str
+    def __init__(self, response: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
     __slots__ = ("outcomes",)

@@ -45,3 +45,20 @@ def test_wal_append_bench_renders_without_postgres() -> None:
     results = WalAppendResults(notes=["PostgreSQL could not be started, so it is missing from this table: test"])
     markdown = render_markdown(results, duration_s=1, warmup_s=0)
     assert "could not be started" in markdown
+
+
+def test_replication_bench_quick_rows_are_sane(tmp_path: Path) -> None:
+    """bench/wal_append.py --replication in miniature: 1 node vs 3 nodes at 1 and 8
+    writers, then a leader kill; the rows are sane and the stall was measured."""
+    from bench.wal_append import render_replication, run_replication
+
+    results = run_replication((1, 8), duration_s=0.5, warmup_s=0.1, work_dir=tmp_path, failover_s=2.0, log=False)
+
+    assert [m.writers for m in results.single] == [1, 8] == [m.writers for m in results.cluster]
+    for m in results.single + results.cluster:
+        assert m.commits > 0 and m.p50_ms <= m.p99_ms
+    f = results.failover
+    assert f is not None and f.acked_before > 0 and f.acked_after > 0
+    assert 0 < f.stall_s < math.inf
+    markdown = render_replication(results, duration_s=0.5, warmup_s=0.1)
+    assert "| 8 |" in markdown and "Leader killed" in markdown

@@ -1,0 +1,320 @@
+"""A 3-node walservice cluster (docs/design/0005-replication.md) under faults.
+
+Real processes on loopback. The fault schedule is a seeded loop: kill -9 and
+restart one node at a time (never more than a minority down), with the peer RPC
+fault layer (`STRATA_PEER_FAULTS`) dropping and delaying messages between nodes.
+At the end every acknowledged batch must be present, whole and identical on every
+node, and no term may have had two leaders.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from compute_shim import Client
+from strata import ids
+from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
+from tests.env import Component, StrataEnv
+from tests.walservice.harness import TimelineKey, read_stream, record_tag, streamed, tagged_batch
+
+SEED = int(os.environ.get("STRATA_REPL_SEED", "20261123"))
+# Bounded: the fault loop runs this long (a soak run sets more).
+FAULT_SECONDS = float(os.environ.get("STRATA_REPL_FAULT_SECONDS", "15"))
+FAULTS = "drop=0.05,delay_ms=30,seed={seed}"
+CONVERGE_TIMEOUT_S = 30.0
+
+
+def cluster_client(nodes: list[Component], timeout: float = 10.0) -> Client:
+    return Client(walservice=",".join(n.address for n in nodes), timeout=timeout)
+
+
+def node_status(node: Component, key: TimelineKey) -> wal_pb2.WalStatus:
+    return wal_pb2_grpc.WalServiceStub(node.channel()).Status(key.ref(), timeout=5)
+
+
+def create(client: Client) -> TimelineKey:
+    key = TimelineKey(ids.new_id(), ids.new_id())
+    client.wal_create_timeline(tenant_id=key.tenant_id, timeline_id=key.timeline_id, start_lsn=0, page_size=8192)
+    return key
+
+
+def leaders_by_term(nodes: list[Component]) -> dict[int, set[str]]:
+    """term -> the nodes that logged winning it (from every start of every node)."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for node in nodes:
+        for line in node.log_text().splitlines():
+            if "event=leader_elected" in line:
+                term = int(re.search(r" term=(\d+)", line).group(1))  # type: ignore[union-attr]
+                out[term].add(node.name)
+    return out
+
+
+def wait_converged(nodes: list[Component], key: TimelineKey, lsn: int) -> None:
+    """Until every node's commit_lsn reaches `lsn`."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        commits = []
+        for node in nodes:
+            try:
+                commits.append(node_status(node, key).commit_lsn)
+            except grpc.RpcError as exc:
+                commits.append(f"{exc.code().name}")
+        if all(isinstance(c, int) and c >= lsn for c in commits):
+            return
+        assert time.monotonic() < deadline, f"nodes did not reach commit_lsn={lsn}: {commits}"
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Acked:
+    writer: int
+    batch: int
+    records: list[tuple[int, bytes]]
+    term: int
+
+
+@dataclass
+class Ledger:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    acked: list[Acked] = field(default_factory=list)
+    failed: int = 0
+
+
+class Writer(threading.Thread):
+    """Appends tagged batches through a cluster Client until stopped."""
+
+    def __init__(self, nodes: list[Component], key: TimelineKey, writer: int, ledger: Ledger, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.client = cluster_client(nodes, timeout=5.0)
+        self.key, self.writer, self.ledger = key, writer, ledger
+        self.rng = random.Random(seed)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        batch = 0
+        while not self.stopping.is_set():
+            batch += 1
+            records = tagged_batch(self.writer, batch, self.rng.randint(1, 6))
+            try:
+                r = self.client.append(tenant_id=self.key.tenant_id, timeline_id=self.key.timeline_id, records=records)
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
+                with self.ledger.lock:
+                    self.ledger.failed += 1
+                time.sleep(0.05)
+                continue
+            acked = Acked(self.writer, batch, [(lsn, rec.SerializeToString()) for lsn, rec in zip(r.record_lsns, records, strict=True)], r.term)
+            with self.ledger.lock:
+                self.ledger.acked.append(acked)
+        self.client.close()
+
+
+def check_cluster(nodes: list[Component], key: TimelineKey, acked: list[Acked]) -> int:
+    """A final append, convergence, then: every node streams the same records and
+    every acked batch is there at its LSNs. Returns the end LSN."""
+    client = cluster_client(nodes, timeout=30.0)
+    final = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(99, 1, 2))
+    client.close()
+    wait_converged(nodes, key, final.end_lsn)
+    streams = [streamed(read_stream(wal_pb2_grpc.WalServiceStub(n.channel()), key, final.end_lsn)) for n in nodes]
+    for node, stream in zip(nodes[1:], streams[1:]):
+        assert stream == streams[0], f"{node.name} streams other records than {nodes[0].name}"
+    present = dict(streams[0])
+    for batch in acked:
+        for lsn, rec in batch.records:
+            assert present.get(lsn) == rec, f"acked writer={batch.writer} batch={batch.batch} lost or changed at lsn={lsn}"
+    return final.end_lsn
+
+
+def assert_whole_batches(nodes: list[Component], key: TimelineKey, end_lsn: int) -> None:
+    records = read_stream(wal_pb2_grpc.WalServiceStub(nodes[0].channel()), key, end_lsn)
+    seen: dict[tuple[int, int], list[int]] = defaultdict(list)
+    counts: dict[tuple[int, int], int] = {}
+    for rec in records:
+        tag = record_tag(rec.record)
+        seen[(tag.writer, tag.batch)].append(tag.index)
+        counts[(tag.writer, tag.batch)] = tag.count
+    for batch, indexes in seen.items():
+        assert indexes == list(range(counts[batch])), f"batch writer={batch[0]} batch={batch[1]} is not whole: {indexes}"
+
+
+def assert_one_leader_per_term(nodes: list[Component]) -> None:
+    leaders = leaders_by_term(nodes)
+    assert leaders, "no leader was ever elected"
+    twice = {term: names for term, names in leaders.items() if len(names) > 1}
+    assert not twice, f"terms with two leaders: {twice}"
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_leader_hint_replicated_create_and_follower_stream(strata_env: StrataEnv) -> None:
+    nodes = strata_env.walservice_cluster(3)
+    # CreateTimeline on one node reaches all of them.
+    key = create(Client(walservice=nodes[1].address))
+    for node in nodes:
+        assert node_status(node, key).term >= 1
+    client = cluster_client(nodes)
+    acked = [client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 3)) for b in range(1, 11)]
+    leader_id = node_status(nodes[0], key).leader_node_id
+    assert leader_id in (1, 2, 3)
+    leader = nodes[leader_id - 1]
+    follower = next(n for n in nodes if n is not leader)
+    # A follower refuses a client append, naming the leader.
+    with pytest.raises(grpc.RpcError) as info:
+        wal_pb2_grpc.WalServiceStub(follower.channel()).Append(key.append(tagged_batch(2, 1, 1)), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("strata-leader", leader.address) in tuple(info.value.trailing_metadata())
+    # Any node streams what is committed, the same bytes.
+    end = acked[-1].end_lsn
+    wait_converged(nodes, key, end)
+    streams = [streamed(read_stream(wal_pb2_grpc.WalServiceStub(n.channel()), key, end)) for n in nodes]
+    assert streams[0] == streams[1] == streams[2]
+    assert [lsn for lsn, _ in streams[0]] == [lsn for r in acked for lsn in r.record_lsns]
+    assert_one_leader_per_term(nodes)
+
+
+def test_no_ack_without_a_majority(strata_env: StrataEnv) -> None:
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes, timeout=10.0)
+    key = create(client)
+    first = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 1, 2))
+    nodes[0].kill()
+    nodes[1].kill()
+    for batch in range(2, 4):
+        with pytest.raises(grpc.RpcError) as info:
+            client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, batch, 2))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    # One node back: a majority again, appends go on, and the first batch survived.
+    nodes[1].start()
+    after = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 9, 2))
+    assert after.start_lsn >= first.end_lsn
+    live = [nodes[1], nodes[2]]
+    wait_converged(live, key, after.end_lsn)
+    records = read_stream(wal_pb2_grpc.WalServiceStub(nodes[1].channel()), key, after.end_lsn)
+    assert [r.lsn for r in records][: len(first.record_lsns)] == list(first.record_lsns)
+    nodes[0].start()
+    wait_converged(nodes, key, after.end_lsn)
+    assert_one_leader_per_term(nodes)
+
+
+def test_wiped_node_rejoins_and_converges(strata_env: StrataEnv) -> None:
+    nodes = strata_env.walservice_cluster(3, "--segment-bytes", "4096")
+    client = cluster_client(nodes)
+    key = create(client)
+    acked = [client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 4)) for b in range(1, 40)]
+    victim = nodes[2]
+    victim.kill()
+    shutil.rmtree(victim.data_dir)
+    victim.data_dir.mkdir()
+    victim.start()
+    acked += [client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(2, b, 4)) for b in range(1, 20)]
+    wait_converged(nodes, key, acked[-1].end_lsn)
+    want = [lsn for r in acked for lsn in r.record_lsns]
+    for node in nodes:
+        got = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, acked[-1].end_lsn)
+        assert [r.lsn for r in got] == want, f"{node.name} differs"
+    # The wiped node rebuilt its files, cut into segments at the same LSNs as the
+    # leader's (so offloaded segment objects are the same whichever node uploads them).
+    names = [sorted(p.name for p in n.data_dir.glob("timelines/*/*/*.wal")) for n in nodes]
+    assert len(names[2]) > 1
+    assert names[0] == names[1] == names[2]
+    assert "abstains=True" in victim.log_text()
+
+
+def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: float, seed: int) -> None:
+    monkeypatch.setenv("STRATA_PEER_FAULTS", FAULTS.format(seed=seed))
+    nodes = strata_env.walservice_cluster(3, "--segment-bytes", "16384")
+    rng = random.Random(seed)
+    key = create(cluster_client(nodes))
+    ledger = Ledger()
+    writers = [Writer(nodes, key, w, ledger, seed + w) for w in range(1, 4)]
+    for w in writers:
+        w.start()
+    deadline = time.monotonic() + seconds
+    kills = 0
+    # Kills of one node at a time, so never more than a minority is down.
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.5, 2.0))
+        victim = rng.choice(nodes)
+        if rng.random() < 0.5:  # half the time the leader, as far as a node knows it
+            try:
+                leader_id = node_status(victim, key).leader_node_id
+                victim = nodes[leader_id - 1] if leader_id else victim
+            except grpc.RpcError:
+                pass
+        victim.kill()
+        kills += 1
+        time.sleep(rng.uniform(0.2, 2.0))
+        victim.start()
+    for w in writers:
+        w.stopping.set()
+    for w in writers:
+        w.join(30)
+    acked = list(ledger.acked)
+    assert kills > 0 and len(acked) > 20, f"too little happened: {kills} kills, {len(acked)} acked"
+    end = check_cluster(nodes, key, acked)
+    assert_whole_batches(nodes, key, end)
+    assert_one_leader_per_term(nodes)
+    # Acknowledged terms came from elected leaders.
+    leaders = leaders_by_term(nodes)
+    assert {a.term for a in acked} <= set(leaders)
+
+
+def test_random_kills_and_message_faults(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fault_run(strata_env, monkeypatch, FAULT_SECONDS, SEED)
+
+
+@pytest.mark.slow
+def test_random_kills_and_message_faults_soak(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for STRATA_SOAK_SECONDS (default 10), with a fresh seed each run
+    unless STRATA_REPL_SEED is set (it is printed on failure)."""
+    seed = int(os.environ.get("STRATA_REPL_SEED", random.randrange(1 << 32)))
+    print(f"STRATA_REPL_SEED={seed}")
+    _fault_run(strata_env, monkeypatch, float(os.environ.get("STRATA_SOAK_SECONDS", "10")), seed)
+
+
+def test_offload_and_trimming_on_every_node(strata_env: StrataEnv) -> None:
+    """All nodes offload to one remote storage; remote_consistent_lsn reported to
+    one node reaches every node, and each trims its sealed segments below it."""
+    remote = strata_env.root / "remote"
+    nodes = strata_env.walservice_cluster(
+        3, "--segment-bytes", "4096", "--remote-storage", f"file://{remote}", "--offload-interval", "0.2"
+    )
+    client = cluster_client(nodes)
+    key = create(client)
+    acked = [client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 4)) for b in range(1, 40)]
+    end = acked[-1].end_lsn
+    wait_converged(nodes, key, end)
+    before = [len(list(n.data_dir.glob("timelines/*/*/*.wal"))) for n in nodes]
+    assert min(before) > 2
+    # The pageserver's report reaches one node (a follower); the leader spreads it.
+    middle = acked[20].end_lsn
+    follower = next(n for n in nodes if node_status(n, key).leader_node_id != nodes.index(n) + 1)
+    wal_pb2_grpc.WalServiceStub(follower.channel()).ReportPersisted(
+        wal_pb2.PersistedRequest(tenant_id=key.tenant_id, timeline_id=key.timeline_id, remote_consistent_lsn=middle), timeout=5
+    )
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        statuses = [node_status(n, key) for n in nodes]
+        files = [len(list(n.data_dir.glob("timelines/*/*/*.wal"))) for n in nodes]
+        if all(s.remote_consistent_lsn == middle and s.backup_lsn == end for s in statuses) and all(
+            f < b for f, b in zip(files, before)
+        ):
+            break
+        assert time.monotonic() < deadline, f"not offloaded/trimmed everywhere: {statuses} files={files} before={before}"
+        time.sleep(0.1)
+    # Trimmed below the horizon only: everything above it still streams from every node.
+    for node in nodes:
+        got = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end, start_lsn=middle)
+        assert [r.lsn for r in got] == [lsn for r in acked[21:] for lsn in r.record_lsns]

@@ -1,0 +1,62 @@
+"""Pure pieces of replication (docs/design/0005-replication.md): the divergence
+point of two term histories, last_log_term, and the control file's version 1
+(read) and version 2 (written) formats."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import xxhash
+
+from walservice.control_file import ABSTAIN, NO_VOTE, TimelineControl
+from walservice.replication import ClusterConfig, divergence_lsn, history_up_to
+
+T, TL = "a" * 32, "b" * 32
+UNBOUNDED = 1 << 64
+
+
+def test_divergence_cuts_an_older_terms_suffix() -> None:
+    # The follower holds term-2 records up to 400; the leader's term 3 began at 250.
+    follower = [(1, 0), (2, 100)]
+    leader = [(1, 0), (2, 100), (3, 250)]
+    assert divergence_lsn(follower, 400, leader, UNBOUNDED) == 250
+
+
+def test_divergence_keeps_a_prefix_of_the_leaders_log() -> None:
+    # Behind in the same term: nothing to cut.
+    assert divergence_lsn([(1, 0), (2, 100)], 180, [(1, 0), (2, 100), (3, 250)], UNBOUNDED) == 180
+    # Synced with this leader before a restart, records of its term past its epoch start.
+    assert divergence_lsn([(1, 0), (3, 250)], 900, [(1, 0), (3, 250)], UNBOUNDED) == 900
+
+
+def test_divergence_at_a_term_the_leader_never_had() -> None:
+    # The follower's term 2 (started at 100) lost: the leader went from term 1 to term 4 at 150.
+    assert divergence_lsn([(1, 0), (2, 100)], 400, [(1, 0), (4, 150)], UNBOUNDED) == 100
+
+
+def test_history_entries_past_the_flush_do_not_count() -> None:
+    c = TimelineControl(T, TL, 0, 8192, term=5, term_history=[(1, 0), (3, 250)])
+    assert c.last_log_term(200) == 1
+    assert c.last_log_term(250) == 3
+    assert history_up_to(c.term_history, 249) == [(1, 0)]
+
+
+def test_control_file_reads_version_1_and_writes_version_2() -> None:
+    body = json.dumps(
+        {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 1,
+         "term_history": [[1, 0]], "remote_consistent_lsn": 7, "backup_lsn": 3}, sort_keys=True
+    ).encode()
+    v1 = struct.pack("<4sB3xIQ", b"SWCF", 1, len(body), xxhash.xxh64_intdigest(body)) + body
+    old = TimelineControl.decode(v1)
+    assert (old.voted_for, old.commit_lsn, old.remote_consistent_lsn, old.term_history) == (NO_VOTE, 0, 7, [(1, 0)])
+    new = TimelineControl(T, TL, 0, 8192, term=9, term_history=[(1, 0), (9, 80)], voted_for=ABSTAIN, commit_lsn=80)
+    data = new.encode()
+    assert data[4] == 2
+    assert TimelineControl.decode(data) == new
+
+
+def test_cluster_config() -> None:
+    assert ClusterConfig.parse(1, "") is None
+    c = ClusterConfig.parse(2, "h:1,h:2,h:3")
+    assert c is not None and c.majority == 2 and c.others == [1, 3] and c.address(3) == "h:3"
