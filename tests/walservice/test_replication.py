@@ -9,6 +9,7 @@ node, and no term may have had two leaders.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from compute_shim import Client
+from compute_shim import Client, WalWriter
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv
@@ -182,6 +183,42 @@ def test_leader_hint_replicated_create_and_follower_stream(strata_env: StrataEnv
     assert streams[0] == streams[1] == streams[2]
     assert [lsn for lsn, _ in streams[0]] == [lsn for r in acked for lsn in r.record_lsns]
     assert_one_leader_per_term(nodes)
+
+
+def test_streamed_appends_follow_the_leader(strata_env: StrataEnv) -> None:
+    """AppendStream on a follower answers each append UNAVAILABLE naming the
+    leader and applies nothing; WalWriter, pointed at a follower first, resends
+    there and every append lands once, replicated to every node."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    first = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 0, 1))
+    leader = nodes[node_status(nodes[0], key).leader_node_id - 1]
+    follower = next(n for n in nodes if n is not leader)
+    (response,) = list(
+        wal_pb2_grpc.WalServiceStub(follower.channel()).AppendStream(
+            iter([wal_pb2.AppendStreamRequest(appends=[key.append(tagged_batch(2, 0, 1))])]), timeout=10
+        )
+    )
+    (outcome,) = response.outcomes
+    assert outcome.error_code == grpc.StatusCode.UNAVAILABLE.value[0] and outcome.leader == leader.address
+    assert node_status(leader, key).commit_lsn == first.end_lsn  # nothing applied
+
+    async def write() -> list[wal_pb2.AppendResponse]:
+        order = [follower.address, *(n.address for n in nodes if n is not follower)]
+        async with WalWriter(",".join(order)) as wal:
+            return await asyncio.gather(
+                *(wal.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(3, b, 2)) for b in range(20))
+            )
+
+    acked = sorted(asyncio.run(write()), key=lambda r: r.start_lsn)
+    assert acked[0].start_lsn == first.end_lsn
+    for a, b in zip(acked, acked[1:]):
+        assert b.start_lsn == a.end_lsn
+    wait_converged(nodes, key, acked[-1].end_lsn)
+    streams = [streamed(read_stream(wal_pb2_grpc.WalServiceStub(n.channel()), key, acked[-1].end_lsn)) for n in nodes]
+    assert streams[0] == streams[1] == streams[2]
+    assert len(streams[0]) == 1 + 20 * 2
 
 
 def test_no_ack_without_a_majority(strata_env: StrataEnv) -> None:
