@@ -131,7 +131,7 @@ def compose() -> dict[str, Any]:
 
 def test_compose_builds_the_image_from_the_repository(compose: dict[str, Any]) -> None:
     strata_services = {name: s for name, s in compose["services"].items() if "build" in s}
-    assert set(strata_services) == {"walservice", "pageserver"}
+    assert set(strata_services) == {"walservice-1", "walservice-2", "walservice-3", "pageserver"}
     for name, service in strata_services.items():
         context = (DEPLOY / service["build"]["context"]).resolve()
         assert context == ROOT, name
@@ -148,13 +148,15 @@ def test_compose_commands_ports_and_env_match_the_code(compose: dict[str, Any]) 
     assert services["create-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
     listening: dict[str, int] = {}
+    commands: dict[str, argparse.Namespace] = {}
     for name, service in services.items():
         if "build" not in service:
             continue
         command, args = parse_command(service["command"])
         port = port_of(args.listen)
         assert args.listen.startswith("0.0.0.0:"), f"{name}: --listen={args.listen} is not reachable from other containers"
-        assert service["ports"] == [f"{port}:{port}"], f"{name}: ports {service['ports']} do not publish --listen's {port}"
+        (published,) = service["ports"]
+        assert published.split(":")[1] == str(port), f"{name}: ports {service['ports']} do not publish --listen's {port}"
         listening[name] = port
 
         health = service["healthcheck"]["test"]
@@ -171,14 +173,31 @@ def test_compose_commands_ports_and_env_match_the_code(compose: dict[str, Any]) 
 
         mounts = dict(v.split(":", 1)[::-1] for v in service["volumes"])
         assert str(args.data_dir) in mounts and mounts[str(args.data_dir)] in compose["volumes"], f"{name}: {mounts}"
-        assert command == name
+        assert name == command or name.startswith(command + "-"), name
+        commands[name] = args
+
+    host_ports = [s["ports"][0].split(":")[0] for s in services.values() if "build" in s]
+    assert len(set(host_ports)) == len(host_ports), f"two services publish the same host port: {host_ports}"
+
+    # The walservice cluster: every node names the same --peers, in node-id order,
+    # each entry a node service at the port it listens on.
+    nodes = {name: args for name, args in commands.items() if parse_command(services[name]["command"])[0] == "walservice"}
+    peers = {args.peers for args in nodes.values()}
+    assert len(peers) == 1, f"the nodes disagree on --peers: {peers}"
+    peer_list = peers.pop().split(",")
+    assert len(peer_list) == len(nodes) == 3
+    for name, args in nodes.items():
+        host, port = peer_list[args.node_id - 1].rsplit(":", 1)
+        assert host == name and int(port) == listening[name], f"{name}: --node-id={args.node_id} but --peers names {host}:{port} there"
 
     # The pageserver streams from the walservice service, at the port it listens on.
     _, pageserver = parse_command(services["pageserver"]["command"])
     for address in pageserver.walservice.split(","):
         host, port = address.rsplit(":", 1)
         assert host in listening and services[host]["command"][0] == "walservice" and int(port) == listening[host], address
-    assert services["pageserver"]["depends_on"]["walservice"]["condition"] == "service_healthy"
+    assert sorted(pageserver.walservice.split(",")) == sorted(peer_list), "the pageserver should read from every node"
+    for node in nodes:
+        assert services["pageserver"]["depends_on"][node]["condition"] == "service_healthy"
 
 
 def test_compose_health_check_command_works(tmp_path: Path) -> None:
