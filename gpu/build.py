@@ -18,6 +18,10 @@ point) already has an index of the collection at S' < S and at most
 old centroids and the old list of every unchanged row (same slot, same seq:
 the same bytes) and assigns only the changed rows. Keeping the centroids
 fixed makes that exact: it is the index a full assignment would give.
+
+Init: `init="auto"` is greedy k-means++ up to AUTO_KMEANSPP_MAX_K lists (it
+avoids lists holding several clusters when nlist is near the cluster count)
+and faiss's random init above (k sequential steps cost more than they save).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from strata.errors import InvalidArgument
 from strata.logs import event_logger
 
 log = event_logger("gpu")
+
+AUTO_KMEANSPP_MAX_K = 256
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ def build_indexes(
     remote_storage: str | RemoteStorage,
     device: str = "auto",
     niter: int = 20,
+    init: str = "auto",
     seed: int = 0,
     warm_start: bool = True,
     retrain_fraction: float = 0.2,
@@ -120,13 +127,15 @@ def build_indexes(
         for job in jobs:
             _warm_start(client, storage, job, retrain_fraction)
     rng = np.random.default_rng(seed)
+    if init == "auto":  # k-means++ costs k sequential steps: worth it for few lists only
+        init = "kmeans++" if max(j.nlist for j in jobs) <= AUTO_KMEANSPP_MAX_K else "random"
     groups: dict[tuple[int, int], list[_Job]] = {}
     for job in jobs:
         if job.centroids is None:
             groups.setdefault((job.rows.shape[1], job.nlist), []).append(job)
     for (dim, nlist), group in groups.items():
         samples = [j.rows[sample_rows(len(j.rows), nlist, max_points_per_centroid, rng)] for j in group]
-        centroids, stats = train_batched(dev, samples, nlist, niter=niter, seed=seed, progress=progress, label=group[0].spec.name)
+        centroids, stats = train_batched(dev, samples, nlist, niter=niter, init=init, seed=seed, progress=progress, label=group[0].spec.name)
         for j, c in zip(group, centroids):
             j.centroids = c
         log.info("kmeans_trained", collections=len(group), dim=dim, nlist=nlist, iterations=stats.iterations, seconds=round(stats.seconds, 3), device=dev.name)
@@ -134,7 +143,7 @@ def build_indexes(
 
 
 def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: float, progress: Progress | None) -> _Job:
-    lsn = spec.lsn or client.get_timeline(tenant_id=spec.tenant_id, timeline_id=spec.timeline_id).last_record_lsn
+    lsn = spec.lsn or _latest_lsn(client, spec.tenant_id, spec.timeline_id)
     ensure_uploaded(client, spec.tenant_id, spec.timeline_id, lsn, timeout)
     page_size = tenant_page_size(client, spec.tenant_id)
     with tempfile.TemporaryDirectory(prefix="strata-vectors-") as tmp:
@@ -156,6 +165,16 @@ def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: floa
     if progress is not None:
         progress("index_snapshot_read", fields)
     return _Job(spec, lsn, state, slots, rows, nlist)
+
+
+def _latest_lsn(client: Client, tenant_id: str, timeline_id: str) -> int:
+    """The timeline's end: the walservice's commit LSN when the client has one
+    (the pageserver may not have ingested it yet), else its last record."""
+    last = client.get_timeline(tenant_id=tenant_id, timeline_id=timeline_id).last_record_lsn
+    try:
+        return max(last, client.status(tenant_id=tenant_id, timeline_id=timeline_id).commit_lsn)
+    except ValueError:  # no walservice address
+        return last
 
 
 def _warm_start(client: Client, storage: RemoteStorage, job: _Job, retrain_fraction: float) -> None:

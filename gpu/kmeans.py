@@ -15,7 +15,7 @@ instead of queueing on it.
 
 Empty clusters are re-seeded from random sample rows (with a tiny jitter).
 Init: "random" (k distinct sample rows, as faiss does) or "kmeans++"
-(on a sub-sample of at most 32·k rows).
+(greedy, on a sub-sample of at most 16·k rows).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from strata.errors import InvalidArgument
 from strata.logs import event_logger
 
 log = event_logger("gpu")
+
+KMEANSPP_ROWS_PER_CENTROID = 16
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -79,18 +81,24 @@ def _init(dev: Device, x: Any, n_valid: np.ndarray, k: int, how: str, rng: np.ra
     if how != "kmeans++":
         raise InvalidArgument(f"init={how!r} is invalid: expected 'random' or 'kmeans++'")
     out = xp.empty((b, k, d), dtype=xp.float32)
+    trials = 2 + int(np.log(k))  # greedy k-means++ (as scikit-learn): best of a few candidates
     for i in range(b):
-        m = min(int(n_valid[i]), 32 * k)
+        m = min(int(n_valid[i]), KMEANSPP_ROWS_PER_CENTROID * k)
         sub = x[i, dev.asarray(np.sort(rng.choice(int(n_valid[i]), size=m, replace=False)))]
+        sub_sq = (sub * sub).sum(axis=1)
         first = int(rng.integers(m))
         out[i, 0] = sub[first]
-        best = ((sub - sub[first]) ** 2).sum(axis=1)
+        best = xp.maximum(sub_sq - 2 * sub @ sub[first] + sub_sq[first], 0)
         for j in range(1, k):
             p = dev.to_host(best).astype(np.float64)
             total = p.sum()
-            nxt = int(rng.choice(m, p=p / total)) if total > 0 else int(rng.integers(m))
-            out[i, j] = sub[nxt]
-            best = xp.minimum(best, ((sub - sub[nxt]) ** 2).sum(axis=1))
+            cand = rng.choice(m, size=trials, p=p / total) if total > 0 else rng.integers(m, size=trials)
+            cand_rows = sub[dev.asarray(cand)]  # [trials, d]
+            dd = xp.maximum(sub_sq[None, :] - 2 * cand_rows @ sub.T + sub_sq[dev.asarray(cand)][:, None], 0)
+            pot = xp.minimum(dd, best[None, :])  # [trials, m]
+            pick = int(dev.to_host(pot.sum(axis=1)).argmin())
+            out[i, j] = cand_rows[pick]
+            best = pot[pick]
     return out
 
 

@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("up", help="start the local stack on loopback", add_help=False)
     sub.add_parser("down", help="stop the local stack", add_help=False)
     sub.add_parser("status", help="say what runs and where", add_help=False)
+    sub.add_parser("vectors", help="vector collections: `strata vectors build TENANT TIMELINE NAME`", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -31,5 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import local_stack
 
         sys.exit(local_stack.main(command, rest))
+    elif command == "vectors":
+        from gpu.cli import main as vectors_main
+
+        sys.exit(vectors_main(rest))
     else:
         parser.error(f"unknown command {command!r}")
