@@ -165,20 +165,39 @@ class IvfIndex:
             hit[hit] &= sorted_slots[pos[hit]] == ex[hit]
             keep[self._slot_order[pos[hit]]] = False
         coarse = distances(q, self.centroids, "ip" if self.metric == "ip" else "l2")
-        probe = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist else np.tile(np.arange(self.nlist), (len(q), 1))
-        out_ids = np.zeros((len(q), k), np.uint64)
-        out_d = np.full((len(q), k), np.inf, np.float32)
+        nq = len(q)
+        if nprobe < self.nlist:
+            probe = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            probe = np.tile(np.arange(self.nlist), (nq, 1))
+        # Batched by list: each probed list is one matmul against all the
+        # queries that probe it; each (query, probe) pair keeps its top k,
+        # then one merge per query.
+        flat_l = probe.reshape(-1)
+        flat_q = np.repeat(np.arange(nq), nprobe)
+        flat_p = np.tile(np.arange(nprobe), nq)
+        order = np.argsort(flat_l, kind="stable")
+        bounds = np.searchsorted(flat_l[order], np.arange(self.nlist + 1))
+        cand_ids = np.zeros((nq, nprobe, k), np.uint64)
+        cand_d = np.full((nq, nprobe, k), np.inf, np.float32)
         offsets = self.offsets.astype(np.int64)
-        for i in range(len(q)):
-            members = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in probe[i]])
-            members = members[keep[members]]
-            if len(members) == 0:
+        filtered = not keep.all()
+        for lst in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[lst] : bounds[lst + 1]]
+            lo, hi = offsets[lst], offsets[lst + 1]
+            x, ids = self.rows[lo:hi], self.ids[lo:hi]
+            x_sq = self._row_sq[lo:hi] if self._row_sq is not None else None
+            if filtered:
+                m = keep[lo:hi]
+                x, ids, x_sq = x[m], ids[m], (x_sq[m] if x_sq is not None else None)
+            if len(ids) == 0:
                 continue
-            x_sq = self._row_sq[members] if self._row_sq is not None else None
-            d = distances(q[i : i + 1], self.rows[members], self.metric, x_sq)
-            ids, dd = merge_topk(self.ids[members][None, :], d, k)
-            out_ids[i, : ids.shape[1]], out_d[i, : dd.shape[1]] = ids[0], dd[0]
-        return out_ids, out_d
+            d = distances(q[flat_q[sel]], x, self.metric, x_sq)
+            kk = min(k, len(ids))
+            part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if len(ids) > kk else np.broadcast_to(np.arange(kk), (len(sel), kk))
+            cand_d[flat_q[sel], flat_p[sel], :kk] = np.take_along_axis(d, part, 1)
+            cand_ids[flat_q[sel], flat_p[sel], :kk] = ids[part]
+        return merge_topk(cand_ids.reshape(nq, -1), cand_d.reshape(nq, -1), k)
 
 
 def load_index(storage: object, key: str) -> IvfIndex:
