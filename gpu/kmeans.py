@@ -56,13 +56,13 @@ def assign(dev: Device, x: Any, c: Any, want_dist: bool = False) -> tuple[Any, A
     xp = dev.xp
     n = x.shape[0]
     c_sq = (c * c).sum(axis=1)
+    ct = xp.ascontiguousarray((-2 * c).T)  # [d, k]: x @ ct = -2 x·c in one GEMM
     labels = xp.empty(n, dtype=xp.int64)
     dist = xp.empty(n, dtype=xp.float32) if want_dist else None
     tile = dev.tile_rows(c.shape[0], c.shape[1])
     for lo in range(0, n, tile):
         xt = x[lo : lo + tile]
-        d = xt @ c.T
-        d *= -2
+        d = xt @ ct
         d += c_sq[None, :]
         lab = d.argmin(axis=1)
         labels[lo : lo + tile] = lab
@@ -134,6 +134,7 @@ def train_batched(
     x = dev.asarray(host)  # stays on the device for every iteration
     del host
     valid = dev.asarray(np.arange(n)[None, :] < n_valid[:, None])  # [B, n]
+    x_sq = (x * x).sum(axis=2)  # [B, n], once
     c = _init(dev, x, n_valid, k, init, rng).astype(xp.float32)
     if init_centroids is not None:
         for i, ic in enumerate(init_centroids):
@@ -144,17 +145,22 @@ def train_batched(
     it = 0
     for it in range(1, niter + 1):
         c_sq = (c * c).sum(axis=2)  # [B, k]
-        ct = xp.ascontiguousarray(c.transpose(0, 2, 1))  # [B, d, k]
+        ct = xp.ascontiguousarray((-2 * c).transpose(0, 2, 1))  # [B, d, k]
         labels = xp.empty((b, n), dtype=xp.int64)
         err = xp.zeros(b, dtype=xp.float64)
         for lo in range(0, n, tile):
             xt = x[:, lo : lo + tile]  # [B, t, d]
-            dd = xp.matmul(xt, ct)  # [B, t, k]: one batched GEMM
-            dd *= -2
+            if dev.is_gpu:
+                dd = xp.matmul(xt, ct)  # [B, t, k]: one batched GEMM (cuBLAS strided batched)
+            else:
+                # NumPy's stacked matmul does not call BLAS GEMM: one 2-D GEMM per collection.
+                dd = np.empty((b, xt.shape[1], k), np.float32)
+                for i in range(b):
+                    np.matmul(xt[i], ct[i], out=dd[i])
             dd += c_sq[:, None, :]
             lab = dd.argmin(axis=2)
             labels[:, lo : lo + tile] = lab
-            best = xp.take_along_axis(dd, lab[:, :, None], 2)[:, :, 0] + (xt * xt).sum(axis=2)
+            best = xp.take_along_axis(dd, lab[:, :, None], 2)[:, :, 0] + x_sq[:, lo : lo + tile]
             err += (best * valid[:, lo : lo + tile]).sum(axis=1)
         # Segmented mean: padded rows go to a dummy bin k of their collection.
         offs = (xp.arange(b, dtype=xp.int64) * (k + 1))[:, None]
