@@ -487,7 +487,7 @@ class VectorCollection:
             npages = max(st.meta.npages, -(-nslots // s))
             seq = st.meta.next_seq
             touched = np.unique(slots // s)
-            pages = _pages_of(st, touched, npages)
+            pages = _pages_of(st, touched)
             at = np.searchsorted(touched, slots // s) * s + slots % s
             pages.live[at], pages.ids[at], pages.seqs[at], pages.rows[at] = True, ids, seq, rows
             meta = replace(st.meta, next_seq=seq + 1, nslots=nslots, npages=npages)
@@ -508,7 +508,7 @@ class VectorCollection:
                 return None
             seq = st.meta.next_seq
             touched = np.unique(slots // s)
-            pages = _pages_of(st, touched, st.meta.npages)
+            pages = _pages_of(st, touched)
             at = np.searchsorted(touched, slots // s) * s + slots % s
             pages.live[at], pages.seqs[at] = False, seq
             return pages, replace(st.meta, next_seq=seq + 1), touched, len(slots)
@@ -531,7 +531,9 @@ class VectorCollection:
     def search(self, queries: Any, k: int = 10, lsn: int = 0, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest rows of each query at `lsn`: (ids uint64 [nq, k'], distances
         float32 [nq, k']) ascending, k' = min(k, live rows). Distances: squared L2,
-        1 - cosine similarity, or minus the inner product."""
+        1 - cosine similarity, or minus the inner product. With an index, a query
+        whose probed lists hold fewer than k' rows gets id 0 / distance inf in
+        the missing places; raise `nprobe` to fill them."""
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise InvalidArgument(f"k={k!r} is invalid: expected a positive integer")
         if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or nprobe <= 0):
@@ -552,6 +554,9 @@ class VectorCollection:
             if fresh.any():
                 fi, fd = exact_topk(q, prepare(ch.rows[fresh], self.metric), ch.ids[fresh], int(k), self.metric)
                 ids, d = merge_topk(np.hstack([ids, fi]), np.hstack([d, fd]), int(k))
+            # Columns no query filled (fewer candidates than k in the probed lists) go.
+            filled = np.isfinite(d).any(axis=0)
+            ids, d = ids[:, filled], d[:, filled]
             mode = f"ivf@{index.snapshot_lsn}"
         log.debug("vectors_searched", name=self.name, queries=len(q), k=k, lsn=lsn, mode=mode, ms=round((time.monotonic() - t0) * 1000, 2))
         return ids, d.astype(np.float32)
@@ -573,7 +578,7 @@ def _image(rel: int, blkno: int, page: bytes) -> records_pb2.Record:
     return records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=page))
 
 
-def _pages_of(st: CollectionState, touched: np.ndarray, npages: int) -> vf.DataPages:
+def _pages_of(st: CollectionState, touched: np.ndarray) -> vf.DataPages:
     """Copies of the data pages `touched` (zero pages past the current end)."""
     s = st.layout.slots
     rows = (touched[:, None] * s + np.arange(s)[None, :]).reshape(-1)
