@@ -69,7 +69,8 @@ class BuildResult:
     assigned: int  # rows assigned to lists in this build (all, or only the changed)
     max_list: int
     mean_list: float
-    seconds: float
+    seconds: float  # the whole build_indexes call so far
+    read_seconds: float  # making remote storage current + reading the snapshot from layer files
 
 
 @dataclass
@@ -85,6 +86,7 @@ class _Job:
     keep: np.ndarray | None = None  # rows whose list comes from `base`
     keep_labels: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    read_seconds: float = 0.0
 
 
 def build_index(
@@ -143,6 +145,7 @@ def build_indexes(
 
 
 def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: float, progress: Progress | None) -> _Job:
+    t0 = time.monotonic()
     lsn = spec.lsn or _latest_lsn(client, spec.tenant_id, spec.timeline_id)
     ensure_uploaded(client, spec.tenant_id, spec.timeline_id, lsn, timeout)
     page_size = tenant_page_size(client, spec.tenant_id)
@@ -164,7 +167,7 @@ def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: floa
     log.info("index_snapshot_read", **fields)
     if progress is not None:
         progress("index_snapshot_read", fields)
-    return _Job(spec, lsn, state, slots, rows, nlist)
+    return _Job(spec, lsn, state, slots, rows, nlist, read_seconds=time.monotonic() - t0)
 
 
 def _latest_lsn(client: Client, tenant_id: str, timeline_id: str) -> int:
@@ -217,7 +220,7 @@ def _finish(storage: RemoteStorage, dev: Device, job: _Job, t0: float, progress:
     storage.upload_bytes(index.encode(), key)
     result = BuildResult(
         key, job.lsn, len(job.slots), job.nlist, dev.name, job.base_key, int(todo.sum()), int(sizes.max()),
-        float(sizes.mean()), time.monotonic() - t0,
+        float(sizes.mean()), time.monotonic() - t0, job.read_seconds,
     )
     fields = {"tenant": job.spec.tenant_id, "timeline": job.spec.timeline_id, "name": job.spec.name, "lsn": job.lsn,
               "rows": result.rows, "nlist": result.nlist, "assigned": result.assigned, "warm_start": result.warm_started_from,

@@ -157,3 +157,25 @@ def test_distances_match_float64() -> None:
     x, q = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
     want = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(axis=2)
     np.testing.assert_allclose(distances(q, x, "l2"), want, rtol=1e-4, atol=1e-4)
+
+
+def test_two_writers_and_other_records_interleave(stack: Stack) -> None:
+    """Conditional appends: writers with stale mirrors and other records in
+    between; nothing is lost or overwritten."""
+    c = stack.client
+    a = VectorCollection(c, stack.tenant, stack.main, "mem", dim=2)
+    b = VectorCollection(c, stack.tenant, stack.main, "mem")
+    from strata.v1 import records_pb2
+
+    other = records_pb2.Record(image=records_pb2.PageImage(rel=7, blkno=0, page=bytes(8192)))
+    for i in range(6):
+        (a if i % 2 else b).upsert([i], [[i, i]])
+        c.append(tenant_id=stack.tenant, timeline_id=stack.main, records=[other])  # someone else's page
+    assert a.count() == b.count() == 6
+    np.testing.assert_array_equal(b.get(np.arange(6)), np.repeat(np.arange(6, dtype=np.float32)[:, None], 2, 1))
+    # A plan made at an end that has moved since is refused by the walservice, and writes nothing.
+    end = a._end_lsn()
+    assert a._append([other], end - 1) is None
+    assert a._end_lsn() == end
+    a.upsert([6], [[6, 6]])
+    assert b.get([6]).tolist() == [[6, 6]] and b.count() == 7
