@@ -157,5 +157,9 @@ def test_strata_vectors_build_cli(stack: Stack) -> None:
     assert done.returncode == 0, done.stderr
     assert "built tenants/" in done.stdout and "rows=300 nlist=4" in done.stdout
     assert "event=index_built" in done.stderr and "event=kmeans_iteration" in done.stderr
+    # The ip index answers like exact search when every list is probed.
+    q = clustered(20, 8, clusters=4, seed=9)
+    indexed = VectorCollection(stack.client, stack.tenant, stack.main, "notes", remote_storage=stack.url)
+    np.testing.assert_array_equal(indexed.search(q, k=5, nprobe=4)[0], col.search(q, k=5)[0])
     missing = subprocess.run(argv[:7] + ["nope"] + argv[8:], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "'nope' does not exist" in missing.stderr
