@@ -244,6 +244,15 @@ def render_markdown(sets: list[SetResult], layers: LayerResult | None, niter: in
                 )
     out.append("")
     for s in sets:
+        if s.faiss is not None:
+            same_recall = abs(s.strata.searches[0].recall - s.faiss.searches[0].recall) <= 0.01
+            met = s.strata.build_s <= s.faiss.build_s and same_recall
+            out.append(
+                f"- Target, {s.n:,} x {s.dim}: the NumPy build no slower than faiss-cpu at equal recall@10: "
+                f"{'met' if met else 'not met'} ({s.strata.build_s:.1f} s vs {s.faiss.build_s:.1f} s; recall@10 at nprobe "
+                f"{s.strata.searches[0].nprobe} {s.strata.searches[0].recall:.3f} vs {s.faiss.searches[0].recall:.3f})."
+            )
+    for s in sets:
         flop = 2 * s.train_rows * s.nlist * s.dim
         line = (f"- {s.n:,} x {s.dim}: one Lloyd step on {s.train_rows:,} training rows x {s.nlist} lists "
                 f"({flop / 1e9:.1f} GFLOP) took {s.lloyd_step_s * 1000:.1f} ms on {s.strata.system}: {flop / s.lloyd_step_s / 1e12:.2f} TFLOP/s")
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke sizes (20k x 32, nlist 64); BENCHMARKS.md untouched")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write BENCHMARKS.md (default: unless --quick)")
     parser.add_argument("--section", default="vectors", help="BENCHMARKS.md section name (default vectors)")
+    parser.add_argument("--note", action="append", default=[], help="a line to add under the table (repeatable)")
     args = parser.parse_args(argv)
     if args.quick:
         sets, nlist, nq, layers = args.sets or [(20000, 32)], min(args.nlist, 64), min(args.queries, 100), (args.layers or [(2000, 32)])[0]
@@ -295,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-vectors-") as tmp:
             layer_result = run_layers(layers[0], layers[1], min(nlist, max(1, layers[0] // 100)), Path(tmp), use_faiss=not args.no_faiss)
     markdown = render_markdown(results, layer_result, args.niter, args.gpu_peak_tflops)
+    markdown += "".join(f"\n- {note}" for note in args.note)
     print(markdown)
     if (not args.quick) if args.write is None else args.write:
         from bench.report import update_section

@@ -129,13 +129,16 @@ class CollectionState:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """The live slot of each id, -1 where absent."""
         live = self.live_slots()
+        out = np.full(len(ids), -1, np.int64)
+        if len(live) == 0:
+            return out
         live_ids = self.data.ids[live]
         order = np.argsort(live_ids, kind="stable")
         sorted_ids = live_ids[order]
-        pos = np.searchsorted(sorted_ids, ids)
-        pos_c = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-        found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
-        return np.where(found, live[order][pos_c] if len(sorted_ids) else -1, -1).astype(np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        found = sorted_ids[pos] == ids
+        out[found] = live[order[pos[found]]]
+        return out
 
 
 def read_directory(source: PageSource, entry: vf.CatalogEntry, lsn: int) -> tuple[vf.Meta, np.ndarray]:

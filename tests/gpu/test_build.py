@@ -121,18 +121,22 @@ def test_batched_build_for_branches_with_warm_start(stack: Stack) -> None:
     main = VectorCollection(c, stack.tenant, stack.main, "mem", dim=DIM, remote_storage=stack.url)
     base_lsn = fill(main, rows)
     base = build_index(c, stack.tenant, stack.main, "mem", nlist=32, device="cpu", remote_storage=stack.url)
-    branches = [c.create_timeline(tenant_id=stack.tenant, ancestor_timeline_id=stack.main, ancestor_lsn=base_lsn).timeline_id for _ in range(2)]
+    branches = [c.create_timeline(tenant_id=stack.tenant, ancestor_timeline_id=stack.main, ancestor_lsn=base_lsn).timeline_id for _ in range(3)]
     extra = clustered(200, DIM, clusters=30, seed=4)
     cols = [VectorCollection(c, stack.tenant, b, "mem", remote_storage=stack.url) for b in branches]
     cols[0].upsert(np.arange(5000, 5100), extra[:100])          # 100 new rows: warm start
     cols[0].delete(np.arange(0, 10))
     cols[1].upsert(np.arange(0, 3000, 2), clustered(1500, DIM, clusters=30, seed=5) + 1)  # half rewritten: retrain
+    cols[2].upsert(np.arange(1, 3000, 2), clustered(1500, DIM, clusters=30, seed=6) - 1)  # also retrained, batched with [1]
     # Before any branch index, a branch finds its ancestor's index (at or below the branch point).
     assert find_index_key(c, stack.storage, stack.tenant, branches[0], "mem", 10**12) == base.key
-    results = build_indexes(c, [IndexSpec(stack.tenant, b, "mem", nlist=32) for b in branches], device="cpu", remote_storage=stack.url)
+    batches: list[int] = []
+    results = build_indexes(c, [IndexSpec(stack.tenant, b, "mem", nlist=32) for b in branches], device="cpu", remote_storage=stack.url,
+                            progress=lambda event, fields: batches.append(fields["collections"]) if event == "kmeans_iteration" else None)
     assert results[0].warm_started_from == base.key and results[0].assigned == 100
-    assert results[1].warm_started_from is None and results[1].assigned == 3000
-    assert [r.rows for r in results] == [3090, 3000]
+    assert [r.warm_started_from for r in results[1:]] == [None, None] and [r.assigned for r in results[1:]] == [3000, 3000]
+    assert set(batches) == {2}, "branches 1 and 2 train in one batched pass"
+    assert [r.rows for r in results] == [3090, 3000, 3000]
     for col, r in zip(cols, results):
         assert list_index_lsns(stack.storage, stack.tenant, col.timeline_id, "mem") == [r.lsn]
         q = col.get(np.arange(20, 40))
