@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from compute_shim.vectors import exact_topk
-from gpu.ivf import IvfIndex
+from gpu.ivf import IvfIndex, group_by_list
 from gpu.kmeans import assign, kmeans
 from gpu.synthetic import clustered, recall_at_k
 from gpu.xp import Device
@@ -117,9 +117,8 @@ def run_set(
     centroids, stats = kmeans(dev, x, nlist, niter=niter, init="random", seed=seed)
     xd = dev.asarray(x)
     labels = dev.to_host(assign(dev, xd, dev.asarray(centroids))[0])
-    order = np.argsort(labels, kind="stable")
-    sizes = np.bincount(labels, minlength=nlist)
-    index = IvfIndex("0" * 32, "0" * 32, "bench", "l2", 0, 0, centroids, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64),
+    order, offsets, sizes = group_by_list(labels, nlist)
+    index = IvfIndex("0" * 32, "0" * 32, "bench", "l2", 0, 0, centroids, offsets,
                      order.astype(np.uint64), order.astype(np.uint64), np.zeros(n, np.uint64), x[order])
     build_s = time.perf_counter() - t0
     strata = SystemResult(f"Strata ({dev.name}, {'CuPy' if dev.is_gpu else 'NumPy'})", build_s, max_list=int(sizes.max()), mean_list=float(sizes.mean()))

@@ -173,9 +173,14 @@ def load_state(source: PageSource, entry: vf.CatalogEntry, lsn: int, base: Colle
         data = _resized(None, meta.npages * s, entry.dim)
     if len(read):
         got = vf.decode_data_pages(layout, source.pages(entry.data_rel, read.tolist()), f"collection {entry.name!r}")
-        rows = (read[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+        rows = slots_of(read, s)
         data.live[rows], data.ids[rows], data.seqs[rows], data.rows[rows] = got.live, got.ids, got.seqs, got.rows
     return CollectionState(entry, layout, meta, page_seqs, data, lsn)
+
+
+def slots_of(pages: np.ndarray, slots_per_page: int) -> np.ndarray:
+    """Every slot number of the given data pages, page by page."""
+    return (np.asarray(pages, np.int64)[:, None] * slots_per_page + np.arange(slots_per_page)[None, :]).reshape(-1)
 
 
 def _resized(data: vf.DataPages | None, n: int, dim: int) -> vf.DataPages:
@@ -202,7 +207,7 @@ def read_changes(source: PageSource, entry: vf.CatalogEntry, lsn: int, since_seq
     layout = vf.DataLayout.of(source.page_size, entry.dim)
     pages = np.flatnonzero(page_seqs >= np.uint64(since_seq))
     got = vf.decode_data_pages(layout, source.pages(entry.data_rel, pages.tolist()), f"collection {entry.name!r}")
-    slots = (pages[:, None] * layout.slots + np.arange(layout.slots)[None, :]).reshape(-1)
+    slots = slots_of(pages, layout.slots)
     changed = got.seqs >= np.uint64(since_seq)
     return Changes(meta, slots[changed], got.live[changed], got.ids[changed], got.rows[changed])
 
@@ -443,9 +448,7 @@ class VectorCollection:
         records = [
             _image(self.entry.data_rel, int(p), img) for p, img in zip(touched, vf.encode_data_pages(layout, pages))
         ]
-        page_seqs = np.zeros(meta.npages, np.uint64)
-        page_seqs[: len(st.page_seqs)] = st.page_seqs
-        page_seqs[touched] = meta.next_seq - 1
+        page_seqs = _page_seqs_after(st, meta, touched)
         per_dir = vf.dir_entries_per_page(self.page_size)
         for b in np.unique(touched // per_dir):
             chunk = page_seqs[b * per_dir : (b + 1) * per_dir]
@@ -459,12 +462,9 @@ class VectorCollection:
             return
         s = st.layout.slots
         data = st.data if meta.npages == st.meta.npages else _resized(st.data, meta.npages * s, st.entry.dim)
-        rows = (touched[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+        rows = slots_of(touched, s)
         data.live[rows], data.ids[rows], data.seqs[rows], data.rows[rows] = pages.live, pages.ids, pages.seqs, pages.rows
-        page_seqs = np.zeros(meta.npages, np.uint64)
-        page_seqs[: len(st.page_seqs)] = st.page_seqs
-        page_seqs[touched] = meta.next_seq - 1
-        self._cache = CollectionState(st.entry, st.layout, meta, page_seqs, data, lsn)
+        self._cache = CollectionState(st.entry, st.layout, meta, _page_seqs_after(st, meta, touched), data, lsn)
 
     # -- the API ---------------------------------------------------------------------
 
@@ -581,10 +581,18 @@ def _image(rel: int, blkno: int, page: bytes) -> records_pb2.Record:
     return records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=page))
 
 
+def _page_seqs_after(st: CollectionState, meta: vf.Meta, touched: np.ndarray) -> np.ndarray:
+    """The directory after a change that wrote the data pages `touched` with seq meta.next_seq - 1."""
+    page_seqs = np.zeros(meta.npages, np.uint64)
+    page_seqs[: len(st.page_seqs)] = st.page_seqs
+    page_seqs[touched] = meta.next_seq - 1
+    return page_seqs
+
+
 def _pages_of(st: CollectionState, touched: np.ndarray) -> vf.DataPages:
     """Copies of the data pages `touched` (zero pages past the current end)."""
     s = st.layout.slots
-    rows = (touched[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+    rows = slots_of(touched, s)
     out = _resized(None, len(rows), st.entry.dim)
     inside = rows < len(st.data.ids)
     src = rows[inside]

@@ -36,7 +36,7 @@ import numpy as np
 
 from compute_shim.client import Client
 from compute_shim.vectors import CollectionState, find_collection, load_state, prepare, tenant_page_size
-from gpu.ivf import IvfIndex, default_nlist, find_index_key, index_key, load_index
+from gpu.ivf import IvfIndex, default_nlist, find_index_key, group_by_list, index_key, load_index
 from gpu.kmeans import Progress, assign, sample_rows, train_batched
 from gpu.snapshot import ensure_uploaded, open_snapshot
 from gpu.xp import Device
@@ -207,9 +207,7 @@ def _finish(storage: RemoteStorage, dev: Device, job: _Job, t0: float, progress:
     if todo.any():
         got, _ = assign(dev, dev.asarray(job.rows[todo]), dev.asarray(job.centroids))
         labels[todo] = dev.to_host(got)
-    order = np.argsort(labels, kind="stable")
-    sizes = np.bincount(labels, minlength=job.nlist)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64)
+    order, offsets, sizes = group_by_list(labels, job.nlist)
     st = job.state
     index = IvfIndex(
         job.spec.tenant_id, job.spec.timeline_id, job.spec.name, st.entry.metric, job.lsn, st.meta.next_seq,

@@ -67,6 +67,14 @@ def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, nlist // 32)))
 
 
+def group_by_list(labels: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, offsets, sizes): rows in list order, where each list starts
+    (u64 [nlist + 1]) and how many rows each list holds."""
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=nlist)
+    return order, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64), sizes
+
+
 @dataclass
 class IvfIndex:
     tenant_id: str
