@@ -24,7 +24,6 @@ and the section says so.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -169,8 +168,6 @@ def run_set(
 
 def run_layers(n: int, dim: int, nlist: int, work_dir: Path, use_faiss: bool = True, log: bool = True) -> LayerResult:
     """Upsert n rows into a real stack, then gpu.build_index from the layer files."""
-    import sys
-
     from compute_shim import Client, VectorCollection
     from gpu.build import build_index
     from tests.env import StrataEnv
@@ -198,7 +195,6 @@ def run_layers(n: int, dim: int, nlist: int, work_dir: Path, use_faiss: bool = T
             build_s = time.perf_counter() - t0
     finally:
         env.teardown()
-        _ = sys
     faiss_s = None
     if use_faiss:
         try:
@@ -310,7 +306,6 @@ def main(argv: list[str] | None = None) -> None:
         from bench.report import update_section
 
         update_section(args.section, markdown, title=f"{args.section}: IVF-Flat builds, Strata gpu/ vs faiss-cpu")
-    _ = os
 
 
 if __name__ == "__main__":
