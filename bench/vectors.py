@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,10 +98,36 @@ def _timed_search(search: object, q: np.ndarray, truth: np.ndarray, nprobe: int,
     return SearchRow(nprobe, recall_at_k(ids, truth, K), best)
 
 
+def _strata_build(dev: Device, x: np.ndarray, nlist: int, niter: int, seed: int) -> tuple[IvfIndex, np.ndarray, float]:
+    """Sample-trained k-means (tiled GEMM), assign every row, group into lists."""
+    t0 = time.perf_counter()
+    centroids, _ = kmeans(dev, x, nlist, niter=niter, init="random", seed=seed)
+    labels = dev.to_host(assign(dev, dev.asarray(x), dev.asarray(centroids))[0])
+    order, offsets, sizes = group_by_list(labels, nlist)
+    slots = order.astype(np.uint64)
+    index = IvfIndex("0" * 32, "0" * 32, "bench", "l2", 0, 0, centroids, offsets, slots, slots, np.zeros(len(x), np.uint64), x[order])
+    return index, sizes, time.perf_counter() - t0
+
+
+def _faiss_build(faiss: Any, x: np.ndarray, nlist: int, niter: int, seed: int) -> tuple[Any, np.ndarray, float]:
+    """faiss-cpu IVF-Flat with the same nlist, iterations and training sample."""
+    t0 = time.perf_counter()
+    fi = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+    fi.cp.niter = niter
+    fi.cp.seed = seed
+    fi.cp.max_points_per_centroid = 256
+    fi.train(x)
+    fi.add(x)
+    seconds = time.perf_counter() - t0
+    return fi, np.array([fi.invlists.list_size(i) for i in range(nlist)]), seconds
+
+
 def run_set(
     n: int, dim: int, nlist: int, nq: int, niter: int, device: str, seed: int = 0, use_faiss: bool = True, log: bool = True,
-    spread: float = SPREAD,
+    spread: float = SPREAD, repeats: int = 1,
 ) -> SetResult:
+    """Builds alternate (Strata, faiss, Strata, faiss, ...) `repeats` times and
+    each system's best build counts, so both see the same machine load."""
     clusters = max(nlist // 8, 16)
     data = clustered(n + nq, dim, clusters, seed=seed, spread=spread)
     x, q = data[:n], data[n:]
@@ -109,61 +136,48 @@ def run_set(
     say(f"[vectors] {n}x{dim} nlist={nlist}: exact ground truth for {nq} queries")
     truth, _ = exact_topk(q, x, np.arange(n, dtype=np.uint64), K, "l2")
     dev = Device.get(device)
+    faiss: Any = None
+    notes = []
+    if use_faiss:
+        try:
+            import faiss  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            notes.append("faiss-cpu is not installed (pip install 'strata[bench]'): no faiss rows")
+    strata = SystemResult(f"Strata ({dev.name}, {'CuPy' if dev.is_gpu else 'NumPy'})", float("inf"))
+    fr = SystemResult(f"faiss-cpu IndexIVFFlat ({faiss.omp_get_max_threads()} threads)", float("inf")) if faiss else None
+    index: IvfIndex | None = None
+    fi: Any = None
+    for r in range(repeats):
+        say(f"[vectors] strata build on {dev.name} ({r + 1}/{repeats})")
+        index = None  # free the previous one first
+        index, sizes, seconds = _strata_build(dev, x, nlist, niter, seed)
+        strata.build_s, strata.max_list, strata.mean_list = min(strata.build_s, seconds), int(sizes.max()), float(sizes.mean())
+        if fr is not None:
+            say(f"[vectors] faiss-cpu build ({r + 1}/{repeats})")
+            fi = None
+            fi, fsizes, seconds = _faiss_build(faiss, x, nlist, niter, seed)
+            fr.build_s, fr.max_list, fr.mean_list = min(fr.build_s, seconds), int(fsizes.max()), float(fsizes.mean())
+    assert index is not None
 
-    # -- Strata: sample-trained k-means (tiled GEMM), assign all, group into lists --
-    say(f"[vectors] strata build on {dev.name}")
-    t0 = time.perf_counter()
-    centroids, stats = kmeans(dev, x, nlist, niter=niter, init="random", seed=seed)
-    xd = dev.asarray(x)
-    labels = dev.to_host(assign(dev, xd, dev.asarray(centroids))[0])
-    order, offsets, sizes = group_by_list(labels, nlist)
-    index = IvfIndex("0" * 32, "0" * 32, "bench", "l2", 0, 0, centroids, offsets,
-                     order.astype(np.uint64), order.astype(np.uint64), np.zeros(n, np.uint64), x[order])
-    build_s = time.perf_counter() - t0
-    strata = SystemResult(f"Strata ({dev.name}, {'CuPy' if dev.is_gpu else 'NumPy'})", build_s, max_list=int(sizes.max()), mean_list=float(sizes.mean()))
-    for nprobe in NPROBES:
+    def fsearch(qq: np.ndarray, p: int) -> np.ndarray:
+        fi.nprobe = p
+        return fi.search(qq, K)[1]
+
+    for nprobe in NPROBES:  # alternating too
         strata.searches.append(_timed_search(lambda qq, p: index.search(qq, K, nprobe=p)[0], q, truth, nprobe))
-    n_train = min(n, 256 * nlist)
+        if fr is not None:
+            fr.searches.append(_timed_search(fsearch, q, truth, nprobe))
+
     # One Lloyd step at full size, timed alone (for FLOP/s): distances + argmin + update.
-    xs = dev.asarray(x[:n_train])
-    c = dev.asarray(centroids)
+    n_train = min(n, 256 * nlist)
+    xs, c = dev.asarray(x[:n_train]), dev.asarray(index.centroids)
     dev.synchronize()
     t1 = time.perf_counter()
     lab = assign(dev, xs, c)[0]
     dev.segment_sum(xs, lab, nlist)
     dev.synchronize()
     lloyd = time.perf_counter() - t1
-    del xs, xd
-    result = SetResult(n, dim, nlist, nq, strata, None, lloyd, n_train)
-
-    # -- faiss-cpu IVF-Flat, same nlist, iterations and sample --
-    if use_faiss:
-        try:
-            import faiss  # type: ignore[import-not-found]
-        except ImportError:
-            result.notes.append("faiss-cpu is not installed (pip install 'strata[bench]'): no faiss rows")
-            return result
-        say(f"[vectors] faiss-cpu build ({faiss.omp_get_max_threads()} threads)")
-        t0 = time.perf_counter()
-        quantizer = faiss.IndexFlatL2(dim)
-        fi = faiss.IndexIVFFlat(quantizer, dim, nlist)
-        fi.cp.niter = niter
-        fi.cp.seed = seed
-        fi.cp.max_points_per_centroid = 256
-        fi.train(x)
-        fi.add(x)
-        fbuild = time.perf_counter() - t0
-        fsizes = np.array([fi.invlists.list_size(i) for i in range(nlist)])
-        fr = SystemResult(f"faiss-cpu IndexIVFFlat ({faiss.omp_get_max_threads()} threads)", fbuild, max_list=int(fsizes.max()), mean_list=float(fsizes.mean()))
-
-        def fsearch(qq: np.ndarray, p: int) -> np.ndarray:
-            fi.nprobe = p
-            return fi.search(qq, K)[1]
-
-        for nprobe in NPROBES:
-            fr.searches.append(_timed_search(fsearch, q, truth, nprobe))
-        result.faiss = fr
-    return result
+    return SetResult(n, dim, nlist, nq, strata, fr, lloyd, n_train, notes)
 
 
 def run_layers(n: int, dim: int, nlist: int, work_dir: Path, use_faiss: bool = True, log: bool = True) -> LayerResult:
@@ -218,7 +232,7 @@ def _ratio(a: float, b: float) -> str:
 def render_markdown(sets: list[SetResult], layers: LayerResult | None, niter: int, gpu_peak_tflops: float | None) -> str:
     out = [
         f"Clustered synthetic float32 vectors (nlist/8 Gaussian centres, per-dimension noise std {SPREAD}), {niter} Lloyd iterations, 256 training rows per list, "
-        "random init for both; recall@10 as ann-benchmarks defines it (share of the true 10 nearest found); QPS: the best of "
+        "random init for both; builds alternate between the systems and each one's best of the runs counts; recall@10 as ann-benchmarks defines it (share of the true 10 nearest found); QPS: the best of "
         f"{SEARCH_REPEATS} batches of all the queries. Ratios: build = faiss time / Strata time (above 1: Strata builds faster); QPS = Strata / faiss.",
         "",
         "| vectors | nlist | system | build s | build ratio | max/mean list | nprobe | recall@10 | QPS | QPS ratio |",
@@ -280,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--niter", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating builds per system; the best counts (default 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="cpu")
     parser.add_argument("--layers", type=parse_sets, default=None, help="NxD for the build-from-layers run (default 100000x128)")
     parser.add_argument("--no-layers", action="store_true", help="skip the build-from-layers run")
@@ -294,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         sets, nlist, nq, layers = args.sets or [(20000, 32)], min(args.nlist, 64), min(args.queries, 100), (args.layers or [(2000, 32)])[0]
     else:
         sets, nlist, nq, layers = args.sets or [(1_000_000, 128), (100_000, 768)], args.nlist, args.queries, (args.layers or [(100_000, 128)])[0]
-    results = [run_set(n, d, nlist, nq, args.niter, args.device, use_faiss=not args.no_faiss) for n, d in sets]
+    repeats = 1 if args.quick else args.repeats
+    results = [run_set(n, d, nlist, nq, args.niter, args.device, use_faiss=not args.no_faiss, repeats=repeats) for n, d in sets]
     layer_result = None
     if not args.no_layers:
         with tempfile.TemporaryDirectory(prefix="bench-vectors-") as tmp:
