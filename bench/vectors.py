@@ -246,10 +246,10 @@ def render_markdown(sets: list[SetResult], layers: LayerResult | None, niter: in
                 is_strata = sysr is s.strata
                 build_ratio = _ratio(s.faiss.build_s, s.strata.build_s) if (is_strata and s.faiss and i == 0) else ""
                 qps_ratio = _ratio(row.qps, peer.qps) if (is_strata and peer) else ""
+                build = f"{sysr.build_s:.2f}" if i == 0 else ""
                 out.append(
-                    f"| {s.n:,} x {s.dim} | {s.nlist} | {sysr.system} | {sysr.build_s:.2f} if i == 0 else '' | {build_ratio} | "
+                    f"| {s.n:,} x {s.dim} | {s.nlist} | {sysr.system} | {build} | {build_ratio} | "
                     f"{sysr.max_list}/{sysr.mean_list:.0f} | {row.nprobe} | {row.recall:.3f} | {row.qps:,.0f} | {qps_ratio} |"
-                    .replace(f"{sysr.build_s:.2f} if i == 0 else ''", f"{sysr.build_s:.2f}" if i == 0 else "")
                 )
     out.append("")
     for s in sets:

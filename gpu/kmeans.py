@@ -13,7 +13,9 @@ collections of the same dim and k at once: their samples are stacked into a
 matmul, so many small collections (one per agent branch) share the device
 instead of queueing on it.
 
-Empty clusters are re-seeded from random sample rows (with a tiny jitter).
+Training stops early when an iteration moves no row to another list (the
+centroids are then a fixed point; faiss stops at the same point). Empty
+clusters are re-seeded from random sample rows (with a tiny jitter).
 Init: "random" (k distinct sample rows, as faiss does) or "kmeans++"
 (greedy, on a sub-sample of at most 16·k rows).
 """
@@ -40,10 +42,11 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class KMeansStats:
-    iterations: int
+    iterations: int  # centroid updates done (fewer than niter when it converged)
     seconds: float
     # Mean squared distance of the training rows to their centroid, per collection.
     inertia: tuple[float, ...]
+    converged: bool = False  # stopped early: an iteration moved no row to another list
 
 
 def sample_rows(n: int, k: int, max_points_per_centroid: int, rng: np.random.Generator) -> np.ndarray:
@@ -143,6 +146,8 @@ def train_batched(
     tile = max(1, dev.tile_rows(k, d) // b)
     inertia = np.zeros(b)
     it = 0
+    prev: Any = None
+    converged = False
     for it in range(1, niter + 1):
         c_sq = (c * c).sum(axis=2)  # [B, k]
         ct = xp.ascontiguousarray((-2 * c).transpose(0, 2, 1))  # [B, d, k]
@@ -162,6 +167,12 @@ def train_batched(
             labels[:, lo : lo + tile] = lab
             best = xp.take_along_axis(dd, lab[:, :, None], 2)[:, :, 0] + x_sq[:, lo : lo + tile]
             err += (best * valid[:, lo : lo + tile]).sum(axis=1)
+        inertia = dev.to_host(err) / n_valid
+        if prev is not None and bool((labels == prev).all()):
+            # No row changed its list: the centroids are a fixed point (faiss stops here too).
+            converged, it = True, it - 1
+            break
+        prev = labels
         # Segmented mean: padded rows go to a dummy bin k of their collection.
         offs = (xp.arange(b, dtype=xp.int64) * (k + 1))[:, None]
         flat = xp.where(valid, labels + offs, offs + k).reshape(-1)
@@ -175,15 +186,16 @@ def train_batched(
             rows = (rng.random(len(bi)) * n_valid[bi]).astype(np.int64)
             jitter = dev.asarray(rng.normal(0, 1e-4, size=(len(bi), d)).astype(np.float32))
             c[dev.asarray(bi), dev.asarray(ki)] = x[dev.asarray(bi), dev.asarray(rows)] + jitter
-        inertia = dev.to_host(err) / n_valid
         fields = {"label": label or None, "iteration": it, "of": niter, "collections": b, "rows": int(n_valid.sum()), "k": k,
                   "inertia": float(inertia.mean()), "empty": int(empty.sum()), "device": dev.name}
         log.info("kmeans_iteration", **fields)
         if progress is not None:
             progress("kmeans_iteration", fields)
     dev.synchronize()
+    if converged:
+        log.info("kmeans_converged", label=label or None, iterations=it, of=niter, collections=b, k=k, device=dev.name)
     centroids = [dev.to_host(c[i]).astype(np.float32) for i in range(b)]
-    return centroids, KMeansStats(it, time.monotonic() - t0, tuple(float(v) for v in inertia))
+    return centroids, KMeansStats(it, time.monotonic() - t0, tuple(float(v) for v in inertia), converged)
 
 
 def kmeans(
