@@ -134,10 +134,14 @@ def train_batched(
     host = np.zeros((b, n, d), np.float32)
     for i, s in enumerate(samples):
         host[i, : len(s)] = s
-    x = dev.asarray(host)  # stays on the device for every iteration
+    # Rows with a trailing 1, so one GEMM against [-2c; ‖c‖²] gives ‖c‖² − 2x·c:
+    # no extra pass over the [n, k] block to add ‖c‖².
+    # Both stay on the device for every iteration (x, contiguous, for the sums).
+    x = dev.asarray(host)
+    xa = dev.asarray(np.concatenate([host, np.ones((b, n, 1), np.float32)], axis=2))
     del host
     valid = dev.asarray(np.arange(n)[None, :] < n_valid[:, None])  # [B, n]
-    x_sq = (x * x).sum(axis=2)  # [B, n], once
+    x_sq_total = ((x * x).sum(axis=2) * valid).sum(axis=1).astype(xp.float64)  # [B], once
     c = _init(dev, x, n_valid, k, init, rng).astype(xp.float32)
     if init_centroids is not None:
         for i, ic in enumerate(init_centroids):
@@ -149,12 +153,11 @@ def train_batched(
     prev: Any = None
     converged = False
     for it in range(1, niter + 1):
-        c_sq = (c * c).sum(axis=2)  # [B, k]
-        ct = xp.ascontiguousarray((-2 * c).transpose(0, 2, 1))  # [B, d, k]
+        ct = xp.concatenate([-2 * c, (c * c).sum(axis=2)[:, :, None]], axis=2)  # [B, k, d + 1]
+        ct = xp.ascontiguousarray(ct.transpose(0, 2, 1))  # [B, d + 1, k]
         labels = xp.empty((b, n), dtype=xp.int64)
-        err = xp.zeros(b, dtype=xp.float64)
         for lo in range(0, n, tile):
-            xt = x[:, lo : lo + tile]  # [B, t, d]
+            xt = xa[:, lo : lo + tile]  # [B, t, d + 1]
             if dev.is_gpu:
                 dd = xp.matmul(xt, ct)  # [B, t, k]: one batched GEMM (cuBLAS strided batched)
             else:
@@ -162,12 +165,7 @@ def train_batched(
                 dd = np.empty((b, xt.shape[1], k), np.float32)
                 for i in range(b):
                     np.matmul(xt[i], ct[i], out=dd[i])
-            dd += c_sq[:, None, :]
-            lab = dd.argmin(axis=2)
-            labels[:, lo : lo + tile] = lab
-            best = xp.take_along_axis(dd, lab[:, :, None], 2)[:, :, 0] + x_sq[:, lo : lo + tile]
-            err += (best * valid[:, lo : lo + tile]).sum(axis=1)
-        inertia = dev.to_host(err) / n_valid
+            labels[:, lo : lo + tile] = dd.argmin(axis=2)
         if prev is not None and bool((labels == prev).all()):
             # No row changed its list: the centroids are a fixed point (faiss stops here too).
             converged, it = True, it - 1
@@ -180,6 +178,9 @@ def train_batched(
         counts = xp.bincount(flat, minlength=b * (k + 1)).reshape(b, k + 1)[:, :k]
         nonempty = counts > 0
         c = xp.where(nonempty[:, :, None], sums / xp.maximum(counts, 1)[:, :, None].astype(xp.float32), c).astype(xp.float32)
+        # Inertia of the new centroids from the sums alone: Σ‖x‖² − Σ_k n_k‖c_k‖² (no pass over the rows).
+        explained = (counts * (c.astype(xp.float64) ** 2).sum(axis=2) * nonempty).sum(axis=1)
+        inertia = dev.to_host(x_sq_total - explained) / n_valid
         empty = dev.to_host(~nonempty)
         if empty.any():
             bi, ki = np.nonzero(empty)
