@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("branch", help="create a root timeline or a branch", add_help=False)
     sub.add_parser("sql", help="an SQL shell on a timeline (SQLite on Strata pages)", add_help=False)
     sub.add_parser("demo", help="the agent workflow on the local stack: 20 branches, migrations, undo", add_help=False)
+    sub.add_parser("vectors", help="vector collections: `strata vectors build TENANT TIMELINE NAME`", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
@@ -48,5 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         from compute_shim import demo
 
         sys.exit(demo.main(rest))
+    elif command == "vectors":
+        from gpu.cli import main as vectors_main
+
+        sys.exit(vectors_main(rest))
     else:
         parser.error(f"unknown command {command!r}")
