@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,3 +168,42 @@ def test_strata_vectors_build_cli(stack: Stack) -> None:
     np.testing.assert_array_equal(indexed.search(q, k=5, nprobe=4)[0], col.search(q, k=5)[0])
     missing = subprocess.run(argv[:7] + ["nope"] + argv[8:], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "'nope' does not exist" in missing.stderr
+
+
+def test_indexed_search_after_gc_moved_the_cutoff_past_the_index(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """GC keeps the newest index below its cutoff, and search with it never reads
+    at the index LSN: after the cutoff passes S (reads at S are refused), indexed
+    search is still fresh, and GC removed the older index no LSN can use."""
+    import grpc
+
+    url = f"file://{tmp_path / 'remote'}"
+    wal = strata_env.walservice("--remote-storage", url)
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, "--gc-interval", "0")
+    storage = LocalFsStorage(tmp_path / "remote")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=8192, pitr_seconds=1).tenant_id
+        main = client.create_timeline(tenant_id=tenant).timeline_id
+        rows = clustered(2000, DIM, clusters=20, seed=3)
+        col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
+        fill(col, rows)
+        older = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
+        col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
+        index = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
+        assert older.lsn < index.lsn
+        col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
+        col.delete([7])
+        time.sleep(1.5)  # the commits so far fall out of the 1 s PITR window
+        last = col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
+        cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
+        assert index.lsn < cutoff < last
+        with pytest.raises(grpc.RpcError) as refused:
+            client.get_page(tenant_id=tenant, timeline_id=main, rel=1, blkno=0, lsn=index.lsn)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert list_index_lsns(storage, tenant, main, "mem") == [index.lsn]  # the older one is gone
+
+        fresh = VectorCollection(client, tenant, main, "mem", remote_storage=url)
+        probes = np.vstack([np.full((1, DIM), v, np.float32) for v in (30.0, 50.0, 70.0)] + [rows[7:8], rows[100:101]])
+        got, dist = fresh.search(probes, k=3)
+        assert got[:3, 0].tolist() == [5000, 5001, 5002] and np.allclose(dist[:3, 0], 0)
+        assert 7 not in got[3].tolist()  # deleted after the index: never found
+        assert got[4, 0] == 100 and dist[4, 0] == 0  # an indexed row, through the index
