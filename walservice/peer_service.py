@@ -9,11 +9,13 @@ status codes through strata.grpc_server.unary_rpc like the client-facing service
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from strata.grpc_server import unary_handler, unary_rpc
+from strata.errors import StrataError
+from strata.grpc_server import log_rpc_failure, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
 from walservice.replication import Cluster, TimelineReplica
@@ -41,9 +43,18 @@ class PeerServicer:
     async def RequestVote(self, request: peer_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> peer_pb2.VoteResponse:
         return await asyncio.shield(self._replica(request).on_vote_request(request))
 
-    @unary_rpc
-    async def PeerAppend(self, request: peer_pb2.PeerAppendRequest, context: grpc.aio.ServicerContext) -> peer_pb2.PeerAppendResponse:
-        return await asyncio.shield(self._replica(request).on_peer_append(request))
+    async def PeerAppend(
+        self, requests: AsyncIterator[peer_pb2.PeerAppendRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.PeerAppendResponse]:
+        """One answer per request, in order; a failure (no such timeline: NOT_FOUND)
+        ends the stream with its status, and the leader opens a new one."""
+        request = None
+        try:
+            async for request in requests:
+                yield await asyncio.shield(self._replica(request).on_peer_append(request))
+        except StrataError as exc:
+            log_rpc_failure(self.log, "PeerAppend", request, exc)
+            await context.abort(exc.code, str(exc))
 
     @unary_rpc
     async def PeerCreateTimeline(self, request: peer_pb2.PeerTimeline, context: grpc.aio.ServicerContext) -> peer_pb2.PeerTimelineResponse:
@@ -52,7 +63,11 @@ class PeerServicer:
     def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {
             "RequestVote": unary_handler(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
-            "PeerAppend": unary_handler(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
+            "PeerAppend": grpc.stream_stream_rpc_method_handler(
+                self.PeerAppend,
+                request_deserializer=peer_pb2.PeerAppendRequest.FromString,
+                response_serializer=peer_pb2.PeerAppendResponse.SerializeToString,
+            ),
             "PeerCreateTimeline": unary_handler(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

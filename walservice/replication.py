@@ -147,13 +147,17 @@ class PeerClients:
             stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(channel)
         return stub
 
-    async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
-        """One peer RPC; PeerUnreachable on any transport failure (or injected fault)."""
+    async def inject_faults(self, node_id: int) -> None:
+        """The test fault layer (STRATA_PEER_FAULTS): maybe drop (PeerUnreachable), maybe delay."""
         if self.faults is not None:
             if self.faults.rng.random() < self.faults.drop:
                 raise PeerUnreachable(f"node {node_id}: dropped by the fault layer")
             if self.faults.delay_ms:
                 await asyncio.sleep(self.faults.rng.random() * self.faults.delay_ms / 1000)
+
+    async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
+        """One unary peer RPC; PeerUnreachable on any transport failure (or injected fault)."""
+        await self.inject_faults(node_id)
         try:
             return await getattr(self.stub(node_id), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -224,6 +228,7 @@ class Replicator:
         self.match_lsn = 0  # what it flushed in this term (0 until it answered)
         self.last_ok = 0.0  # monotonic time of its last answer
         self.wake = asyncio.Event()
+        self._stream: Any = None  # the open PeerAppend stream call, or None
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -234,9 +239,7 @@ class Replicator:
             try:
                 start, data, new_segment = await self._next_data()
                 request = r.append_request(self.term, start, data, new_segment)
-                response: peer_pb2.PeerAppendResponse = await r.peers.call(
-                    self.node_id, "PeerAppend", request, PEER_APPEND_TIMEOUT_S
-                )
+                response = await self._exchange(request)
             except PeerUnreachable:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 continue
@@ -289,8 +292,43 @@ class Replicator:
             pass
         return self.next_lsn or 0, b"", False
 
+    async def _exchange(self, request: peer_pb2.PeerAppendRequest) -> peer_pb2.PeerAppendResponse:
+        """Send one PeerAppend on this replicator's stream (opened on first use) and
+        read its answer. Any failure closes the stream (its request/answer pairing
+        is lost) and raises PeerUnreachable, or the NOT_FOUND AioRpcError of a
+        follower without the timeline; the next call opens a new stream."""
+        peers = self.replica.peers
+        try:
+            await peers.inject_faults(self.node_id)
+            if self._stream is None:
+                self._stream = peers.stub(self.node_id).PeerAppend()
+            async with asyncio.timeout(PEER_APPEND_TIMEOUT_S):
+                await self._stream.write(request)
+                response = await self._stream.read()
+            if response is grpc.aio.EOF:
+                raise PeerUnreachable(f"node {self.node_id} ended the PeerAppend stream")
+            return response
+        except Exception as exc:  # (a cancellation passes through; stop() closes the stream)
+            self._close_stream()
+            if isinstance(exc, grpc.aio.AioRpcError):
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise PeerUnreachable(f"node {self.node_id} PeerAppend: {exc.code().name} {exc.details()}") from exc
+            if isinstance(exc, TimeoutError):
+                raise PeerUnreachable(f"node {self.node_id} PeerAppend: no answer within {PEER_APPEND_TIMEOUT_S} s") from exc
+            if isinstance(exc, PeerUnreachable):
+                raise
+            # E.g. a write to a stream whose RPC already ended (the peer restarted).
+            raise PeerUnreachable(f"node {self.node_id} PeerAppend: {type(exc).__name__}: {exc}") from exc
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+
     def stop(self) -> None:
         self.task.cancel()
+        self._close_stream()
 
 
 class TimelineReplica:
