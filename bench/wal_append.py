@@ -1007,7 +1007,7 @@ def main(argv: list[str] | None = None) -> None:
             replication = run_replication(args.writers, duration_s, warmup_s, work_dir=work_dir)
         replication.notes.append(
             f"1-minute load average when the run started / ended: {load_at_start:.2f} / {os.getloadavg()[0]:.2f} on "
-            f"{os.cpu_count()} CPUs, shared with other engineers' work: indicative only."
+            f"{os.cpu_count()} CPUs; the writers and every node share them."
         )
         markdown = render_replication(replication, duration_s=duration_s, warmup_s=warmup_s)
         print(markdown)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from strata.errors import StrataError
-from strata.grpc_server import log_rpc_failure, unary_handler, unary_rpc
+from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
 from walservice.replication import Cluster, TimelineReplica
@@ -63,11 +63,7 @@ class PeerServicer:
     def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {
             "RequestVote": unary_handler(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
-            "PeerAppend": grpc.stream_stream_rpc_method_handler(
-                self.PeerAppend,
-                request_deserializer=peer_pb2.PeerAppendRequest.FromString,
-                response_serializer=peer_pb2.PeerAppendResponse.SerializeToString,
-            ),
+            "PeerAppend": stream_handler(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
             "PeerCreateTimeline": unary_handler(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -10,13 +10,12 @@ so streaming never re-parses it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 
 from strata.errors import InvalidArgument, StrataError
-from strata.grpc_server import log_rpc_failure, unary_rpc
+from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
@@ -215,19 +214,12 @@ class WalServicer:
             await context.abort(exc.code, str(exc))
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        def unary(fn: Callable[..., Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
-
         handlers = {
-            "CreateTimeline": unary(self.CreateTimeline, wal_pb2.WalTimeline, wal_pb2.WalStatus),
-            "Append": unary(self.Append, wal_pb2.AppendRequest, wal_pb2.AppendResponse),
-            "AppendStream": grpc.stream_stream_rpc_method_handler(
-                self.AppendStream,
-                request_deserializer=wal_pb2.AppendStreamRequest.FromString,
-                response_serializer=wal_pb2.AppendStreamResponse.SerializeToString,
-            ),
-            "Status": unary(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
-            "ReportPersisted": unary(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
+            "CreateTimeline": unary_handler(self.CreateTimeline, wal_pb2.WalTimeline, wal_pb2.WalStatus),
+            "Append": unary_handler(self.Append, wal_pb2.AppendRequest, wal_pb2.AppendResponse),
+            "AppendStream": stream_handler(self.AppendStream, wal_pb2.AppendStreamRequest, wal_pb2.AppendStreamResponse),
+            "Status": unary_handler(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
+            "ReportPersisted": unary_handler(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
             "Stream": grpc.unary_stream_rpc_method_handler(
                 self.Stream, request_deserializer=wal_pb2.StreamRequest.FromString, response_serializer=bytes
             ),
