@@ -131,8 +131,10 @@ class _NodeStream:
 
     async def _broken(self, error: AppendFailed) -> None:
         """Fail what was sent and not answered (it may or may not be durable);
-        appends not yet sent go to a new stream."""
-        self.writer._streams.pop(self.address, None)
+        appends not yet sent go to another node of a cluster, or fail as not sent.
+        The next append to this address opens a new stream."""
+        if self.writer._streams.get(self.address) is self:
+            del self.writer._streams[self.address]
         while self.in_flight:
             for item in self.in_flight.popleft():
                 if not item.future.done():
