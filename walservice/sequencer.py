@@ -290,9 +290,7 @@ class Timeline:
 
         async def write() -> None:
             async with self._control_lock:
-                control = replace(self.control, **changes)
-                await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
-                self.control = self.wal.control = control
+                await self._write_control_locked(**changes)
 
         await asyncio.shield(write())
 
@@ -333,11 +331,14 @@ class Timeline:
         """Durably raise one LSN field of the control file; `_control_lock` makes
         concurrent rewrites (ReportPersisted, offload) serial, so none is lost."""
         async with self._control_lock:
-            if lsn <= getattr(self.control, field_name):
-                return
-            control = replace(self.control, **{field_name: lsn})
-            await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
-            self.control = self.wal.control = control
+            if lsn > getattr(self.control, field_name):
+                await self._write_control_locked(**{field_name: lsn})
+
+    async def _write_control_locked(self, **changes: Any) -> None:
+        """Write the control file with `changes`, then publish it (caller holds `_control_lock`)."""
+        control = replace(self.control, **changes)
+        await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
+        self.control = self.wal.control = control
 
     def begin_close(self) -> None:
         """Refuse new appends and end open streams (the first step of shutdown)."""
