@@ -373,11 +373,14 @@ class VectorCollection:
         return self.client.status(tenant_id=self.tenant_id, timeline_id=self.timeline_id).commit_lsn
 
     def read_lsn(self, lsn: int = 0) -> int:
-        """`lsn`, or for 0 the newest LSN this client may read (its own writes included)."""
+        """`lsn`, or for 0 the timeline's commit LSN at the walservice (this
+        handle's own writes included): a read sees every Append acknowledged
+        before it, whoever made it, and the pageserver's GetPages wait until
+        that LSN is ingested. (The pageserver's `last_record_lsn` would be as
+        cheap to ask but may trail a write another handle just made.)"""
         if lsn:
             return lsn
-        info = self.client.get_timeline(tenant_id=self.tenant_id, timeline_id=self.timeline_id)
-        return max(info.last_record_lsn, self._last_write_lsn)
+        return max(self._end_lsn(), self._last_write_lsn)
 
     def state(self, lsn: int = 0) -> CollectionState:
         """The collection at `lsn` (0: latest), from the mirror plus the pages that differ."""

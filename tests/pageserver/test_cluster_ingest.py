@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from compute_shim import Client
 from tests.env import StrataEnv
-from tests.walservice.harness import image_record
+from tests.walservice.harness import TimelineKey, append_across_failover, image_record
 
 PAGE = 8192
 
@@ -27,8 +27,11 @@ def test_ingest_continues_across_a_leader_kill(strata_env: StrataEnv) -> None:
     status = client.status(tenant_id=tenant, timeline_id=timeline)
     leader = nodes[status.leader_node_id - 1]
     leader.kill()
+    # The client's first call may go out on its connection to the dead leader:
+    # an ambiguous UNAVAILABLE, resolved by resending under the same condition.
+    key = TimelineKey(tenant, timeline)
     for i in range(11, 21):
-        last = client.append(tenant_id=tenant, timeline_id=timeline, records=[image_record(1, i % 4, page(i))]).end_lsn
+        last = append_across_failover(client, key, [image_record(1, i % 4, page(i))], last)
     for blkno in range(4):
         newest = max(i for i in range(1, 21) if i % 4 == blkno)
         got = client.get_page(tenant_id=tenant, timeline_id=timeline, rel=1, blkno=blkno, lsn=last)

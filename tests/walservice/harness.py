@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from compute_shim import Client
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 
@@ -104,6 +106,44 @@ def read_stream(
     finally:
         call.cancel()
     raise AssertionError(f"the stream ended before lsn={until_lsn}")
+
+
+def append_across_failover(
+    client: Client, key: TimelineKey, records: list[records_pb2.Record], end: int, timeout: float = 20.0
+) -> int:
+    """Appends `records` with expected_end_lsn=`end` while the cluster may be
+    changing leaders; returns the batch's end LSN.
+
+    An UNAVAILABLE without a leader hint is ambiguous: a leader killed after
+    it sent the batch to a follower may still have it committed by the next
+    leader. So the batch is sent again under the same condition: it applies,
+    or FAILED_PRECONDITION says the timeline moved, and then the records
+    committed just past `end` must be this batch, whole (tests that call this
+    are the timeline's only writer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.append(
+                tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=records, expected_end_lsn=end
+            ).end_lsn
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                break
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    landed: list[records_pb2.SequencedRecord] = []
+    call = client.stream(tenant_id=key.tenant_id, timeline_id=key.timeline_id, start_lsn=end, timeout=STREAM_TIMEOUT_S)
+    try:
+        for batch in call:
+            landed.extend(batch.records)
+            if len(landed) >= len(records):
+                break
+    finally:
+        call.cancel()
+    got = [r.record.SerializeToString() for r in landed[: len(records)]]
+    assert got == [r.SerializeToString() for r in records], f"the timeline moved past lsn={end} with other records"
+    return landed[len(records) - 1].lsn
 
 
 class StreamReader:
