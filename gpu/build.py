@@ -37,7 +37,7 @@ import numpy as np
 from compute_shim.client import Client
 from compute_shim.vectors import CollectionState, find_collection, load_state, prepare, tenant_page_size
 from gpu.ivf import IvfIndex, default_nlist, find_index_key, group_by_list, index_key, load_index
-from gpu.kmeans import Progress, assign, sample_rows, train_batched
+from gpu.kmeans import DEFAULT_TOL, Progress, assign, sample_rows, train_batched
 from gpu.snapshot import ensure_uploaded, open_snapshot
 from gpu.xp import Device
 from pageserver.remote_storage import RemoteStorage, open_remote_storage
@@ -110,6 +110,7 @@ def build_indexes(
     remote_storage: str | RemoteStorage,
     device: str = "auto",
     niter: int = 20,
+    tol: float = DEFAULT_TOL,
     init: str = "auto",
     seed: int = 0,
     warm_start: bool = True,
@@ -137,7 +138,7 @@ def build_indexes(
             groups.setdefault((job.rows.shape[1], job.nlist), []).append(job)
     for (dim, nlist), group in groups.items():
         samples = [j.rows[sample_rows(len(j.rows), nlist, max_points_per_centroid, rng)] for j in group]
-        centroids, stats = train_batched(dev, samples, nlist, niter=niter, init=init, seed=seed, progress=progress, label=group[0].spec.name)
+        centroids, stats = train_batched(dev, samples, nlist, niter=niter, init=init, seed=seed, progress=progress, label=group[0].spec.name, tol=tol)
         for j, c in zip(group, centroids):
             j.centroids = c
         log.info("kmeans_trained", collections=len(group), dim=dim, nlist=nlist, iterations=stats.iterations, seconds=round(stats.seconds, 3), device=dev.name)

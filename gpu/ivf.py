@@ -36,12 +36,14 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import xxhash
 
 from compute_shim.vector_format import METRICS
 from compute_shim.vectors import distances, merge_topk
+from gpu.xp import stable_label_order
 from strata.errors import CorruptionError, InvalidArgument, NotFound
 
 MAGIC = b"SIVF"
@@ -70,7 +72,7 @@ def default_nprobe(nlist: int) -> int:
 def group_by_list(labels: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order, offsets, sizes): rows in list order, where each list starts
     (u64 [nlist + 1]) and how many rows each list holds."""
-    order = np.argsort(labels, kind="stable")
+    order = stable_label_order(labels, nlist)
     sizes = np.bincount(labels, minlength=nlist)
     return order, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64), sizes
 
@@ -90,9 +92,15 @@ class IvfIndex:
     seqs: np.ndarray  # uint64 [n]
     rows: np.ndarray  # float32 [n, dim], grouped by list
 
-    def __post_init__(self) -> None:
-        self._slot_order = np.argsort(self.slots, kind="stable")
-        self._row_sq = np.einsum("ij,ij->i", self.rows, self.rows) if self.metric == "l2" else None
+    # What search needs besides the lists, computed on first use (a build or a
+    # GC pass that only writes or inspects the index never pays for them).
+    @cached_property
+    def _slot_order(self) -> np.ndarray:
+        return np.argsort(self.slots, kind="stable")
+
+    @cached_property
+    def _row_sq(self) -> np.ndarray | None:
+        return np.einsum("ij,ij->i", self.rows, self.rows) if self.metric == "l2" else None
 
     @property
     def nlist(self) -> int:
