@@ -51,6 +51,8 @@ log = event_logger("vectors")
 MAX_WRITE_ATTEMPTS = 8
 READ_BATCH = 256  # pages per GetPages message
 EXACT_TILE_ROWS = 65536  # rows of the collection per distance block
+# The id search puts where a query has fewer than k results (distance inf); never a row's id.
+NO_ID = np.uint64(np.iinfo(np.uint64).max)
 
 
 class PageSource(Protocol):
@@ -271,6 +273,8 @@ def check_ids(ids: Any, what: str = "ids") -> np.ndarray:
     elif arr.dtype.kind != "u":
         raise InvalidArgument(f"{what} has dtype {arr.dtype}: expected integer (uint64) ids")
     arr = arr.astype(np.uint64)
+    if (arr == NO_ID).any():
+        raise InvalidArgument(f"{what} holds {int(NO_ID)} (2**64 - 1): that id is reserved, search returns it for 'no result'")
     uniq, counts = np.unique(arr, return_counts=True)
     if len(uniq) != len(arr):
         dup = uniq[counts > 1][:5].tolist()
@@ -538,8 +542,9 @@ class VectorCollection:
         """The k nearest rows of each query at `lsn`: (ids uint64 [nq, k'], distances
         float32 [nq, k']) ascending, k' = min(k, live rows). Distances: squared L2,
         1 - cosine similarity, or minus the inner product. With an index, a query
-        whose probed lists hold fewer than k' rows gets id 0 / distance inf in
-        the missing places; raise `nprobe` to fill them."""
+        whose probed lists hold fewer than k' rows gets NO_ID (2**64 - 1, an id
+        no row may have) / distance inf in the missing places; raise `nprobe`
+        to fill them."""
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise InvalidArgument(f"k={k!r} is invalid: expected a positive integer")
         if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or nprobe <= 0):

@@ -16,8 +16,11 @@ them). Warm start: when the timeline or an ancestor (at or below the branch
 point) already has an index of the collection at S' < S and at most
 `retrain_fraction` of today's rows changed since S', the new index keeps the
 old centroids and the old list of every unchanged row (same slot, same seq:
-the same bytes) and assigns only the changed rows. Keeping the centroids
-fixed makes that exact: it is the index a full assignment would give.
+the same bytes) and assigns only the changed rows. "Changed" counts rows
+written since S' and rows of the old index gone since (deleted or
+overwritten); with no nlist asked for, the build keeps the old index's
+nlist. Keeping the centroids fixed makes that exact: it is the index a full
+assignment would give.
 
 Init: `init="auto"` is greedy k-means++ up to AUTO_KMEANSPP_MAX_K lists (it
 avoids lists holding several clusters when nlist is near the cluster count)
@@ -187,16 +190,24 @@ def _warm_start(client: Client, storage: RemoteStorage, job: _Job, retrain_fract
     if key is None:
         return
     base = load_index(storage, key)
-    if base.nlist != job.nlist or base.metric != job.state.entry.metric or base.dim != job.rows.shape[1]:
+    if base.metric != job.state.entry.metric or base.dim != job.rows.shape[1]:
+        return
+    # The default nlist (about √rows) drifts as rows come and go: keep the base's lists.
+    nlist = base.nlist if job.spec.nlist is None and base.nlist <= len(job.slots) else job.nlist
+    if base.nlist != nlist:
         return
     seqs = job.state.data.seqs[job.slots]
     keep = seqs < np.uint64(base.next_seq)  # unchanged since the base snapshot: same slot, same bytes
-    if (~keep).sum() > retrain_fraction * len(keep):
+    # Changed: rows written since the base (new or updated) and base rows gone
+    # since (deleted or overwritten); both move centroids away from the base's.
+    changed = int((~keep).sum()) + (len(base.ids) - int(keep.sum()))
+    if changed > retrain_fraction * max(len(keep), len(base.ids)):
         return
     order = np.argsort(base.slots, kind="stable")
     pos = np.searchsorted(base.slots[order], job.slots[keep])
     labels = base.labels()[order[pos]]
     job.base, job.base_key, job.keep, job.keep_labels, job.centroids = base, key, keep, labels, base.centroids
+    job.nlist = nlist
 
 
 def _finish(storage: RemoteStorage, dev: Device, job: _Job, t0: float, progress: Progress | None) -> BuildResult:

@@ -38,11 +38,12 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
+import grpc
 import numpy as np
 import xxhash
 
 from compute_shim.vector_format import METRICS
-from compute_shim.vectors import distances, merge_topk
+from compute_shim.vectors import NO_ID, distances, merge_topk
 from gpu.xp import stable_label_order
 from strata.errors import CorruptionError, InvalidArgument, NotFound
 
@@ -167,7 +168,7 @@ class IvfIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest indexed rows of each prepared query in the `nprobe` nearest
         lists, skipping rows whose slot is in `exclude_slots`; (ids, distances),
-        [nq, k] padded with id 0 / distance inf where fewer were found."""
+        [nq, k] padded with NO_ID / distance inf where fewer were found."""
         nprobe = default_nprobe(self.nlist) if nprobe is None else int(nprobe)
         if nprobe < 1:
             raise InvalidArgument(f"nprobe={nprobe} is invalid: expected at least 1")
@@ -194,7 +195,7 @@ class IvfIndex:
         flat_p = np.tile(np.arange(nprobe), nq)
         order = np.argsort(flat_l, kind="stable")
         bounds = np.searchsorted(flat_l[order], np.arange(self.nlist + 1))
-        cand_ids = np.zeros((nq, nprobe, k), np.uint64)
+        cand_ids = np.full((nq, nprobe, k), NO_ID, np.uint64)
         cand_d = np.full((nq, nprobe, k), np.inf, np.float32)
         offsets = self.offsets.astype(np.int64)
         filtered = not keep.all()
@@ -240,7 +241,9 @@ def find_index_key(client: object, storage: object, tenant_id: str, timeline_id:
             return index_key(tenant_id, tl, name, usable[-1])
         try:
             info = client.get_timeline(tenant_id=tenant_id, timeline_id=tl)  # type: ignore[attr-defined]
-        except Exception as exc:  # an ancestor deleted: no index there
-            raise NotFound(f"timeline {tl} of tenant {tenant_id}: {exc}") from exc
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise  # UNAVAILABLE and the like: the caller's to retry, not "no such timeline"
+            raise NotFound(f"timeline {tl} of tenant {tenant_id} does not exist: {exc.details()}") from exc  # type: ignore[attr-defined]
         tl, hi = info.ancestor_timeline_id, min(hi, info.ancestor_lsn)
     return None

@@ -9,7 +9,8 @@ and rebuilds pages with pageserver/reconstruct.py, whose redo
 
 What it requires: the snapshot LSN must be covered by the uploaded index
 (`disk_consistent_lsn` >= LSN, i.e. remote_consistent_lsn has passed it) and
-not below the GC cutoff; `ensure_uploaded` calls Compact (which flushes the
+not below the GC cutoff (an ancestor is read at the branch point, which GC
+keeps whatever the ancestor's cutoff); `ensure_uploaded` calls Compact (which flushes the
 in-memory layer) and waits for remote_consistent_lsn. A layer removed by a
 compaction between reading the index and downloading it makes the open start
 over with the newer index.
@@ -78,14 +79,19 @@ class LayerSnapshot:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _open_timeline(storage: RemoteStorage, tenant_id: str, timeline_id: str, lsn: int, workdir: Path, cache: BlockCache) -> SnapshotTimeline:
+def _open_timeline(
+    storage: RemoteStorage, tenant_id: str, timeline_id: str, lsn: int, workdir: Path, cache: BlockCache,
+    branch_point: bool = False,
+) -> SnapshotTimeline:
+    """`branch_point`: `lsn` is a child's branch point, which GC retains even
+    below the ancestor's cutoff (pageserver/gc.py), so the cutoff does not apply."""
     index: IndexPart = download_index(storage, tenant_id, timeline_id)
     if index.disk_consistent_lsn < lsn:
         raise FailedPrecondition(
             f"timeline {timeline_id}: remote storage holds layers up to lsn={index.disk_consistent_lsn}, "
             f"below the snapshot lsn={lsn}: call Compact and wait for remote_consistent_lsn >= {lsn}"
         )
-    if index.gc_cutoff_lsn > lsn:
+    if index.gc_cutoff_lsn > lsn and not branch_point:
         raise FailedPrecondition(
             f"timeline {timeline_id}: lsn={lsn} is below the GC cutoff {index.gc_cutoff_lsn}: build at a retained LSN"
         )
@@ -107,7 +113,9 @@ def _open_timeline(storage: RemoteStorage, tenant_id: str, timeline_id: str, lsn
         truncations.setdefault(rel, []).append((cut_lsn, nblocks))
     ancestor = None
     if index.ancestor_timeline_id:
-        ancestor = _open_timeline(storage, tenant_id, index.ancestor_timeline_id, index.ancestor_lsn, workdir, cache)
+        ancestor = _open_timeline(
+            storage, tenant_id, index.ancestor_timeline_id, index.ancestor_lsn, workdir, cache, branch_point=True
+        )
     return SnapshotTimeline(timeline_id, layer_map, ancestor, index.ancestor_lsn, truncations, total)
 
 

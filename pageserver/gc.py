@@ -25,7 +25,8 @@ Remote housekeeping in the same pass: layer objects of this timeline that no
 index names (uploads a crash left unindexed; `RemoteTimelineClient.sweep`), and
 vector index objects (`vector_indexes/<collection>/<LSN as 16 upper-case hex>.ivf`,
 written by gpu/) below the cutoff except, per collection, the newest one below
-it (what a read at the cutoff uses): `vector_objects_to_delete`.
+it (what a read at the cutoff uses) and the newest at or below each child's
+branch point: `vector_objects_to_delete`.
 
 Concurrency: runs on the event loop under the tenant's compaction_lock (the
 only other writer of layer lists), so no compaction reads a layer GC removes.
@@ -127,10 +128,15 @@ def image_worth_writing(freed_layers: int, freed_bytes: int, logical_size: int, 
     return freed_layers > 0 and (freed_layers >= image_threshold or 4 * freed_bytes >= logical_size)
 
 
-def vector_objects_to_delete(prefix: str, keys: Iterable[str], cutoff: int) -> list[str]:
+def vector_objects_to_delete(prefix: str, keys: Iterable[str], cutoff: int, branch_points: Iterable[int] = ()) -> list[str]:
     """Vector index objects under `prefix` (`.../vector_indexes/`) to delete:
-    per collection, every one with an LSN below `cutoff` except the newest of
-    those. Keys that do not look like `<collection>/<16 hex>.ivf` are left alone."""
+    per collection, every one with an LSN below `cutoff` that no retained LSN
+    uses. A search at LSN P uses the newest index at or below P, so the
+    retained LSNs below the cutoff keep: the newest index below the cutoff
+    (reads at the cutoff) and, for each child's branch point below the cutoff,
+    the newest index at or below it (the child's reads before it has its own
+    index, and its warm-started builds). Keys that do not look like
+    `<collection>/<16 hex>.ivf` are left alone."""
     below: dict[str, list[tuple[int, str]]] = {}
     for key in keys:
         m = _VECTOR_OBJECT_RE.fullmatch(key[len(prefix):]) if key.startswith(prefix) else None
@@ -139,10 +145,16 @@ def vector_objects_to_delete(prefix: str, keys: Iterable[str], cutoff: int) -> l
         lsn = int(m.group(2), 16)
         if lsn < cutoff:
             below.setdefault(m.group(1), []).append((lsn, key))
+    points = [p for p in branch_points if p < cutoff]
     out: list[str] = []
     for entries in below.values():
         entries.sort()
-        out.extend(key for _, key in entries[:-1])
+        used = {entries[-1][1]}
+        for point in points:
+            at_or_below = [key for lsn, key in entries if lsn <= point]
+            if at_or_below:
+                used.add(at_or_below[-1])
+        out.extend(key for _, key in entries if key not in used)
     return sorted(out)
 
 

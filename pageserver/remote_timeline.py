@@ -218,16 +218,17 @@ class RemoteTimelineClient:
             self.log.info("remote_leaked_layer_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, key=key)
         return len(leaked)
 
-    async def delete_old_vector_indexes(self, cutoff: int) -> int:
-        """GC: per collection, vector index objects below `cutoff` except the
-        newest of them (gc.vector_objects_to_delete). Returns how many."""
+    async def delete_old_vector_indexes(self, cutoff: int, branch_points: list[int]) -> int:
+        """GC: per collection, vector index objects below `cutoff` that neither a
+        read at the cutoff nor one at a child's branch point uses
+        (gc.vector_objects_to_delete). Returns how many."""
         tl = self.timeline
         if self.fenced:
             return 0
         loop = asyncio.get_running_loop()
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id)) + gc.VECTOR_INDEX_DIR + "/"
         listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
-        doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff)
+        doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff, branch_points)
         if doomed:
             await loop.run_in_executor(self.executor, self.storage.delete, doomed)
             self.log.info(

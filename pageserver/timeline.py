@@ -496,7 +496,7 @@ class Timeline:
         leaked = vectors = 0
         if self.remote is not None:
             leaked = await self.remote.sweep_unindexed()
-            vectors = await self.remote.delete_old_vector_indexes(cutoff)
+            vectors = await self.remote.delete_old_vector_indexes(cutoff, self.retained_branch_points())
         result = gc.GcResult(
             cutoff, len(remove), sum(l.file_size for l in remove), len(images), leaked, vectors,
         )

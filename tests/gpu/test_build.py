@@ -8,6 +8,10 @@ layers (so snapshots read L0, L1 and image layers). On NumPy (device="cpu").
   is, a rewritten one is found at its new place;
 - branches: one batched build for two branches; a branch index warm-started
   from its ancestor's centroids assigns only the changed rows;
+- warm start keeps the default nlist and counts deleted rows as changed;
+- GC of a parent keeps the index its child's branch point uses, and a branch
+  builds after the parent's cutoff passed its branch point;
+- short results are padded with NO_ID, an id upsert refuses;
 - the index object's checksum catches a flipped bit;
 - `strata vectors build` end to end.
 """
@@ -26,10 +30,11 @@ import pytest
 
 from compute_shim import Client, VectorCollection
 from gpu import IndexSpec, IvfIndex, build_index, build_indexes
-from gpu.ivf import find_index_key, list_index_lsns
+from compute_shim.vectors import NO_ID
+from gpu.ivf import default_nlist, find_index_key, list_index_lsns
 from gpu.synthetic import clustered, recall_at_k
 from pageserver.remote_storage import LocalFsStorage
-from strata.errors import CorruptionError
+from strata.errors import CorruptionError, InvalidArgument
 from tests.env import StrataEnv
 from tests.pageserver.test_kill9 import TINY_LAYERS
 
@@ -207,3 +212,67 @@ def test_indexed_search_after_gc_moved_the_cutoff_past_the_index(strata_env: Str
         assert got[:3, 0].tolist() == [5000, 5001, 5002] and np.allclose(dist[:3, 0], 0)
         assert 7 not in got[3].tolist()  # deleted after the index: never found
         assert got[4, 0] == 100 and dist[4, 0] == 0  # an indexed row, through the index
+
+
+def test_warm_start_keeps_the_default_nlist_and_counts_deletions(stack: Stack) -> None:
+    c = stack.client
+    col = VectorCollection(c, stack.tenant, stack.main, "mem", dim=DIM, remote_storage=stack.url)
+    fill(col, clustered(3000, DIM, clusters=30, seed=3))
+    base = build_index(c, stack.tenant, stack.main, "mem", device="cpu", remote_storage=stack.url)
+    assert base.nlist == default_nlist(3000) and base.warm_started_from is None
+    col.upsert(np.arange(5000, 5100), clustered(100, DIM, clusters=30, seed=4))
+    assert default_nlist(3100) != base.nlist  # the default drifts with the row count
+    grown = build_index(c, stack.tenant, stack.main, "mem", device="cpu", remote_storage=stack.url)
+    assert grown.warm_started_from == base.key and grown.nlist == base.nlist and grown.assigned == 100
+    # 700 of 3100 rows deleted: nothing new to assign, but over 20% of the lists' rows are gone.
+    col.delete(np.arange(0, 700))
+    shrunk = build_index(c, stack.tenant, stack.main, "mem", device="cpu", remote_storage=stack.url)
+    assert shrunk.warm_started_from is None and shrunk.assigned == shrunk.rows == 2400
+
+
+def test_branch_index_after_the_parent_gc_passed_the_branch_point(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """GC of the parent keeps the parent's index a branch point still uses, and a
+    build on the branch reads the parent at the branch point even though the
+    parent's cutoff has passed it."""
+    url = f"file://{tmp_path / 'remote'}"
+    wal = strata_env.walservice("--remote-storage", url)
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, "--gc-interval", "0")
+    storage = LocalFsStorage(tmp_path / "remote")
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=8192, pitr_seconds=1).tenant_id
+        main = client.create_timeline(tenant_id=tenant).timeline_id
+        col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
+        rows = clustered(2000, DIM, clusters=20, seed=3)
+        fill(col, rows)
+        first = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
+        point = col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
+        branch = client.create_timeline(tenant_id=tenant, ancestor_timeline_id=main, ancestor_lsn=point).timeline_id
+        col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
+        second = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
+        col.delete([5001])  # the cutoff lands here, above `second`
+        time.sleep(1.5)  # everything so far falls out of the 1 s PITR window
+        col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
+        cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
+        assert first.lsn < point < second.lsn < cutoff
+        # `first` is neither the newest below the cutoff nor above it, but the branch point uses it.
+        assert list_index_lsns(storage, tenant, main, "mem") == [first.lsn, second.lsn]
+        mine = VectorCollection(client, tenant, branch, "mem", remote_storage=url)
+        assert find_index_key(client, storage, tenant, branch, "mem", 10**12) == first.key
+        got, _ = mine.search(np.vstack([np.full((1, DIM), 30.0, np.float32), rows[5:6]]), k=1)
+        assert got[:, 0].tolist() == [5000, 5]
+        mine.upsert([6000], np.full((1, DIM), -30.0, np.float32))
+        built = build_index(client, tenant, branch, "mem", nlist=16, device="cpu", remote_storage=url)
+        assert built.rows == 2002 and built.warm_started_from == first.key and built.assigned == 2
+        assert mine.search(np.full((1, DIM), -30.0, np.float32), k=1)[0][0, 0] == 6000
+
+
+def test_search_pads_with_no_id_and_upsert_refuses_it(stack: Stack) -> None:
+    col = VectorCollection(stack.client, stack.tenant, stack.main, "mem", dim=DIM, remote_storage=stack.url)
+    fill(col, clustered(500, DIM, clusters=5, seed=1))
+    build_index(stack.client, stack.tenant, stack.main, "mem", nlist=8, device="cpu", remote_storage=stack.url)
+    ids, d = col.search(clustered(4, DIM, clusters=5, seed=2), k=300, nprobe=1)  # one list holds < 300 rows
+    missing = ~np.isfinite(d)
+    assert missing.any() and (ids[missing] == NO_ID).all() and (ids[~missing] != NO_ID).all()
+    with pytest.raises(InvalidArgument, match="reserved"):
+        col.upsert(np.array([1, NO_ID], np.uint64), np.zeros((2, DIM), np.float32))
+    assert col.count() == 500

@@ -122,6 +122,10 @@ def test_vector_objects_rule() -> None:
     # Below 35: 10, 20, 30 per collection; the newest of them (30) stays.
     assert doomed == sorted(prefix + f"{c}/{lsn:016X}.ivf" for c in ("a", "b") for lsn in (10, 20))
     assert vector_objects_to_delete(prefix, keys, 10) == []
+    # A child branched at 25 reads (and warm-starts from) the index at 20; one at 5 has none to keep.
+    kept_for_child = vector_objects_to_delete(prefix, keys, 35, [25, 5, 50])
+    assert kept_for_child == sorted(prefix + f"{c}/{lsn:016X}.ivf" for c in ("a", "b") for lsn in (10,))
+    assert vector_objects_to_delete(prefix, keys, 35, [10]) == sorted(prefix + f"{c}/{20:016X}.ivf" for c in ("a", "b"))
 
 
 def test_unindexed_layer_objects() -> None:
