@@ -17,10 +17,10 @@ Reads keep a mirror of the collection at the newest LSN read (ids, seqs,
 live bits and rows per slot); reading another LSN re-reads only the data
 pages whose directory seq differs, with GetPages in big batches.
 
-Search without an index is exact (batched matmul distances). With
-`remote_storage` given and an index object built at snapshot S <= the read
-LSN (gpu.build_index; this timeline's or an ancestor's at or below the branch
-point), search probes `nprobe` lists of the index and scans exactly the rows
+Search without an index is exact (batched matmul distances). With an index
+object in remote storage (the pageserver's, or `remote_storage=`) built at
+snapshot S <= the read LSN (gpu.build_index; this timeline's or an
+ancestor's at or below the branch point), search probes `nprobe` lists of the index and scans exactly the rows
 changed after S, dropping index entries whose slot changed (deleted or
 rewritten): results are always as fresh as the read LSN, and no page is read
 at S itself (GC may have removed it).
@@ -40,7 +40,7 @@ from compute_shim.client import Client, PageError
 from compute_shim import vector_format as vf
 from strata.errors import FailedPrecondition, InvalidArgument, NotFound, StrataError
 from strata.logs import event_logger
-from strata.v1 import records_pb2
+from strata.v1 import records_pb2, timeline_pb2
 
 if TYPE_CHECKING:
     from gpu.ivf import IvfIndex
@@ -301,11 +301,21 @@ def check_rows(rows: Any, dim: int, metric: str, what: str = "vectors") -> np.nd
     return arr
 
 
-def tenant_page_size(client: Client, tenant_id: str) -> int:
+def tenant_info(client: Client, tenant_id: str) -> timeline_pb2.TenantInfo:
+    """The tenant's TenantInfo (page size, remote storage URL, ...)."""
     for t in client.list_tenants().tenants:
         if t.tenant_id == tenant_id:
-            return t.page_size
+            return t
     raise NotFound(f"tenant {tenant_id} is not on this pageserver")
+
+
+def tenant_page_size(client: Client, tenant_id: str) -> int:
+    return int(tenant_info(client, tenant_id).page_size)
+
+
+def tenant_remote_storage(client: Client, tenant_id: str) -> str:
+    """The remote storage URL the pageserver keeps the tenant's layers in ("" if none)."""
+    return str(tenant_info(client, tenant_id).remote_storage)
 
 
 # -- the collection -------------------------------------------------------------------
@@ -315,8 +325,11 @@ class VectorCollection:
     """One named collection of (uint64 id, float32[dim]) rows on one timeline.
 
     `dim=None` opens an existing collection (NotFound if there is none);
-    with `dim`, a missing collection is created. `remote_storage` (a URL or a
-    RemoteStorage) lets search use index objects built by gpu.build_index."""
+    with `dim`, a missing collection is created. Search uses the index
+    objects gpu.build_index writes to remote storage: by default
+    (`remote_storage="auto"`) the pageserver's (TenantInfo.remote_storage;
+    exact search only when it has none), or the URL / RemoteStorage given;
+    `remote_storage=None` always searches exactly."""
 
     def __init__(
         self,
@@ -327,7 +340,7 @@ class VectorCollection:
         dim: int | None = None,
         metric: str = "l2",
         *,
-        remote_storage: str | RemoteStorage | None = None,
+        remote_storage: str | RemoteStorage | None = "auto",
     ) -> None:
         vf.check_name(name)
         if metric not in vf.METRICS:
@@ -335,7 +348,10 @@ class VectorCollection:
         if dim is not None and (not isinstance(dim, (int, np.integer)) or dim < 1):
             raise InvalidArgument(f"dim={dim!r} is invalid: expected a positive integer")
         self.client, self.tenant_id, self.timeline_id, self.name = client, tenant_id, timeline_id, name
-        self.page_size = tenant_page_size(client, tenant_id)
+        info = tenant_info(client, tenant_id)
+        self.page_size = int(info.page_size)
+        if remote_storage == "auto":
+            remote_storage = info.remote_storage or None
         if isinstance(remote_storage, str):
             from pageserver.remote_storage import open_remote_storage
 

@@ -1,8 +1,11 @@
 """Index builds: collections read from layer snapshots, k-means on the device.
 
-    gpu.build_index(client, tenant, timeline, "memories", lsn=0, nlist=None,
-                    device="auto", remote_storage="file:///.../remote")
+    gpu.build_index(client, tenant, timeline, "memories", lsn=0, nlist=None, device="auto")
     gpu.build_indexes(client, [IndexSpec(tenant, branch, "memories"), ...], ...)
+
+Remote storage: the pageserver's (TenantInfo.remote_storage, the URL of its
+--remote-storage; for s3:// the credentials come the standard boto3 way), or
+`remote_storage=` (a URL or a RemoteStorage) to override it.
 
 For each spec: resolve the snapshot LSN S (0: the timeline's last record),
 make remote storage hold the timeline through S (gpu/snapshot.py), read the
@@ -38,13 +41,13 @@ from typing import Any
 import numpy as np
 
 from compute_shim.client import Client
-from compute_shim.vectors import CollectionState, find_collection, load_state, prepare, tenant_page_size
+from compute_shim.vectors import CollectionState, find_collection, load_state, prepare, tenant_page_size, tenant_remote_storage
 from gpu.ivf import IvfIndex, default_nlist, find_index_key, group_by_list, index_key, load_index
 from gpu.kmeans import DEFAULT_TOL, Progress, assign, sample_rows, train_batched
 from gpu.snapshot import ensure_uploaded, open_snapshot
 from gpu.xp import Device
 from pageserver.remote_storage import RemoteStorage, open_remote_storage
-from strata.errors import InvalidArgument
+from strata.errors import FailedPrecondition, InvalidArgument
 from strata.logs import event_logger
 
 log = event_logger("gpu")
@@ -110,7 +113,7 @@ def build_indexes(
     client: Client,
     specs: list[IndexSpec],
     *,
-    remote_storage: str | RemoteStorage,
+    remote_storage: str | RemoteStorage | None = None,
     device: str = "auto",
     niter: int = 20,
     tol: float = DEFAULT_TOL,
@@ -125,6 +128,8 @@ def build_indexes(
     """Build the index of every spec in one batched pass on `device`."""
     if not specs:
         raise InvalidArgument("specs is empty: name at least one collection to index")
+    if remote_storage is None:
+        remote_storage = _pageserver_remote_storage(client, {spec.tenant_id for spec in specs})
     storage = open_remote_storage(remote_storage) if isinstance(remote_storage, str) else remote_storage
     dev = Device.get(device)
     t0 = time.monotonic()
@@ -146,6 +151,19 @@ def build_indexes(
             j.centroids = c
         log.info("kmeans_trained", collections=len(group), dim=dim, nlist=nlist, iterations=stats.iterations, seconds=round(stats.seconds, 3), device=dev.name)
     return [_finish(storage, dev, job, t0, progress) for job in jobs]
+
+
+def _pageserver_remote_storage(client: Client, tenant_ids: set[str]) -> str:
+    """The one remote storage URL the pageserver keeps these tenants in."""
+    urls = {tenant_remote_storage(client, t) for t in sorted(tenant_ids)}
+    if urls == {""}:
+        raise FailedPrecondition(
+            "the pageserver runs without --remote-storage: index builds read layer files from remote storage "
+            "(start it with --remote-storage URL, or pass remote_storage=)"
+        )
+    if len(urls) != 1:
+        raise InvalidArgument(f"these tenants live in different remote storage ({sorted(urls)}): build them in separate calls")
+    return urls.pop()
 
 
 def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: float, progress: Progress | None) -> _Job:

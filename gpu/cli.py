@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     b.add_argument("--niter", type=int, default=20, help="k-means iterations")
     b.add_argument("--pageserver", default="127.0.0.1:6400")
     b.add_argument("--walservice", default="127.0.0.1:7676")
-    b.add_argument("--remote-storage", default="file://.strata/remote", help="the pageserver's --remote-storage URL")
+    b.add_argument("--remote-storage", default=None, help="remote storage URL (default: the pageserver's --remote-storage)")
     args = parser.parse_args(argv)
     logs.configure()
     from compute_shim import Client

@@ -77,6 +77,7 @@ async def run(args: argparse.Namespace) -> None:
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageserver-io") as executor:
         ctx = PageserverContext(
             remote=remote,
+            remote_url=args.remote_storage or "",
             layer_cache=LayerCache(remote, executor, log, args.local_cache_bytes),
             data_dir=args.data_dir,
             executor=executor,

@@ -55,6 +55,7 @@ def tenant_info(tenant: Tenant) -> timeline_pb2.TenantInfo:
         timeline_count=len(tenant.timelines),
         generation=c.generation,
         state="fenced" if tenant.fenced else "active",
+        remote_storage=tenant.ctx.remote_url,
     )
 
 

@@ -89,6 +89,7 @@ class PageserverContext:
     log: EventLogger
     wal_stub: WalNodes  # the walservice node(s)
     remote: RemoteStorage | None = None
+    remote_url: str = ""  # the --remote-storage URL `remote` was opened from (TenantInfo.remote_storage)
     layer_cache: LayerCache | None = None
     page_cache: MaterializedPageCache | None = None
     default_pitr_seconds: int = DEFAULT_PITR_SECONDS

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from strata.v1 import records_pb2 as strata_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18strata/v1/timeline.proto\x12\tstrata.v1\x1a\x17strata/v1/records.proto\"Q\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x14\n\x0cpitr_seconds\x18\x03 \x01(\x04\"\x83\x01\n\nTenantInfo\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x14\n\x0cpitr_seconds\x18\x03 \x01(\x04\x12\x16\n\x0etimeline_count\x18\x04 \x01(\r\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\"\x1e\n\tTenantRef\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\x14\n\x12ListTenantsRequest\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.strata.v1.TenantInfo\"\x88\x01\n\x15\x43reateTimelineRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ncestor_timeline_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61ncestor_lsn\x18\x04 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x04\"\xa9\x02\n\x0cTimelineInfo\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ncestor_timeline_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61ncestor_lsn\x18\x04 \x01(\x04\x12\x17\n\x0flast_record_lsn\x18\x05 \x01(\x04\x12\x1b\n\x13\x64isk_consistent_lsn\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x15\n\rgc_cutoff_lsn\x18\x08 \x01(\x04\x12\x14\n\x0clogical_size\x18\t \x01(\x04\x12\x15\n\rphysical_size\x18\n \x01(\x04\x12\x15\n\rexpires_at_us\x18\x0b \x01(\x04\x12\r\n\x05state\x18\x0c \x01(\t\"C\n\x15ListTimelinesResponse\x12*\n\ttimelines\x18\x01 \x03(\x0b\x32\x17.strata.v1.TimelineInfo\"U\n\x15LsnByTimestampRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x04\"3\n\x16LsnByTimestampResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t2\xc3\x06\n\x0fTimelineService\x12\x45\n\x0c\x43reateTenant\x12\x1e.strata.v1.CreateTenantRequest\x1a\x15.strata.v1.TenantInfo\x12L\n\x0bListTenants\x12\x1d.strata.v1.ListTenantsRequest\x1a\x1e.strata.v1.ListTenantsResponse\x12;\n\x0c\x44\x65leteTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfo\x12K\n\x0e\x43reateTimeline\x12 .strata.v1.CreateTimelineRequest\x1a\x17.strata.v1.TimelineInfo\x12>\n\x0bGetTimeline\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12G\n\rListTimelines\x12\x14.strata.v1.TenantRef\x1a .strata.v1.ListTimelinesResponse\x12\x41\n\x0e\x44\x65leteTimeline\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12X\n\x11GetLsnByTimestamp\x12 .strata.v1.LsnByTimestampRequest\x1a!.strata.v1.LsnByTimestampResponse\x12:\n\x07\x43ompact\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12\x35\n\x02Gc\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12;\n\x0c\x41ttachTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfo\x12;\n\x0c\x44\x65tachTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18strata/v1/timeline.proto\x12\tstrata.v1\x1a\x17strata/v1/records.proto\"Q\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x14\n\x0cpitr_seconds\x18\x03 \x01(\x04\"\x9b\x01\n\nTenantInfo\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x14\n\x0cpitr_seconds\x18\x03 \x01(\x04\x12\x16\n\x0etimeline_count\x18\x04 \x01(\r\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x16\n\x0eremote_storage\x18\x07 \x01(\t\"\x1e\n\tTenantRef\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\x14\n\x12ListTenantsRequest\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.strata.v1.TenantInfo\"\x88\x01\n\x15\x43reateTimelineRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ncestor_timeline_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61ncestor_lsn\x18\x04 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x04\"\xa9\x02\n\x0cTimelineInfo\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ncestor_timeline_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61ncestor_lsn\x18\x04 \x01(\x04\x12\x17\n\x0flast_record_lsn\x18\x05 \x01(\x04\x12\x1b\n\x13\x64isk_consistent_lsn\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x15\n\rgc_cutoff_lsn\x18\x08 \x01(\x04\x12\x14\n\x0clogical_size\x18\t \x01(\x04\x12\x15\n\rphysical_size\x18\n \x01(\x04\x12\x15\n\rexpires_at_us\x18\x0b \x01(\x04\x12\r\n\x05state\x18\x0c \x01(\t\"C\n\x15ListTimelinesResponse\x12*\n\ttimelines\x18\x01 \x03(\x0b\x32\x17.strata.v1.TimelineInfo\"U\n\x15LsnByTimestampRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x04\"3\n\x16LsnByTimestampResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t2\xc3\x06\n\x0fTimelineService\x12\x45\n\x0c\x43reateTenant\x12\x1e.strata.v1.CreateTenantRequest\x1a\x15.strata.v1.TenantInfo\x12L\n\x0bListTenants\x12\x1d.strata.v1.ListTenantsRequest\x1a\x1e.strata.v1.ListTenantsResponse\x12;\n\x0c\x44\x65leteTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfo\x12K\n\x0e\x43reateTimeline\x12 .strata.v1.CreateTimelineRequest\x1a\x17.strata.v1.TimelineInfo\x12>\n\x0bGetTimeline\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12G\n\rListTimelines\x12\x14.strata.v1.TenantRef\x1a .strata.v1.ListTimelinesResponse\x12\x41\n\x0e\x44\x65leteTimeline\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12X\n\x11GetLsnByTimestamp\x12 .strata.v1.LsnByTimestampRequest\x1a!.strata.v1.LsnByTimestampResponse\x12:\n\x07\x43ompact\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12\x35\n\x02Gc\x12\x16.strata.v1.TimelineRef\x1a\x17.strata.v1.TimelineInfo\x12;\n\x0c\x41ttachTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfo\x12;\n\x0c\x44\x65tachTenant\x12\x14.strata.v1.TenantRef\x1a\x15.strata.v1.TenantInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATETENANTREQUEST']._serialized_start=64
   _globals['_CREATETENANTREQUEST']._serialized_end=145
   _globals['_TENANTINFO']._serialized_start=148
-  _globals['_TENANTINFO']._serialized_end=279
-  _globals['_TENANTREF']._serialized_start=281
-  _globals['_TENANTREF']._serialized_end=311
-  _globals['_LISTTENANTSREQUEST']._serialized_start=313
-  _globals['_LISTTENANTSREQUEST']._serialized_end=333
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=335
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=396
-  _globals['_CREATETIMELINEREQUEST']._serialized_start=399
-  _globals['_CREATETIMELINEREQUEST']._serialized_end=535
-  _globals['_TIMELINEINFO']._serialized_start=538
-  _globals['_TIMELINEINFO']._serialized_end=835
-  _globals['_LISTTIMELINESRESPONSE']._serialized_start=837
-  _globals['_LISTTIMELINESRESPONSE']._serialized_end=904
-  _globals['_LSNBYTIMESTAMPREQUEST']._serialized_start=906
-  _globals['_LSNBYTIMESTAMPREQUEST']._serialized_end=991
-  _globals['_LSNBYTIMESTAMPRESPONSE']._serialized_start=993
-  _globals['_LSNBYTIMESTAMPRESPONSE']._serialized_end=1044
-  _globals['_TIMELINESERVICE']._serialized_start=1047
-  _globals['_TIMELINESERVICE']._serialized_end=1882
+  _globals['_TENANTINFO']._serialized_end=303
+  _globals['_TENANTREF']._serialized_start=305
+  _globals['_TENANTREF']._serialized_end=335
+  _globals['_LISTTENANTSREQUEST']._serialized_start=337
+  _globals['_LISTTENANTSREQUEST']._serialized_end=357
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=359
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=420
+  _globals['_CREATETIMELINEREQUEST']._serialized_start=423
+  _globals['_CREATETIMELINEREQUEST']._serialized_end=559
+  _globals['_TIMELINEINFO']._serialized_start=562
+  _globals['_TIMELINEINFO']._serialized_end=859
+  _globals['_LISTTIMELINESRESPONSE']._serialized_start=861
+  _globals['_LISTTIMELINESRESPONSE']._serialized_end=928
+  _globals['_LSNBYTIMESTAMPREQUEST']._serialized_start=930
+  _globals['_LSNBYTIMESTAMPREQUEST']._serialized_end=1015
+  _globals['_LSNBYTIMESTAMPRESPONSE']._serialized_start=1017
+  _globals['_LSNBYTIMESTAMPRESPONSE']._serialized_end=1068
+  _globals['_TIMELINESERVICE']._serialized_start=1071
+  _globals['_TIMELINESERVICE']._serialized_end=1906
 # @@protoc_insertion_point(module_scope)

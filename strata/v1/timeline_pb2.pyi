@@ -18,20 +18,22 @@ class CreateTenantRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., pitr_seconds: _Optional[int] = ...) -> None: ...
 
 class TenantInfo(_message.Message):
-    __slots__ = ("tenant_id", "page_size", "pitr_seconds", "timeline_count", "generation", "state")
+    __slots__ = ("tenant_id", "page_size", "pitr_seconds", "timeline_count", "generation", "state", "remote_storage")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PITR_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_COUNT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_STORAGE_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     page_size: int
     pitr_seconds: int
     timeline_count: int
     generation: int
     state: str
-    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., pitr_seconds: _Optional[int] = ..., timeline_count: _Optional[int] = ..., generation: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    remote_storage: str
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., pitr_seconds: _Optional[int] = ..., timeline_count: _Optional[int] = ..., generation: _Optional[int] = ..., state: _Optional[str] = ..., remote_storage: _Optional[str] = ...) -> None: ...
 
 class TenantRef(_message.Message):
     __slots__ = ("tenant_id",)

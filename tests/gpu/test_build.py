@@ -34,7 +34,7 @@ from compute_shim.vectors import NO_ID
 from gpu.ivf import default_nlist, find_index_key, list_index_lsns
 from gpu.synthetic import clustered, recall_at_k
 from pageserver.remote_storage import LocalFsStorage
-from strata.errors import CorruptionError, InvalidArgument
+from strata.errors import CorruptionError, FailedPrecondition, InvalidArgument
 from tests.env import StrataEnv
 from tests.pageserver.test_kill9 import TINY_LAYERS
 
@@ -73,11 +73,13 @@ def fill(col: VectorCollection, rows: np.ndarray, first_id: int = 0, per_call: i
 def test_indexed_search_recall_and_freshness(stack: Stack) -> None:
     rows = clustered(4000, DIM, clusters=40, seed=7)
     queries = clustered(200, DIM, clusters=40, seed=7)[:100] + np.float32(0.05)
-    col = VectorCollection(stack.client, stack.tenant, stack.main, "mem", dim=DIM, remote_storage=stack.url)
+    # No remote_storage= anywhere: both sides use the pageserver's (TenantInfo.remote_storage).
+    assert stack.client.list_tenants().tenants[0].remote_storage == stack.url
+    col = VectorCollection(stack.client, stack.tenant, stack.main, "mem", dim=DIM)
     lsn = fill(col, rows)
     exact_ids, _ = col.search(queries, k=10)  # no index yet: exact
     progress: list[str] = []
-    result = build_index(stack.client, stack.tenant, stack.main, "mem", device="cpu", remote_storage=stack.url,
+    result = build_index(stack.client, stack.tenant, stack.main, "mem", device="cpu",
                          progress=lambda event, fields: progress.append(event))
     assert result.lsn == lsn and result.rows == 4000 and result.key.endswith(f"vector_indexes/mem/{lsn:016X}.ivf")
     assert progress[0] == "index_snapshot_read" and "kmeans_iteration" in progress and progress[-1] == "index_built"
@@ -162,7 +164,7 @@ def test_strata_vectors_build_cli(stack: Stack) -> None:
     col = VectorCollection(stack.client, stack.tenant, stack.main, "notes", dim=8, metric="ip")
     col.upsert(np.arange(300), clustered(300, 8, clusters=4, seed=2))
     argv = [sys.executable, "-m", "strata", "vectors", "build", stack.tenant, stack.main, "notes", "--nlist", "4",
-            "--device", "cpu", "--pageserver", stack.ps_address, "--walservice", stack.wal_address, "--remote-storage", stack.url]
+            "--device", "cpu", "--pageserver", stack.ps_address, "--walservice", stack.wal_address]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "built tenants/" in done.stdout and "rows=300 nlist=4" in done.stdout
@@ -276,3 +278,18 @@ def test_search_pads_with_no_id_and_upsert_refuses_it(stack: Stack) -> None:
     with pytest.raises(InvalidArgument, match="reserved"):
         col.upsert(np.array([1, NO_ID], np.uint64), np.zeros((2, DIM), np.float32))
     assert col.count() == 500
+
+
+def test_without_remote_storage_builds_are_refused_and_search_is_exact(strata_env: StrataEnv) -> None:
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=8192).tenant_id
+        main = client.create_timeline(tenant_id=tenant).timeline_id
+        col = VectorCollection(client, tenant, main, "mem", dim=DIM)
+        rows = clustered(300, DIM, clusters=3, seed=1)
+        col.upsert(np.arange(300), rows)
+        assert col.remote_storage is None
+        with pytest.raises(FailedPrecondition, match="without --remote-storage"):
+            build_index(client, tenant, main, "mem", device="cpu")
+        assert col.search(rows[7:8], k=1)[0][0, 0] == 7
