@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import apsw
 
 from compute_shim.client import Client
-from compute_shim.sql_shell import add_endpoint_args, stack_client
+from compute_shim.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
 from compute_shim.sqlite import connect_sqlite
 from deploy.local_stack import DEFAULT_DATA_DIR
 
@@ -203,8 +203,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    stack: tuple[str, str] | None = None
     try:
-        with stack_client(args.data_dir, args.pageserver, args.walservice) as client:
+        stack = stack_endpoints(args.data_dir, args.pageserver, args.walservice)
+        with Client(pageserver=stack[0], walservice=stack[1], retries=CLI_RETRIES) as client:
             sql_args = "".join(
                 f" {flag} {value}"
                 for flag, value in (("--pageserver", args.pageserver), ("--walservice", args.walservice))
@@ -213,6 +215,6 @@ def main(argv: list[str]) -> int:
             if not sql_args and args.data_dir != DEFAULT_DATA_DIR:
                 sql_args = f" --data-dir {args.data_dir}"
             return Demo(client, args.agents, args.customers, args.orders, sql_args).run()
-    except apsw.Error as exc:
-        print(f"strata demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except REPORTED as exc:
+        print(f"strata demo: {describe_error(exc, stack)}", file=sys.stderr)
         return 1
