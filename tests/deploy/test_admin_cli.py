@@ -119,3 +119,32 @@ def test_without_a_running_stack(tmp_path: Path) -> None:
         result = strata(*args, "--data-dir", str(data), cwd=tmp_path)
         assert result.returncode == 1 and "is not running" in result.stderr and "strata up" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_demo_on_the_started_stack(stack: Path) -> None:
+    """`strata demo` against the stack `strata up` started (found through its data dir):
+    every check passes, and they are the exact ones, each step timed."""
+    out = strata("demo", "--data-dir", str(stack), cwd=stack)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "CHECK FAILED" not in text, text
+    steps = [line for line in text.splitlines() if re.match(r"^\[\s*\d+\.\d ms\] ", line)]
+    assert len(steps) == 7, text
+    for claim in (
+        "main's state: ",
+        "per agent: ",
+        "main still has ",
+        "agent 7 just before the mistake: ",
+        "a time-travel query read the past",
+        "by time: the last commit at or before the load finished is lsn ",
+    ):
+        assert claim in text, text
+    # The undo branch's digest is the pre-mistake digest; main's, in the past, the loaded one.
+    digests = re.findall(r"sha256 ([0-9a-f]{12})", text)
+    loaded, main_now, undone, before_mistake, past = digests
+    assert loaded == main_now == past and undone == before_mistake and undone != loaded, text
+    # The `strata sql` lines it prints reach the same stack.
+    line = next(line.strip() for line in text.splitlines() if line.strip().startswith("strata sql ") and "--at" not in line)
+    args = line.split()[2:]
+    count = strata("sql", *args, "-c", "SELECT count(*) FROM orders", cwd=stack)
+    assert count.returncode == 0 and int(count.stdout) > 0, count.stderr
