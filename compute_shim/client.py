@@ -9,14 +9,27 @@ arguments and return the response message. The two services' CreateTimeline
 RPCs collide: `create_timeline` is the pageserver's (it registers the timeline
 with the walservice itself) and `wal_create_timeline` the walservice's.
 
-Every call has a deadline (`timeout`, default 30 s). Calls that are safe to
-repeat (reads, Status, idempotent creates) are retried on UNAVAILABLE with
-backoff and jitter. Append is retried only when the node said it is not the
-leader (it then applied nothing): the node's `strata-leader` trailing metadata
-names the leader, and the client follows it; with a cluster
-(`walservice="A,B,C"`) a node that cannot be reached at all (the call never
-left) or that knows no leader sends the client on to the next node. Errors surface as grpc.RpcError
+Every call has a deadline (`timeout`, default 30 s), and the deadline bounds
+all of its attempts together. `retries` is exact: a call is sent at most
+`retries + 1` times, whatever the reason for each resend. A call is sent again
+only when that is safe:
+
+- UNAVAILABLE on a call that is safe to repeat (reads, Status, idempotent
+  creates), after a backoff with jitter (50 ms doubling to 1 s);
+- UNAVAILABLE from a walservice node that is not the leader (it applied
+  nothing): its `strata-leader` trailing metadata names the leader and the
+  client follows it at once; with a cluster (`walservice="A,B,C"`) a node that
+  knows no leader, or one that cannot be reached at all, sends the client on to
+  the next node after a backoff;
+- a call that never left (connection refused), after a backoff.
+
+Only walservice calls move the client's notion of the walservice leader; a
+pageserver answer never does, whatever metadata it carries. Append is never
+resent after it may have reached a leader. Errors surface as grpc.RpcError
 with the contract's codes.
+
+`interceptors` (grpc client interceptors) wrap every channel the client opens,
+pageserver and walservice alike: tests use them to inject faults.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -70,6 +83,19 @@ def _not_sent(exc: grpc.RpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower()
 
 
+ClientInterceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+# Enough attempts, with the backoff below (about 6 s in all), to ride out a
+# walservice election (walservice/replication.py: ELECTION_PATIENCE_S).
+DEFAULT_RETRIES = 10
+_BACKOFF_START_S = 0.05
+_BACKOFF_MAX_S = 1.0
+
+
 class Client:
     def __init__(
         self,
@@ -77,27 +103,36 @@ class Client:
         walservice: str | None = None,
         *,
         timeout: float = 30.0,
-        retries: int = 4,
+        retries: int = DEFAULT_RETRIES,
         page_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        interceptors: Sequence[ClientInterceptor] = (),
     ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
         self.timeout = timeout
         # Page versions for compute nodes on this client (compute_shim/page_cache.py).
         self.page_cache = PageCache(page_cache_bytes)
         self.retries = retries
-        self._page_channel = grpc.insecure_channel(pageserver, options=_CHANNEL_OPTIONS) if pageserver else None
+        self._interceptors = list(interceptors)
+        self._raw_channels: list[grpc.Channel] = []  # what close() closes
+        self._page_channel = self._open_channel(pageserver) if pageserver else None
         self._wal_nodes = [a for a in (walservice or "").split(",") if a]
-        self._wal_lock = threading.Lock()  # guards _wal_leader and _wal_channels
+        self._wal_lock = threading.Lock()  # guards _wal_leader, _wal_channels and _raw_channels
         self._wal_leader = self._wal_nodes[0] if self._wal_nodes else None
         self._wal_channels: dict[str, grpc.Channel] = {}
 
     # -- plumbing -----------------------------------------------------------------
 
+    def _open_channel(self, address: str) -> grpc.Channel:
+        raw = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._raw_channels.append(raw)
+        return grpc.intercept_channel(raw, *self._interceptors) if self._interceptors else raw
+
     def close(self) -> None:
-        if self._page_channel is not None:
-            self._page_channel.close()
         with self._wal_lock:
-            for ch in self._wal_channels.values():
+            for ch in self._raw_channels:
                 ch.close()
+            self._raw_channels.clear()
             self._wal_channels.clear()
 
     def __enter__(self) -> Client:
@@ -105,6 +140,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def wal_leader(self) -> str | None:
+        """The walservice node this client sends its next walservice call to."""
+        with self._wal_lock:
+            return self._wal_leader
 
     def _pageserver(self) -> grpc.Channel:
         if self._page_channel is None:
@@ -115,61 +156,76 @@ class Client:
         with self._wal_lock:
             ch = self._wal_channels.get(address)
             if ch is None:
-                ch = self._wal_channels[address] = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                ch = self._wal_channels[address] = self._open_channel(address)
             return ch
 
     def _wal_stub(self) -> tuple[str, wal_pb2_grpc.WalServiceStub]:
-        if self._wal_leader is None:
+        with self._wal_lock:
+            address = self._wal_leader
+        if address is None:
             raise ValueError("this Client has no walservice address: pass walservice='HOST:PORT[,HOST:PORT...]'")
-        address = self._wal_leader
         return address, wal_pb2_grpc.WalServiceStub(self._wal_channel(address))
 
-    def _next_wal_node(self, hint: str | None) -> None:
-        """Follow a leader hint, or go on to the next node of the cluster."""
+    def _next_wal_node(self, tried: str, hint: str | None) -> None:
+        """Follow a leader hint, or go on from `tried` to the next node of the
+        cluster. A no-op when another thread already moved the leader off `tried`."""
         with self._wal_lock:
+            if self._wal_leader != tried:
+                return
             if hint:
                 self._wal_leader = hint
-            elif self._wal_leader in self._wal_nodes:
-                self._wal_leader = self._wal_nodes[(self._wal_nodes.index(self._wal_leader) + 1) % len(self._wal_nodes)]
-            else:
+            elif tried in self._wal_nodes:
+                self._wal_leader = self._wal_nodes[(self._wal_nodes.index(tried) + 1) % len(self._wal_nodes)]
+            elif self._wal_nodes:
                 self._wal_leader = self._wal_nodes[0]
 
-    def _retrying(self, call: Callable[[float], T], *, retry_unavailable: bool, timeout: float | None) -> T:
+    def _retrying(
+        self, call: Callable[[float], T], *, idempotent: bool, timeout: float | None, wal: bool = False
+    ) -> T:
+        """Runs `call(remaining_seconds)` at most `self.retries + 1` times, all
+        within one deadline. `wal`: the call went to `self._wal_leader` (it may
+        follow leader hints and move between the cluster's nodes); pageserver
+        calls pass False and never touch the walservice leader."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        backoff = 0.05
+        backoff = _BACKOFF_START_S
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
+            target = self.wal_leader if wal else None
+            attempt += 1
             try:
-                return call(max(remaining, 0.001))
+                return call(max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as exc:
-                hint = _leader_hint(exc)
-                # A node that is not the leader, or one not reached at all, applied
-                # nothing: go where the hint says (or to the next node) until the deadline.
-                moved = hint is not None or (len(self._wal_nodes) > 1 and (_not_sent(exc) or retry_unavailable))
-                if moved and exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() + backoff < deadline:
-                    self._next_wal_node(hint)
-                    if not hint:
-                        time.sleep(backoff * (0.5 + random.random()))
-                        backoff = min(backoff * 2, 0.5)
-                    continue
-                attempt += 1
-                retryable = retry_unavailable and exc.code() == grpc.StatusCode.UNAVAILABLE
-                if not retryable or attempt > self.retries or time.monotonic() + backoff >= deadline:
+                code = exc.code()
+                if code != grpc.StatusCode.UNAVAILABLE or attempt > self.retries:
                     raise
-                time.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 2.0)
+                hint = _leader_hint(exc) if wal else None
+                not_sent = _not_sent(exc)
+                # A node that is not the leader applied nothing; a call that never
+                # left applied nothing anywhere; a safe call may be repeated anyway.
+                if not (idempotent or not_sent or hint is not None):
+                    raise
+                if hint:
+                    pause = 0.0  # told where the leader is: go there now
+                else:
+                    pause = backoff * (0.5 + random.random())
+                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                if time.monotonic() + pause >= deadline:
+                    raise
+                if wal and target is not None and (hint or len(self._wal_nodes) > 1):
+                    self._next_wal_node(target, hint)
+                if pause:
+                    time.sleep(pause)
 
     def _page_call(self, stub_cls: Any, method: str, request: Any, timeout: float | None, idempotent: bool = True) -> Any:
         stub = stub_cls(self._pageserver())
-        return self._retrying(lambda t: getattr(stub, method)(request, timeout=t), retry_unavailable=idempotent, timeout=timeout)
+        return self._retrying(lambda t: getattr(stub, method)(request, timeout=t), idempotent=idempotent, timeout=timeout)
 
     def _wal_call(self, method: str, request: Any, timeout: float | None, idempotent: bool) -> Any:
         def once(t: float) -> Any:
             _, stub = self._wal_stub()
             return getattr(stub, method)(request, timeout=t)
 
-        return self._retrying(once, retry_unavailable=idempotent, timeout=timeout)
+        return self._retrying(once, idempotent=idempotent, timeout=timeout, wal=True)
 
     # -- WalService ---------------------------------------------------------------
 
@@ -238,9 +294,7 @@ class Client:
             for i in range(0, len(keys), batch)
         ]
         stub = page_pb2_grpc.PageServiceStub(self._pageserver())
-        responses = self._retrying(
-            lambda t: list(stub.GetPages(iter(messages), timeout=t)), retry_unavailable=True, timeout=timeout
-        )
+        responses = self._retrying(lambda t: list(stub.GetPages(iter(messages), timeout=t)), idempotent=True, timeout=timeout)
         out: list[bytes | PageError] = []
         for response in responses:
             for result in response.responses:

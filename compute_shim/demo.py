@@ -9,13 +9,18 @@
 6. main moves on (a price change) and a time-travel query reads the past, by LSN and
    by time.
 
-Every step checks what it claims (the demo exits 1 if a check fails) and prints how
-long it took. The demo's tenant is left in place for `strata sql`.
+Every step checks what it claims, exactly: a database's state is its schema and
+every row of every table (`snapshot`), and "untouched", "undone" and "the past"
+mean equal to the state captured at that point. The demo exits 1 if a check fails,
+and prints how long each step took. The demo's tenant is left in place for
+`strata sql`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 import apsw
 
 from compute_shim.client import Client
-from compute_shim.sql_shell import add_endpoint_args, stack_client
+from compute_shim.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
 from compute_shim.sqlite import connect_sqlite
 from deploy.local_stack import DEFAULT_DATA_DIR
 
@@ -63,6 +68,35 @@ SUMMARY = (
 )
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A database's whole state: its schema and every table's rows in rowid order."""
+
+    tables: dict[str, list[tuple[object, ...]]]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(rows) for name, rows in self.tables.items() if name != "sqlite_schema")
+
+    def digest(self) -> str:
+        return hashlib.sha256(repr(sorted(self.tables.items())).encode()).hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return f"{len(self.tables) - 1} tables, {self.rows} rows (sha256 {self.digest()})"
+
+
+def snapshot(db: apsw.Connection) -> Snapshot:
+    """`db`'s schema and all its rows, read in one transaction."""
+    with db:  # one read transaction: one consistent state
+        schema = [tuple(r) for r in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")]
+        tables = {"sqlite_schema": schema}
+        for kind, name, _, _ in schema:
+            if kind == "table":
+                quoted = '"' + str(name).replace('"', '""') + '"'
+                tables[str(name)] = [tuple(r) for r in db.execute(f"SELECT * FROM {quoted} ORDER BY rowid")]
+    return Snapshot(tables)
+
+
 def describe(summary: tuple[object, ...]) -> str:
     """SUMMARY's row in words."""
     orders, prices, tables, columns = summary
@@ -75,7 +109,9 @@ class Agent:
     timeline: str
     migration: str
     before_mistake_lsn: int = 0
+    before_mistake: Snapshot | None = None  # the bad agent's state just before its mistake
     summary: tuple[object, ...] = ()
+    ms: float = 0.0  # how long its migration took
 
 
 class Demo:
@@ -119,8 +155,10 @@ class Demo:
             loaded_lsn = self.end_lsn(tenant, main)
             loaded_us = int(time.time() * 1_000_000)
             before = tuple(db.execute(SUMMARY).fetchone())
+            loaded = snapshot(db)
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             note(f"{pages} pages of 4 KiB in one atomic append, at lsn {loaded_lsn}: {describe(before)}")
+            note(f"main's state: {loaded}")
 
         with self.step(f"forked {self.n_agents} branches of main at lsn {loaded_lsn}, all at once") as note:
             with ThreadPoolExecutor(self.n_agents) as pool:
@@ -139,16 +177,19 @@ class Demo:
                 done = [a for a in agents if a.migration == kind]
                 if done:
                     note(f"{len(done):2d} x {kind}: e.g. agent {done[0].index} now has {describe(done[0].summary)}")
+            times = sorted(a.ms for a in agents)
+            note(f"per agent: {times[0]:.1f} ms fastest, {statistics.median(times):.1f} ms median, {times[-1]:.1f} ms slowest")
             note(f"agent {bad.index} also ran `{MISTAKE}` (no WHERE clause): its orders are gone ({bad.summary[0]} left)")
             self.check(bad.summary[0] == 0, f"agent {bad.index}'s mistake deleted every order")
 
         with self.step("main is untouched") as note:
             fresh = connect_sqlite(c, tenant, main, lsn=0)
             after = tuple(fresh.execute(SUMMARY).fetchone())
+            main_now = snapshot(fresh)
             integrity = fresh.execute("PRAGMA integrity_check").fetchone()[0]
             fresh.close()
-            note(f"main still has {describe(after)} (integrity_check: {integrity})")
-            self.check(after == before and integrity == "ok", "main is unchanged by the agents' migrations")
+            note(f"main still has {describe(after)}: {main_now} (integrity_check: {integrity})")
+            self.check(main_now == loaded and integrity == "ok", "main is exactly as loaded, row for row")
 
         with self.step(f"undid agent {bad.index}'s mistake: branched its timeline at lsn {bad.before_mistake_lsn}, just before it") as note:
             undo = c.create_timeline(
@@ -156,20 +197,26 @@ class Demo:
             ).timeline_id
             restored = connect_sqlite(c, tenant, undo)
             summary = tuple(restored.execute(SUMMARY).fetchone())
+            undone = snapshot(restored)
             restored.close()
             note(f"timeline {undo} has {describe(summary)}: agent {bad.index}'s migration ({bad.migration}) kept, the orders back")
-            self.check(summary[0] > 0, "the undo branch has the orders back")
+            note(f"its state: {undone}; agent {bad.index} just before the mistake: {bad.before_mistake}")
+            self.check(undone == bad.before_mistake, f"the undo branch is exactly agent {bad.index}'s database before the mistake")
+            self.check(summary[0] == before[0], "the undo branch has every order back")
 
         with self.step("main moved on (prices up 10%), then a time-travel query read the past") as note:
             db.execute("UPDATE products SET price_cents = price_cents * 110 / 100")
             now_sum = db.execute("SELECT sum(price_cents) FROM products").fetchone()[0]
             past = connect_sqlite(c, tenant, main, lsn=loaded_lsn)
             past_sum = past.execute("SELECT sum(price_cents) FROM products").fetchone()[0]
+            past_state = snapshot(past)
             past.close()
-            note(f"now: sum of prices {now_sum}; at lsn {loaded_lsn}: {past_sum}")
-            self.check(past_sum == before[1] and now_sum != past_sum, "the past shows the prices before the change")
+            note(f"now: sum of prices {now_sum}; at lsn {loaded_lsn}: {past_sum}, {past_state}")
+            self.check(past_state == loaded, f"main at lsn {loaded_lsn} is exactly the state just after the load")
+            self.check(now_sum != past_sum, "the price change is in main now")
             by_time = c.get_lsn_by_timestamp(tenant_id=tenant, timeline_id=main, timestamp_us=loaded_us)
             note(f"by time: the last commit at or before the load finished is lsn {by_time.lsn} ({by_time.kind})")
+            self.check(by_time.lsn == loaded_lsn, f"the time just after the load maps to the load's lsn {loaded_lsn}")
             db.close()
 
         print(f"\ndone in {time.monotonic() - total:.2f} s. Look around:")
@@ -182,16 +229,19 @@ class Demo:
         return 0
 
     def migrate(self, tenant: str, agent: Agent, mistake: bool) -> None:
+        started = time.monotonic()
         db = connect_sqlite(self.client, tenant, agent.timeline)
         try:
             sql = dict(MIGRATIONS)[agent.migration]
             db.execute("BEGIN;" + sql + ";COMMIT;")
             if mistake:
                 agent.before_mistake_lsn = self.end_lsn(tenant, agent.timeline)
+                agent.before_mistake = snapshot(db)
                 db.execute(MISTAKE)
             agent.summary = tuple(db.execute(SUMMARY).fetchone())
         finally:
             db.close()
+            agent.ms = (time.monotonic() - started) * 1000
 
 
 def main(argv: list[str]) -> int:
@@ -203,8 +253,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    stack: tuple[str, str] | None = None
     try:
-        with stack_client(args.data_dir, args.pageserver, args.walservice) as client:
+        stack = stack_endpoints(args.data_dir, args.pageserver, args.walservice)
+        with Client(pageserver=stack[0], walservice=stack[1], retries=CLI_RETRIES) as client:
             sql_args = "".join(
                 f" {flag} {value}"
                 for flag, value in (("--pageserver", args.pageserver), ("--walservice", args.walservice))
@@ -213,6 +265,6 @@ def main(argv: list[str]) -> int:
             if not sql_args and args.data_dir != DEFAULT_DATA_DIR:
                 sql_args = f" --data-dir {args.data_dir}"
             return Demo(client, args.agents, args.customers, args.orders, sql_args).run()
-    except apsw.Error as exc:
-        print(f"strata demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except REPORTED as exc:
+        print(f"strata demo: {describe_error(exc, stack)}", file=sys.stderr)
         return 1

@@ -6,6 +6,10 @@ The endpoints come from the running local stack (`<data dir>/stack.json`, as
 written by `strata up`) unless `--pageserver` / `--walservice` name them. With
 `-c SQL` it runs the SQL, prints the rows and exits; otherwise it is apsw's
 interactive shell (`.help` lists its dot-commands).
+
+Errors (an unknown tenant or timeline, an LSN below the GC cutoff or past the
+end, a stack that is not running, a refused commit) are one line on stderr,
+`strata sql: ...`, and exit code 1; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -20,22 +24,60 @@ import apsw.shell
 import grpc
 
 from compute_shim.client import Client
-from compute_shim.sqlite import connect_sqlite
+from compute_shim.sqlite import CommitRefused, CommitUncertain, connect_sqlite
 from deploy.local_stack import DEFAULT_DATA_DIR, endpoints
 
+# A command-line tool fails fast when the stack is down: one resend, not the
+# library's election-long default.
+CLI_RETRIES = 2
 
-def stack_client(data_dir: Path, pageserver: str | None, walservice: str | None) -> Client:
-    """A Client for the explicit endpoints, or those of the local stack under `data_dir`."""
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit code 1 (no traceback)."""
+
+
+def stack_endpoints(data_dir: Path, pageserver: str | None, walservice: str | None) -> tuple[str, str]:
+    """(pageserver, walservice): the explicit ones, or those of the local stack under `data_dir`."""
     if not (pageserver and walservice):
         running = endpoints(data_dir)
         pageserver = pageserver or running.get("pageserver")
         walservice = walservice or running.get("walservice")
         if not (pageserver and walservice):
-            raise SystemExit(
+            raise CliError(
                 f"no running local stack under {data_dir} (start it with `strata up`, "
                 "or pass --pageserver HOST:PORT --walservice HOST:PORT)"
             )
-    return Client(pageserver=pageserver, walservice=walservice)
+    return pageserver, walservice
+
+
+def _unreachable(exc: grpc.RpcError) -> bool:
+    """gRPC's own failure to reach a server (nothing listening, no answer in time), not a server's answer."""
+    details = (exc.details() or "").lower()
+    return (exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details) or (
+        exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and details == "deadline exceeded"
+    )
+
+
+def describe_error(exc: BaseException, stack: tuple[str, str] | None = None) -> str:
+    """One line saying what failed, for a command-line tool."""
+    if isinstance(exc, grpc.RpcError):
+        code, details = exc.code(), exc.details() or ""
+        if _unreachable(exc):
+            where = f" (pageserver {stack[0]}, walservice {stack[1]})" if stack else ""
+            text = f"cannot reach the stack{where}: {code.name}: {details}; is it running? (`strata status`)"
+        else:
+            text = f"{code.name}: {details}"
+    elif isinstance(exc, apsw.Error):
+        text = f"{type(exc).__name__}: {exc}"
+    elif isinstance(exc, (CommitRefused, CommitUncertain)):
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line
+
+
+# What a command-line tool reports without a traceback.
+REPORTED = (CliError, grpc.RpcError, apsw.Error, CommitRefused, CommitUncertain, ValueError, OSError)
 
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +91,7 @@ def parse_time_us(text: str) -> int:
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise SystemExit(f"--at-time {text!r} is not an ISO 8601 time; give e.g. 2026-11-23T02:15:00Z") from None
+        raise CliError(f"--at-time {text!r} is not an ISO 8601 time; give e.g. 2026-11-23T02:15:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return int(when.timestamp() * 1_000_000)
@@ -61,7 +103,7 @@ def resolve_lsn(client: Client, tenant: str, timeline: str, at: int | None, at_t
         return at
     resp = client.get_lsn_by_timestamp(tenant_id=tenant, timeline_id=timeline, timestamp_us=parse_time_us(at_time))
     if resp.kind == "past" or resp.lsn == 0:
-        raise SystemExit(f"--at-time {at_time}: the timeline had no commit yet at that time (its start is lsn {resp.lsn})")
+        raise CliError(f"--at-time {at_time}: the timeline had no commit yet at that time (its start is lsn {resp.lsn})")
     note = " (the latest commit: the time is past it)" if resp.kind == "future" else ""
     print(f"--at-time {at_time}: lsn {resp.lsn}{note}", file=sys.stderr)
     return resp.lsn
@@ -77,16 +119,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
     add_endpoint_args(parser)
     args = parser.parse_args(argv)
-    client = stack_client(args.data_dir, args.pageserver, args.walservice)
+    client: Client | None = None
+    stack: tuple[str, str] | None = None
+    db: apsw.Connection | None = None
     try:
+        stack = stack_endpoints(args.data_dir, args.pageserver, args.walservice)
+        client = Client(pageserver=stack[0], walservice=stack[1], retries=CLI_RETRIES)
         lsn = resolve_lsn(client, args.tenant, args.timeline, args.at, args.at_time)
         db = connect_sqlite(client, args.tenant, args.timeline, lsn=lsn)
-    except grpc.RpcError as exc:
-        raise SystemExit(f"strata sql: {exc.code().name}: {exc.details()}") from None
-    except ValueError as exc:
-        raise SystemExit(f"strata sql: {exc}") from None
-    mode = "read-write" if lsn is None else f"read-only at lsn {lsn}"
-    try:
+        mode = "read-write" if lsn is None else f"read-only at lsn {lsn}"
         if args.command is not None:
             for row in db.execute(args.command):
                 print("|".join("" if v is None else str(v) for v in row))
@@ -96,9 +137,14 @@ def main(argv: list[str]) -> int:
             print(f"timeline {args.timeline} of tenant {args.tenant}, {mode}. .help for help, .quit to leave.")
         shell.cmdloop()
         return 0
-    except apsw.Error as exc:
-        print(f"strata sql: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except REPORTED as exc:
+        print(f"strata sql: {describe_error(exc, stack)}", file=sys.stderr)
         return 1
     finally:
-        db.close()
-        client.close()
+        if db is not None:
+            try:
+                db.close()
+            except apsw.Error:
+                pass  # reported above
+        if client is not None:
+            client.close()

@@ -11,16 +11,30 @@ the window doubles from 1 up to `MAX_READAHEAD` pages while misses stay
 sequential, and while SQLite works through one window the next is fetched on a
 background thread).
 
+Reads of a read-write connection: it opens at the timeline's end (the
+walservice's `flush_lsn` at that moment; a timeline with an empty WAL is claimed
+first, see `CLAIM_REL`) and reads at that LSN; each of its own commits moves it
+to that Append's `end_lsn`. It does not follow other writers: their commits show
+only after its own next commit is refused (`WriteConflict`, below), when the
+following transaction re-reads at the timeline's new end.
+
 Writes (read-write connections only): SQLite's rollback journal lives in memory
-(`journal_mode=MEMORY`; journals and temp files are per-transaction scratch, never
-sent anywhere) and the pages SQLite writes to the database file, spilled
+(`journal_mode=MEMORY` by default; in DELETE, TRUNCATE or PERSIST mode the journal
+is an in-memory scratch file, freed when its transaction commits or rolls back,
+never sent anywhere) and the pages SQLite writes to the database file, spilled
 mid-transaction or written at commit, stay in a local dirty map. The commit point
-is SQLite's `xSync` of the database file: the dirty pages are compared with the
-committed ones and shipped as ONE Append, conditional on the timeline's end
+is the `SQLITE_FCNTL_SYNC` file control on the database file, which SQLite sends
+just before it syncs the file and, under `synchronous=OFF`, instead of syncing it
+(so every synchronous level commits the same way; `xSync` ships only what that
+control did not): the dirty pages are compared with the committed ones and
+shipped as ONE Append, conditional on the timeline's end
 (`expected_end_lsn` = the LSN this connection read at): a `PagePatch` of the
 changed byte ranges where that is smaller than the page, a `PageImage`
 otherwise, and a `RelSize` when the file's size changed without a write at its
-end (VACUUM shrinking it). So a transaction is all-or-nothing on Strata, and
+end. A truncation SQLite makes after the sync (VACUUM shrinking the file) ships
+at `SQLITE_FCNTL_COMMIT_PHASETWO`. A file truncated and then written past the cut
+again within one transaction reads zeros in between, and its commit starts with
+a `RelSize` to the cut. So a transaction is all-or-nothing on Strata, and
 closing or SIGKILLing a compute leaves only committed transactions.
 
 A second writer: the conditional Append is refused (FAILED_PRECONDITION) and the
@@ -40,8 +54,8 @@ WAL does not mark batch ends in what it serves, so this cannot be checked here).
 
 Limits: one transaction must fit one Append (the walservice's
 `--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`).
-PRAGMAs that would break this are refused (`REFUSED_PRAGMAS`): synchronous=OFF
-(no sync, no commit), journal_mode=OFF or WAL, locking_mode=EXCLUSIVE.
+PRAGMAs that would break this are refused (`refused_pragma`, values read the way
+SQLite reads them): journal_mode=OFF or WAL, locking_mode=EXCLUSIVE.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -88,16 +103,35 @@ REFUSALS = frozenset({
     grpc.StatusCode.DATA_LOSS,
 })
 
-_NO_SYNC = "a commit is shipped at SQLite's sync of the database file; keep synchronous=NORMAL or FULL (each commit is one durable Append either way)"
-_NO_ROLLBACK = "transactions must be able to roll back; keep journal_mode=MEMORY (or DELETE, TRUNCATE, PERSIST: journals live in memory)"
-_NO_WAL = "each commit is already one atomic Append; keep journal_mode=MEMORY"
-REFUSED_PRAGMAS: dict[tuple[str, str], str] = {
-    ("synchronous", "off"): _NO_SYNC,
-    ("synchronous", "0"): _NO_SYNC,
-    ("journal_mode", "off"): _NO_ROLLBACK,
-    ("journal_mode", "wal"): _NO_WAL,
-    ("locking_mode", "exclusive"): "a failed commit is cleaned up when SQLite ends its transaction, which it never does in exclusive locking mode; keep NORMAL",
+# SQLite's journal modes in the order its PRAGMA journal_mode parser tries them
+# (sqlite3JournalModename): the value is compared case-insensitively with the first
+# len(value) characters of each, so "W" or "wA" mean WAL; no match is a query.
+JOURNAL_MODES = ("delete", "persist", "off", "truncate", "memory", "wal")
+REFUSED_JOURNAL_MODES: dict[str, str] = {
+    "off": "transactions must be able to roll back; keep journal_mode=MEMORY (or DELETE, TRUNCATE, PERSIST: journals live in memory)",
+    "wal": "each commit is already one atomic Append; keep journal_mode=MEMORY",
 }
+_NO_EXCLUSIVE = (
+    "a failed commit is cleaned up when SQLite ends its transaction, which it never does in exclusive locking mode; "
+    "keep NORMAL"
+)
+
+
+def refused_pragma(name: str, value: str | None) -> str | None:
+    """Why PRAGMA `name`=`value` is refused on a Strata database, or None. Values are
+    read the way SQLite's own parser reads them (SQLite hands them over dequoted):
+    journal_mode by case-insensitive prefix in SQLite's order, locking_mode by
+    case-insensitive name. Any synchronous level is fine: commits ship at
+    SQLITE_FCNTL_SYNC, which SQLite sends under synchronous=OFF too."""
+    if value is None:
+        return None  # a query
+    name = name.lower()
+    if name == "journal_mode" and value:
+        mode = next((m for m in JOURNAL_MODES if m[: len(value)] == value.lower()), None)
+        return REFUSED_JOURNAL_MODES.get(mode) if mode is not None else None
+    if name == "locking_mode" and value.lower() == "exclusive":
+        return _NO_EXCLUSIVE
+    return None
 
 
 class CommitRefused(Exception):
@@ -209,10 +243,20 @@ class _FileDefaults:
 
 
 class _ScratchFile(_FileDefaults):
-    """A journal in memory: per-transaction scratch that never leaves this process."""
+    """A journal in memory: per-transaction scratch that never leaves this process.
+    Its bytes are freed when the database's transaction ends (committed or rolled
+    back: nothing reads a journal after that, as there is no hot-journal recovery)
+    and when SQLite closes or deletes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_close: Callable[[], None] | None = None) -> None:
         self.data = bytearray()
+        self._on_close = on_close
+
+    def release(self) -> int:
+        """Frees the contents; returns how many bytes they were."""
+        n = len(self.data)
+        self.data = bytearray()
+        return n
 
     def xRead(self, amount: int, offset: int) -> bytes:
         return bytes(self.data[offset : offset + amount])
@@ -223,7 +267,10 @@ class _ScratchFile(_FileDefaults):
         self.data[offset : offset + len(data)] = data
 
     def xTruncate(self, size: int) -> None:
-        del self.data[size:]
+        if size == 0:
+            self.release()
+        else:
+            del self.data[size:]
 
     def xSync(self, flags: int) -> None:
         pass
@@ -232,7 +279,9 @@ class _ScratchFile(_FileDefaults):
         return len(self.data)
 
     def xClose(self) -> None:
-        pass
+        self.release()
+        if self._on_close is not None:
+            self._on_close()
 
 
 class StrataDbFile(_FileDefaults):
@@ -243,8 +292,9 @@ class StrataDbFile(_FileDefaults):
     shared page cache has its own.
     """
 
-    def __init__(self, config: _DbConfig) -> None:
+    def __init__(self, config: _DbConfig, on_transaction_end: Callable[[], None] | None = None) -> None:
         self.cfg = config
+        self._on_transaction_end = on_transaction_end  # frees this database's journal scratch
         self.client = config.client
         self.cache: PageCache = config.client.page_cache
         self.ps = config.page_size
@@ -256,6 +306,9 @@ class StrataDbFile(_FileDefaults):
             self.read_lsn = self._writer_start()
         self.committed_nblocks = self._nblocks_at(self.read_lsn)
         self.size_blocks = self.committed_nblocks  # SQLite's view, dirty writes included
+        # Blocks at or past `floor` were truncated away by the open transaction: until they are
+        # written again they read as zeros, and its commit cuts them (RelSize) before its pages.
+        self.floor = self.committed_nblocks
         self.dirty: dict[int, bytes] = {}  # blkno -> page written by the open transaction
         # Set when a commit's Append failed (refused, or its outcome unknown); while set, SQLite's
         # rollback is not shipped; cleared when SQLite ends the transaction (then `stale`).
@@ -355,12 +408,15 @@ class StrataDbFile(_FileDefaults):
 
     def _page(self, blkno: int) -> bytes:
         page = self.dirty.get(blkno)
-        return page if page is not None else self._committed_page(blkno)
+        if page is not None:
+            return page
+        if blkno >= self.floor:
+            return bytes(self.ps)  # truncated by this transaction, then extended past again
+        return self._committed_page(blkno)
 
     def xRead(self, amount: int, offset: int) -> bytes:
         if amount == self.ps and offset % amount == 0 and offset < self.size_blocks * amount:
-            page = self.dirty.get(offset // amount)  # the common case: one whole page
-            return page if page is not None else self._committed_page(offset // amount)
+            return self._page(offset // amount)  # the common case: one whole page
         end = min(offset + amount, self.size_blocks * self.ps)
         if offset >= end:
             return b""  # apsw zero-fills a short read and reports SQLITE_IOERR_SHORT_READ
@@ -405,23 +461,41 @@ class StrataDbFile(_FileDefaults):
         if size % self.ps:
             raise OSError(f"truncate to {size} bytes: a Strata database file holds whole {self.ps}-byte pages")
         self.size_blocks = size // self.ps
+        self.floor = min(self.floor, self.size_blocks)
         for blkno in [b for b in self.dirty if b >= self.size_blocks]:
             del self.dirty[blkno]
 
     def xSync(self, flags: int) -> None:
-        """SQLite's commit point (and the end of a rollback that spilled): ship the changes."""
+        """SQLite sends SQLITE_FCNTL_SYNC just before this (see `xFileControl`), which
+        shipped the changes already; this ships only what a sync without it would leave."""
+        self._ship()
+
+    def _ship(self) -> None:
+        """SQLite's commit point (and the end of a rollback that spilled): ship the changes.
+        A no-op when there is nothing to ship, so the sync file control and xSync can both call it."""
         if self.readonly or self.failed is not None:
+            return
+        if not self.dirty and self.size_blocks == self.committed_nblocks and self.floor == self.committed_nblocks:
             return
         self._commit()
 
     def _commit(self) -> None:
         started = time.monotonic()
         final = self.size_blocks
+        # A transaction that truncated the file below its committed size and grew it again
+        # ships the cut first: the blocks it did not write again then read as zeros on Strata
+        # (a RelSize cuts blocks at or past it; a later extension reads zeros).
+        cut_to = min(self.floor, final)
+        records: list[records_pb2.Record] = []
+        base_nblocks = self.committed_nblocks  # blocks the changes apply to (past it: zeros)
+        if cut_to < self.committed_nblocks and final > cut_to:
+            records.append(records_pb2.Record(rel_size=records_pb2.RelSize(rel=self.cfg.rel, nblocks=cut_to)))
+            base_nblocks = cut_to
         blknos = sorted(b for b in self.dirty if b < final)
         old_pages: dict[int, bytes] = {}
         missing: list[int] = []
         for b in blknos:
-            if b >= self.committed_nblocks:
+            if b >= base_nblocks:
                 old_pages[b] = bytes(self.ps)
             elif (cached := self.cache.get(self.cfg.tenant_id, self.cfg.timeline_id, self.cfg.rel, b, self.read_lsn)) is not None:
                 old_pages[b] = cached
@@ -430,21 +504,21 @@ class StrataDbFile(_FileDefaults):
         if missing:
             old_pages.update(zip(missing, self._fetch(missing, self.read_lsn)))
         changed = page_records(self.cfg.rel, [(b, old_pages[b], self.dirty[b]) for b in blknos])
-        records = [record for _, record in changed]
+        records += [record for _, record in changed]
         written = {(self.cfg.rel, b): self.dirty[b] for b, _ in changed}
         last_written = max((b for _, b in written), default=-1)
-        shrunk = final < self.committed_nblocks
-        if shrunk or (final > self.committed_nblocks and last_written != final - 1):
+        if final < base_nblocks or (final > base_nblocks and last_written != final - 1):
             records.append(records_pb2.Record(rel_size=records_pb2.RelSize(rel=self.cfg.rel, nblocks=final)))
         if not records:
             self.dirty.clear()
+            self.floor = self.committed_nblocks
             return
         try:
             resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
         except grpc.RpcError as exc:
             self.failed = self._append_failure(exc, len(records))
             raise self.failed from None
-        cut = [(self.cfg.rel, b) for b in range(final, self.committed_nblocks)]
+        cut = [(self.cfg.rel, b) for b in range(cut_to, self.committed_nblocks)]
         self.cache.advance(self.cfg.tenant_id, self.cfg.timeline_id, self.epoch, resp.end_lsn, written, cut)
         log.info(
             "sqlite_commit",
@@ -457,7 +531,7 @@ class StrataDbFile(_FileDefaults):
             ms=round((time.monotonic() - started) * 1000, 2),
         )
         self.read_lsn = resp.end_lsn
-        self.committed_nblocks = final
+        self.committed_nblocks = self.floor = final
         self.dirty.clear()
         self._forget_read_ahead()
 
@@ -490,31 +564,50 @@ class StrataDbFile(_FileDefaults):
     # -- locks and the rest ---------------------------------------------------------
 
     def xFileControl(self, op: int, ptr: int) -> bool:
-        """Refuse the PRAGMAs that would break commits (SQLite asks the VFS first)."""
+        """SQLITE_FCNTL_SYNC: SQLite's commit point, sent just before it syncs the database
+        file, and in place of that sync under synchronous=OFF: ship the transaction.
+        SQLITE_FCNTL_COMMIT_PHASETWO: the commit is done, after SQLite truncated the file
+        (VACUUM, auto_vacuum): ship that shrink. SQLITE_FCNTL_PRAGMA: refuse the PRAGMAs
+        that would break commits (SQLite asks the VFS first)."""
+        if op == apsw.SQLITE_FCNTL_SYNC:
+            self._ship()
+            return True
+        if op == apsw.SQLITE_FCNTL_COMMIT_PHASETWO:
+            self._ship_shrink()
+            return True
         if op != apsw.SQLITE_FCNTL_PRAGMA:
             return False
         pragma = apsw.VFSFcntlPragma(ptr)
-        value = (pragma.value or "").strip().strip("'\"").lower()
-        why = REFUSED_PRAGMAS.get((pragma.name.lower(), value))
+        why = refused_pragma(pragma.name, pragma.value)
         if why is not None:
             raise apsw.SQLError(f"PRAGMA {pragma.name}={pragma.value} is refused on a Strata database: {why}")
         return False
 
+    def _ship_shrink(self) -> None:
+        """Ships a truncation SQLite made after the commit's sync. Shipped on its own, it
+        can fail while the commit stands: the file is then longer than SQLite's header
+        says, which SQLite ignores."""
+        if self.readonly or self.failed is not None or self.dirty or self.size_blocks >= self.committed_nblocks:
+            return
+        try:
+            self._commit()
+        except (CommitRefused, CommitUncertain) as exc:
+            log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                        lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
 
     def xUnlock(self, level: int) -> None:
-        if level > SQLITE_SHARED_LOCK or (not self.dirty and self.failed is None and self.size_blocks == self.committed_nblocks):
-            return  # still in a write transaction, or after a read-only one: nothing to do
-        if self.failed is None and not self.dirty and self.size_blocks < self.committed_nblocks:
-            # VACUUM truncates the file after its last xSync: ship that shrink now. A failure
-            # here leaves the file longer than SQLite's header says, which SQLite ignores.
-            try:
-                self._commit()
-            except (CommitRefused, CommitUncertain) as exc:
-                log.warning("sqlite_truncate_not_shipped", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
-                            lsn=self.read_lsn, nblocks=self.size_blocks, error=str(exc))
+        if level > SQLITE_SHARED_LOCK:
+            return  # still in a write transaction
+        if self._on_transaction_end is not None:
+            self._on_transaction_end()  # the journal is dead now (committed or rolled back)
+        if (not self.dirty and self.failed is None and self.size_blocks == self.committed_nblocks
+                and self.floor == self.committed_nblocks):
+            return  # after a read-only transaction, or a shipped commit: nothing to do
+        # A shrink not shipped at SQLITE_FCNTL_COMMIT_PHASETWO (a SQLite that sends none).
+        self._ship_shrink()
         # The write transaction is over: whatever is still dirty was rolled back.
         self.dirty.clear()
-        self.size_blocks = self.committed_nblocks
+        self.size_blocks = self.floor = self.committed_nblocks
         if self.failed is not None:
             self.failed = None
             self.stale = True  # re-read at the next transaction's start (the services may be down now)
@@ -528,7 +621,7 @@ class StrataDbFile(_FileDefaults):
         counter in page 1 (if anything changed) and drops its own cache."""
         self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
         self.read_lsn = self._writer_start()
-        self.committed_nblocks = self.size_blocks = self._nblocks_at(self.read_lsn)
+        self.committed_nblocks = self.size_blocks = self.floor = self._nblocks_at(self.read_lsn)
         self._forget_read_ahead()
         self.stale = False
         log.info("sqlite_reread", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id, lsn=self.read_lsn)
@@ -558,21 +651,45 @@ class StrataVFS(apsw.VFS):
                 config = _registry.configs.pop(filename, None)
             if config is None:
                 raise apsw.CantOpenError(f"{filename!r} is not a database opened with compute_shim.connect_sqlite")
-            return StrataDbFile(config)
+            return StrataDbFile(config, on_transaction_end=lambda: self.release_scratch(filename))
         if flags[0] & apsw.SQLITE_OPEN_WAL:
             raise apsw.CantOpenError(
                 f"{filename!r}: journal_mode=WAL is not supported on Strata (each commit is already one atomic "
                 "append); keep journal_mode=MEMORY"
             )
         with self._lock:
-            return self._scratch.setdefault(filename, _ScratchFile())
+            scratch = self._scratch.get(filename)
+            if scratch is None:
+                scratch = self._scratch[filename] = _ScratchFile(on_close=lambda: self._forget_scratch(filename))
+            return scratch
 
     def xAccess(self, pathname: str, flags: int) -> bool:
         return False  # no hot journals: nothing of an unfinished transaction outlives it
 
     def xDelete(self, filename: str, syncdir: bool) -> None:
         with self._lock:
+            scratch = self._scratch.pop(filename, None)
+        if scratch is not None:
+            scratch.release()
+
+    def _forget_scratch(self, filename: str) -> None:
+        """SQLite closed the file: nothing reads it again (there is no hot-journal recovery)."""
+        with self._lock:
             self._scratch.pop(filename, None)
+
+    def release_scratch(self, db_filename: str) -> None:
+        """The transaction on `db_filename` ended: free its journals' bytes (journal_mode
+        TRUNCATE or PERSIST keep the journal; MEMORY never makes one; DELETE deletes it)."""
+        prefix = db_filename + "-"
+        with self._lock:
+            files = [f for name, f in self._scratch.items() if name.startswith(prefix)]
+        for f in files:
+            f.release()
+
+    def scratch_bytes(self) -> int:
+        """Bytes held by in-memory journals of all open transactions."""
+        with self._lock:
+            return sum(len(f.data) for f in self._scratch.values())
 
     def xFullPathname(self, name: str) -> str:
         return name
@@ -593,9 +710,11 @@ def connect_sqlite(
     *,
     rel: int = SQLITE_REL,
 ) -> apsw.Connection:
-    """An apsw.Connection on the timeline's SQLite database: read-write at its end
-    (lsn=None), or read-only at LSN `lsn` (0: the current end), which should be the
-    end of a commit (see the module's docstring)."""
+    """An apsw.Connection on the timeline's SQLite database: read-write (lsn=None),
+    reading at the timeline's end as of opening and then at the end of each of its
+    own commits (another writer's commits show after a `WriteConflict`); or
+    read-only at LSN `lsn` (0: the current end), which should be the end of a
+    commit (see the module's docstring)."""
     status = client.status(tenant_id=tenant, timeline_id=timeline)
     page_size = status.page_size
     if lsn is not None:

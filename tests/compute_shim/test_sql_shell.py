@@ -112,3 +112,69 @@ def test_at_time_after_a_large_commit_reads_all_of_it(stack: Stack) -> None:
     out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at-time", iso, "-c", "SELECT count(*) FROM t")
     assert out.returncode == 0, out.stderr
     assert f"lsn {end}" in out.stderr and out.stdout == "10000\n"
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], prefix: str, *needles: str) -> None:
+    """Exit code 1, one line on stderr that starts with `prefix` and says each needle, no traceback."""
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), out.stderr
+    for needle in needles:
+        assert needle in lines[0], out.stderr
+
+
+def test_sql_errors_are_one_line(stack: Stack, tmp_path: Path) -> None:
+    main = stack.new_timeline()
+    stack.client.status(tenant_id=stack.tenant, timeline_id=main)
+    unknown = "0123456789abcdef0123456789abcdef"
+    out = strata("sql", unknown, main, *endpoint_args(stack), "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "NOT_FOUND", unknown)
+    out = strata("sql", stack.tenant, unknown, *endpoint_args(stack), "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "NOT_FOUND", unknown)
+    out = strata("sql", stack.tenant, main, *endpoint_args(stack), "-c", "SELECT * FROM no_such_table")
+    assert_one_line_error(out, "strata sql: ", "no such table")
+    out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at-time", "yesterday", "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "not an ISO 8601 time")
+    # Nothing listening at the given endpoints.
+    out = strata("sql", stack.tenant, main, "--pageserver", "127.0.0.1:1", "--walservice", "127.0.0.1:1", "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "cannot reach the stack", "127.0.0.1:1", "is it running")
+    # A stack.json whose processes are gone.
+    data_dir = tmp_path / "stopped"
+    data_dir.mkdir()
+    pid = dead_pid()
+    _write_state(data_dir, [ProcessRecord(n, pid, "127.0.0.1:1", "", []) for n in ("walservice", "pageserver")])
+    out = strata("sql", stack.tenant, main, "--data-dir", str(data_dir), "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "no running local stack", "strata up")
+
+
+def test_sql_below_the_gc_cutoff_is_one_line(stack: Stack) -> None:
+    tenant = stack.client.create_tenant(page_size=4096, pitr_seconds=1).tenant_id
+    main = stack.client.create_timeline(tenant_id=tenant).timeline_id
+    db = connect_sqlite(stack.client, tenant, main)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    old = stack.client.status(tenant_id=tenant, timeline_id=main).flush_lsn
+    db.execute("INSERT INTO t VALUES (2)")
+    db.close()
+    time.sleep(1.5)
+    cutoff = stack.client.gc(tenant_id=tenant, timeline_id=main, timeout=60).gc_cutoff_lsn
+    assert cutoff > old
+    out = strata("sql", tenant, main, *endpoint_args(stack), "--at", str(old), "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "below the GC cutoff", str(cutoff))
+    out = strata("branch", tenant, "--from", main, "--at", str(old), *endpoint_args(stack))
+    assert_one_line_error(out, "strata branch: ", "gc cutoff", str(cutoff))
+    out = strata("sql", tenant, main, *endpoint_args(stack), "--at", str(cutoff), "-c", "SELECT count(*) FROM t")
+    assert out.returncode == 0 and out.stdout == "2\n", out.stderr
+
+
+def test_demo_errors_are_one_line(tmp_path: Path) -> None:
+    out = strata("demo", "--pageserver", "127.0.0.1:1", "--walservice", "127.0.0.1:1")
+    assert_one_line_error(out, "strata demo: ", "cannot reach the stack", "is it running")
+    out = strata("demo", "--data-dir", str(tmp_path / "nothing"))
+    assert_one_line_error(out, "strata demo: ", "no running local stack", "strata up")

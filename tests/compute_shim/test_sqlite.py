@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 
 from bench import sqlite_workload as wl
 from compute_shim import Client, CommitRefused, CommitUncertain, PageError, WriteConflict, connect_sqlite
-from compute_shim.sqlite import SPLICE_OVERHEAD, SQLITE_REL, _patch_or_image, page_records
+from compute_shim import sqlite as strata_sqlite
+from compute_shim.sqlite import (
+    SPLICE_OVERHEAD,
+    SQLITE_REL,
+    StrataDbFile,
+    _DbConfig,
+    _patch_or_image,
+    page_records,
+    refused_pragma,
+)
 from strata.redo import apply_to_page, validate_record
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
@@ -150,6 +159,25 @@ def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
     assert check.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
     # ... and after its refusal it reads what the second wrote.
     assert first.execute("SELECT who FROM t ORDER BY id").fetchall()[-1] == ("second, retried",)
+    other_compute.close()
+
+
+def test_read_write_connection_reads_at_its_open_lsn_then_at_its_commits(stack: Stack) -> None:
+    """What the module docstring says: a read-write connection reads at the timeline's
+    end as of opening, then at its own commits' ends; another writer's commits show
+    only after its next commit is refused."""
+    main = stack.new_timeline()
+    a = connect_sqlite(stack.client, stack.tenant, main)
+    a.execute("CREATE TABLE t(who TEXT); INSERT INTO t VALUES ('a1')")
+    other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
+    b = connect_sqlite(other_compute, stack.tenant, main)
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",)], "b opened at the end: a's commit is in"
+    a.execute("INSERT INTO t VALUES ('a2')")
+    assert a.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "a reads at its own commit's end"
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",)], "b still reads at the LSN it opened at"
+    with pytest.raises(WriteConflict):
+        b.execute("INSERT INTO t VALUES ('b1')")
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "after the refusal, the new end"
     other_compute.close()
 
 
@@ -383,7 +411,8 @@ def test_a_failed_read_ahead_window_is_read_again(stack: Stack, caplog: pytest.L
 
 
 @pytest.mark.parametrize(
-    "pragma", ["synchronous=OFF", "synchronous = 0", "main.journal_mode=WAL", "journal_mode='off'", "locking_mode=EXCLUSIVE"]
+    "pragma",
+    ["main.journal_mode=WAL", "journal_mode='off'", "JOURNAL_MODE = w", "journal_mode=Of", "locking_mode=Exclusive"],
 )
 def test_pragmas_that_would_break_commits_are_refused(stack: Stack, pragma: str) -> None:
     main = stack.new_timeline()
@@ -391,7 +420,138 @@ def test_pragmas_that_would_break_commits_are_refused(stack: Stack, pragma: str)
     db.execute("CREATE TABLE t(x)")
     with pytest.raises(apsw.SQLError, match="refused on a Strata database: .*keep"):
         db.execute(f"PRAGMA {pragma}")
-    for allowed in ("PRAGMA synchronous=NORMAL", "PRAGMA journal_mode=DELETE", "INSERT INTO t VALUES (1)"):
+    for allowed in ("PRAGMA synchronous=OFF", "PRAGMA journal_mode=DELETE", "PRAGMA journal_mode=xyz", "INSERT INTO t VALUES (1)"):
         db.execute(allowed).fetchall()  # apsw runs a script lazily past a statement that returns rows
     check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
     assert check.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [
+        ("journal_mode", "WAL", True), ("journal_mode", "w", True), ("journal_mode", "wA", True),
+        ("journal_mode", "OFF", True), ("journal_mode", "o", True), ("JOURNAL_MODE", "oF", True),
+        ("journal_mode", "memory", False), ("journal_mode", "d", False), ("journal_mode", "xyz", False),
+        ("journal_mode", "", False), ("journal_mode", None, False), ("journal_mode", " wal", False),
+        ("locking_mode", "EXCLUSIVE", True), ("locking_mode", "exclusive", True), ("locking_mode", "excl", False),
+        ("synchronous", "OFF", False), ("synchronous", "0", False), ("synchronous", "8", False),
+    ],
+)
+def test_pragma_values_are_read_as_sqlite_reads_them(name: str, value: str | None, refused: bool, tmp_path: Path) -> None:
+    assert (refused_pragma(name, value) is not None) == refused
+    if name.lower() == "journal_mode" and value is not None:
+        # What SQLite itself makes of the value, on a local file.
+        local = apsw.Connection(str(tmp_path / "local.db"))
+        mode = local.execute(f"PRAGMA journal_mode='{value}'").fetchall()[0][0]
+        assert (mode in ("off", "wal")) == refused, mode
+
+
+@pytest.mark.parametrize("level", ["OFF", "0", "off", "NORMAL", "1", "FULL", "2", "EXTRA", "3", "no", "yes"])
+def test_every_synchronous_level_commits(stack: Stack, level: str) -> None:
+    """Commits ship at SQLITE_FCNTL_SYNC, which SQLite sends whether or not it then
+    syncs the file (under synchronous=OFF it does not)."""
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute(f"PRAGMA synchronous={level}").fetchall()
+    db.execute("CREATE TABLE t(x)")
+    for i in range(3):
+        before = stack.end_lsn(main)
+        db.execute("INSERT INTO t VALUES (?)", (i,))
+        assert stack.end_lsn(main) > before, "the commit was shipped when it returned"
+    check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+    assert check.execute("SELECT x FROM t ORDER BY x").fetchall() == [(0,), (1,), (2,)]
+
+
+def series(n: int) -> str:
+    """A row source of n rows (this SQLite has no generate_series)."""
+    return f"(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT x FROM c)"
+
+
+def _raw_file(stack: Stack, timeline: str, lsn: int | None, client: Client | None = None) -> StrataDbFile:
+    c = client or stack.client
+    page_size = c.status(tenant_id=stack.tenant, timeline_id=timeline).page_size
+    return StrataDbFile(_DbConfig(c, stack.tenant, timeline, SQLITE_REL, page_size, lsn))
+
+
+def test_truncate_then_extend_reads_zeros(stack: Stack) -> None:
+    """The database file truncated below its committed size and written past the cut
+    again, in one transaction: the blocks in between read as zeros, before the commit
+    and after it, from the cache and from the pageserver."""
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(x); INSERT INTO t SELECT randomblob(3000) FROM " + series(40))
+    db.close()
+    f = _raw_file(stack, main, None)
+    ps = f.ps
+    nblocks = f.xFileSize() // ps
+    assert nblocks > 20
+    original = [f.xRead(ps, b * ps) for b in range(nblocks)]
+    zeros = bytes(ps)
+    assert all(p != zeros for p in original[:5])
+    f.xTruncate(5 * ps)
+    f.xWrite(b"x" * ps, 12 * ps)
+    f.xWrite(b"y" * 100, 10 * ps + 50)  # a partial write past the cut builds on zeros
+    assert f.xFileSize() == 13 * ps
+    expect = original[:5] + [zeros] * 5 + [zeros[:50] + b"y" * 100 + zeros[150:], zeros, b"x" * ps]
+    assert [f.xRead(ps, b * ps) for b in range(13)] == expect
+    assert f.xFileControl(apsw.SQLITE_FCNTL_SYNC, 0)  # the commit point
+    assert f.xFileControl(apsw.SQLITE_FCNTL_COMMIT_PHASETWO, 0)
+    f.xUnlock(0)
+    assert [f.xRead(ps, b * ps) for b in range(13)] == expect
+    end = stack.end_lsn(main)
+    assert f.read_lsn == end
+    cached = _raw_file(stack, main, end)  # same client: served from its page cache where it can
+    with Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address) as fresh:
+        remote = _raw_file(stack, main, end, client=fresh)  # a cold cache: the pageserver's answer
+        for g in (cached, remote):
+            assert g.xFileSize() == 13 * ps
+            assert [g.xRead(ps, b * ps) for b in range(13)] == expect
+            g.xClose()
+    f.xClose()
+
+
+def test_vacuum_shrinks_then_regrowth_reads_fresh_pages(stack: Stack, tmp_path: Path) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    local = apsw.Connection(str(tmp_path / "local.db"))
+    local.execute(f"PRAGMA page_size={db.execute('PRAGMA page_size').fetchall()[0][0]}")
+    script = [
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); CREATE INDEX t_v ON t(v)",
+        "INSERT INTO t(v) SELECT randomblob(500) FROM " + series(2000),
+        "DELETE FROM t WHERE id % 10 != 0",
+        "VACUUM",
+        "INSERT INTO t(v) SELECT zeroblob(700) FROM " + series(1500),
+        "UPDATE t SET v = zeroblob(10) WHERE id % 3 = 0",
+        "VACUUM",
+    ]
+    for sql in script:
+        local.execute(sql.replace("randomblob", "zeroblob"))
+        db.execute(sql.replace("randomblob", "zeroblob"))
+        pages = db.execute("PRAGMA page_count").fetchall()[0][0]
+        size = stack.client.get_rel_size(tenant_id=stack.tenant, timeline_id=main, rel=SQLITE_REL, lsn=stack.end_lsn(main)).nblocks
+        assert size == pages, f"after {sql!r}: Strata holds {size} blocks, SQLite {pages} pages"
+        ro = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
+        assert integrity(ro) == [("ok",)]
+        q = "SELECT count(*), sum(length(v)), sum(id) FROM t"
+        assert ro.execute(q).fetchall() == local.execute(q).fetchall()
+        ro.close()
+
+
+@pytest.mark.parametrize("mode", ["PERSIST", "TRUNCATE", "DELETE"])
+def test_journal_scratch_is_freed_after_commit_and_rollback(stack: Stack, mode: str) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    assert db.execute(f"PRAGMA journal_mode={mode}").fetchall() == [(mode.lower(),)]
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    db.execute("INSERT INTO t(v) SELECT zeroblob(1000) FROM " + series(300))
+    assert strata_sqlite._vfs is not None
+    for end in ("COMMIT", "ROLLBACK"):
+        db.execute("BEGIN")
+        db.execute("UPDATE t SET v = randomblob(1000)")
+        assert strata_sqlite._vfs.scratch_bytes() > 200 * 1000, "the journal holds the old pages"
+        db.execute(end)
+        assert strata_sqlite._vfs.scratch_bytes() == 0, f"after {end}"
+    assert db.execute("SELECT count(*) FROM t WHERE v = zeroblob(1000)").fetchall() == [(0,)]
+    assert integrity(db) == [("ok",)]
+    db.close()
+    assert strata_sqlite._vfs.scratch_bytes() == 0

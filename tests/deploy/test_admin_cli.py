@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from compute_shim import Client
+from deploy.local_stack import ProcessRecord, _write_state
 from strata.v1 import records_pb2
 from tests.deploy.test_local_stack import strata
 
@@ -92,6 +95,11 @@ def test_errors_are_the_servers_and_exit_nonzero(stack: Path) -> None:
     assert usage.returncode == 2 and "--at LSN needs --from" in usage.stderr
     page = strata("tenants", "create", "--page-size", "1000", *d, cwd=stack)
     assert page.returncode == 1 and "INVALID_ARGUMENT" in page.stderr and page.stdout == "", page.stderr
+    tenant = strata("tenants", "create", *d, cwd=stack).stdout.strip()
+    no_parent = strata("branch", tenant, "--from", unknown, *d, cwd=stack)
+    assert no_parent.returncode == 1 and "NOT_FOUND" in no_parent.stderr and unknown in no_parent.stderr, no_parent.stderr
+    for result in (result, bad, page, no_parent):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_without_a_running_stack(tmp_path: Path) -> None:
@@ -101,3 +109,42 @@ def test_without_a_running_stack(tmp_path: Path) -> None:
     unreachable = strata("tenants", "--pageserver", "127.0.0.1:1", cwd=tmp_path)
     assert unreachable.returncode == 1 and "cannot reach the pageserver at 127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+    # A stack.json left behind by a stack that is gone.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    data = tmp_path / "stopped"
+    data.mkdir()
+    _write_state(data, [ProcessRecord(n, gone.pid, "127.0.0.1:1", "", []) for n in ("walservice", "pageserver")])
+    for args in (["tenants"], ["timelines", "0123456789abcdef0123456789abcdef"], ["branch", "0123456789abcdef0123456789abcdef"]):
+        result = strata(*args, "--data-dir", str(data), cwd=tmp_path)
+        assert result.returncode == 1 and "is not running" in result.stderr and "strata up" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_demo_on_the_started_stack(stack: Path) -> None:
+    """`strata demo` against the stack `strata up` started (found through its data dir):
+    every check passes, and they are the exact ones, each step timed."""
+    out = strata("demo", "--data-dir", str(stack), cwd=stack)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "CHECK FAILED" not in text, text
+    steps = [line for line in text.splitlines() if re.match(r"^\[\s*\d+\.\d ms\] ", line)]
+    assert len(steps) == 7, text
+    for claim in (
+        "main's state: ",
+        "per agent: ",
+        "main still has ",
+        "agent 7 just before the mistake: ",
+        "a time-travel query read the past",
+        "by time: the last commit at or before the load finished is lsn ",
+    ):
+        assert claim in text, text
+    # The undo branch's digest is the pre-mistake digest; main's, in the past, the loaded one.
+    digests = re.findall(r"sha256 ([0-9a-f]{12})", text)
+    loaded, main_now, undone, before_mistake, past = digests
+    assert loaded == main_now == past and undone == before_mistake and undone != loaded, text
+    # The `strata sql` lines it prints reach the same stack.
+    line = next(line.strip() for line in text.splitlines() if line.strip().startswith("strata sql ") and "--at" not in line)
+    args = line.split()[2:]
+    count = strata("sql", *args, "-c", "SELECT count(*) FROM orders", cwd=stack)
+    assert count.returncode == 0 and int(count.stdout) > 0, count.stderr

@@ -5,13 +5,18 @@ otherwise only fail at deploy time: every command line parses with the component
 argparse parser, every port agrees across --listen, container ports, probes, health
 checks and Services, every address names a service that exists and listens there,
 every environment variable is one the code or boto3 reads, and the image's entrypoint
-is the console script pyproject.toml installs.
+is the console script pyproject.toml installs. For MinIO, each component's remote
+storage is opened the code's own way (open_remote_storage, with exactly the
+manifest's environment) and boto3's endpoint, region and credentials must be the
+MinIO that the manifest serves (its --address, published ports, Service), with the
+bucket the create-bucket step makes.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import shlex
 import subprocess
@@ -28,6 +33,7 @@ from botocore.credentials import EnvProvider
 from setuptools import find_packages
 
 from pageserver import server as pageserver_server
+from pageserver.remote_storage import _BUCKET_NAME_RE, S3Storage, open_remote_storage
 from tests.env import StrataEnv
 from walservice import server as walservice_server
 
@@ -328,3 +334,112 @@ def test_minio_credentials_are_the_ones_strata_uses(k8s: dict[tuple[str, str], d
     assert (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"]) == (
         strata_env["AWS_ACCESS_KEY_ID"], strata_env["AWS_SECRET_ACCESS_KEY"]
     )
+
+
+# --- MinIO: what the code reads, against what MinIO serves ---------------------------
+
+MINIO_DEFAULT_REGION = "us-east-1"  # MinIO's region unless MINIO_REGION says otherwise
+
+
+def storage_as_configured(url: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> S3Storage:
+    """The remote storage a component opens for `--remote-storage=url` with exactly `env`
+    (plus nothing from this machine's AWS settings): the code's own path, open_remote_storage."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name.startswith("BOTO"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    storage = open_remote_storage(url)
+    assert isinstance(storage, S3Storage), f"--remote-storage={url} did not open S3 storage: {storage!r}"
+    return storage
+
+
+def assert_reaches_minio(
+    where: str, storage: S3Storage, *, endpoint: str, bucket: str, user: str, password: str
+) -> None:
+    client = storage._client
+    assert client.meta.endpoint_url == endpoint, f"{where}: boto3 sends to {client.meta.endpoint_url}, MinIO is at {endpoint}"
+    assert client.meta.region_name == MINIO_DEFAULT_REGION, f"{where}: region {client.meta.region_name}"
+    credentials = client._request_signer._credentials
+    assert credentials is not None, f"{where}: boto3 finds no credentials"
+    frozen = credentials.get_frozen_credentials()
+    assert (frozen.access_key, frozen.secret_key) == (user, password), f"{where}: not MinIO's root credentials"
+    assert storage.bucket == bucket, f"{where}: bucket {storage.bucket}, the one made is {bucket}"
+
+
+def minio_address_flag(argv: list[str], flag: str) -> int:
+    """The port of MinIO's `--address :PORT` / `--console-address :PORT`."""
+    assert flag in argv, f"minio {argv}: no {flag}"
+    return port_of(argv[argv.index(flag) + 1])
+
+
+def made_bucket(script: str) -> tuple[str, str]:
+    """(the alias URL, the bucket) of the `mc alias set local URL ... && mc mb local/BUCKET` script."""
+    alias = re.search(r"mc alias set local (\S+) ", script)
+    buckets = re.findall(r"mc mb (?:--ignore-existing )?local/([a-z0-9.-]+)", script)
+    assert alias and len(buckets) == 1, script
+    assert _BUCKET_NAME_RE.fullmatch(buckets[0]), f"bucket {buckets[0]!r} is not a name S3Storage accepts"
+    return alias[1], buckets[0]
+
+
+def test_compose_minio_is_what_the_code_reads(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose["services"]
+    minio = services["minio"]
+    api_port = minio_address_flag(minio["command"], "--address")
+    console_port = minio_address_flag(minio["command"], "--console-address")
+    published = {int(p.split(":")[1]): int(p.split(":")[0]) for p in minio["ports"]}
+    assert set(published) == {api_port, console_port}, f"minio publishes {minio['ports']}, serves {api_port}, {console_port}"
+    endpoint = f"http://minio:{api_port}"
+    assert minio["command"][:2] == ["server", "/data"] and any(v.endswith(":/data") for v in minio["volumes"])
+
+    maker = services["create-bucket"]
+    alias_url, bucket = made_bucket(maker["entrypoint"][-1])
+    assert alias_url == endpoint, f"create-bucket talks to {alias_url}, MinIO serves {endpoint}"
+    assert maker["environment"] == minio["environment"], "create-bucket logs in with MinIO's root credentials"
+    user, password = minio["environment"]["MINIO_ROOT_USER"], minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert "MINIO_REGION" not in minio["environment"]
+
+    for name, service in services.items():
+        if "build" not in service:
+            continue
+        _, args = parse_command(service["command"])
+        assert service["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully", name
+        storage = storage_as_configured(args.remote_storage, service["environment"], monkeypatch)
+        assert_reaches_minio(name, storage, endpoint=endpoint, bucket=bucket, user=user, password=password)
+
+
+def test_k8s_minio_is_what_the_code_reads(
+    k8s: dict[tuple[str, str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minio_set = k8s[("StatefulSet", "minio")]
+    minio = next(c for c in minio_set["spec"]["template"]["spec"]["containers"] if c["name"] == "minio")
+    api_port = minio_address_flag(minio["args"], "--address")
+    container_ports = {p["name"]: p["containerPort"] for p in minio["ports"]}
+    assert container_ports == {"s3": api_port}, f"minio declares {container_ports}, serves {api_port}"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert minio[probe]["httpGet"]["port"] in ("s3", api_port), probe
+    service = k8s[("Service", "minio")]
+    assert service["spec"]["selector"].items() <= minio_set["spec"]["template"]["metadata"]["labels"].items()
+    (service_port,) = service["spec"]["ports"]
+    assert container_ports.get(service_port["targetPort"], service_port["targetPort"]) == api_port
+    endpoint = f"http://{service['metadata']['name']}:{service_port['port']}"
+    mounts = {m["mountPath"] for m in minio["volumeMounts"]}
+    assert minio["args"][:2] == ["server", "/data"] and "/data" in mounts
+
+    minio_env = container_env(k8s, minio)
+    user, password = minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"]
+    assert "MINIO_REGION" not in minio_env
+    job = k8s[("Job", "strata-create-bucket")]["spec"]["template"]["spec"]["containers"][0]
+    alias_url, bucket = made_bucket(job["command"][-1])
+    assert alias_url == endpoint, f"the bucket Job talks to {alias_url}, the minio Service is {endpoint}"
+    assert container_env(k8s, job) == minio_env, "the bucket Job logs in with MinIO's root credentials"
+
+    strata_containers = [(name, c) for name, _, c in workloads(k8s) if c["image"] == "strata"]
+    assert {name for name, _ in strata_containers} >= {"walservice", "pageserver"}
+    for name, container in strata_containers:
+        _, args = parse_command(container["args"])
+        storage = storage_as_configured(args.remote_storage, container_env(k8s, container), monkeypatch)
+        assert_reaches_minio(name, storage, endpoint=endpoint, bucket=bucket, user=user, password=password)
