@@ -52,15 +52,25 @@ class Stack:
     wal_address: str
 
 
-@pytest.fixture
-def stack(strata_env: StrataEnv, tmp_path: Path) -> Iterator[Stack]:
+def start_stack(strata_env: StrataEnv, tmp_path: Path, *pageserver_args: str, pitr_seconds: int = 0) -> Iterator[Stack]:
     url = f"file://{tmp_path / 'remote'}"
     wal = strata_env.walservice("--remote-storage", url)
-    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url)
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, *pageserver_args)
     with Client(pageserver=ps.address, walservice=wal.address) as client:
-        tenant = client.create_tenant(page_size=8192).tenant_id
+        tenant = client.create_tenant(page_size=8192, pitr_seconds=pitr_seconds).tenant_id
         main = client.create_timeline(tenant_id=tenant).timeline_id
         yield Stack(client, tenant, main, url, LocalFsStorage(tmp_path / "remote"), ps.address, wal.address)
+
+
+@pytest.fixture
+def stack(strata_env: StrataEnv, tmp_path: Path) -> Iterator[Stack]:
+    yield from start_stack(strata_env, tmp_path)
+
+
+@pytest.fixture
+def gc_stack(strata_env: StrataEnv, tmp_path: Path) -> Iterator[Stack]:
+    """A 1 s PITR window and GC only when asked (Gc)."""
+    yield from start_stack(strata_env, tmp_path, "--gc-interval", "0", pitr_seconds=1)
 
 
 def fill(col: VectorCollection, rows: np.ndarray, first_id: int = 0, per_call: int = 1000) -> int:
@@ -177,43 +187,37 @@ def test_strata_vectors_build_cli(stack: Stack) -> None:
     assert missing.returncode == 1 and "'nope' does not exist" in missing.stderr
 
 
-def test_indexed_search_after_gc_moved_the_cutoff_past_the_index(strata_env: StrataEnv, tmp_path: Path) -> None:
+def test_indexed_search_after_gc_moved_the_cutoff_past_the_index(gc_stack: Stack) -> None:
     """GC keeps the newest index below its cutoff, and search with it never reads
     at the index LSN: after the cutoff passes S (reads at S are refused), indexed
     search is still fresh, and GC removed the older index no LSN can use."""
     import grpc
 
-    url = f"file://{tmp_path / 'remote'}"
-    wal = strata_env.walservice("--remote-storage", url)
-    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, "--gc-interval", "0")
-    storage = LocalFsStorage(tmp_path / "remote")
-    with Client(pageserver=ps.address, walservice=wal.address) as client:
-        tenant = client.create_tenant(page_size=8192, pitr_seconds=1).tenant_id
-        main = client.create_timeline(tenant_id=tenant).timeline_id
-        rows = clustered(2000, DIM, clusters=20, seed=3)
-        col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
-        fill(col, rows)
-        older = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
-        col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
-        index = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
-        assert older.lsn < index.lsn
-        col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
-        col.delete([7])
-        time.sleep(1.5)  # the commits so far fall out of the 1 s PITR window
-        last = col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
-        cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
-        assert index.lsn < cutoff < last
-        with pytest.raises(grpc.RpcError) as refused:
-            client.get_page(tenant_id=tenant, timeline_id=main, rel=1, blkno=0, lsn=index.lsn)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert list_index_lsns(storage, tenant, main, "mem") == [index.lsn]  # the older one is gone
+    client, tenant, main, url, storage = gc_stack.client, gc_stack.tenant, gc_stack.main, gc_stack.url, gc_stack.storage
+    rows = clustered(2000, DIM, clusters=20, seed=3)
+    col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
+    fill(col, rows)
+    older = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
+    col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
+    index = build_index(client, tenant, main, "mem", device="cpu", remote_storage=url)
+    assert older.lsn < index.lsn
+    col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
+    col.delete([7])
+    time.sleep(1.5)  # the commits so far fall out of the 1 s PITR window
+    last = col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
+    cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
+    assert index.lsn < cutoff < last
+    with pytest.raises(grpc.RpcError) as refused:
+        client.get_page(tenant_id=tenant, timeline_id=main, rel=1, blkno=0, lsn=index.lsn)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert list_index_lsns(storage, tenant, main, "mem") == [index.lsn]  # the older one is gone
 
-        fresh = VectorCollection(client, tenant, main, "mem", remote_storage=url)
-        probes = np.vstack([np.full((1, DIM), v, np.float32) for v in (30.0, 50.0, 70.0)] + [rows[7:8], rows[100:101]])
-        got, dist = fresh.search(probes, k=3)
-        assert got[:3, 0].tolist() == [5000, 5001, 5002] and np.allclose(dist[:3, 0], 0)
-        assert 7 not in got[3].tolist()  # deleted after the index: never found
-        assert got[4, 0] == 100 and dist[4, 0] == 0  # an indexed row, through the index
+    fresh = VectorCollection(client, tenant, main, "mem", remote_storage=url)
+    probes = np.vstack([np.full((1, DIM), v, np.float32) for v in (30.0, 50.0, 70.0)] + [rows[7:8], rows[100:101]])
+    got, dist = fresh.search(probes, k=3)
+    assert got[:3, 0].tolist() == [5000, 5001, 5002] and np.allclose(dist[:3, 0], 0)
+    assert 7 not in got[3].tolist()  # deleted after the index: never found
+    assert got[4, 0] == 100 and dist[4, 0] == 0  # an indexed row, through the index
 
 
 def test_warm_start_keeps_the_default_nlist_and_counts_deletions(stack: Stack) -> None:
@@ -232,40 +236,34 @@ def test_warm_start_keeps_the_default_nlist_and_counts_deletions(stack: Stack) -
     assert shrunk.warm_started_from is None and shrunk.assigned == shrunk.rows == 2400
 
 
-def test_branch_index_after_the_parent_gc_passed_the_branch_point(strata_env: StrataEnv, tmp_path: Path) -> None:
+def test_branch_index_after_the_parent_gc_passed_the_branch_point(gc_stack: Stack) -> None:
     """GC of the parent keeps the parent's index a branch point still uses, and a
     build on the branch reads the parent at the branch point even though the
     parent's cutoff has passed it."""
-    url = f"file://{tmp_path / 'remote'}"
-    wal = strata_env.walservice("--remote-storage", url)
-    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, "--gc-interval", "0")
-    storage = LocalFsStorage(tmp_path / "remote")
-    with Client(pageserver=ps.address, walservice=wal.address) as client:
-        tenant = client.create_tenant(page_size=8192, pitr_seconds=1).tenant_id
-        main = client.create_timeline(tenant_id=tenant).timeline_id
-        col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
-        rows = clustered(2000, DIM, clusters=20, seed=3)
-        fill(col, rows)
-        first = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
-        point = col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
-        branch = client.create_timeline(tenant_id=tenant, ancestor_timeline_id=main, ancestor_lsn=point).timeline_id
-        col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
-        second = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
-        col.delete([5001])  # the cutoff lands here, above `second`
-        time.sleep(1.5)  # everything so far falls out of the 1 s PITR window
-        col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
-        cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
-        assert first.lsn < point < second.lsn < cutoff
-        # `first` is neither the newest below the cutoff nor above it, but the branch point uses it.
-        assert list_index_lsns(storage, tenant, main, "mem") == [first.lsn, second.lsn]
-        mine = VectorCollection(client, tenant, branch, "mem", remote_storage=url)
-        assert find_index_key(client, storage, tenant, branch, "mem", 10**12) == first.key
-        got, _ = mine.search(np.vstack([np.full((1, DIM), 30.0, np.float32), rows[5:6]]), k=1)
-        assert got[:, 0].tolist() == [5000, 5]
-        mine.upsert([6000], np.full((1, DIM), -30.0, np.float32))
-        built = build_index(client, tenant, branch, "mem", nlist=16, device="cpu", remote_storage=url)
-        assert built.rows == 2002 and built.warm_started_from == first.key and built.assigned == 2
-        assert mine.search(np.full((1, DIM), -30.0, np.float32), k=1)[0][0, 0] == 6000
+    client, tenant, main, url, storage = gc_stack.client, gc_stack.tenant, gc_stack.main, gc_stack.url, gc_stack.storage
+    col = VectorCollection(client, tenant, main, "mem", dim=DIM, remote_storage=url)
+    rows = clustered(2000, DIM, clusters=20, seed=3)
+    fill(col, rows)
+    first = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
+    point = col.upsert([5000], np.full((1, DIM), 30.0, np.float32))
+    branch = client.create_timeline(tenant_id=tenant, ancestor_timeline_id=main, ancestor_lsn=point).timeline_id
+    col.upsert([5001], np.full((1, DIM), 50.0, np.float32))
+    second = build_index(client, tenant, main, "mem", nlist=16, device="cpu", remote_storage=url)
+    col.delete([5001])  # the cutoff lands here, above `second`
+    time.sleep(1.5)  # everything so far falls out of the 1 s PITR window
+    col.upsert([5002], np.full((1, DIM), 70.0, np.float32))
+    cutoff = client.gc(tenant_id=tenant, timeline_id=main).gc_cutoff_lsn
+    assert first.lsn < point < second.lsn < cutoff
+    # `first` is neither the newest below the cutoff nor above it, but the branch point uses it.
+    assert list_index_lsns(storage, tenant, main, "mem") == [first.lsn, second.lsn]
+    mine = VectorCollection(client, tenant, branch, "mem", remote_storage=url)
+    assert find_index_key(client, storage, tenant, branch, "mem", 10**12) == first.key
+    got, _ = mine.search(np.vstack([np.full((1, DIM), 30.0, np.float32), rows[5:6]]), k=1)
+    assert got[:, 0].tolist() == [5000, 5]
+    mine.upsert([6000], np.full((1, DIM), -30.0, np.float32))
+    built = build_index(client, tenant, branch, "mem", nlist=16, device="cpu", remote_storage=url)
+    assert built.rows == 2002 and built.warm_started_from == first.key and built.assigned == 2
+    assert mine.search(np.full((1, DIM), -30.0, np.float32), k=1)[0][0, 0] == 6000
 
 
 def test_search_pads_with_no_id_and_upsert_refuses_it(stack: Stack) -> None:
