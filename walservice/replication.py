@@ -674,14 +674,17 @@ class TimelineReplica:
         theirs = history_from_proto(req.term_history)
         # The leader's log end is unbounded here: records of its own (last) term on
         # this node came from it, so they are a prefix of its log.
-        point = divergence_lsn(tl.control.term_history, tl.flush_lsn, theirs, 1 << 64)
-        if point < tl.flush_lsn:
-            if point < tl.commit_lsn:
-                raise CorruptionError(
-                    f"term {req.term}'s leader diverges at lsn={point}, below this node's commit_lsn={tl.commit_lsn}"
-                )
-            self._event(self.log.warning, "wal_divergent_suffix_cut", lsn=point, cut_from=tl.flush_lsn)
-            await tl.truncate_wal(point)
+        # Under wal_lock: a round this node wrote as a (now deposed) leader may still be
+        # in flight; the divergence point must count its bytes, so wait for it.
+        async with tl.wal_lock:
+            point = divergence_lsn(tl.control.term_history, tl.flush_lsn, theirs, 1 << 64)
+            if point < tl.flush_lsn:
+                if point < tl.commit_lsn:
+                    raise CorruptionError(
+                        f"term {req.term}'s leader diverges at lsn={point}, below this node's commit_lsn={tl.commit_lsn}"
+                    )
+                self._event(self.log.warning, "wal_divergent_suffix_cut", lsn=point, cut_from=tl.flush_lsn)
+                await tl.truncate_wal_locked(point)
         # The whole history, (T, epoch_start) included: last_log_term counts an entry
         # only once flush_lsn reaches its start.
         await tl.set_control(term_history=theirs, term=req.term, commit_lsn=max(tl.control.commit_lsn, tl.commit_lsn))
@@ -691,7 +694,10 @@ class TimelineReplica:
     def _append_response(self, ok: bool, why: str) -> peer_pb2.PeerAppendResponse:
         tl = self.timeline
         return peer_pb2.PeerAppendResponse(
-            term=tl.term, ok=ok, flush_lsn=tl.end_lsn, remote_consistent_lsn=tl.control.remote_consistent_lsn, reason=why
+            # flush_lsn, never end_lsn: the leader counts this answer towards a majority,
+            # so it must be what is fsync'd here (a deposed leader's round may be
+            # sequenced and not yet durable).
+            term=tl.term, ok=ok, flush_lsn=tl.flush_lsn, remote_consistent_lsn=tl.control.remote_consistent_lsn, reason=why
         )
 
     async def close(self) -> None:

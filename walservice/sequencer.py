@@ -193,12 +193,23 @@ class Timeline:
         if not accepted:
             return
         data = bytes(buf)
-        # Only this flush loop writes while the node leads, so the segment decision
-        # made here holds under wal_lock below; followers cut segments at the same LSNs.
-        new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
-        if self.replica is not None:
-            self.replica.round_sequenced(self.end_lsn, position, data, new_segment_at is not None)
+        start_lsn = self.end_lsn
         async with self.wal_lock:
+            # Leadership is re-checked under wal_lock: while this round waited for the
+            # lock, a PeerAppend of a higher term (or a lost quorum) may have deposed
+            # this node, and a deposed leader must not write under its old term (a
+            # follower's cut of a divergent suffix could otherwise interleave with it).
+            # Nothing of the round is written then, so the refusal is a NotLeader.
+            if self.replica is not None and (self.replica.leader_term != term or self.term != term or self.end_lsn != start_lsn):
+                refused = self.replica.not_leader(f"it stopped leading term {term} before the round was written")
+                for item, _ in accepted:
+                    _settle(item.future, exc=refused)
+                return
+            # Only this flush loop writes while the node leads, so the segment decision
+            # made here holds; followers cut segments at the same LSNs.
+            new_segment_at = start_lsn if self.wal.needs_new_segment() else None
+            if self.replica is not None:
+                self.replica.round_sequenced(start_lsn, position, data, new_segment_at is not None)
             self.end_lsn = position
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
@@ -315,17 +326,14 @@ class Timeline:
             self.wal.committed(end_lsn, new_segment_at)
             self.end_lsn = self.flush_lsn = end_lsn
 
-    async def truncate_wal(self, lsn: int) -> None:
+    async def truncate_wal_locked(self, lsn: int) -> None:
         """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
-        below commit_lsn, which the caller checked). Shielded like the writes."""
-        await asyncio.shield(self._truncate_wal(lsn))
-
-    async def _truncate_wal(self, lsn: int) -> None:
-        async with self.wal_lock:
-            if lsn >= self.end_lsn:
-                return
-            self.end_lsn = self.flush_lsn = lsn
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
+        below commit_lsn, which the caller checked). The caller holds `wal_lock` and
+        must not be cancelled midway (PeerAppend runs shielded)."""
+        if lsn >= self.end_lsn:
+            return
+        self.end_lsn = self.flush_lsn = lsn
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
 
     async def _advance_control(self, field_name: str, lsn: int) -> None:
         """Durably raise one LSN field of the control file; `_control_lock` makes

@@ -1,0 +1,108 @@
+"""Replication races driven in one process (docs/design/0005-replication.md):
+one node of a 3-node cluster whose peers are unreachable, with the test playing
+the other nodes' part by calling the WalPeer handlers directly. Each test pins
+down one ordering that real processes hit only by chance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from strata.errors import Unavailable
+from strata.logs import event_logger
+from strata.v1 import peer_pb2
+from walservice.replication import Cluster, ClusterConfig, NotLeader, history_to_proto
+from walservice.sequencer import Timeline
+from walservice.timelines import TimelineSet
+
+T, TL = "a" * 32, "b" * 32
+# Nothing listens on port 1: every peer RPC fails at once (connection refused).
+NODES = ["127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1"]
+
+
+@asynccontextmanager
+async def cluster_node(data_dir: Path, node_id: int = 1) -> AsyncIterator[tuple[TimelineSet, Timeline]]:
+    log = event_logger("walservice")
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        timelines = TimelineSet(data_dir, executor, log)
+        cluster = Cluster(ClusterConfig(node_id, NODES), log)
+        timelines.cluster = cluster
+        timelines.load()
+        tl = await timelines.create(T, TL, 0, 8192)
+        try:
+            yield timelines, tl
+        finally:
+            await timelines.close()
+            await cluster.close()
+
+
+async def lead(tl: Timeline, term: int) -> None:
+    """Make this node the leader of `term` as an election it won would."""
+    assert tl.replica is not None
+    await tl.set_control(term=term, voted_for=tl.replica.config.node_id)
+    async with tl.replica.state_lock:
+        await tl.replica._become_leader(term)
+
+
+def run(fn: Callable[[Path], Awaitable[None]], tmp_path: Path) -> None:
+    asyncio.run(fn(tmp_path))
+
+
+def test_a_deposed_leader_does_not_write_a_waiting_round(tmp_path: Path) -> None:
+    """R1: a round that waited for wal_lock while its node lost the term is not written."""
+
+    async def body(data_dir: Path) -> None:
+        async with cluster_node(data_dir) as (_, tl):
+            await lead(tl, 2)
+            assert tl.replica is not None
+            async with tl.wal_lock:  # e.g. a write still in flight
+                future = tl.submit([b"record"])
+                await asyncio.sleep(0.05)  # the round took the batch and waits for the lock
+                async with tl.replica.state_lock:
+                    await tl.replica.step_down(3, "node 2 leads term 3")
+            with pytest.raises(NotLeader):  # not applied: safe to send to the new leader
+                await future
+            assert (tl.end_lsn, tl.flush_lsn) == (0, 0)
+            assert tl.wal.end_lsn == 0
+
+    run(body, tmp_path)
+
+
+def test_a_follower_answers_its_durable_flush_lsn(tmp_path: Path) -> None:
+    """R1: PeerAppend answers carry flush_lsn (fsync'd), not end_lsn (sequenced)."""
+
+    async def body(data_dir: Path) -> None:
+        async with cluster_node(data_dir) as (_, tl):
+            assert tl.replica is not None
+            tl.end_lsn = 500  # sequenced by this node as a leader, not yet durable
+            response = await tl.replica.on_peer_append(
+                peer_pb2.PeerAppendRequest(
+                    tenant_id=T, timeline_id=TL, term=2, leader_id=2,
+                    term_history=history_to_proto([(1, 0), (2, 0)]), start_lsn=0, commit_lsn=0,
+                )
+            )
+            assert response.flush_lsn == tl.flush_lsn == 0
+            tl.end_lsn = 0
+
+    run(body, tmp_path)
+
+
+def test_no_quorum_is_unavailable_not_not_leader(tmp_path: Path) -> None:
+    """A written round that no majority flushed fails with plain Unavailable: its
+    fate is unknown, so it must not look like a NotLeader refusal."""
+
+    async def body(data_dir: Path) -> None:
+        async with cluster_node(data_dir) as (_, tl):
+            await lead(tl, 2)
+            future = tl.submit([b"record"])
+            with pytest.raises(Unavailable) as info:
+                await future
+            assert not isinstance(info.value, NotLeader)
+            assert tl.flush_lsn > 0
+
+    run(body, tmp_path)
