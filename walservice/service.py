@@ -20,7 +20,7 @@ from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
-from walservice.replication import Cluster
+from walservice.replication import Cluster, NotLeader
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
@@ -158,7 +158,11 @@ class WalServicer:
             log_rpc_failure(self.log, "AppendStream", request, exc)
             # A node that does not lead the timeline names the leader (replication).
             leader = getattr(exc, "leader_address", None) or ""
-            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc), leader=leader)
+            # not_leader: refused before anything was applied, so the writer may resend
+            # it to the leader; any other UNAVAILABLE leaves the append's fate unknown.
+            return wal_pb2.AppendOutcome(
+                error_code=exc.code.value[0], error=str(exc), leader=leader, not_leader=isinstance(exc, NotLeader)
+            )
 
         reader = asyncio.create_task(read())
         try:
