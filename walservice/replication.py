@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from strata.errors import CorruptionError, StrataError, Unavailable
+from strata.errors import CorruptionError, InvalidArgument, StrataError, Unavailable
 from strata.logs import EventLogger
-from strata.v1 import peer_pb2, peer_pb2_grpc
+from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.control_file import ABSTAIN, NO_VOTE
 from walservice.segment import iter_frames
 from walservice.sequencer import Timeline
@@ -45,6 +45,8 @@ VOTE_TIMEOUT_S = 0.5
 QUORUM_TIMEOUT_S = 2.0
 PEER_APPEND_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
+# A follower's ReportPersisted sent on to the leader.
+FORWARD_TIMEOUT_S = 5.0
 # How long one Append keeps running for leader (lost or split votes) before UNAVAILABLE.
 ELECTION_PATIENCE_S = 1.5
 # A replicator sends at most about this much per PeerAppend.
@@ -128,12 +130,26 @@ class PeerClients:
         if self.faults is not None:
             log.warning("peer_faults_enabled", drop=self.faults.drop, delay_ms=self.faults.delay_ms)
         self._stubs: dict[int, peer_pb2_grpc.WalPeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._wal_stubs: dict[int, wal_pb2_grpc.WalServiceStub] = {}
+        self._channels: dict[int, grpc.aio.Channel] = {}
 
     def stub(self, node_id: int) -> peer_pb2_grpc.WalPeerStub:
         stub = self._stubs.get(node_id)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
+            stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(self._channel(node_id))
+        return stub
+
+    def wal_stub(self, node_id: int) -> wal_pb2_grpc.WalServiceStub:
+        """The client-facing service of another node (ReportPersisted forwarded to the leader)."""
+        stub = self._wal_stubs.get(node_id)
+        if stub is None:
+            stub = self._wal_stubs[node_id] = wal_pb2_grpc.WalServiceStub(self._channel(node_id))
+        return stub
+
+    def _channel(self, node_id: int) -> grpc.aio.Channel:
+        channel = self._channels.get(node_id)
+        if channel is None:
+            channel = self._channels[node_id] = grpc.aio.insecure_channel(
                 self.config.address(node_id),
                 options=[
                     ("grpc.max_receive_message_length", 256 << 20),
@@ -143,9 +159,7 @@ class PeerClients:
                     ("grpc.max_reconnect_backoff_ms", 500),
                 ],
             )
-            self._channels.append(channel)
-            stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(channel)
-        return stub
+        return channel
 
     async def inject_faults(self, node_id: int) -> None:
         """The test fault layer (STRATA_PEER_FAULTS): maybe drop (PeerUnreachable), maybe delay."""
@@ -166,7 +180,7 @@ class PeerClients:
             raise PeerUnreachable(f"node {node_id} {method}: {exc.code().name} {exc.details()}") from exc
 
     async def close(self) -> None:
-        for channel in self._channels:
+        for channel in self._channels.values():
             await channel.close()
 
 
@@ -608,6 +622,26 @@ class TimelineReplica:
             self._event(self.log.info, "peer_timeline_created", peer=node_id)
         except (PeerUnreachable, grpc.aio.AioRpcError) as exc:
             self._event(self.log.warning, "peer_timeline_create_failed", peer=node_id, error=exc)
+
+    async def forward_report_persisted(self, request: wal_pb2.PersistedRequest) -> wal_pb2.WalStatus | None:
+        """ReportPersisted on a node that does not lead the timeline: sent on to the
+        live leader, which checks it against the cluster's commit_lsn and spreads it
+        to every node in its PeerAppends (so trimming works whichever node the
+        pageserver talks to). None when no leader is known: the caller records it
+        here, and this node's PeerAppend answers carry it to the next leader."""
+        leader = self.live_leader()
+        if not leader or leader == self.config.node_id:
+            return None
+        try:
+            status = await self.peers.wal_stub(leader).ReportPersisted(request, timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"the leader (node {leader}) refused it: {exc.details()}") from exc
+            raise Unavailable(
+                f"could not forward ReportPersisted to the leader (node {leader}): {exc.code().name} {exc.details()}; retry"
+            ) from exc
+        self._event(self.log.info, "report_persisted_forwarded", leader=leader, lsn=request.remote_consistent_lsn)
+        return status
 
     # -- the follower's side (WalPeer handlers) ------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from strata.errors import InvalidArgument, StrataError
+from strata.errors import InvalidArgument, StrataError, Unavailable
 from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.protowire import varint
@@ -200,6 +200,21 @@ class WalServicer:
     @unary_rpc
     async def ReportPersisted(self, request: wal_pb2.PersistedRequest, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
+        tl.check_usable()
+        if tl.replica is not None and not tl.replica.leader_term:
+            # A follower: the leader checks it against the cluster's commit_lsn (this
+            # node's may lag) and spreads it; this node records what it can now.
+            forwarded = await tl.replica.forward_report_persisted(request)
+            if forwarded is not None:
+                local = min(request.remote_consistent_lsn, tl.commit_lsn)
+                if local > tl.control.remote_consistent_lsn:
+                    await tl.report_persisted(local)
+                return forwarded
+            if request.remote_consistent_lsn > tl.commit_lsn:
+                raise Unavailable(
+                    f"remote_consistent_lsn={request.remote_consistent_lsn} is past this node's commit_lsn={tl.commit_lsn} "
+                    "and no leader is known to check it against the cluster's; retry"
+                )
         if request.remote_consistent_lsn > tl.commit_lsn:
             raise InvalidArgument(
                 f"remote_consistent_lsn={request.remote_consistent_lsn} is past the timeline's commit_lsn={tl.commit_lsn}"

@@ -355,3 +355,23 @@ def test_offload_and_trimming_on_every_node(strata_env: StrataEnv) -> None:
     for node in nodes:
         got = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end, start_lsn=middle)
         assert [r.lsn for r in got] == [lsn for r in acked[21:] for lsn in r.record_lsns]
+
+
+def test_report_persisted_on_a_follower_reaches_the_leader(strata_env: StrataEnv) -> None:
+    """R7: a follower takes ReportPersisted for LSNs its own commit_lsn has not
+    reached yet (it learns commits one message late) by forwarding it to the leader."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    for attempt in range(5):
+        r = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, attempt + 1, 3))
+        leader = next(n for i, n in enumerate(nodes) if node_status(n, key).leader_node_id == i + 1)
+        follower = next(n for n in nodes if n is not leader)
+        status = wal_pb2_grpc.WalServiceStub(follower.channel()).ReportPersisted(
+            wal_pb2.PersistedRequest(tenant_id=key.tenant_id, timeline_id=key.timeline_id, remote_consistent_lsn=r.end_lsn),
+            timeout=5,
+        )
+        assert status.remote_consistent_lsn == r.end_lsn
+        assert node_status(leader, key).remote_consistent_lsn == r.end_lsn
+    client.close()
+    assert "event=report_persisted_forwarded" in "".join(n.log_text() for n in nodes)
