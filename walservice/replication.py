@@ -700,6 +700,10 @@ class TimelineReplica:
                 tl._wake_streams()
             if req.remote_consistent_lsn > tl.control.remote_consistent_lsn:
                 self.spawn(tl.report_persisted(min(req.remote_consistent_lsn, tl.commit_lsn)))
+            # Only the leader offloads (walservice/offload.py, "Replication"): followers
+            # learn backup_lsn from it, and trim below it.
+            if min(req.backup_lsn, tl.commit_lsn) > tl.control.backup_lsn:
+                self.spawn(tl.record_backup(min(req.backup_lsn, tl.commit_lsn)))
             return self._append_response(ok, why)
 
     async def _sync_with_leader(self, req: peer_pb2.PeerAppendRequest) -> None:

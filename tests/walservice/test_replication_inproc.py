@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from pageserver.remote_storage import LocalFsStorage
 from strata.errors import Unavailable
 from strata.logs import event_logger
 from strata.v1 import peer_pb2
 from walservice.replication import Cluster, ClusterConfig, NotLeader, history_to_proto
+from walservice.offload import WalOffloader
 from walservice.sequencer import Timeline
 from walservice.timelines import TimelineSet
 
@@ -104,5 +106,47 @@ def test_no_quorum_is_unavailable_not_not_leader(tmp_path: Path) -> None:
                 await future
             assert not isinstance(info.value, NotLeader)
             assert tl.flush_lsn > 0
+
+    run(body, tmp_path)
+
+
+def test_only_the_leader_offloads_and_only_committed_segments(tmp_path: Path) -> None:
+    """R9: a follower uploads nothing; a leader uploads a sealed segment only once
+    commit_lsn reaches its end (never bytes a new leader might cut)."""
+
+    async def body(root: Path) -> None:
+        log = event_logger("walservice")
+        remote = root / "remote"
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            single = TimelineSet(root / "node", executor, log, segment_bytes=4096)
+            single.load()
+            tl = await single.create(T, TL, 0, 8192)
+            for _ in range(40):
+                await tl.append([b"x" * 200])
+            await single.close()
+            timelines = TimelineSet(root / "node", executor, log, segment_bytes=4096)
+            cluster = Cluster(ClusterConfig(1, NODES), log)
+            timelines.cluster = cluster
+            timelines.load()
+            tl = timelines.get(T, TL)
+            assert len(tl.wal.segments) >= 3 and tl.commit_lsn == 0
+            offloader = WalOffloader(LocalFsStorage(remote), f"file://{remote}", timelines, log, interval_s=0.05)
+            st = offloader._state_of(tl)
+
+            def uploaded() -> list[str]:
+                return sorted(p.name for p in remote.glob("**/*.wal*") if not p.name.startswith("."))
+
+            await offloader._offload_timeline(st)  # a follower
+            assert uploaded() == []
+            await lead(tl, 2)
+            await offloader._offload_timeline(st)  # leads, nothing committed in its term yet
+            assert uploaded() == []
+            tl.commit_lsn = tl.wal.segments[1].end_lsn  # a majority flushed two segments
+            await offloader._offload_timeline(st)
+            assert uploaded() == [tl.wal.segments[0].path.name, tl.wal.segments[1].path.name]
+            assert tl.control.backup_lsn == tl.commit_lsn
+            offloader._executor.shutdown()
+            await timelines.close()
+            await cluster.close()
 
     run(body, tmp_path)
