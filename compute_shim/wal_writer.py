@@ -77,9 +77,12 @@ class AppendFailed(Exception):
         return f"{self.code.name}: {self.message}{unknown}"
 
 
-# An append a node did not apply (not the leader, or not reached) hops at most this often.
-MAX_REDIRECTS = 5
+# An append a node did not apply (not the leader, or not reached) hops at most this often,
+# pausing REDIRECT_PAUSE_S x hops (at most MAX_REDIRECT_PAUSE_S) before each hop that names
+# no leader: about 2 s in all, which covers a leader lease and an election (0005).
+MAX_REDIRECTS = 10
 REDIRECT_PAUSE_S = 0.05
+MAX_REDIRECT_PAUSE_S = 0.3
 
 
 @dataclass
@@ -274,7 +277,8 @@ class WalWriter:
         at = self._nodes.index(address) if address in self._nodes else -1
         nxt = self._nodes[(at + 1) % len(self._nodes)]
         self._leaders[item.route] = nxt
-        asyncio.get_running_loop().call_later(REDIRECT_PAUSE_S * item.redirects, self._send, item, nxt)
+        pause = min(REDIRECT_PAUSE_S * item.redirects, MAX_REDIRECT_PAUSE_S)
+        asyncio.get_running_loop().call_later(pause, self._send, item, nxt)
         return True
 
     async def close(self) -> None:

@@ -249,7 +249,9 @@ class Replicator:
         r = self.replica
         tl = r.timeline
         backoff = HEARTBEAT_S / 2
-        while r.leader_term == self.term and not tl.closing:
+        # Not stopped by the timeline's closing (SIGTERM): rounds in flight still need
+        # a majority to be answered; TimelineReplica.close stops it after they drained.
+        while r.leader_term == self.term:
             try:
                 start, data, new_segment = await self._next_data()
                 request = r.append_request(self.term, start, data, new_segment)

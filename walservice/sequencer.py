@@ -353,6 +353,12 @@ class Timeline:
         self.closing = True
         self._wake_streams()
 
+    async def drain(self) -> None:
+        """Until every append taken so far is answered (after `begin_close`, which
+        refuses new ones): the flush rounds in flight and queued run to the end."""
+        while self._flush_task is not None:
+            await asyncio.shield(self._flush_task)
+
     async def close(self) -> None:
         """Finish the flush in flight, end streams, close files."""
         self.begin_close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -52,8 +53,15 @@ def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
     return b"".join(parts)
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """An append refused before it was queued: nothing of it was applied."""
+
+    error: StrataError
+
+
 # One AppendStream message's appends: each queued (its future) or refused up front.
-_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | StrataError"]]
+_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | _Refused"]]
 
 
 def _append_response(result: AppendResult) -> wal_pb2.AppendResponse:
@@ -149,33 +157,34 @@ class WalServicer:
                         try:
                             queued.append((request, await self._queue(request)))
                         except StrataError as exc:
-                            queued.append((request, exc))
+                            queued.append((request, _Refused(exc)))
                     answers.put_nowait(queued)
             finally:
                 answers.put_nowait(None)
 
-        def failed(request: wal_pb2.AppendRequest, exc: StrataError) -> wal_pb2.AppendOutcome:
+        def failed(request: wal_pb2.AppendRequest, exc: StrataError, queued: bool) -> wal_pb2.AppendOutcome:
             log_rpc_failure(self.log, "AppendStream", request, exc)
             # A node that does not lead the timeline names the leader (replication).
             leader = getattr(exc, "leader_address", None) or ""
-            # not_leader: refused before anything was applied, so the writer may resend
-            # it to the leader; any other UNAVAILABLE leaves the append's fate unknown.
-            return wal_pb2.AppendOutcome(
-                error_code=exc.code.value[0], error=str(exc), leader=leader, not_leader=isinstance(exc, NotLeader)
-            )
+            # not_leader: this node does not (or no longer: shutting down, no quorum
+            # for an election) take appends, and refused this one before anything was
+            # applied, so the writer may send it elsewhere. Any other UNAVAILABLE (a
+            # round that lost its quorum) leaves the append's fate unknown.
+            not_leader = isinstance(exc, NotLeader) or (not queued and exc.code == grpc.StatusCode.UNAVAILABLE)
+            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc), leader=leader, not_leader=not_leader)
 
         reader = asyncio.create_task(read())
         try:
             while (queued := await answers.get()) is not None:
                 outcomes = []
                 for request, item in queued:
-                    if isinstance(item, StrataError):
-                        outcomes.append(failed(request, item))
+                    if isinstance(item, _Refused):
+                        outcomes.append(failed(request, item.error, queued=False))
                         continue
                     try:
                         result = await item
                     except StrataError as exc:
-                        outcomes.append(failed(request, exc))
+                        outcomes.append(failed(request, exc, queued=True))
                         continue
                     # Filled in place: constructing an AppendResponse and then an
                     # outcome around it would copy it.

@@ -184,7 +184,12 @@ class TimelineSet:
         return wal
 
     async def close(self) -> None:
-        for timeline in self:
+        """Shutdown: every timeline first answers the appends it took (its flush
+        round in flight and those queued, which in a cluster still need the
+        replicators for a majority), then stops replicating and closes its files."""
+        timelines = list(self)
+        await asyncio.gather(*(tl.drain() for tl in timelines), return_exceptions=True)
+        for timeline in timelines:
             try:
                 if timeline.replica is not None:
                     await timeline.replica.close()

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from compute_shim import Client, WalWriter
+from compute_shim import AppendFailed, Client, WalWriter
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv
@@ -375,3 +376,54 @@ def test_report_persisted_on_a_follower_reaches_the_leader(strata_env: StrataEnv
         assert node_status(leader, key).remote_consistent_lsn == r.end_lsn
     client.close()
     assert "event=report_persisted_forwarded" in "".join(n.log_text() for n in nodes)
+
+
+def test_sigterm_answers_the_appends_in_flight(strata_env: StrataEnv) -> None:
+    """R4: SIGTERM on the leader under a burst of streamed appends: every append it
+    took is answered (acknowledged once a majority has it) before it exits, the
+    rest are refused as not applied (and go to the next leader); none is left with
+    an unknown outcome, and every acknowledged one is on the surviving nodes."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 1, 2))
+    client.close()
+    leader = next(n for i, n in enumerate(nodes) if node_status(n, key).leader_node_id == i + 1)
+    others = [n for n in nodes if n is not leader]
+    assert leader.proc is not None
+
+    results: list[object] = []
+
+    async def burst() -> None:
+        async with WalWriter(",".join([leader.address] + [o.address for o in others])) as wal:
+
+            async def worker(w: int) -> None:
+                for b in range(1, 41):  # one append at a time: rounds keep coming, and in flight at SIGTERM
+                    try:
+                        results.append(
+                            await wal.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(10 + w, b, 3))
+                        )
+                    except AppendFailed as exc:
+                        results.append(exc)
+
+            workers = [asyncio.create_task(worker(w)) for w in range(16)]
+            while len(results) < 80:
+                await asyncio.sleep(0.005)
+            leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await asyncio.gather(*workers)
+
+    asyncio.run(burst())
+    assert leader.stop() == 0
+    unknown = [r for r in results if isinstance(r, AppendFailed) and r.outcome_unknown]
+    assert not unknown, f"{len(unknown)} appends left with an unknown outcome; first: {unknown[0]}"
+    assert not [r for r in results if isinstance(r, BaseException) and not isinstance(r, AppendFailed)]
+    acked = [r for r in results if isinstance(r, wal_pb2.AppendResponse)]
+    assert acked
+    # A new leader (elected on the next append) commits what the old one acknowledged.
+    client = cluster_client(others, timeout=30.0)
+    end = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(6, 1, 1)).end_lsn
+    client.close()
+    assert end > max(r.end_lsn for r in acked)
+    wait_converged(others, key, end)
+    present = {rec.lsn for rec in read_stream(wal_pb2_grpc.WalServiceStub(others[0].channel()), key, end)}
+    assert all(lsn in present for r in acked for lsn in r.record_lsns)
