@@ -396,6 +396,21 @@ class TimelineReplica:
     def last_log_term(self) -> int:
         return self.timeline.control.last_log_term(self.timeline.flush_lsn)
 
+    @property
+    def catching_up(self) -> bool:
+        """This node lost WAL (control file `catchup_lsn`): no votes, no leading, no
+        serving until a leader brought it up to what the cluster committed."""
+        return self.timeline.control.catchup_lsn is not None
+
+    def check_serving(self) -> None:
+        """Raise Unavailable while catching up (Stream: the client goes to another node)."""
+        if self.catching_up:
+            tl = self.timeline
+            raise Unavailable(
+                f"tenant={tl.tenant_id} timeline={tl.timeline_id}: node {self.config.node_id} lost WAL and is catching "
+                f"up from its peers (at lsn={tl.flush_lsn}, needs lsn>={tl.control.catchup_lsn}); read from another node"
+            )
+
     def live_leader(self) -> int:
         """The leader of the current term if heard from within LEADER_LEASE_S, else 0."""
         if self.leader_term:
@@ -428,6 +443,8 @@ class TimelineReplica:
         the live leader) or run for leader until a vote round is lost."""
         if self.leader_term:
             return
+        if self.catching_up:
+            raise self.not_leader("it lost WAL and is catching up from its peers, so it cannot lead")
         # A node that just started first listens for a leader for one lease, so that
         # it does not bump the term under a healthy leader.
         while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - time.monotonic()) > 0:
@@ -653,6 +670,14 @@ class TimelineReplica:
             c = tl.control
             mine = (self.last_log_term(), tl.flush_lsn)
             reason = ""
+            if self.catching_up:
+                # Its log lacks records its peers committed: a vote judged on it
+                # could elect a leader without them (section Catch-up of 0005).
+                reason = f"this node lost WAL and is catching up (at lsn={tl.flush_lsn}, needs lsn>={c.catchup_lsn})"
+                self._event(self.log.info, "vote", candidate=req.candidate_id, vote_term=req.term, granted=False, reason=reason)
+                return peer_pb2.VoteResponse(
+                    term=c.term, granted=False, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason, catching_up=True
+                )
             if req.term < c.term:
                 reason = f"term {req.term} is below this node's term {c.term}"
             elif self.leader_term and self.leading_with_quorum():
@@ -700,6 +725,10 @@ class TimelineReplica:
             if commit > tl.commit_lsn:
                 tl.commit_lsn = commit
                 tl._wake_streams()
+            catchup = tl.control.catchup_lsn
+            if catchup is not None and self._caught_up(req, catchup):
+                await tl.set_control(catchup_lsn=None, commit_lsn=max(tl.control.commit_lsn, tl.commit_lsn))
+                self._event(self.log.info, "caught_up", leader=req.leader_id, lsn=tl.flush_lsn)
             if req.remote_consistent_lsn > tl.control.remote_consistent_lsn:
                 self.spawn(tl.report_persisted(min(req.remote_consistent_lsn, tl.commit_lsn)))
             # Only the leader offloads (walservice/offload.py, "Replication"): followers
@@ -707,6 +736,18 @@ class TimelineReplica:
             if min(req.backup_lsn, tl.commit_lsn) > tl.control.backup_lsn:
                 self.spawn(tl.record_backup(min(req.backup_lsn, tl.commit_lsn)))
             return self._append_response(ok, why)
+
+    def _caught_up(self, req: peer_pb2.PeerAppendRequest, catchup_lsn: int) -> bool:
+        """A catching-up node is done when a heartbeat (no frames) starts at its end:
+        a Replicator sends one only once the follower holds the leader's whole
+        flushed log, which contains everything committed (invariant 3). A leader's
+        commit_lsn alone is not enough (a new leader's may lag what was committed).
+        The first message of a Replicator (start_lsn 0, the follower's end not yet
+        known) counts only when nothing is committed at all."""
+        tl = self.timeline
+        if req.frames or req.start_lsn != tl.flush_lsn or tl.flush_lsn < max(catchup_lsn, req.commit_lsn):
+            return False
+        return req.start_lsn > 0 or req.commit_lsn == 0
 
     async def _sync_with_leader(self, req: peer_pb2.PeerAppendRequest) -> None:
         """Adopt the leader's term: cut a divergent suffix, then take its history."""

@@ -100,6 +100,8 @@ class Timeline:
         self.wal_lock = asyncio.Lock()
         # Set by walservice.replication for a node of a cluster; None on a single node.
         self.replica: TimelineReplica | None = None
+        # Control file writes started in the background (commit_lsn at a segment roll).
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def tenant_id(self) -> str:
@@ -218,6 +220,8 @@ class Timeline:
                 return
             self.wal.committed(position, new_segment_at)
             self.flush_lsn = position
+        if new_segment_at is not None:
+            self._persist_commit_floor()
         if self.replica is None:
             self.commit_lsn = position
         else:
@@ -264,6 +268,8 @@ class Timeline:
         """Committed frames with LSN > after_lsn, then new commits as they happen.
         Ends when the timeline closes."""
         self.check_usable()
+        if self.replica is not None:
+            self.replica.check_serving()
         cursor = self.wal.cursor(after_lsn)
         loop = asyncio.get_running_loop()
         while True:
@@ -325,6 +331,8 @@ class Timeline:
                 raise self.broken from exc  # type: ignore[misc]
             self.wal.committed(end_lsn, new_segment_at)
             self.end_lsn = self.flush_lsn = end_lsn
+        if new_segment_at is not None:
+            self._persist_commit_floor()
 
     async def truncate_wal_locked(self, lsn: int) -> None:
         """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
@@ -348,6 +356,22 @@ class Timeline:
         await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
         self.control = self.wal.control = control
 
+    def _persist_commit_floor(self) -> None:
+        """At each new segment, record commit_lsn in the control file (in the
+        background): WAL recovered short of it at the next start was lost
+        (walservice/timelines.py, "Lost WAL"), not merely unsynced."""
+        lsn = self.commit_lsn if self.replica is not None else self.flush_lsn
+
+        async def write() -> None:
+            try:
+                await self._advance_control("commit_lsn", lsn)
+            except OSError as exc:
+                self.log.warning("control_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=lsn, error=exc)
+
+        task = asyncio.ensure_future(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def begin_close(self) -> None:
         """Refuse new appends and end open streams (the first step of shutdown)."""
         self.closing = True
@@ -364,6 +388,13 @@ class Timeline:
         self.begin_close()
         if self._flush_task is not None:
             await self._flush_task
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.broken is None and self.replica is None and self.flush_lsn > self.control.commit_lsn:
+            try:
+                await self._advance_control("commit_lsn", self.flush_lsn)  # the floor "Lost WAL" checks
+            except OSError:
+                pass
         self.wal.close()
 
 

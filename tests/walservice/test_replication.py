@@ -61,8 +61,15 @@ def leaders_by_term(nodes: list[Component]) -> dict[int, set[str]]:
     return out
 
 
+def catching_up(node: Component) -> bool:
+    """The node recreated a timeline it had lost and has not caught up yet (it
+    serves no Stream until then; docs/design/0005-replication.md, Catch-up)."""
+    text = node.log_text()
+    return text.count("event=caught_up") < text.count("catching_up=True")
+
+
 def wait_converged(nodes: list[Component], key: TimelineKey, lsn: int) -> None:
-    """Until every node's commit_lsn reaches `lsn`."""
+    """Until every node's commit_lsn reaches `lsn` and none is catching up."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT_S
     while True:
         commits = []
@@ -71,7 +78,7 @@ def wait_converged(nodes: list[Component], key: TimelineKey, lsn: int) -> None:
                 commits.append(node_status(node, key).commit_lsn)
             except grpc.RpcError as exc:
                 commits.append(f"{exc.code().name}")
-        if all(isinstance(c, int) and c >= lsn for c in commits):
+        if all(isinstance(c, int) and c >= lsn for c in commits) and not any(catching_up(n) for n in nodes):
             return
         assert time.monotonic() < deadline, f"nodes did not reach commit_lsn={lsn}: {commits}"
         time.sleep(0.1)

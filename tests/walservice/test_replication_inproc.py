@@ -129,7 +129,8 @@ def test_only_the_leader_offloads_and_only_committed_segments(tmp_path: Path) ->
             timelines.cluster = cluster
             timelines.load()
             tl = timelines.get(T, TL)
-            assert len(tl.wal.segments) >= 3 and tl.commit_lsn == 0
+            assert len(tl.wal.segments) >= 3
+            tl.commit_lsn = 0  # as if no majority had confirmed any of it yet
             offloader = WalOffloader(LocalFsStorage(remote), f"file://{remote}", timelines, log, interval_s=0.05)
             st = offloader._state_of(tl)
 
@@ -150,3 +151,67 @@ def test_only_the_leader_offloads_and_only_committed_segments(tmp_path: Path) ->
             await cluster.close()
 
     run(body, tmp_path)
+
+
+def test_a_catching_up_node_neither_votes_nor_leads_nor_serves(tmp_path: Path) -> None:
+    """R3: a timeline recreated from a peer (a node that lost its WAL) abstains from
+    votes, refuses to lead and to stream until a leader's heartbeat finds it holding
+    the leader's whole log; then it votes again. The state survives a restart."""
+
+    async def body(data_dir: Path) -> None:
+        log = event_logger("walservice")
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            timelines = TimelineSet(data_dir, executor, log)
+            cluster = Cluster(ClusterConfig(3, NODES), log)
+            timelines.cluster = cluster
+            timelines.load()
+            await cluster.on_peer_create(
+                timelines, peer_pb2.PeerTimeline(tenant_id=T, timeline_id=TL, start_lsn=0, page_size=8192, first_lsn=0, term=4,
+                                                 term_history=history_to_proto([(1, 0), (4, 0)]))
+            )
+            tl = timelines.get(T, TL)
+            replica = tl.replica
+            assert replica is not None and tl.control.catchup_lsn == 0 and replica.catching_up
+            vote = await replica.on_vote_request(
+                peer_pb2.VoteRequest(tenant_id=T, timeline_id=TL, term=9, candidate_id=1, last_log_term=4, flush_lsn=1000)
+            )
+            assert not vote.granted and vote.catching_up
+            with pytest.raises(NotLeader):
+                await replica.ensure_leader()
+            with pytest.raises(Unavailable, match="catching up"):
+                await anext(tl.stream(0))
+            # The leader of term 5 sends its log: the frames, then (nothing more to
+            # send) a heartbeat at this node's end, carrying the commit_lsn.
+            leader = await _leader_frames(data_dir / "leader")
+            history = history_to_proto([(1, 0), (5, 0)])
+            base = dict(tenant_id=T, timeline_id=TL, term=5, leader_id=1, term_history=history)
+            r = await replica.on_peer_append(peer_pb2.PeerAppendRequest(**base, start_lsn=0, commit_lsn=leader[0]))
+            assert r.ok and replica.catching_up  # the first message: the leader committed more
+            r = await replica.on_peer_append(peer_pb2.PeerAppendRequest(**base, start_lsn=0, frames=leader[1], commit_lsn=leader[0]))
+            assert r.ok and r.flush_lsn == leader[0] and replica.catching_up  # frames alone do not end it
+            r = await replica.on_peer_append(peer_pb2.PeerAppendRequest(**base, start_lsn=leader[0], commit_lsn=leader[0]))
+            assert r.ok and not replica.catching_up and tl.control.catchup_lsn is None
+            vote = await replica.on_vote_request(
+                peer_pb2.VoteRequest(tenant_id=T, timeline_id=TL, term=9, candidate_id=1, last_log_term=5, flush_lsn=leader[0])
+            )
+            assert vote.granted and not vote.catching_up
+            await timelines.close()
+            await cluster.close()
+
+    run(body, tmp_path)
+
+
+async def _leader_frames(data_dir: Path) -> tuple[int, bytes]:
+    """Frames as a leader of term 5 would send them: (end_lsn, bytes)."""
+    log = event_logger("walservice")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        timelines = TimelineSet(data_dir, executor, log)
+        timelines.load()
+        tl = await timelines.create(T, TL, 0, 8192)
+        await tl.set_control(term=5)
+        for _ in range(3):
+            await tl.append([b"record" * 10])
+        data = tl.wal.read_batches(0, tl.flush_lsn, 1 << 20)
+        end = tl.flush_lsn
+        await timelines.close()
+        return end, data
