@@ -3,6 +3,7 @@
 Real processes on loopback. The fault schedule is a seeded loop: kill -9 and
 restart one node at a time (never more than a minority down), with the peer RPC
 fault layer (`STRATA_PEER_FAULTS`) dropping and delaying messages between nodes.
+Once, a majority is down for a while: no append sent then may be acknowledged.
 At the end every acknowledged batch must be present, whole and identical on every
 node, and no term may have had two leaders.
 """
@@ -90,6 +91,8 @@ class Acked:
     batch: int
     records: list[tuple[int, bytes]]
     term: int
+    sent: float  # time.monotonic() when the append was handed to the client
+    done: float  # ... and when it was acknowledged
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Writer(threading.Thread):
         while not self.stopping.is_set():
             batch += 1
             records = tagged_batch(self.writer, batch, self.rng.randint(1, 6))
+            sent = time.monotonic()
             try:
                 r = self.client.append(tenant_id=self.key.tenant_id, timeline_id=self.key.timeline_id, records=records)
             except grpc.RpcError as exc:
@@ -122,7 +126,10 @@ class Writer(threading.Thread):
                     self.ledger.failed += 1
                 time.sleep(0.05)
                 continue
-            acked = Acked(self.writer, batch, [(lsn, rec.SerializeToString()) for lsn, rec in zip(r.record_lsns, records, strict=True)], r.term)
+            acked = Acked(
+                self.writer, batch, [(lsn, rec.SerializeToString()) for lsn, rec in zip(r.record_lsns, records, strict=True)],
+                r.term, sent, time.monotonic(),
+            )
             with self.ledger.lock:
                 self.ledger.acked.append(acked)
         self.client.close()
@@ -138,23 +145,32 @@ def check_cluster(nodes: list[Component], key: TimelineKey, acked: list[Acked]) 
     streams = [streamed(read_stream(wal_pb2_grpc.WalServiceStub(n.channel()), key, final.end_lsn)) for n in nodes]
     for node, stream in zip(nodes[1:], streams[1:]):
         assert stream == streams[0], f"{node.name} streams other records than {nodes[0].name}"
-    present = dict(streams[0])
-    for batch in acked:
-        for lsn, rec in batch.records:
-            assert present.get(lsn) == rec, f"acked writer={batch.writer} batch={batch.batch} lost or changed at lsn={lsn}"
+    # Every acknowledged batch, on every node: all of its records, at its LSNs, unchanged.
+    for node, stream in zip(nodes, streams):
+        present = dict(stream)
+        for batch in acked:
+            for lsn, rec in batch.records:
+                assert present.get(lsn) == rec, (
+                    f"{node.name}: acked writer={batch.writer} batch={batch.batch} lost or changed at lsn={lsn}"
+                )
     return final.end_lsn
 
 
 def assert_whole_batches(nodes: list[Component], key: TimelineKey, end_lsn: int) -> None:
-    records = read_stream(wal_pb2_grpc.WalServiceStub(nodes[0].channel()), key, end_lsn)
-    seen: dict[tuple[int, int], list[int]] = defaultdict(list)
-    counts: dict[tuple[int, int], int] = {}
-    for rec in records:
-        tag = record_tag(rec.record)
-        seen[(tag.writer, tag.batch)].append(tag.index)
-        counts[(tag.writer, tag.batch)] = tag.count
-    for batch, indexes in seen.items():
-        assert indexes == list(range(counts[batch])), f"batch writer={batch[0]} batch={batch[1]} is not whole: {indexes}"
+    """On every node, every batch in the log (acknowledged or not) is whole: all
+    its records, consecutive, in order."""
+    for node in nodes:
+        records = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end_lsn)
+        seen: dict[tuple[int, int], list[int]] = defaultdict(list)
+        counts: dict[tuple[int, int], int] = {}
+        for rec in records:
+            tag = record_tag(rec.record)
+            seen[(tag.writer, tag.batch)].append(tag.index)
+            counts[(tag.writer, tag.batch)] = tag.count
+        for batch, indexes in seen.items():
+            assert indexes == list(range(counts[batch])), (
+                f"{node.name}: batch writer={batch[0]} batch={batch[1]} is not whole: {indexes}"
+            )
 
 
 def assert_one_leader_per_term(nodes: list[Component]) -> None:
@@ -288,7 +304,17 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
         w.start()
     deadline = time.monotonic() + seconds
     kills = 0
-    # Kills of one node at a time, so never more than a minority is down.
+    # Once, early: a majority down. Appends sent while it is down must all fail.
+    time.sleep(rng.uniform(0.5, 1.5))
+    down = rng.sample(nodes, 2)
+    for victim in down:
+        victim.kill()
+    majority_down_at = time.monotonic()
+    time.sleep(2.5)  # past QUORUM_TIMEOUT_S: rounds already sent fail rather than hang
+    majority_back_at = time.monotonic()
+    for victim in down:
+        victim.start()
+    # Then kills of one node at a time, so never more than a minority is down.
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(0.5, 2.0))
         victim = rng.choice(nodes)
@@ -308,6 +334,9 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
         w.join(30)
     acked = list(ledger.acked)
     assert kills > 0 and len(acked) > 20, f"too little happened: {kills} kills, {len(acked)} acked"
+    without_majority = [a for a in acked if a.sent >= majority_down_at and a.done <= majority_back_at]
+    assert not without_majority, f"appends acknowledged while a majority was down: {without_majority[:3]}"
+    assert ledger.failed > 0, "no append failed while a majority was down"
     end = check_cluster(nodes, key, acked)
     assert_whole_batches(nodes, key, end)
     assert_one_leader_per_term(nodes)
