@@ -3,6 +3,7 @@
     python -m bench.wal_append                   # 5 s per configuration, best of 2 rounds, writes BENCHMARKS.md
     python -m bench.wal_append --quick           # 2 s per configuration, 1 round, BENCHMARKS.md untouched
     python -m bench.wal_append --target H:P      # an already running walservice
+    python -m bench.wal_append --target A,B,C    # an already running cluster (appends follow the leader)
     python -m bench.wal_append --no-postgres     # Strata only
     python -m bench.wal_append --replication     # 1 node vs a 3-node cluster, and the stall when the leader dies
 
@@ -440,6 +441,14 @@ def _run_client_processes(
 
 
 def create_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
+    """CreateTimeline on `address`: one node, or a cluster `A,B,C` (through the
+    cluster-aware Client, which follows the leader and retries the idempotent call)."""
+    if "," in address:
+        from compute_shim import Client
+
+        with Client(walservice=address, timeout=30) as client:
+            client.wal_create_timeline(tenant_id=tenant_id, timeline_id=timeline_id, start_lsn=0, page_size=PAGE_SIZE)
+        return
     with grpc.insecure_channel(address) as channel:
         create = channel.unary_unary(
             CREATE_TIMELINE_METHOD,
@@ -807,7 +816,12 @@ def run_benchmark(
                     postgres_rounds.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench"))
     results.strata, strata_spread = best_rounds(strata_rounds)
     results.postgres, postgres_spread = best_rounds(postgres_rounds)
-    where = f"an existing walservice at {target}" if target else f"a walservice started by the bench, data in `{work_dir}`"
+    if target and "," in target:
+        where = f"an existing walservice cluster at {target} (appends go to each timeline's leader)"
+    elif target:
+        where = f"an existing walservice at {target}"
+    else:
+        where = f"a walservice started by the bench, data in `{work_dir}`"
     results.notes.insert(
         0,
         f"Strata: {where}; {client_processes} client process(es) with grpc.aio, each process's writers sharing one `compute_shim.WalWriter` (one AppendStream; each append its own durable batch); one timeline per configuration; "
@@ -945,6 +959,18 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def target_arg(text: str) -> str:
+    """`--target`: HOST:PORT, or a cluster's nodes HOST:PORT,HOST:PORT,..."""
+    nodes = [n.strip() for n in text.split(",") if n.strip()]
+    for node in nodes:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            raise argparse.ArgumentTypeError(f"{node!r} is not HOST:PORT (--target takes HOST:PORT or A,B,C for a cluster)")
+    if not nodes:
+        raise argparse.ArgumentTypeError("--target needs HOST:PORT or A,B,C")
+    return ",".join(nodes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.wal_append",
@@ -960,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=_positive_ints, default=",".join(map(str, BATCH_SIZES)), help="records per Append / rows per INSERT, comma-separated (default 1,16)")
     parser.add_argument("--rounds", type=int, default=None, help="run every configuration this many times, keeping each system's best (default 2; 1 with --quick)")
     parser.add_argument("--client-processes", type=int, default=1, help="client processes the Strata writers are spread over (default 1)")
-    parser.add_argument("--target", metavar="HOST:PORT", default=None, help="use this running walservice (the bench creates its own timelines) instead of starting one")
+    parser.add_argument("--target", metavar="HOST:PORT[,HOST:PORT...]", type=target_arg, default=None, help="use this running walservice, or cluster A,B,C (every node; appends follow the leader), instead of starting one (the bench creates its own timelines)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
     parser.add_argument("--replication", action="store_true", help="instead: 1 node vs a 3-node cluster at --writers, and the stall when the leader is killed (section wal_append_replication)")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write the table into BENCHMARKS.md (default: only for a full default run: "

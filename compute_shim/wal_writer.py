@@ -15,17 +15,23 @@ compute with many sessions ships its WAL (Neon's walproposer, too, streams WAL
 over one connection per safekeeper).
 
 Failure: a refused append raises `AppendFailed` with the contract's code and
-message, and nothing of it was applied. If the stream itself breaks (the node
-restarts, the connection drops), every append sent and not yet answered fails
-with `AppendFailed(UNAVAILABLE)` and may or may not have been applied, as with
-a unary Append whose connection broke; the next `append` opens a new stream.
+message. `AppendFailed.outcome_unknown` says whether it may have been applied
+anyway: True for an UNAVAILABLE that is not a not-leader refusal (a quorum lost
+mid-round, a leader deposed after writing), for appends in flight when the stream
+breaks (the node restarts, the connection drops), and for an append not answered
+within `append_timeout` (default 30 s; DEADLINE_EXCEEDED), as with a unary
+Append whose connection broke. The caller resolves those (e.g. by reading the
+WAL, or resending with `expected_end_lsn`); the writer never resends them, since
+a blind resend could apply a batch twice. The next `append` after a break opens a
+new stream.
 
 A cluster (`"A,B,C"`): leadership is per timeline, so the writer keeps one
 stream per node it talks to and remembers each timeline's leader. A node that
-does not lead a timeline answers its appends UNAVAILABLE with the leader's
-address (`AppendOutcome.leader`) and applies nothing, so the writer resends
-them there (a few hops at most); one that knows no leader sends the append on
-to the next node.
+does not lead a timeline answers its appends UNAVAILABLE with
+`AppendOutcome.not_leader` set (and the leader's address in
+`AppendOutcome.leader` when it knows it), having applied nothing, so only then
+does the writer resend them there (a few hops at most), or, no leader named, to
+the next node.
 
 Concurrency: one asyncio loop owns everything; the writer's maps and each
 stream's queues are touched only from it.
@@ -53,20 +59,30 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.max_send_message_length", 256 * 1024 * 1024)]
 
 
+DEFAULT_APPEND_TIMEOUT_S = 30.0
+
+
 @dataclass
 class AppendFailed(Exception):
-    """One append was refused (or its stream broke before it was answered)."""
+    """One append was refused, or its answer was lost. `outcome_unknown`: it may
+    have been applied all the same (see the module docstring); False means it
+    definitely was not."""
 
     code: grpc.StatusCode
     message: str
+    outcome_unknown: bool = False
 
     def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}"
+        unknown = " (outcome unknown: the append may or may not have been applied)" if self.outcome_unknown else ""
+        return f"{self.code.name}: {self.message}{unknown}"
 
 
-# An append a node did not apply (not the leader, or not reached) hops at most this often.
-MAX_REDIRECTS = 5
+# An append a node did not apply (not the leader, or not reached) hops at most this often,
+# pausing REDIRECT_PAUSE_S x hops (at most MAX_REDIRECT_PAUSE_S) before each hop that names
+# no leader: about 2 s in all, which covers a leader lease and an election (0005).
+MAX_REDIRECTS = 10
 REDIRECT_PAUSE_S = 0.05
+MAX_REDIRECT_PAUSE_S = 0.3
 
 
 @dataclass
@@ -108,9 +124,13 @@ class _NodeStream:
                 size = 0
                 while self.pending and len(items) < MAX_MESSAGE_APPENDS and size < MAX_MESSAGE_BYTES:
                     item = self.pending.popleft()
+                    if item.future.done():  # its caller's deadline passed: never send it
+                        continue
                     parts += length_delimited(1, item.request)  # AppendStreamRequest.appends
                     size += len(item.request)
                     items.append(item)
+                if not items:
+                    continue
                 self.in_flight.append(items)
                 await self.call.write(b"".join(parts))
 
@@ -138,11 +158,13 @@ class _NodeStream:
         while self.in_flight:
             for item in self.in_flight.popleft():
                 if not item.future.done():
-                    item.future.set_exception(error)
+                    item.future.set_exception(AppendFailed(error.code, error.message, outcome_unknown=True))
         self.tasks[0].cancel()
         await self.channel.close()
         while self.pending:  # never sent: not applied, so they may go elsewhere
             item = self.pending.popleft()
+            if item.future.done():
+                continue
             if not self.writer._redirect(item, self.address, ""):
                 item.future.set_exception(AppendFailed(error.code, f"not sent: {error.message}"))
 
@@ -154,9 +176,14 @@ class _NodeStream:
 
 
 class WalWriter:
-    def __init__(self, address: str, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, address: str, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, append_timeout: float = DEFAULT_APPEND_TIMEOUT_S
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight}: at least 1 message must be allowed in flight")
+        if append_timeout <= 0:
+            raise ValueError(f"append_timeout={append_timeout}: must be a positive number of seconds")
+        self.append_timeout = append_timeout
         self._nodes = [a for a in address.split(",") if a]
         if not self._nodes:
             raise ValueError("WalWriter needs a walservice address: 'HOST:PORT[,HOST:PORT...]'")
@@ -198,9 +225,22 @@ class WalWriter:
         self._unanswered.add(item.future)
         item.future.add_done_callback(self._unanswered.discard)
         self._send(item, self._leaders.get(route, self._nodes[0]))
-        return await item.future
+        try:
+            async with asyncio.timeout(self.append_timeout):
+                return await asyncio.shield(item.future)
+        except TimeoutError:
+            if item.future.done():  # answered just as the deadline passed
+                return item.future.result()
+            error = AppendFailed(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {self.append_timeout}s", outcome_unknown=True
+            )
+            item.future.set_exception(error)  # a late answer or redirect is then ignored
+            item.future.exception()  # (retrieved: no "never retrieved" warning)
+            raise error from None
 
     def _send(self, item: _Append, address: str) -> None:
+        if item.future.done():  # a delayed redirect whose caller gave up
+            return
         stream = self._streams.get(address)
         if stream is None:
             stream = self._streams[address] = _NodeStream(self, address)
@@ -214,9 +254,14 @@ class WalWriter:
             item.future.set_result(outcome.response)
             return
         code = status_code_of(outcome.error_code)
-        if code == grpc.StatusCode.UNAVAILABLE and self._redirect(item, stream.address, outcome.leader):
-            return  # not the leader: nothing was applied; sent on
-        item.future.set_exception(AppendFailed(code, outcome.error))
+        if code == grpc.StatusCode.UNAVAILABLE and outcome.not_leader:
+            if self._redirect(item, stream.address, outcome.leader):
+                return  # not the leader: nothing was applied; sent on
+            item.future.set_exception(AppendFailed(code, outcome.error))
+            return
+        # Any other UNAVAILABLE (no quorum, a leader deposed mid-round): it may have
+        # been written somewhere and survive, so it is never resent blindly.
+        item.future.set_exception(AppendFailed(code, outcome.error, outcome_unknown=code == grpc.StatusCode.UNAVAILABLE))
 
     def _redirect(self, item: _Append, address: str, leader: str) -> bool:
         """Send an append that `address` did not apply to the leader it named, or,
@@ -232,7 +277,8 @@ class WalWriter:
         at = self._nodes.index(address) if address in self._nodes else -1
         nxt = self._nodes[(at + 1) % len(self._nodes)]
         self._leaders[item.route] = nxt
-        asyncio.get_running_loop().call_later(REDIRECT_PAUSE_S * item.redirects, self._send, item, nxt)
+        pause = min(REDIRECT_PAUSE_S * item.redirects, MAX_REDIRECT_PAUSE_S)
+        asyncio.get_running_loop().call_later(pause, self._send, item, nxt)
         return True
 
     async def close(self) -> None:

@@ -35,6 +35,10 @@ from strata.durable_file import write_durably
 
 STATE_FILE = "stack.json"
 STATE_VERSION = 1
+# The walservice layout of a data dir, fixed by its first `up` (see `ClusterLayout`).
+CLUSTER_FILE = "cluster.json"
+CLUSTER_VERSION = 1
+REPLICA_CHOICES = (1, 3, 5)
 DEFAULT_DATA_DIR = Path(".strata")
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
@@ -56,6 +60,63 @@ class ComponentSpec:
     module: str
     default_port: int
     args: list[str]
+    # A cluster node's port is named in every node's --peers: it must be exactly
+    # this one (a busy port is an error, never replaced by a free one).
+    fixed_port: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """`<data dir>/cluster.json`: how many walservice nodes the data dir's stack has
+    and their ports, recorded by the first `up` and reused by every later one, so
+    the nodes' data (walservice1..N) and the addresses in their --peers, in the
+    pageserver's --walservice and in `strata status` always agree across restarts."""
+
+    replicas: int
+    ports: list[int]
+
+    def encode(self) -> bytes:
+        return json.dumps({"version": CLUSTER_VERSION, **asdict(self)}, indent=2).encode()
+
+    @classmethod
+    def read(cls, data_dir: Path) -> ClusterLayout | None:
+        path = data_dir / CLUSTER_FILE
+        if not path.exists():
+            return None
+        body = json.loads(path.read_text())
+        if body.get("version") != CLUSTER_VERSION:
+            raise SystemExit(f"{path}: unsupported version {body.get('version')} (this build reads {CLUSTER_VERSION})")
+        return cls(int(body["replicas"]), [int(p) for p in body["ports"]])
+
+
+def replicas_arg(text: str) -> int:
+    """`--replicas`: 1 (one walservice), or 3 or 5 (a cluster that survives 1 or 2 nodes down)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n not in REPLICA_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be 1, 3 or 5 (a replicated walservice needs an odd number of nodes: "
+            "3 survives one node down, 5 survives two; an even count tolerates no more than one fewer)"
+        )
+    return n
+
+
+def cluster_layout(data_dir: Path, requested: int | None) -> ClusterLayout:
+    """The data dir's recorded layout, or a new one (recorded) on its first `up`."""
+    layout = ClusterLayout.read(data_dir)
+    if layout is not None:
+        if requested is not None and requested != layout.replicas:
+            raise SystemExit(
+                f"{data_dir} holds a stack with --replicas {layout.replicas} (see {data_dir / CLUSTER_FILE}); "
+                f"it cannot restart with --replicas {requested}: use that count, or a fresh --data-dir"
+            )
+        return layout
+    replicas = requested or 1
+    layout = ClusterLayout(replicas, cluster_ports(replicas) if replicas > 1 else [])
+    write_durably(data_dir / CLUSTER_FILE, layout.encode())
+    return layout
 
 
 def _port_free(port: int) -> bool:
@@ -121,6 +182,11 @@ def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
 def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = None) -> ProcessRecord:
     port = spec.default_port
     if not _port_free(port):
+        if spec.fixed_port:
+            raise SystemExit(
+                f"port {port} of {spec.name} is busy; the cluster's nodes name each other by the ports in "
+                f"{data_dir / CLUSTER_FILE}: free it (or use a fresh --data-dir)"
+            )
         print(f"note: port {port} is busy; {spec.name} takes a free port instead")
         port = 0
     logs_dir = data_dir / "logs"
@@ -189,6 +255,7 @@ def components(
                         f"walservice{i}", "walservice", ports[i - 1],
                         ["--data-dir", str(data_dir / f"walservice{i}"), "--remote-storage", remote,
                          "--node-id", str(i), "--peers", peers],
+                        fixed_port=True,
                     )
                 ]
         addresses["walservice"] = peers
@@ -221,6 +288,10 @@ def up(args: argparse.Namespace) -> int:
         _print_processes(running)
         if args.s3 != any(p.name == "s3" for p in running):
             print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `strata down` first to restart it the other way")
+        nodes = sum(1 for p in running if p.name.startswith("walservice"))
+        if args.replicas is not None and args.replicas != nodes:
+            print(f"note: it runs {nodes} walservice node(s), not --replicas {args.replicas}")
+        _print_try(running)
         return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []
@@ -230,8 +301,9 @@ def up(args: argparse.Namespace) -> int:
             remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started)
         else:
             local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
-        ports = cluster_ports(args.replicas) if args.replicas > 1 else None
-        while specs := components(data_dir.resolve(), started, remote, args.replicas, ports):
+        layout = cluster_layout(data_dir, args.replicas)
+        ports = layout.ports if layout.replicas > 1 else None
+        while specs := components(data_dir.resolve(), started, remote, layout.replicas, ports):
             started.append(_start(specs[0], data_dir.resolve(), env))
             _write_state(data_dir, started)
     except SystemExit:
@@ -245,7 +317,13 @@ def up(args: argparse.Namespace) -> int:
         s3 = started[0]
         print(f"\nRemote storage: {remote} on {s3.note}.")
         print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
-    wal = ",".join(p.address for p in started if p.name.startswith("walservice"))
+    _print_try(started)
+    return 0
+
+
+def _print_try(processes: list[ProcessRecord]) -> None:
+    """What to do next with a running stack (after `up`, and after an `up` that found it running)."""
+    wal = ",".join(p.address for p in processes if p.name.startswith("walservice"))
     print(
         "\nTry:\n"
         "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
@@ -253,7 +331,6 @@ def up(args: argparse.Namespace) -> int:
         "  .venv/bin/strata down                            # stop it\n"
         "\nSee the agent workflow on it (20 branches, migrations, an undo, time travel): .venv/bin/strata demo"
     )
-    return 0
 
 
 def _start_s3(data_dir: Path, started: list[ProcessRecord]) -> dict[str, str]:
@@ -353,6 +430,10 @@ def main(command: str, argv: list[str]) -> int:
             "--s3", action="store_true",
             help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",
         )
-        parser.add_argument("--replicas", type=int, default=1, help="walservice nodes: 1, or 3 (or 5) for a replicated cluster")
+        parser.add_argument(
+            "--replicas", type=replicas_arg, default=None,
+            help="walservice nodes: 1, or 3 or 5 for a replicated cluster (default: what the data dir was first "
+            f"started with, recorded in {CLUSTER_FILE}, else 1)",
+        )
     args = parser.parse_args(argv)
     return {"up": up, "down": down, "status": status}[command](args)

@@ -9,7 +9,7 @@ Layout (little-endian):
 | offset | size | field                                   |
 |--------|------|-----------------------------------------|
 | 0      | 4    | magic b"SWCF"                           |
-| 4      | 1    | format version (FORMAT_VERSION = 2)     |
+| 4      | 1    | format version (FORMAT_VERSION = 3)     |
 | 5      | 3    | reserved, zero                          |
 | 8      | 4    | body length n                           |
 | 12     | 8    | xxhash64 of the body                    |
@@ -18,6 +18,8 @@ Layout (little-endian):
 Versions: 1 (single node) had no `voted_for` and `commit_lsn`; it is still read
 (voted_for=0, commit_lsn=0: the caller then takes the recovered end on a single
 node). Version 2 adds them for replication (docs/design/0005-replication.md).
+Version 3 adds `catchup_lsn` (a node that lost WAL catches up before it votes or
+serves); versions 1 and 2 are still read (catchup_lsn=None: not catching up).
 
 Crash consistency: `write_control` writes `control.tmp`, fsyncs it, renames it
 over `control` and fsyncs the directory, so a crash leaves the old or the new
@@ -37,8 +39,8 @@ from strata.durable_file import write_durably
 from strata.errors import CorruptionError
 
 MAGIC = b"SWCF"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # voted_for: no vote yet in `term` / abstains in `term` (a node that lost its disk).
 NO_VOTE = 0
 ABSTAIN = -1
@@ -61,8 +63,13 @@ class TimelineControl:
     backup_lsn: int = 0
     # The node id this node voted for in `term` (NO_VOTE, ABSTAIN).
     voted_for: int = NO_VOTE
-    # A lower bound of the cluster's commit_lsn (replication; persisted lazily).
+    # A lower bound of the cluster's commit_lsn (persisted lazily: at sync with a
+    # leader, at each new segment, at shutdown). WAL recovered short of it was lost.
     commit_lsn: int = 0
+    # None, or: this node lost WAL its peers hold (a wiped disk, deleted segments)
+    # and neither votes nor serves until its log reaches this LSN and the
+    # commit_lsn a leader sent it (docs/design/0005-replication.md, "Catch-up").
+    catchup_lsn: int | None = None
 
     def last_log_term(self, flush_lsn: int) -> int:
         """The term of the last history entry starting at or below flush_lsn."""

@@ -66,6 +66,19 @@ level=warn (`event=wal_offload_failed`) and retried with a backoff from
 unaffected, backup_lsn stalls, and nothing more is trimmed. Local WAL that
 fails verification is logged at level=error and never uploaded.
 
+# Replication
+
+In a cluster (docs/design/0005-replication.md) only a timeline's leader
+uploads, and only committed bytes: a sealed segment goes up once commit_lsn
+reaches its end (a deposed leader's uncommitted suffix, which a new leader may
+cut, never reaches remote storage), and a partial holds the committed prefix as
+above. The leader sends backup_lsn and remote_consistent_lsn to its followers in
+every PeerAppend; each follower records them and trims its own sealed segments
+below min(backup_lsn, remote_consistent_lsn), keeping the segment that holds
+backup_lsn. A node that becomes leader resumes uploads from backup_lsn as after
+a start (`_initial_sealed_lsn`); re-uploading a segment another leader already
+put up writes the same bytes.
+
 # Concurrency
 
 One `WalOffloader` per process: one asyncio task on the event loop ticks every
@@ -253,6 +266,12 @@ class WalOffloader:
     async def _offload_timeline(self, st: _TimelineOffload) -> None:
         tl = st.timeline
         try:
+            if tl.replica is not None and not tl.replica.leader_term:
+                # A cluster's follower uploads nothing ("Replication" above): it
+                # learns backup_lsn from the leader and only trims.
+                st.sealed_lsn, st.last_partial = None, None
+                await self._trim(st)
+                return
             try:
                 await self._upload_sealed(st)
                 await self._upload_partial(st)
@@ -303,8 +322,12 @@ class WalOffloader:
         while not self._stop.is_set():
             sealed_lsn = st.sealed_lsn
             seg = next((s for s in tl.wal.segments[:-1] if s.end_lsn > sealed_lsn), None)
-            if seg is None:
+            if seg is None or seg.end_lsn > tl.commit_lsn:
+                # Only committed bytes go up: in a cluster a sealed segment may still
+                # hold a suffix that a new leader cuts (it goes up once committed).
                 return
+            if tl.replica is not None and not tl.replica.leader_term:
+                return  # stopped leading meanwhile
             key = remote_segment_key(tl.tenant_id, tl.timeline_id, seg.start_lsn)
             obj = await self._in_executor(self._upload_prefix, tl, seg, seg.end_lsn, st.last_partial, key)
             await tl.record_backup(seg.end_lsn)  # a no-op when its partial had got there
@@ -365,11 +388,18 @@ class WalOffloader:
     async def _trim(self, st: _TimelineOffload) -> None:
         """Delete local sealed segments below min(backup_lsn, remote_consistent_lsn)."""
         tl = st.timeline
-        if st.sealed_lsn is None:
-            return
         control = tl.control  # the persisted values
+        if tl.replica is not None and not tl.replica.leader_term:
+            # A follower does not know which segments the leader has up whole: the
+            # one holding backup_lsn (maybe up only as its partial) stays.
+            seg = next((s for s in tl.wal.segments if s.start_lsn < control.backup_lsn <= s.end_lsn), None)
+            sealed_lsn = seg.start_lsn if seg is not None else control.backup_lsn
+        elif st.sealed_lsn is None:
+            return
+        else:
+            sealed_lsn = st.sealed_lsn
         # sealed_lsn too: a segment that is up only as its partial stays until it is up whole.
-        horizon_lsn = min(control.backup_lsn, control.remote_consistent_lsn, st.sealed_lsn)
+        horizon_lsn = min(control.backup_lsn, control.remote_consistent_lsn, sealed_lsn)
         detached = tl.wal.detach_segments_below(horizon_lsn)
         if not detached:
             return

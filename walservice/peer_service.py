@@ -32,7 +32,10 @@ class PeerServicer:
 
     def _replica(self, request: Any) -> TimelineReplica:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
-        tl.check_usable()
+        # A node shutting down (SIGTERM) still answers its peers until its files
+        # close: the leader's rounds in flight may need this node for a majority.
+        if tl.broken is not None:
+            raise tl.broken
         assert tl.replica is not None
         return tl.replica
 

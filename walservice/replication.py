@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from strata.errors import CorruptionError, StrataError, Unavailable
+from strata.errors import CorruptionError, InvalidArgument, StrataError, Unavailable
 from strata.logs import EventLogger
-from strata.v1 import peer_pb2, peer_pb2_grpc
+from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.control_file import ABSTAIN, NO_VOTE
 from walservice.segment import iter_frames
 from walservice.sequencer import Timeline
@@ -45,6 +45,8 @@ VOTE_TIMEOUT_S = 0.5
 QUORUM_TIMEOUT_S = 2.0
 PEER_APPEND_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
+# A follower's ReportPersisted sent on to the leader.
+FORWARD_TIMEOUT_S = 5.0
 # How long one Append keeps running for leader (lost or split votes) before UNAVAILABLE.
 ELECTION_PATIENCE_S = 1.5
 # A replicator sends at most about this much per PeerAppend.
@@ -128,12 +130,26 @@ class PeerClients:
         if self.faults is not None:
             log.warning("peer_faults_enabled", drop=self.faults.drop, delay_ms=self.faults.delay_ms)
         self._stubs: dict[int, peer_pb2_grpc.WalPeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._wal_stubs: dict[int, wal_pb2_grpc.WalServiceStub] = {}
+        self._channels: dict[int, grpc.aio.Channel] = {}
 
     def stub(self, node_id: int) -> peer_pb2_grpc.WalPeerStub:
         stub = self._stubs.get(node_id)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
+            stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(self._channel(node_id))
+        return stub
+
+    def wal_stub(self, node_id: int) -> wal_pb2_grpc.WalServiceStub:
+        """The client-facing service of another node (ReportPersisted forwarded to the leader)."""
+        stub = self._wal_stubs.get(node_id)
+        if stub is None:
+            stub = self._wal_stubs[node_id] = wal_pb2_grpc.WalServiceStub(self._channel(node_id))
+        return stub
+
+    def _channel(self, node_id: int) -> grpc.aio.Channel:
+        channel = self._channels.get(node_id)
+        if channel is None:
+            channel = self._channels[node_id] = grpc.aio.insecure_channel(
                 self.config.address(node_id),
                 options=[
                     ("grpc.max_receive_message_length", 256 << 20),
@@ -143,9 +159,7 @@ class PeerClients:
                     ("grpc.max_reconnect_backoff_ms", 500),
                 ],
             )
-            self._channels.append(channel)
-            stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(channel)
-        return stub
+        return channel
 
     async def inject_faults(self, node_id: int) -> None:
         """The test fault layer (STRATA_PEER_FAULTS): maybe drop (PeerUnreachable), maybe delay."""
@@ -166,7 +180,7 @@ class PeerClients:
             raise PeerUnreachable(f"node {node_id} {method}: {exc.code().name} {exc.details()}") from exc
 
     async def close(self) -> None:
-        for channel in self._channels:
+        for channel in self._channels.values():
             await channel.close()
 
 
@@ -235,7 +249,9 @@ class Replicator:
         r = self.replica
         tl = r.timeline
         backoff = HEARTBEAT_S / 2
-        while r.leader_term == self.term and not tl.closing:
+        # Not stopped by the timeline's closing (SIGTERM): rounds in flight still need
+        # a majority to be answered; TimelineReplica.close stops it after they drained.
+        while r.leader_term == self.term:
             try:
                 start, data, new_segment = await self._next_data()
                 request = r.append_request(self.term, start, data, new_segment)
@@ -380,6 +396,21 @@ class TimelineReplica:
     def last_log_term(self) -> int:
         return self.timeline.control.last_log_term(self.timeline.flush_lsn)
 
+    @property
+    def catching_up(self) -> bool:
+        """This node lost WAL (control file `catchup_lsn`): no votes, no leading, no
+        serving until a leader brought it up to what the cluster committed."""
+        return self.timeline.control.catchup_lsn is not None
+
+    def check_serving(self) -> None:
+        """Raise Unavailable while catching up (Stream: the client goes to another node)."""
+        if self.catching_up:
+            tl = self.timeline
+            raise Unavailable(
+                f"tenant={tl.tenant_id} timeline={tl.timeline_id}: node {self.config.node_id} lost WAL and is catching "
+                f"up from its peers (at lsn={tl.flush_lsn}, needs lsn>={tl.control.catchup_lsn}); read from another node"
+            )
+
     def live_leader(self) -> int:
         """The leader of the current term if heard from within LEADER_LEASE_S, else 0."""
         if self.leader_term:
@@ -412,6 +443,8 @@ class TimelineReplica:
         the live leader) or run for leader until a vote round is lost."""
         if self.leader_term:
             return
+        if self.catching_up:
+            raise self.not_leader("it lost WAL and is catching up from its peers, so it cannot lead")
         # A node that just started first listens for a leader for one lease, so that
         # it does not bump the term under a healthy leader.
         while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - time.monotonic()) > 0:
@@ -609,6 +642,26 @@ class TimelineReplica:
         except (PeerUnreachable, grpc.aio.AioRpcError) as exc:
             self._event(self.log.warning, "peer_timeline_create_failed", peer=node_id, error=exc)
 
+    async def forward_report_persisted(self, request: wal_pb2.PersistedRequest) -> wal_pb2.WalStatus | None:
+        """ReportPersisted on a node that does not lead the timeline: sent on to the
+        live leader, which checks it against the cluster's commit_lsn and spreads it
+        to every node in its PeerAppends (so trimming works whichever node the
+        pageserver talks to). None when no leader is known: the caller records it
+        here, and this node's PeerAppend answers carry it to the next leader."""
+        leader = self.live_leader()
+        if not leader or leader == self.config.node_id:
+            return None
+        try:
+            status = await self.peers.wal_stub(leader).ReportPersisted(request, timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"the leader (node {leader}) refused it: {exc.details()}") from exc
+            raise Unavailable(
+                f"could not forward ReportPersisted to the leader (node {leader}): {exc.code().name} {exc.details()}; retry"
+            ) from exc
+        self._event(self.log.info, "report_persisted_forwarded", leader=leader, lsn=request.remote_consistent_lsn)
+        return status
+
     # -- the follower's side (WalPeer handlers) ------------------------------------------
 
     async def on_vote_request(self, req: peer_pb2.VoteRequest) -> peer_pb2.VoteResponse:
@@ -617,6 +670,14 @@ class TimelineReplica:
             c = tl.control
             mine = (self.last_log_term(), tl.flush_lsn)
             reason = ""
+            if self.catching_up:
+                # Its log lacks records its peers committed: a vote judged on it
+                # could elect a leader without them (section Catch-up of 0005).
+                reason = f"this node lost WAL and is catching up (at lsn={tl.flush_lsn}, needs lsn>={c.catchup_lsn})"
+                self._event(self.log.info, "vote", candidate=req.candidate_id, vote_term=req.term, granted=False, reason=reason)
+                return peer_pb2.VoteResponse(
+                    term=c.term, granted=False, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason, catching_up=True
+                )
             if req.term < c.term:
                 reason = f"term {req.term} is below this node's term {c.term}"
             elif self.leader_term and self.leading_with_quorum():
@@ -664,9 +725,29 @@ class TimelineReplica:
             if commit > tl.commit_lsn:
                 tl.commit_lsn = commit
                 tl._wake_streams()
+            catchup = tl.control.catchup_lsn
+            if catchup is not None and self._caught_up(req, catchup):
+                await tl.set_control(catchup_lsn=None, commit_lsn=max(tl.control.commit_lsn, tl.commit_lsn))
+                self._event(self.log.info, "caught_up", leader=req.leader_id, lsn=tl.flush_lsn)
             if req.remote_consistent_lsn > tl.control.remote_consistent_lsn:
                 self.spawn(tl.report_persisted(min(req.remote_consistent_lsn, tl.commit_lsn)))
+            # Only the leader offloads (walservice/offload.py, "Replication"): followers
+            # learn backup_lsn from it, and trim below it.
+            if min(req.backup_lsn, tl.commit_lsn) > tl.control.backup_lsn:
+                self.spawn(tl.record_backup(min(req.backup_lsn, tl.commit_lsn)))
             return self._append_response(ok, why)
+
+    def _caught_up(self, req: peer_pb2.PeerAppendRequest, catchup_lsn: int) -> bool:
+        """A catching-up node is done when a heartbeat (no frames) starts at its end:
+        a Replicator sends one only once the follower holds the leader's whole
+        flushed log, which contains everything committed (invariant 3). A leader's
+        commit_lsn alone is not enough (a new leader's may lag what was committed).
+        The first message of a Replicator (start_lsn 0, the follower's end not yet
+        known) counts only when nothing is committed at all."""
+        tl = self.timeline
+        if req.frames or req.start_lsn != tl.flush_lsn or tl.flush_lsn < max(catchup_lsn, req.commit_lsn):
+            return False
+        return req.start_lsn > 0 or req.commit_lsn == 0
 
     async def _sync_with_leader(self, req: peer_pb2.PeerAppendRequest) -> None:
         """Adopt the leader's term: cut a divergent suffix, then take its history."""
@@ -674,14 +755,17 @@ class TimelineReplica:
         theirs = history_from_proto(req.term_history)
         # The leader's log end is unbounded here: records of its own (last) term on
         # this node came from it, so they are a prefix of its log.
-        point = divergence_lsn(tl.control.term_history, tl.flush_lsn, theirs, 1 << 64)
-        if point < tl.flush_lsn:
-            if point < tl.commit_lsn:
-                raise CorruptionError(
-                    f"term {req.term}'s leader diverges at lsn={point}, below this node's commit_lsn={tl.commit_lsn}"
-                )
-            self._event(self.log.warning, "wal_divergent_suffix_cut", lsn=point, cut_from=tl.flush_lsn)
-            await tl.truncate_wal(point)
+        # Under wal_lock: a round this node wrote as a (now deposed) leader may still be
+        # in flight; the divergence point must count its bytes, so wait for it.
+        async with tl.wal_lock:
+            point = divergence_lsn(tl.control.term_history, tl.flush_lsn, theirs, 1 << 64)
+            if point < tl.flush_lsn:
+                if point < tl.commit_lsn:
+                    raise CorruptionError(
+                        f"term {req.term}'s leader diverges at lsn={point}, below this node's commit_lsn={tl.commit_lsn}"
+                    )
+                self._event(self.log.warning, "wal_divergent_suffix_cut", lsn=point, cut_from=tl.flush_lsn)
+                await tl.truncate_wal_locked(point)
         # The whole history, (T, epoch_start) included: last_log_term counts an entry
         # only once flush_lsn reaches its start.
         await tl.set_control(term_history=theirs, term=req.term, commit_lsn=max(tl.control.commit_lsn, tl.commit_lsn))
@@ -691,7 +775,10 @@ class TimelineReplica:
     def _append_response(self, ok: bool, why: str) -> peer_pb2.PeerAppendResponse:
         tl = self.timeline
         return peer_pb2.PeerAppendResponse(
-            term=tl.term, ok=ok, flush_lsn=tl.end_lsn, remote_consistent_lsn=tl.control.remote_consistent_lsn, reason=why
+            # flush_lsn, never end_lsn: the leader counts this answer towards a majority,
+            # so it must be what is fsync'd here (a deposed leader's round may be
+            # sequenced and not yet durable).
+            term=tl.term, ok=ok, flush_lsn=tl.flush_lsn, remote_consistent_lsn=tl.control.remote_consistent_lsn, reason=why
         )
 
     async def close(self) -> None:

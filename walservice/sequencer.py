@@ -100,6 +100,8 @@ class Timeline:
         self.wal_lock = asyncio.Lock()
         # Set by walservice.replication for a node of a cluster; None on a single node.
         self.replica: TimelineReplica | None = None
+        # Control file writes started in the background (commit_lsn at a segment roll).
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def tenant_id(self) -> str:
@@ -193,12 +195,23 @@ class Timeline:
         if not accepted:
             return
         data = bytes(buf)
-        # Only this flush loop writes while the node leads, so the segment decision
-        # made here holds under wal_lock below; followers cut segments at the same LSNs.
-        new_segment_at = self.end_lsn if self.wal.needs_new_segment() else None
-        if self.replica is not None:
-            self.replica.round_sequenced(self.end_lsn, position, data, new_segment_at is not None)
+        start_lsn = self.end_lsn
         async with self.wal_lock:
+            # Leadership is re-checked under wal_lock: while this round waited for the
+            # lock, a PeerAppend of a higher term (or a lost quorum) may have deposed
+            # this node, and a deposed leader must not write under its old term (a
+            # follower's cut of a divergent suffix could otherwise interleave with it).
+            # Nothing of the round is written then, so the refusal is a NotLeader.
+            if self.replica is not None and (self.replica.leader_term != term or self.term != term or self.end_lsn != start_lsn):
+                refused = self.replica.not_leader(f"it stopped leading term {term} before the round was written")
+                for item, _ in accepted:
+                    _settle(item.future, exc=refused)
+                return
+            # Only this flush loop writes while the node leads, so the segment decision
+            # made here holds; followers cut segments at the same LSNs.
+            new_segment_at = start_lsn if self.wal.needs_new_segment() else None
+            if self.replica is not None:
+                self.replica.round_sequenced(start_lsn, position, data, new_segment_at is not None)
             self.end_lsn = position
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
@@ -207,6 +220,8 @@ class Timeline:
                 return
             self.wal.committed(position, new_segment_at)
             self.flush_lsn = position
+        if new_segment_at is not None:
+            self._persist_commit_floor()
         if self.replica is None:
             self.commit_lsn = position
         else:
@@ -253,6 +268,8 @@ class Timeline:
         """Committed frames with LSN > after_lsn, then new commits as they happen.
         Ends when the timeline closes."""
         self.check_usable()
+        if self.replica is not None:
+            self.replica.check_serving()
         cursor = self.wal.cursor(after_lsn)
         loop = asyncio.get_running_loop()
         while True:
@@ -314,18 +331,17 @@ class Timeline:
                 raise self.broken from exc  # type: ignore[misc]
             self.wal.committed(end_lsn, new_segment_at)
             self.end_lsn = self.flush_lsn = end_lsn
+        if new_segment_at is not None:
+            self._persist_commit_floor()
 
-    async def truncate_wal(self, lsn: int) -> None:
+    async def truncate_wal_locked(self, lsn: int) -> None:
         """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
-        below commit_lsn, which the caller checked). Shielded like the writes."""
-        await asyncio.shield(self._truncate_wal(lsn))
-
-    async def _truncate_wal(self, lsn: int) -> None:
-        async with self.wal_lock:
-            if lsn >= self.end_lsn:
-                return
-            self.end_lsn = self.flush_lsn = lsn
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
+        below commit_lsn, which the caller checked). The caller holds `wal_lock` and
+        must not be cancelled midway (PeerAppend runs shielded)."""
+        if lsn >= self.end_lsn:
+            return
+        self.end_lsn = self.flush_lsn = lsn
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
 
     async def _advance_control(self, field_name: str, lsn: int) -> None:
         """Durably raise one LSN field of the control file; `_control_lock` makes
@@ -340,16 +356,45 @@ class Timeline:
         await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
         self.control = self.wal.control = control
 
+    def _persist_commit_floor(self) -> None:
+        """At each new segment, record commit_lsn in the control file (in the
+        background): WAL recovered short of it at the next start was lost
+        (walservice/timelines.py, "Lost WAL"), not merely unsynced."""
+        lsn = self.commit_lsn if self.replica is not None else self.flush_lsn
+
+        async def write() -> None:
+            try:
+                await self._advance_control("commit_lsn", lsn)
+            except OSError as exc:
+                self.log.warning("control_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=lsn, error=exc)
+
+        task = asyncio.ensure_future(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def begin_close(self) -> None:
         """Refuse new appends and end open streams (the first step of shutdown)."""
         self.closing = True
         self._wake_streams()
+
+    async def drain(self) -> None:
+        """Until every append taken so far is answered (after `begin_close`, which
+        refuses new ones): the flush rounds in flight and queued run to the end."""
+        while self._flush_task is not None:
+            await asyncio.shield(self._flush_task)
 
     async def close(self) -> None:
         """Finish the flush in flight, end streams, close files."""
         self.begin_close()
         if self._flush_task is not None:
             await self._flush_task
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.broken is None and self.replica is None and self.flush_lsn > self.control.commit_lsn:
+            try:
+                await self._advance_control("commit_lsn", self.flush_lsn)  # the floor "Lost WAL" checks
+            except OSError:
+                pass
         self.wal.close()
 
 

@@ -79,7 +79,16 @@ async def run(args: argparse.Namespace) -> None:
             if offloader is not None:
                 await offloader.stop()
             for tl in timelines:
-                tl.begin_close()
+                tl.begin_close()  # new appends are refused (not applied) from here
+            # The appends already taken are answered before anything stops (SIGTERM
+            # is graceful): their flush rounds, and in a cluster their majority.
+            await asyncio.gather(*(tl.drain() for tl in timelines), return_exceptions=True)
+            if cluster is not None:
+                # Then stop leading, so the followers elect a new leader after one
+                # lease instead of redirecting clients here until the process exits.
+                for tl in timelines:
+                    if tl.replica is not None:
+                        await tl.replica.close()
 
         await grpc_server.serve(
             listen=args.listen,

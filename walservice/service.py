@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
-from strata.errors import InvalidArgument, StrataError
+from strata.errors import InvalidArgument, StrataError, Unavailable
 from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
-from walservice.replication import Cluster
+from walservice.replication import Cluster, NotLeader
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
@@ -52,8 +53,15 @@ def encode_wal_batch(frames: list[Frame], commit_lsn: int) -> bytes:
     return b"".join(parts)
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """An append refused before it was queued: nothing of it was applied."""
+
+    error: StrataError
+
+
 # One AppendStream message's appends: each queued (its future) or refused up front.
-_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | StrataError"]]
+_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | _Refused"]]
 
 
 def _append_response(result: AppendResult) -> wal_pb2.AppendResponse:
@@ -149,29 +157,34 @@ class WalServicer:
                         try:
                             queued.append((request, await self._queue(request)))
                         except StrataError as exc:
-                            queued.append((request, exc))
+                            queued.append((request, _Refused(exc)))
                     answers.put_nowait(queued)
             finally:
                 answers.put_nowait(None)
 
-        def failed(request: wal_pb2.AppendRequest, exc: StrataError) -> wal_pb2.AppendOutcome:
+        def failed(request: wal_pb2.AppendRequest, exc: StrataError, queued: bool) -> wal_pb2.AppendOutcome:
             log_rpc_failure(self.log, "AppendStream", request, exc)
             # A node that does not lead the timeline names the leader (replication).
             leader = getattr(exc, "leader_address", None) or ""
-            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc), leader=leader)
+            # not_leader: this node does not (or no longer: shutting down, no quorum
+            # for an election) take appends, and refused this one before anything was
+            # applied, so the writer may send it elsewhere. Any other UNAVAILABLE (a
+            # round that lost its quorum) leaves the append's fate unknown.
+            not_leader = isinstance(exc, NotLeader) or (not queued and exc.code == grpc.StatusCode.UNAVAILABLE)
+            return wal_pb2.AppendOutcome(error_code=exc.code.value[0], error=str(exc), leader=leader, not_leader=not_leader)
 
         reader = asyncio.create_task(read())
         try:
             while (queued := await answers.get()) is not None:
                 outcomes = []
                 for request, item in queued:
-                    if isinstance(item, StrataError):
-                        outcomes.append(failed(request, item))
+                    if isinstance(item, _Refused):
+                        outcomes.append(failed(request, item.error, queued=False))
                         continue
                     try:
                         result = await item
                     except StrataError as exc:
-                        outcomes.append(failed(request, exc))
+                        outcomes.append(failed(request, exc, queued=True))
                         continue
                     # Filled in place: constructing an AppendResponse and then an
                     # outcome around it would copy it.
@@ -196,6 +209,21 @@ class WalServicer:
     @unary_rpc
     async def ReportPersisted(self, request: wal_pb2.PersistedRequest, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
+        tl.check_usable()
+        if tl.replica is not None and not tl.replica.leader_term:
+            # A follower: the leader checks it against the cluster's commit_lsn (this
+            # node's may lag) and spreads it; this node records what it can now.
+            forwarded = await tl.replica.forward_report_persisted(request)
+            if forwarded is not None:
+                local = min(request.remote_consistent_lsn, tl.commit_lsn)
+                if local > tl.control.remote_consistent_lsn:
+                    await tl.report_persisted(local)
+                return forwarded
+            if request.remote_consistent_lsn > tl.commit_lsn:
+                raise Unavailable(
+                    f"remote_consistent_lsn={request.remote_consistent_lsn} is past this node's commit_lsn={tl.commit_lsn} "
+                    "and no leader is known to check it against the cluster's; retry"
+                )
         if request.remote_consistent_lsn > tl.commit_lsn:
             raise InvalidArgument(
                 f"remote_consistent_lsn={request.remote_consistent_lsn} is past the timeline's commit_lsn={tl.commit_lsn}"

@@ -13,6 +13,16 @@ A timeline whose files fail recovery is kept as *broken*: every call on it
 answers DATA_LOSS with what was found, it is logged at level=error, and nothing
 of it is served.
 
+Lost WAL: segment files missing while the control file says there was data (no
+segment file at all, a gap, a first segment above what trimming may have
+removed, or WAL ending below the control file's commit_lsn / backup_lsn /
+remote_consistent_lsn). On a single node the timeline is broken (DATA_LOSS): the
+data is gone and nothing may pretend otherwise. On a node of a cluster it is
+*lost* (`event=timeline_lost`, level=error): its directory moves to
+`<data dir>/lost/` for inspection and the node holds no such timeline until its
+peers recreate it (PeerCreateTimeline, as for a wiped disk: it abstains in their
+term, or its own old term if higher, and catches up before it votes or serves).
+
 Concurrency: the set is owned by the event loop; `create` runs its file work on
 the executor under `_create_lock` so two creations never race on one directory.
 """
@@ -22,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from typing import TYPE_CHECKING
 from concurrent.futures import Executor
 from pathlib import Path
@@ -32,8 +43,8 @@ from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
 from strata.logs import EventLogger
 from walservice.control_file import ABSTAIN, CONTROL_FILE_NAME, NO_VOTE, TimelineControl, read_control
 from walservice.sequencer import Timeline
-from walservice.segment import segment_file_name
-from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, TimelineWal
+from walservice.segment import parse_segment_file_name, segment_file_name
+from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, MissingWal, TimelineWal
 
 if TYPE_CHECKING:
     from walservice.replication import Cluster
@@ -47,6 +58,9 @@ class TimelineSet:
         self.segment_bytes = segment_bytes
         self._timelines: dict[tuple[str, str], Timeline] = {}
         self._broken: dict[tuple[str, str], CorruptionError] = {}
+        # Timelines this node of a cluster lost (see "Lost WAL"): their last control
+        # file, until the peers recreate them here. Owned by the event loop.
+        self._lost: dict[tuple[str, str], TimelineControl] = {}
         self._create_lock = asyncio.Lock()
         # Set before `load` on a node of a cluster: every timeline gets a replica.
         self.cluster: Cluster | None = None
@@ -70,8 +84,28 @@ class TimelineSet:
                     continue
                 key = (tenant_dir.name, tl_dir.name)
                 try:
-                    wal = TimelineWal(tl_dir, read_control(tl_dir), self.segment_bytes)
+                    control = read_control(tl_dir)
+                    had_segments = any(parse_segment_file_name(p.name) is not None for p in tl_dir.iterdir())
+                    wal = TimelineWal(tl_dir, control, self.segment_bytes)
+                    if not had_segments:
+                        # Creation always writes the first segment: they were deleted.
+                        raise MissingWal(f"no WAL segment file is left (the control file names term {control.term}, "
+                                         f"commit_lsn={control.commit_lsn})")
                     report = wal.recover(self.log)
+                    floor = max(control.commit_lsn, control.backup_lsn, control.remote_consistent_lsn)
+                    if report.end_lsn < floor:
+                        wal.close()
+                        raise MissingWal(f"the WAL ends at lsn={report.end_lsn}, but the control file says lsn={floor} "
+                                         "was durable (commit_lsn, backup_lsn or remote_consistent_lsn): segments are missing")
+                except MissingWal as exc:
+                    if self.cluster is not None:
+                        self._lose(key, tl_dir, control, exc)
+                        continue
+                    self._broken[key] = CorruptionError(
+                        f"tenant={key[0]} timeline={key[1]} is stopped: WAL was lost: {exc}"
+                    )
+                    self.log.error("timeline_broken", tenant=key[0], timeline=key[1], error=exc, lost_wal=True)
+                    continue
                 except (CorruptionError, OSError) as exc:
                     err = exc if isinstance(exc, CorruptionError) else CorruptionError(str(exc))
                     self._broken[key] = CorruptionError(
@@ -90,6 +124,20 @@ class TimelineSet:
                     records=report.records,
                     cut_bytes=report.truncated_bytes,
                 )
+
+    def _lose(self, key: tuple[str, str], tl_dir: Path, control: TimelineControl, exc: CorruptionError) -> None:
+        """A node of a cluster lost this timeline's WAL: set its files aside (never
+        served, never deleted) and wait for the peers to recreate it here."""
+        lost_dir = self.root.parent / "lost" / key[0]
+        lost_dir.mkdir(parents=True, exist_ok=True)
+        target = lost_dir / f"{key[1]}.{int(time.time())}"
+        tl_dir.rename(target)
+        fsync_dir(tl_dir.parent)
+        self._lost[key] = control
+        self.log.error(
+            "timeline_lost", tenant=key[0], timeline=key[1], term=control.term, lsn=control.commit_lsn,
+            moved_to=str(target), error=exc,
+        )
 
     def get(self, tenant_id: str, timeline_id: str) -> Timeline:
         key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
@@ -140,6 +188,13 @@ class TimelineSet:
                     )
                 return existing
             first = start_lsn if first_lsn is None else first_lsn
+            lost = self._lost.get(key)
+            catchup_lsn = first
+            if lost is not None:
+                # Never vote again in a term this node may have voted in before the loss,
+                # and hold at least what it knew was committed before voting again.
+                abstain_term = max(abstain_term, lost.term)
+                catchup_lsn = max(first, lost.commit_lsn)
             control = TimelineControl(
                 key[0], key[1], start_lsn, size,
                 term=max(1, abstain_term),
@@ -148,13 +203,16 @@ class TimelineSet:
                 remote_consistent_lsn=remote_consistent_lsn,
                 backup_lsn=backup_lsn,
                 commit_lsn=first,
+                # The peers hold it already: catch up before voting or serving.
+                catchup_lsn=catchup_lsn if abstain_term else None,
             )
             wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control, first)
             timeline = self._new_timeline(wal)
             self._timelines[key] = timeline
+            self._lost.pop(key, None)
             self.log.info(
                 "timeline_created", tenant=key[0], timeline=key[1], lsn=first, page_size=size, term=control.term,
-                abstains=bool(abstain_term) or None,
+                abstains=bool(abstain_term) or None, catching_up=bool(abstain_term) or None,
             )
             return timeline
 
@@ -184,7 +242,12 @@ class TimelineSet:
         return wal
 
     async def close(self) -> None:
-        for timeline in self:
+        """Shutdown: every timeline first answers the appends it took (its flush
+        round in flight and those queued, which in a cluster still need the
+        replicators for a majority), then stops replicating and closes its files."""
+        timelines = list(self)
+        await asyncio.gather(*(tl.drain() for tl in timelines), return_exceptions=True)
+        for timeline in timelines:
             try:
                 if timeline.replica is not None:
                     await timeline.replica.close()

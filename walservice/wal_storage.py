@@ -61,6 +61,11 @@ from walservice.segment import (
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
 
+class MissingWal(CorruptionError):
+    """Segment files are missing (a gap, or the first one above what trimming may
+    have removed): the WAL lost data, as opposed to damaged bytes."""
+
+
 @dataclass
 class SegmentInfo:
     """A segment file holding WAL positions [start_lsn, end_lsn)."""
@@ -141,7 +146,7 @@ class TimelineWal:
             if (h.start_lsn, h.tenant_id, h.timeline_id, h.page_size) != (start, c.tenant_id, c.timeline_id, c.page_size):
                 raise CorruptionError(f"{ctx} segment={path.name}: header {h} does not belong here")
             if start != expected_start:
-                raise CorruptionError(
+                raise MissingWal(
                     f"{ctx} segment={path.name}: starts at lsn={start} but the previous segment ends at lsn={expected_start}"
                 )
             if scan.problem is not None and (not last or scan.corrupt_before_tail):
@@ -175,7 +180,7 @@ class TimelineWal:
         c = self.control
         trim_horizon = min(c.backup_lsn, c.remote_consistent_lsn)
         if first_start < c.start_lsn or (first_start > c.start_lsn and first_start > trim_horizon):
-            raise CorruptionError(
+            raise MissingWal(
                 f"{ctx}: the first WAL segment starts at lsn={first_start}, but the timeline starts at "
                 f"lsn={c.start_lsn} and only WAL below min(backup_lsn, remote_consistent_lsn)={trim_horizon} "
                 "may have been trimmed: segments are missing"

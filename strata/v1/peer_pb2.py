@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/peer.proto\x12\tstrata.v1\",\n\tTermEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\"\x83\x01\n\x0bVoteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x04 \x01(\r\x12\x15\n\rlast_log_term\x18\x05 \x01(\x04\x12\x11\n\tflush_lsn\x18\x06 \x01(\x04\"g\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x87\x02\n\x11PeerAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12*\n\x0cterm_history\x18\x05 \x03(\x0b\x32\x14.strata.v1.TermEntry\x12\x11\n\tstart_lsn\x18\x06 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x0c\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\t \x01(\x04\x12\x12\n\nbackup_lsn\x18\n \x01(\x04\x12\x13\n\x0bnew_segment\x18\x0b \x01(\x08\"p\n\x12PeerAppendResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xdc\x01\n\x0cPeerTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x11\n\tfirst_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x08 \x01(\x04\x12*\n\x0cterm_history\x18\t \x03(\x0b\x32\x14.strata.v1.TermEntry\"H\n\x14PeerTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x32\xe8\x01\n\x07WalPeer\x12>\n\x0bRequestVote\x12\x16.strata.v1.VoteRequest\x1a\x17.strata.v1.VoteResponse\x12M\n\nPeerAppend\x12\x1c.strata.v1.PeerAppendRequest\x1a\x1d.strata.v1.PeerAppendResponse(\x01\x30\x01\x12N\n\x12PeerCreateTimeline\x12\x17.strata.v1.PeerTimeline\x1a\x1f.strata.v1.PeerTimelineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/peer.proto\x12\tstrata.v1\",\n\tTermEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\"\x83\x01\n\x0bVoteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x04 \x01(\r\x12\x15\n\rlast_log_term\x18\x05 \x01(\x04\x12\x11\n\tflush_lsn\x18\x06 \x01(\x04\"|\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61tching_up\x18\x06 \x01(\x08\"\x87\x02\n\x11PeerAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12*\n\x0cterm_history\x18\x05 \x03(\x0b\x32\x14.strata.v1.TermEntry\x12\x11\n\tstart_lsn\x18\x06 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x0c\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\t \x01(\x04\x12\x12\n\nbackup_lsn\x18\n \x01(\x04\x12\x13\n\x0bnew_segment\x18\x0b \x01(\x08\"p\n\x12PeerAppendResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xdc\x01\n\x0cPeerTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x11\n\tfirst_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x08 \x01(\x04\x12*\n\x0cterm_history\x18\t \x03(\x0b\x32\x14.strata.v1.TermEntry\"H\n\x14PeerTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x32\xe8\x01\n\x07WalPeer\x12>\n\x0bRequestVote\x12\x16.strata.v1.VoteRequest\x1a\x17.strata.v1.VoteResponse\x12M\n\nPeerAppend\x12\x1c.strata.v1.PeerAppendRequest\x1a\x1d.strata.v1.PeerAppendResponse(\x01\x30\x01\x12N\n\x12PeerCreateTimeline\x12\x17.strata.v1.PeerTimeline\x1a\x1f.strata.v1.PeerTimelineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOTEREQUEST']._serialized_start=82
   _globals['_VOTEREQUEST']._serialized_end=213
   _globals['_VOTERESPONSE']._serialized_start=215
-  _globals['_VOTERESPONSE']._serialized_end=318
-  _globals['_PEERAPPENDREQUEST']._serialized_start=321
-  _globals['_PEERAPPENDREQUEST']._serialized_end=584
-  _globals['_PEERAPPENDRESPONSE']._serialized_start=586
-  _globals['_PEERAPPENDRESPONSE']._serialized_end=698
-  _globals['_PEERTIMELINE']._serialized_start=701
-  _globals['_PEERTIMELINE']._serialized_end=921
-  _globals['_PEERTIMELINERESPONSE']._serialized_start=923
-  _globals['_PEERTIMELINERESPONSE']._serialized_end=995
-  _globals['_WALPEER']._serialized_start=998
-  _globals['_WALPEER']._serialized_end=1230
+  _globals['_VOTERESPONSE']._serialized_end=339
+  _globals['_PEERAPPENDREQUEST']._serialized_start=342
+  _globals['_PEERAPPENDREQUEST']._serialized_end=605
+  _globals['_PEERAPPENDRESPONSE']._serialized_start=607
+  _globals['_PEERAPPENDRESPONSE']._serialized_end=719
+  _globals['_PEERTIMELINE']._serialized_start=722
+  _globals['_PEERTIMELINE']._serialized_end=942
+  _globals['_PEERTIMELINERESPONSE']._serialized_start=944
+  _globals['_PEERTIMELINERESPONSE']._serialized_end=1016
+  _globals['_WALPEER']._serialized_start=1019
+  _globals['_WALPEER']._serialized_end=1251
 # @@protoc_insertion_point(module_scope)

@@ -31,18 +31,20 @@ class VoteRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., term: _Optional[int] = ..., candidate_id: _Optional[int] = ..., last_log_term: _Optional[int] = ..., flush_lsn: _Optional[int] = ...) -> None: ...
 
 class VoteResponse(_message.Message):
-    __slots__ = ("term", "granted", "flush_lsn", "last_log_term", "reason")
+    __slots__ = ("term", "granted", "flush_lsn", "last_log_term", "reason", "catching_up")
     TERM_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     FLUSH_LSN_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_TERM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CATCHING_UP_FIELD_NUMBER: _ClassVar[int]
     term: int
     granted: bool
     flush_lsn: int
     last_log_term: int
     reason: str
-    def __init__(self, term: _Optional[int] = ..., granted: _Optional[bool] = ..., flush_lsn: _Optional[int] = ..., last_log_term: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    catching_up: bool
+    def __init__(self, term: _Optional[int] = ..., granted: _Optional[bool] = ..., flush_lsn: _Optional[int] = ..., last_log_term: _Optional[int] = ..., reason: _Optional[str] = ..., catching_up: _Optional[bool] = ...) -> None: ...
 
 class PeerAppendRequest(_message.Message):
     __slots__ = ("tenant_id", "timeline_id", "term", "leader_id", "term_history", "start_lsn", "frames", "commit_lsn", "remote_consistent_lsn", "backup_lsn", "new_segment")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from strata.v1 import records_pb2 as strata_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13strata/v1/wal.proto\x12\tstrata.v1\x1a\x17strata/v1/records.proto\"[\n\x0bWalTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\"u\n\rAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\"\n\x07records\x18\x03 \x03(\x0b\x32\x11.strata.v1.Record\x12\x18\n\x10\x65xpected_end_lsn\x18\x04 \x01(\x04\"W\n\x0e\x41ppendResponse\x12\x11\n\tstart_lsn\x18\x01 \x01(\x04\x12\x0f\n\x07\x65nd_lsn\x18\x02 \x01(\x04\x12\x13\n\x0brecord_lsns\x18\x03 \x03(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"@\n\x13\x41ppendStreamRequest\x12)\n\x07\x61ppends\x18\x01 \x03(\x0b\x32\x18.strata.v1.AppendRequest\"o\n\rAppendOutcome\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.strata.v1.AppendResponse\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06leader\x18\x04 \x01(\t\"B\n\x14\x41ppendStreamResponse\x12*\n\x08outcomes\x18\x01 \x03(\x0b\x32\x18.strata.v1.AppendOutcome\"J\n\rStreamRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\"K\n\x08WalBatch\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.strata.v1.SequencedRecord\x12\x12\n\ncommit_lsn\x18\x02 \x01(\x04\"Y\n\x10PersistedRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1d\n\x15remote_consistent_lsn\x18\x03 \x01(\x04\"\xd9\x01\n\tWalStatus\x12\x11\n\tstart_lsn\x18\x01 \x01(\x04\x12\x11\n\tflush_lsn\x18\x02 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x03 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x04 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x11\n\ttenant_id\x18\x08 \x01(\t\x12\x13\n\x0btimeline_id\x18\t \x01(\t\x12\x16\n\x0eleader_node_id\x18\n \x01(\x04\x32\x99\x03\n\nWalService\x12>\n\x0e\x43reateTimeline\x12\x16.strata.v1.WalTimeline\x1a\x14.strata.v1.WalStatus\x12=\n\x06\x41ppend\x12\x18.strata.v1.AppendRequest\x1a\x19.strata.v1.AppendResponse\x12S\n\x0c\x41ppendStream\x12\x1e.strata.v1.AppendStreamRequest\x1a\x1f.strata.v1.AppendStreamResponse(\x01\x30\x01\x12\x39\n\x06Stream\x12\x18.strata.v1.StreamRequest\x1a\x13.strata.v1.WalBatch0\x01\x12\x36\n\x06Status\x12\x16.strata.v1.TimelineRef\x1a\x14.strata.v1.WalStatus\x12\x44\n\x0fReportPersisted\x12\x1b.strata.v1.PersistedRequest\x1a\x14.strata.v1.WalStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13strata/v1/wal.proto\x12\tstrata.v1\x1a\x17strata/v1/records.proto\"[\n\x0bWalTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\"u\n\rAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\"\n\x07records\x18\x03 \x03(\x0b\x32\x11.strata.v1.Record\x12\x18\n\x10\x65xpected_end_lsn\x18\x04 \x01(\x04\"W\n\x0e\x41ppendResponse\x12\x11\n\tstart_lsn\x18\x01 \x01(\x04\x12\x0f\n\x07\x65nd_lsn\x18\x02 \x01(\x04\x12\x13\n\x0brecord_lsns\x18\x03 \x03(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"@\n\x13\x41ppendStreamRequest\x12)\n\x07\x61ppends\x18\x01 \x03(\x0b\x32\x18.strata.v1.AppendRequest\"\x83\x01\n\rAppendOutcome\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.strata.v1.AppendResponse\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\x12\n\nnot_leader\x18\x05 \x01(\x08\"B\n\x14\x41ppendStreamResponse\x12*\n\x08outcomes\x18\x01 \x03(\x0b\x32\x18.strata.v1.AppendOutcome\"J\n\rStreamRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\"K\n\x08WalBatch\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.strata.v1.SequencedRecord\x12\x12\n\ncommit_lsn\x18\x02 \x01(\x04\"Y\n\x10PersistedRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x1d\n\x15remote_consistent_lsn\x18\x03 \x01(\x04\"\xd9\x01\n\tWalStatus\x12\x11\n\tstart_lsn\x18\x01 \x01(\x04\x12\x11\n\tflush_lsn\x18\x02 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x03 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x04 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x11\n\ttenant_id\x18\x08 \x01(\t\x12\x13\n\x0btimeline_id\x18\t \x01(\t\x12\x16\n\x0eleader_node_id\x18\n \x01(\x04\x32\x99\x03\n\nWalService\x12>\n\x0e\x43reateTimeline\x12\x16.strata.v1.WalTimeline\x1a\x14.strata.v1.WalStatus\x12=\n\x06\x41ppend\x12\x18.strata.v1.AppendRequest\x1a\x19.strata.v1.AppendResponse\x12S\n\x0c\x41ppendStream\x12\x1e.strata.v1.AppendStreamRequest\x1a\x1f.strata.v1.AppendStreamResponse(\x01\x30\x01\x12\x39\n\x06Stream\x12\x18.strata.v1.StreamRequest\x1a\x13.strata.v1.WalBatch0\x01\x12\x36\n\x06Status\x12\x16.strata.v1.TimelineRef\x1a\x14.strata.v1.WalStatus\x12\x44\n\x0fReportPersisted\x12\x1b.strata.v1.PersistedRequest\x1a\x14.strata.v1.WalStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,18 +40,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDRESPONSE']._serialized_end=358
   _globals['_APPENDSTREAMREQUEST']._serialized_start=360
   _globals['_APPENDSTREAMREQUEST']._serialized_end=424
-  _globals['_APPENDOUTCOME']._serialized_start=426
-  _globals['_APPENDOUTCOME']._serialized_end=537
-  _globals['_APPENDSTREAMRESPONSE']._serialized_start=539
-  _globals['_APPENDSTREAMRESPONSE']._serialized_end=605
-  _globals['_STREAMREQUEST']._serialized_start=607
-  _globals['_STREAMREQUEST']._serialized_end=681
-  _globals['_WALBATCH']._serialized_start=683
-  _globals['_WALBATCH']._serialized_end=758
-  _globals['_PERSISTEDREQUEST']._serialized_start=760
-  _globals['_PERSISTEDREQUEST']._serialized_end=849
-  _globals['_WALSTATUS']._serialized_start=852
-  _globals['_WALSTATUS']._serialized_end=1069
-  _globals['_WALSERVICE']._serialized_start=1072
-  _globals['_WALSERVICE']._serialized_end=1481
+  _globals['_APPENDOUTCOME']._serialized_start=427
+  _globals['_APPENDOUTCOME']._serialized_end=558
+  _globals['_APPENDSTREAMRESPONSE']._serialized_start=560
+  _globals['_APPENDSTREAMRESPONSE']._serialized_end=626
+  _globals['_STREAMREQUEST']._serialized_start=628
+  _globals['_STREAMREQUEST']._serialized_end=702
+  _globals['_WALBATCH']._serialized_start=704
+  _globals['_WALBATCH']._serialized_end=779
+  _globals['_PERSISTEDREQUEST']._serialized_start=781
+  _globals['_PERSISTEDREQUEST']._serialized_end=870
+  _globals['_WALSTATUS']._serialized_start=873
+  _globals['_WALSTATUS']._serialized_end=1090
+  _globals['_WALSERVICE']._serialized_start=1093
+  _globals['_WALSERVICE']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

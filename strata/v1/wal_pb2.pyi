@@ -50,16 +50,18 @@ class AppendStreamRequest(_message.Message):
     def __init__(self, appends: _Optional[_Iterable[_Union[AppendRequest, _Mapping]]] = ...) -> None: ...
 
 class AppendOutcome(_message.Message):
-    __slots__ = ("response", "error_code", "error", "leader")
+    __slots__ = ("response", "error_code", "error", "leader", "not_leader")
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     response: AppendResponse
     error_code: int
     error: str
     leader: str
-    def __init__(self, response: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
+    not_leader: bool
+    def __init__(self, response: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., leader: _Optional[str] = ..., not_leader: _Optional[bool] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
     __slots__ = ("outcomes",)

@@ -41,6 +41,20 @@ def test_wal_append_bench_strata_rows_are_sane(strata_env: StrataEnv, tmp_path: 
     assert f"an existing walservice at {walservice.address}" in markdown
 
 
+def test_wal_append_bench_against_a_running_cluster(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """R5: `--target A,B,C` benchmarks an already running cluster."""
+    from bench.wal_append import build_parser
+
+    nodes = strata_env.walservice_cluster(3)
+    target = ",".join(n.address for n in nodes)
+    assert build_parser().parse_args(["--target", target]).target == target
+    results = run_benchmark([(1, 1), (8, 1)], duration_s=0.5, warmup_s=2.0, work_dir=tmp_path, target=target, postgres=False, log=False)
+    # (The warmup covers each fresh timeline's first election.)
+    assert [m.writers for m in results.strata] == [1, 8]
+    assert all(m.commits > 0 for m in results.strata)
+    assert f"an existing walservice cluster at {target}" in render_markdown(results, duration_s=0.5, warmup_s=2.0)
+
+
 def test_wal_append_bench_renders_without_postgres() -> None:
     results = WalAppendResults(notes=["PostgreSQL could not be started, so it is missing from this table: test"])
     markdown = render_markdown(results, duration_s=1, warmup_s=0)

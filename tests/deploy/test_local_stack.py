@@ -49,6 +49,8 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         again = strata("up", "--data-dir", str(data), cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout
+        # The same next steps as a fresh `up`, against the running stack's addresses.
+        assert "Try:" in again.stdout and f"--target {addresses['walservice']}" in again.stdout, again.stdout
         again_s3 = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
         assert again_s3.returncode == 0 and "runs without --s3" in again_s3.stdout, again_s3.stdout
     finally:
@@ -131,3 +133,34 @@ def test_strata_without_a_command_prints_help(tmp_path: Path) -> None:
     result = strata(cwd=tmp_path)
     assert result.returncode == 2 and "walservice" in result.stdout and "pageserver" in result.stdout
     assert os.path.exists(sys.executable)
+
+
+def test_up_replicas_must_be_1_3_or_5(tmp_path: Path) -> None:
+    for bad in ("2", "4", "0", "three"):
+        result = strata("up", "--data-dir", str(tmp_path / "stack"), "--replicas", bad, cwd=tmp_path)
+        assert result.returncode == 2 and "must be 1, 3 or 5" in result.stderr, result.stderr
+    assert not (tmp_path / "stack").exists()
+
+
+def test_cluster_ports_are_recorded_and_reused(tmp_path: Path) -> None:
+    """The first `up --replicas 3` fixes the nodes' ports in cluster.json; a restart
+    reuses them (and the count), and a cluster node never moves to another port."""
+    import socket
+
+    import pytest
+
+    from deploy import local_stack
+
+    layout = local_stack.cluster_layout(tmp_path, 3)
+    assert layout.replicas == 3 and len(set(layout.ports)) == 3
+    assert local_stack.cluster_layout(tmp_path, None) == layout == local_stack.cluster_layout(tmp_path, 3)
+    with pytest.raises(SystemExit, match="--replicas 3"):
+        local_stack.cluster_layout(tmp_path, 5)
+    specs = local_stack.components(tmp_path, [], "", layout.replicas, layout.ports)
+    assert specs[0].fixed_port and specs[0].default_port == layout.ports[0]
+    assert f"127.0.0.1:{layout.ports[2]}" in specs[0].args[specs[0].args.index("--peers") + 1]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", layout.ports[0]))
+        busy.listen()
+        with pytest.raises(SystemExit, match="is busy"):
+            local_stack._start(specs[0], tmp_path)

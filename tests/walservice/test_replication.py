@@ -3,6 +3,7 @@
 Real processes on loopback. The fault schedule is a seeded loop: kill -9 and
 restart one node at a time (never more than a minority down), with the peer RPC
 fault layer (`STRATA_PEER_FAULTS`) dropping and delaying messages between nodes.
+Once, a majority is down for a while: no append sent then may be acknowledged.
 At the end every acknowledged batch must be present, whole and identical on every
 node, and no term may have had two leaders.
 """
@@ -14,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from compute_shim import Client, WalWriter
+from compute_shim import AppendFailed, Client, WalWriter
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv
@@ -60,8 +62,15 @@ def leaders_by_term(nodes: list[Component]) -> dict[int, set[str]]:
     return out
 
 
+def catching_up(node: Component) -> bool:
+    """The node recreated a timeline it had lost and has not caught up yet (it
+    serves no Stream until then; docs/design/0005-replication.md, Catch-up)."""
+    text = node.log_text()
+    return text.count("event=caught_up") < text.count("catching_up=True")
+
+
 def wait_converged(nodes: list[Component], key: TimelineKey, lsn: int) -> None:
-    """Until every node's commit_lsn reaches `lsn`."""
+    """Until every node's commit_lsn reaches `lsn` and none is catching up."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT_S
     while True:
         commits = []
@@ -70,7 +79,7 @@ def wait_converged(nodes: list[Component], key: TimelineKey, lsn: int) -> None:
                 commits.append(node_status(node, key).commit_lsn)
             except grpc.RpcError as exc:
                 commits.append(f"{exc.code().name}")
-        if all(isinstance(c, int) and c >= lsn for c in commits):
+        if all(isinstance(c, int) and c >= lsn for c in commits) and not any(catching_up(n) for n in nodes):
             return
         assert time.monotonic() < deadline, f"nodes did not reach commit_lsn={lsn}: {commits}"
         time.sleep(0.1)
@@ -82,6 +91,8 @@ class Acked:
     batch: int
     records: list[tuple[int, bytes]]
     term: int
+    sent: float  # time.monotonic() when the append was handed to the client
+    done: float  # ... and when it was acknowledged
 
 
 @dataclass
@@ -106,6 +117,7 @@ class Writer(threading.Thread):
         while not self.stopping.is_set():
             batch += 1
             records = tagged_batch(self.writer, batch, self.rng.randint(1, 6))
+            sent = time.monotonic()
             try:
                 r = self.client.append(tenant_id=self.key.tenant_id, timeline_id=self.key.timeline_id, records=records)
             except grpc.RpcError as exc:
@@ -114,7 +126,10 @@ class Writer(threading.Thread):
                     self.ledger.failed += 1
                 time.sleep(0.05)
                 continue
-            acked = Acked(self.writer, batch, [(lsn, rec.SerializeToString()) for lsn, rec in zip(r.record_lsns, records, strict=True)], r.term)
+            acked = Acked(
+                self.writer, batch, [(lsn, rec.SerializeToString()) for lsn, rec in zip(r.record_lsns, records, strict=True)],
+                r.term, sent, time.monotonic(),
+            )
             with self.ledger.lock:
                 self.ledger.acked.append(acked)
         self.client.close()
@@ -130,23 +145,32 @@ def check_cluster(nodes: list[Component], key: TimelineKey, acked: list[Acked]) 
     streams = [streamed(read_stream(wal_pb2_grpc.WalServiceStub(n.channel()), key, final.end_lsn)) for n in nodes]
     for node, stream in zip(nodes[1:], streams[1:]):
         assert stream == streams[0], f"{node.name} streams other records than {nodes[0].name}"
-    present = dict(streams[0])
-    for batch in acked:
-        for lsn, rec in batch.records:
-            assert present.get(lsn) == rec, f"acked writer={batch.writer} batch={batch.batch} lost or changed at lsn={lsn}"
+    # Every acknowledged batch, on every node: all of its records, at its LSNs, unchanged.
+    for node, stream in zip(nodes, streams):
+        present = dict(stream)
+        for batch in acked:
+            for lsn, rec in batch.records:
+                assert present.get(lsn) == rec, (
+                    f"{node.name}: acked writer={batch.writer} batch={batch.batch} lost or changed at lsn={lsn}"
+                )
     return final.end_lsn
 
 
 def assert_whole_batches(nodes: list[Component], key: TimelineKey, end_lsn: int) -> None:
-    records = read_stream(wal_pb2_grpc.WalServiceStub(nodes[0].channel()), key, end_lsn)
-    seen: dict[tuple[int, int], list[int]] = defaultdict(list)
-    counts: dict[tuple[int, int], int] = {}
-    for rec in records:
-        tag = record_tag(rec.record)
-        seen[(tag.writer, tag.batch)].append(tag.index)
-        counts[(tag.writer, tag.batch)] = tag.count
-    for batch, indexes in seen.items():
-        assert indexes == list(range(counts[batch])), f"batch writer={batch[0]} batch={batch[1]} is not whole: {indexes}"
+    """On every node, every batch in the log (acknowledged or not) is whole: all
+    its records, consecutive, in order."""
+    for node in nodes:
+        records = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end_lsn)
+        seen: dict[tuple[int, int], list[int]] = defaultdict(list)
+        counts: dict[tuple[int, int], int] = {}
+        for rec in records:
+            tag = record_tag(rec.record)
+            seen[(tag.writer, tag.batch)].append(tag.index)
+            counts[(tag.writer, tag.batch)] = tag.count
+        for batch, indexes in seen.items():
+            assert indexes == list(range(counts[batch])), (
+                f"{node.name}: batch writer={batch[0]} batch={batch[1]} is not whole: {indexes}"
+            )
 
 
 def assert_one_leader_per_term(nodes: list[Component]) -> None:
@@ -280,7 +304,17 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
         w.start()
     deadline = time.monotonic() + seconds
     kills = 0
-    # Kills of one node at a time, so never more than a minority is down.
+    # Once, early: a majority down. Appends sent while it is down must all fail.
+    time.sleep(rng.uniform(0.5, 1.5))
+    down = rng.sample(nodes, 2)
+    for victim in down:
+        victim.kill()
+    majority_down_at = time.monotonic()
+    time.sleep(2.5)  # past QUORUM_TIMEOUT_S: rounds already sent fail rather than hang
+    majority_back_at = time.monotonic()
+    for victim in down:
+        victim.start()
+    # Then kills of one node at a time, so never more than a minority is down.
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(0.5, 2.0))
         victim = rng.choice(nodes)
@@ -300,6 +334,9 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
         w.join(30)
     acked = list(ledger.acked)
     assert kills > 0 and len(acked) > 20, f"too little happened: {kills} kills, {len(acked)} acked"
+    without_majority = [a for a in acked if a.sent >= majority_down_at and a.done <= majority_back_at]
+    assert not without_majority, f"appends acknowledged while a majority was down: {without_majority[:3]}"
+    assert ledger.failed > 0, "no append failed while a majority was down"
     end = check_cluster(nodes, key, acked)
     assert_whole_batches(nodes, key, end)
     assert_one_leader_per_term(nodes)
@@ -355,3 +392,74 @@ def test_offload_and_trimming_on_every_node(strata_env: StrataEnv) -> None:
     for node in nodes:
         got = read_stream(wal_pb2_grpc.WalServiceStub(node.channel()), key, end, start_lsn=middle)
         assert [r.lsn for r in got] == [lsn for r in acked[21:] for lsn in r.record_lsns]
+
+
+def test_report_persisted_on_a_follower_reaches_the_leader(strata_env: StrataEnv) -> None:
+    """R7: a follower takes ReportPersisted for LSNs its own commit_lsn has not
+    reached yet (it learns commits one message late) by forwarding it to the leader."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    for attempt in range(5):
+        r = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, attempt + 1, 3))
+        leader = next(n for i, n in enumerate(nodes) if node_status(n, key).leader_node_id == i + 1)
+        follower = next(n for n in nodes if n is not leader)
+        status = wal_pb2_grpc.WalServiceStub(follower.channel()).ReportPersisted(
+            wal_pb2.PersistedRequest(tenant_id=key.tenant_id, timeline_id=key.timeline_id, remote_consistent_lsn=r.end_lsn),
+            timeout=5,
+        )
+        assert status.remote_consistent_lsn == r.end_lsn
+        assert node_status(leader, key).remote_consistent_lsn == r.end_lsn
+    client.close()
+    assert "event=report_persisted_forwarded" in "".join(n.log_text() for n in nodes)
+
+
+def test_sigterm_answers_the_appends_in_flight(strata_env: StrataEnv) -> None:
+    """R4: SIGTERM on the leader under a burst of streamed appends: every append it
+    took is answered (acknowledged once a majority has it) before it exits, the
+    rest are refused as not applied (and go to the next leader); none is left with
+    an unknown outcome, and every acknowledged one is on the surviving nodes."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 1, 2))
+    client.close()
+    leader = next(n for i, n in enumerate(nodes) if node_status(n, key).leader_node_id == i + 1)
+    others = [n for n in nodes if n is not leader]
+    assert leader.proc is not None
+
+    results: list[object] = []
+
+    async def burst() -> None:
+        async with WalWriter(",".join([leader.address] + [o.address for o in others])) as wal:
+
+            async def worker(w: int) -> None:
+                for b in range(1, 41):  # one append at a time: rounds keep coming, and in flight at SIGTERM
+                    try:
+                        results.append(
+                            await wal.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(10 + w, b, 3))
+                        )
+                    except AppendFailed as exc:
+                        results.append(exc)
+
+            workers = [asyncio.create_task(worker(w)) for w in range(16)]
+            while len(results) < 80:
+                await asyncio.sleep(0.005)
+            leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await asyncio.gather(*workers)
+
+    asyncio.run(burst())
+    assert leader.stop() == 0
+    unknown = [r for r in results if isinstance(r, AppendFailed) and r.outcome_unknown]
+    assert not unknown, f"{len(unknown)} appends left with an unknown outcome; first: {unknown[0]}"
+    assert not [r for r in results if isinstance(r, BaseException) and not isinstance(r, AppendFailed)]
+    acked = [r for r in results if isinstance(r, wal_pb2.AppendResponse)]
+    assert acked
+    # A new leader (elected on the next append) commits what the old one acknowledged.
+    client = cluster_client(others, timeout=30.0)
+    end = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(6, 1, 1)).end_lsn
+    client.close()
+    assert end > max(r.end_lsn for r in acked)
+    wait_converged(others, key, end)
+    present = {rec.lsn for rec in read_stream(wal_pb2_grpc.WalServiceStub(others[0].channel()), key, end)}
+    assert all(lsn in present for r in acked for lsn in r.record_lsns)

@@ -1,13 +1,16 @@
 """Pure pieces of replication (docs/design/0005-replication.md): the divergence
 point of two term histories, last_log_term, and the control file's version 1
-(read) and version 2 (written) formats."""
+(read), version 2 (read) and version 3 (written) formats."""
 
 from __future__ import annotations
 
 import json
 import struct
 
+import pytest
 import xxhash
+
+from strata.errors import CorruptionError
 
 from walservice.control_file import ABSTAIN, NO_VOTE, TimelineControl
 from walservice.replication import ClusterConfig, divergence_lsn, history_up_to
@@ -52,8 +55,25 @@ def test_control_file_reads_version_1_and_writes_version_2() -> None:
     assert (old.voted_for, old.commit_lsn, old.remote_consistent_lsn, old.term_history) == (NO_VOTE, 0, 7, [(1, 0)])
     new = TimelineControl(T, TL, 0, 8192, term=9, term_history=[(1, 0), (9, 80)], voted_for=ABSTAIN, commit_lsn=80)
     data = new.encode()
-    assert data[4] == 2
+    assert data[4] == 3
     assert TimelineControl.decode(data) == new
+
+
+def test_control_file_reads_version_2_and_writes_catchup_lsn_in_version_3() -> None:
+    body = json.dumps(
+        {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 4, "term_history": [[1, 0], [4, 60]],
+         "remote_consistent_lsn": 7, "backup_lsn": 3, "voted_for": 2, "commit_lsn": 90}, sort_keys=True
+    ).encode()
+    v2 = struct.pack("<4sB3xIQ", b"SWCF", 2, len(body), xxhash.xxh64_intdigest(body)) + body
+    old = TimelineControl.decode(v2)
+    assert (old.term, old.voted_for, old.commit_lsn, old.catchup_lsn) == (4, 2, 90, None)
+    catching_up = TimelineControl(T, TL, 0, 8192, term=5, voted_for=ABSTAIN, commit_lsn=40, catchup_lsn=120)
+    data = catching_up.encode()
+    assert data[4] == 3 and TimelineControl.decode(data) == catching_up
+    damaged = bytearray(data)
+    damaged[-3] ^= 1
+    with pytest.raises(CorruptionError, match="checksum"):
+        TimelineControl.decode(bytes(damaged))
 
 
 def test_cluster_config() -> None:
