@@ -87,7 +87,7 @@ def read_generation(storage: RemoteStorage, tenant_id: str) -> int:
 
 
 def write_generation(storage: RemoteStorage, tenant_id: str, generation: int) -> None:
-    storage.upload_bytes(f"{generation}\n".encode(), generation_key(tenant_id))
+    storage.upload_bytes(f"{generation}\n".encode(), generation_key(tenant_id), overwrite=True)
 
 
 def remote_index_timelines(storage: RemoteStorage, tenant_id: str) -> list[str]:
@@ -311,7 +311,7 @@ class RemoteTimelineClient:
         remote_index = replace(index, layers=tuple(entries))
         await self.check_generation()
         data = remote_index.encode()
-        await loop.run_in_executor(self.executor, lambda: self.storage.upload_bytes(data, index_key(tl.tenant_id, tl.timeline_id)))
+        await loop.run_in_executor(self.executor, lambda: self.storage.upload_bytes(data, index_key(tl.tenant_id, tl.timeline_id), overwrite=True))
         self.remote_index = remote_index
         self._synced = index
         advanced = index.disk_consistent_lsn != self.remote_consistent_lsn

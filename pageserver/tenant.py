@@ -599,7 +599,7 @@ class TenantSet:
             generation = remote_timeline.read_generation(storage, config.tenant_id) + 1
             remote_timeline.write_generation(storage, config.tenant_id, generation)
             claimed = replace(config, generation=generation)
-            storage.upload_bytes(claimed.encode(), remote_timeline.tenant_config_key(config.tenant_id))
+            storage.upload_bytes(claimed.encode(), remote_timeline.tenant_config_key(config.tenant_id), overwrite=True)
             return claimed
 
         try:
@@ -662,7 +662,7 @@ class TenantSet:
             generation = max(remote_timeline.read_generation(storage, tenant_id), config.generation) + 1
             remote_timeline.write_generation(storage, tenant_id, generation)
             config = replace(config, generation=generation)
-            storage.upload_bytes(config.encode(), key)
+            storage.upload_bytes(config.encode(), key, overwrite=True)
             indexes = {
                 tl: remote_timeline.download_index(storage, tenant_id, tl)
                 for tl in remote_timeline.remote_index_timelines(storage, tenant_id)

@@ -360,7 +360,9 @@ class WalOffloader:
     ) -> RemoteObject:
         """Off the loop: read, verify and upload [0, header + end_lsn - start) of a segment."""
         data = read_verified_prefix(seg, end_lsn, tl.tenant_id, tl.timeline_id, verified)
-        return self.storage.upload_bytes(data, key)
+        # A sealed segment is create-only (the same bytes again are a no-op);
+        # the open segment's `.partial` object is replaced in place as it grows.
+        return self.storage.upload_bytes(data, key, overwrite=key.endswith(PARTIAL_SUFFIX))
 
     async def _trim(self, st: _TimelineOffload) -> None:
         """Delete local sealed segments below min(backup_lsn, remote_consistent_lsn)."""
