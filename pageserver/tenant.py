@@ -75,7 +75,9 @@ class TenantConfig:
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> TenantConfig:
-        return cls(**checksummed_json.decode(data, where, TENANT_FORMAT_VERSION))
+        body = checksummed_json.decode(data, where, TENANT_FORMAT_VERSION)
+        checksummed_json.check_fields(body, set(cls.__dataclass_fields__), where, {"tenant_id", "page_size", "pitr_seconds"})
+        return cls(**body)
 
 
 @dataclass
