@@ -46,7 +46,8 @@ from pageserver.index_part import IndexPart, read_index_part, write_index_part
 from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
-from pageserver.remote_storage import RemoteObject, RemoteStorage
+from pageserver import generation as generations
+from pageserver.remote_storage import RemoteObject, RemoteObjectExists, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
@@ -148,7 +149,11 @@ class Tenant:
             if tl_dir.name.startswith("."):
                 shutil.rmtree(tl_dir)
                 continue
-            indexes[tl_dir.name] = read_index_part(tl_dir)
+            index = read_index_part(tl_dir)
+            if self.ctx.remote is not None and index.generation != self.config.generation:
+                # Claimed a new generation at this start: new layers and the index carry it.
+                index = replace(index, generation=self.config.generation)
+            indexes[tl_dir.name] = index
         pending = dict(indexes)
         while pending:
             ready = [tid for tid, idx in pending.items() if not idx.ancestor_timeline_id or idx.ancestor_timeline_id in self.timelines]
@@ -225,8 +230,10 @@ class Tenant:
         assert self.ctx.remote is not None
         storage = self.ctx.remote
         remote_gen = await asyncio.get_running_loop().run_in_executor(
-            self.ctx.executor, remote_timeline.read_generation, storage, self.tenant_id
+            self.ctx.executor, generations.read_generation, storage, self.tenant_id
         )
+        if self.fenced is not None:
+            raise Fenced(self.fenced)  # fenced by another check while this one read
         if remote_gen > self.config.generation:
             self.fence(remote_gen)
             raise Fenced(self.fenced)
@@ -240,7 +247,7 @@ class Tenant:
         )
         self.ctx.log.warning(
             "tenant_fenced", tenant=self.tenant_id, generation=self.config.generation, remote_generation=remote_generation,
-            action="stopped ingest and uploads; reads answer FAILED_PRECONDITION",
+            action="stopped serving: no more uploads or deletions, ingest stopped, reads answer FAILED_PRECONDITION",
         )
         self._stopping = True
         for timeline in self.timelines.values():
@@ -434,9 +441,9 @@ class Tenant:
 
         def delete() -> int:
             keys = remote_timeline.timeline_objects(storage, self.tenant_id, timeline_id)
-            index = remote_timeline.index_key(self.tenant_id, timeline_id)
-            storage.delete([index])  # first: no index names deleted layers
-            storage.delete([k for k in keys if k != index])
+            indexes = [k for k in keys if remote_timeline.index_generation(k.rpartition("/")[2]) is not None]
+            storage.delete(indexes)  # first: no index names deleted layers
+            storage.delete([k for k in keys if k not in indexes])
             return len(keys)
 
         try:
@@ -529,34 +536,61 @@ class TenantSet:
                 continue
             path = tenant_dir / TENANT_FILE
             config = TenantConfig.decode(path.read_bytes(), str(path))
-            tenant = Tenant(config, tenant_dir, self.ctx)
             remote_indexes, remote_gen = self._remote_state_at_load(config)
-            if remote_gen > config.generation:
-                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {remote_gen} > {config.generation})"
+            fenced_by = remote_gen if remote_gen is not None and remote_gen > config.generation else None
+            if fenced_by is None and remote_gen is not None and config.generation > 0:
+                config, fenced_by = self._claim_at_start(config, remote_gen, path)
+            tenant = Tenant(config, tenant_dir, self.ctx)
+            if fenced_by is not None:
+                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {fenced_by} > {config.generation})"
                 self.ctx.log.warning(
-                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=remote_gen,
+                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=fenced_by,
                     action="not serving it (found at startup)",
                 )
             tenant.load(remote_indexes)
             self.tenants[config.tenant_id] = tenant
             self.ctx.log.info("tenant_loaded", tenant=config.tenant_id, timelines=len(tenant.timelines))
 
-    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int]:
+    def _claim_at_start(self, config: TenantConfig, remote_gen: int, path: Path) -> tuple[TenantConfig, int | None]:
+        """A restart of the pageserver that holds the newest generation claims the
+        next one (blocking), so that nothing it writes from now on can have the
+        name of an object its previous run wrote. Returns the config and, if
+        another pageserver claimed that generation first, the generation that
+        fences us."""
+        storage = self.ctx.remote
+        assert storage is not None
+        try:
+            record = generations.claim_generation(storage, config.tenant_id, max(remote_gen, config.generation) + 1)
+        except generations.GenerationTaken:
+            return config, max(remote_gen, config.generation) + 1
+        except Exception as exc:  # noqa: BLE001 - keep the old generation; fencing is checked before each upload
+            self.ctx.log.warning("generation_claim_failed", tenant=config.tenant_id, generation=config.generation, error=repr(exc))
+            return config, None
+        claimed = replace(config, generation=record.generation)
+        write_durably(path, claimed.encode())
+        self.ctx.log.info(
+            "generation_claimed", tenant=config.tenant_id, generation=record.generation, previous=config.generation,
+            reason="restart",
+        )
+        return claimed, None
+
+    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int | None]:
         """What remote storage already holds of a local tenant (blocking, at startup):
         its timelines' uploaded indexes and the remote generation. If remote
-        storage cannot be read, nothing is known: every layer is uploaded again."""
+        storage cannot be read, nothing is known (generation None): every layer
+        is uploaded again."""
         storage = self.ctx.remote
         if storage is None:
-            return {}, 0
+            return {}, None
         try:
-            generation = remote_timeline.read_generation(storage, config.tenant_id)
+            generation = generations.read_generation(storage, config.tenant_id)
             indexes: dict[str, IndexPart | None] = {}
             for timeline_id in remote_timeline.remote_index_timelines(storage, config.tenant_id):
                 indexes[timeline_id] = remote_timeline.download_index(storage, config.tenant_id, timeline_id)
             return indexes, generation
         except Exception as exc:  # noqa: BLE001 - uploads start over; fencing is checked before each index upload
             self.ctx.log.warning("remote_state_unavailable", tenant=config.tenant_id, error=repr(exc), action="reuploading")
-            return {}, 0
+            return {}, None
 
     def get(self, tenant_id: str, allow_fenced: bool = False) -> Tenant:
         ids.tenant_id(tenant_id)
@@ -593,15 +627,21 @@ class TenantSet:
         return tenant
 
     async def _claim_remote(self, config: TenantConfig) -> TenantConfig:
-        """A new tenant in remote storage: the next generation, then tenant.json."""
+        """A new tenant in remote storage: the next generation, then tenant.json
+        (create-only: a tenant that exists remotely is attached, not created)."""
         storage = self.ctx.remote
         assert storage is not None
+        key = remote_timeline.tenant_config_key(config.tenant_id)
 
         def claim() -> TenantConfig:
-            generation = remote_timeline.read_generation(storage, config.tenant_id) + 1
-            remote_timeline.write_generation(storage, config.tenant_id, generation)
-            claimed = replace(config, generation=generation)
-            storage.upload_bytes(claimed.encode(), remote_timeline.tenant_config_key(config.tenant_id), overwrite=True)
+            if storage.exists(key):
+                raise AlreadyExists(f"tenant_id={config.tenant_id} exists in remote storage ({key}): use AttachTenant")
+            record = generations.claim_next(storage, config.tenant_id)
+            claimed = replace(config, generation=record.generation)
+            try:
+                storage.upload_bytes(claimed.encode(), key)
+            except RemoteObjectExists:
+                raise AlreadyExists(f"tenant_id={config.tenant_id} was created elsewhere meanwhile ({key})") from None
             return claimed
 
         try:
@@ -621,9 +661,14 @@ class TenantSet:
             for timeline_id in list(tenant.timelines):
                 await tenant._delete_remote_timeline(timeline_id)
             storage = self.ctx.remote
-            keys = [remote_timeline.tenant_config_key(tenant_id), remote_timeline.generation_key(tenant_id)]
+            def delete_tenant_objects() -> None:
+                # tenant.json first (a half-deleted tenant is not attachable), the generations last.
+                storage.delete([remote_timeline.tenant_config_key(tenant_id)])
+                storage.delete([o.key for o in storage.list(generations.generations_prefix(tenant_id))])
+
             try:
-                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, storage.delete, keys)
+                await tenant._check_generation()  # before any deletion
+                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete_tenant_objects)
             except Exception as exc:  # noqa: BLE001 - best effort
                 self.ctx.log.warning("remote_tenant_delete_failed", tenant=tenant_id, error=repr(exc))
         self.ctx.log.info("tenant_deleted", tenant=tenant_id)
@@ -661,14 +706,14 @@ class TenantSet:
             except NotFound:
                 raise NotFound(f"tenant_id={tenant_id}: remote storage has no such tenant (no {key})") from None
             config = TenantConfig.decode(data, f"remote {key}")
-            generation = max(remote_timeline.read_generation(storage, tenant_id), config.generation) + 1
-            remote_timeline.write_generation(storage, tenant_id, generation)
-            config = replace(config, generation=generation)
-            storage.upload_bytes(config.encode(), key, overwrite=True)
-            indexes = {
-                tl: remote_timeline.download_index(storage, tenant_id, tl)
-                for tl in remote_timeline.remote_index_timelines(storage, tenant_id)
-            }
+            record = generations.claim_next(storage, tenant_id, at_least=config.generation)  # fences older attachments
+            config = replace(config, generation=record.generation)
+            indexes = {}
+            for tl in remote_timeline.remote_index_timelines(storage, tenant_id):
+                # Our own index of each timeline at once: from now on readers take ours.
+                index = replace(remote_timeline.download_index(storage, tenant_id, tl), generation=config.generation)
+                storage.upload_bytes(index.encode(), remote_timeline.index_key(tenant_id, tl, config.generation))
+                indexes[tl] = index
             return config, indexes
 
         try:
@@ -735,6 +780,21 @@ class TenantSet:
             await asyncio.sleep(interval_s)
             for tenant in list(self.tenants.values()):
                 await tenant.gc_all()
+
+    async def run_generation_checks(self, interval_s: float) -> None:
+        """Every `interval_s` (--generation-check-interval): fence each tenant a
+        newer generation attached elsewhere, even if it is idle (no uploads)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for tenant in list(self.tenants.values()):
+                if tenant.fenced is not None or self.ctx.remote is None:
+                    continue
+                try:
+                    await tenant._check_generation()
+                except Fenced:
+                    pass  # logged by fence()
+                except Exception as exc:  # noqa: BLE001 - remote storage down: the next round tries again
+                    self.ctx.log.warning("generation_check_failed", tenant=tenant.tenant_id, error=repr(exc))
 
     async def run_expiry(self, interval_s: float) -> None:
         """Delete expired timelines every `interval_s` (--ttl-check-interval)."""

@@ -36,7 +36,7 @@ from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
 from pageserver.remote_storage import LocalFsStorage, RemoteStorage, open_remote_storage
-from pageserver.remote_timeline import index_key
+from pageserver.remote_timeline import download_index
 from tests.env import Component, StrataEnv
 from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
 from tests.pageserver.world import SMALL_LAYERS, World, image, new_id
@@ -147,7 +147,7 @@ def remote_layer_bytes(remote: Path, tenant_id: str, timeline_id: str) -> int:
 
 
 def remote_index(remote: Path, tenant_id: str, timeline_id: str) -> IndexPart:
-    return IndexPart.decode(LocalFsStorage(remote).download_bytes(index_key(tenant_id, timeline_id)))
+    return download_index(LocalFsStorage(remote), tenant_id, timeline_id)
 
 
 def wait_until(what: str, cond, timeout: float = 30.0) -> None:
@@ -263,7 +263,7 @@ def layer_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> d
 
 def storage_synced(client: Client, storage: RemoteStorage, tenant_id: str, timeline_id: str) -> bool:
     info = client.get_timeline(tenant_id=tenant_id, timeline_id=timeline_id)
-    index = IndexPart.decode(storage.download_bytes(index_key(tenant_id, timeline_id)))
+    index = download_index(storage, tenant_id, timeline_id)
     return (
         index.gc_cutoff_lsn == info.gc_cutoff_lsn
         and set(layer_objects(storage, tenant_id, timeline_id)) >= {e.file_name for e in index.layers}
@@ -300,7 +300,7 @@ def test_gc_frees_remote_bytes_and_deletes_leaked_layers_and_old_vector_indexes(
         wait_until("uploads", lambda: storage_synced(client, storage, world.tenant_id, main))
         before = sum(layer_objects(storage, world.tenant_id, main).values())
         prefix = f"tenants/{world.tenant_id}/timelines/{main}/"
-        generation = IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation
+        generation = download_index(storage, world.tenant_id, main).generation
         # What a crash between a layer upload and its index upload leaves behind.
         leaked = LayerName("delta", 0, KEY_SPACE_END, 1, 2, generation).file_name
         storage.upload_bytes(b"leaked layer bytes", prefix + leaked)
@@ -328,7 +328,7 @@ def test_gc_frees_remote_bytes_and_deletes_leaked_layers_and_old_vector_indexes(
         wait_until(
             "removed layers to leave remote storage",
             lambda: set(layer_objects(storage, world.tenant_id, main)) == {
-                e.file_name for e in IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).layers
+                e.file_name for e in download_index(storage, world.tenant_id, main).layers
             },
         )
         after = sum(layer_objects(storage, world.tenant_id, main).values())

@@ -24,7 +24,8 @@ import pytest
 
 from compute_shim import Client
 from pageserver.remote_storage import LocalFsStorage
-from pageserver.remote_timeline import generation_key, index_key
+from pageserver.generation import GenerationTaken, claim_generation, list_generations
+from pageserver.remote_timeline import download_index, index_key, remote_index_generations
 from tests.env import Component, StrataEnv
 from tests.pageserver.test_kill9 import TINY_LAYERS, Appender
 from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
@@ -184,12 +185,19 @@ def test_remote_storage_down_then_back(strata_env: StrataEnv, tmp_path: Path) ->
     world.client.close()
 
 
+def index_generations(storage: LocalFsStorage, tenant_id: str, timeline_id: str) -> list[int]:
+    return remote_index_generations(storage, tenant_id).get(timeline_id, [])
+
+
 def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """A second attach fences the first: its uploads are refused (no index of its
+    generation goes up after the attach), it stops serving with one clear log
+    line; and the generations are create-only objects."""
     rng = random.Random(SEED + 4)
     url = f"file://{tmp_path / 'remote'}"
     storage = LocalFsStorage(tmp_path / "remote")
     wal = strata_env.walservice()
-    first = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, name="first")
+    first = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, "--generation-check-interval", "3600", name="first")
     second = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url, name="second")
     gen = RecordGen(rng, 512)
     with Client(pageserver=first.address, walservice=wal.address) as c1, Client(pageserver=second.address, walservice=wal.address) as c2:
@@ -198,29 +206,86 @@ def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
         world.append_random(main, gen, 20)
         world.wait_ingested(main)
         wait_until("uploads", lambda: uploaded(c1, world, main))
-        assert storage.download_bytes(generation_key(world.tenant_id)).strip() == b"1"
+        assert list_generations(storage, world.tenant_id) == [1]
+        assert index_generations(storage, world.tenant_id, main) == [1]
 
         info = c2.attach_tenant(tenant_id=world.tenant_id, timeout=60)
         assert info.generation == 2
-        index_before = storage.download_bytes(index_key(world.tenant_id, main))
+        assert list_generations(storage, world.tenant_id) == [1, 2]
+        # The attach uploaded its own index at once: readers take it from now on.
+        assert download_index(storage, world.tenant_id, main).generation == 2
+        index_1 = storage.download_bytes(index_key(world.tenant_id, main, 1))
         world.append_random(main, gen, 30)  # the first flushes layers and tries to upload their index
         wait_until("the first pageserver to be fenced", lambda: "event=tenant_fenced" in first.log_text())
         fenced = [l for l in first.log_text().splitlines() if "event=tenant_fenced" in l]
-        assert len(fenced) == 1 and "level=warn" in fenced[0] and "remote_generation=2" in fenced[0], fenced
+        assert len(fenced) == 1 and "level=warn" in fenced[0], fenced
+        assert f"tenant={world.tenant_id}" in fenced[0] and "generation=1" in fenced[0] and "remote_generation=2" in fenced[0]
         with pytest.raises(grpc.RpcError) as err:
             c1.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=0, timeout=10)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "attached elsewhere" in err.value.details()
-        # The fenced pageserver's index never replaced the newer generation's.
-        from pageserver.index_part import IndexPart
-
-        remote_index = IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main)))
-        assert remote_index.generation == 2 or storage.download_bytes(index_key(world.tenant_id, main)) == index_before
+        time.sleep(1)
+        # Refused: the first's index never moved after the attach (or went away with the second's cleanup).
+        assert not storage.exists(index_key(world.tenant_id, main, 1)) or storage.download_bytes(index_key(world.tenant_id, main, 1)) == index_1
+        assert "event=index_uploaded" not in first.log_text().split(fenced[0])[1]
 
         world.client = c2
         world.check_all(rng, limit=15)
         wait_until("the second's uploads", lambda: uploaded(c2, world, main))
-        assert IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation == 2
+        assert download_index(storage, world.tenant_id, main).generation == 2
+        wait_until("the first generation's index to be deleted", lambda: index_generations(storage, world.tenant_id, main) == [2])
+
+        # Generations are create-only: claiming one that exists fails.
+        with pytest.raises(GenerationTaken):
+            claim_generation(storage, world.tenant_id, 2)
+
+
+def test_an_idle_stale_pageserver_is_fenced_by_the_background_check(strata_env: StrataEnv, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 6)
+    url = f"file://{tmp_path / 'remote'}"
+    wal = strata_env.walservice()
+    first = strata_env.pageserver(wal, "--remote-storage", url, "--generation-check-interval", "0.5", name="first")
+    second = strata_env.pageserver(wal, "--remote-storage", url, name="second")
+    with Client(pageserver=first.address, walservice=wal.address) as c1, Client(pageserver=second.address, walservice=wal.address) as c2:
+        world = World.create(c1, 512)
+        main = world.create_root()
+        world.append_random(main, RecordGen(rng, 512), 5)
+        world.wait_ingested(main)
+        c2.attach_tenant(tenant_id=world.tenant_id, timeout=60)
+        # No ingest, no upload on the first: only the periodic check can notice.
+        wait_until("the idle first pageserver to be fenced", lambda: "event=tenant_fenced" in first.log_text(), timeout=20)
+        with pytest.raises(grpc.RpcError) as err:
+            c1.get_rel_size(tenant_id=world.tenant_id, timeout=10, timeline_id=main, rel=1, lsn=0)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_restart_claims_the_next_generation(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """A restarted pageserver that still holds the newest generation claims the
+    next one, so nothing it writes can reuse a name its previous run wrote."""
+    rng = random.Random(SEED + 7)
+    url = f"file://{tmp_path / 'remote'}"
+    storage = LocalFsStorage(tmp_path / "remote")
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url)
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world = World.create(client, 512)
+        main = world.create_root()
+        world.append_random(main, RecordGen(rng, 512), 20)
+        world.wait_ingested(main)
+        wait_until("uploads", lambda: uploaded(client, world, main))
+    assert ps.stop() == 0
+    ps.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        world.client = client
+        [tenant] = [t for t in client.list_tenants().tenants if t.tenant_id == world.tenant_id]
+        assert tenant.generation == 2, tenant
+        world.append_random(main, RecordGen(rng, 512), 20)
+        world.wait_ingested(main)
+        wait_until("uploads", lambda: uploaded(client, world, main))
+        assert list_generations(storage, world.tenant_id) == [1, 2]
+        wait_until("the old index to go", lambda: index_generations(storage, world.tenant_id, main) == [2])
+        world.check_all(rng, limit=10)
+    assert "event=generation_claimed" in ps.log_text()
 
 
 def test_detach_then_attach_elsewhere(strata_env: StrataEnv, tmp_path: Path) -> None:
