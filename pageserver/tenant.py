@@ -370,27 +370,57 @@ class Tenant:
             generation=self.config.generation,
             relations=relations,
         )
-        # The walservice registration and the local directory are independent:
-        # do them at once (branch creation waits on both). A crash between them
-        # leaves a timeline the walservice may not know: its WalReceiver then
-        # registers it (CreateTimeline is idempotent).
+        # The walservice registration, the local directory and (with remote
+        # storage) the remote index are independent: do them at once. The
+        # answer waits for all three, so an attach elsewhere sees the timeline
+        # once CreateTimeline returned. A crash between them leaves a timeline
+        # the walservice may not know (its WalReceiver then registers it:
+        # CreateTimeline is idempotent) or an index that is only remote (the
+        # next attach takes it; a restart here uploads the local one again).
         loop = asyncio.get_running_loop()
         local = loop.run_in_executor(
             self.ctx.executor, _make_dir_durably, self.timelines_dir, timeline_id, lambda d: write_index_part(d, index)
         )
-        registered, written = await asyncio.gather(
-            self._register_with_walservice(timeline_id, ancestor_lsn), local, return_exceptions=True
+        registered, written, remote = await asyncio.gather(
+            self._register_with_walservice(timeline_id, ancestor_lsn), local, self._upload_new_index(index),
+            return_exceptions=True,
         )
-        if isinstance(registered, BaseException) or isinstance(written, BaseException):
+        failed = [r for r in (registered, written, remote) if isinstance(r, BaseException)]
+        if failed:
             if not isinstance(written, BaseException):
                 await loop.run_in_executor(self.ctx.executor, shutil.rmtree, written)
-            raise registered if isinstance(registered, BaseException) else written
+            raise failed[0]
+        if self.ctx.remote is not None:
+            self._remote_indexes[timeline_id] = index  # what the upload queue starts from
         timeline = self._add_timeline(index)
         self.ctx.log.info(
             "timeline_created", tenant=self.tenant_id, timeline=timeline_id,
             ancestor=ancestor_timeline_id or None, lsn=ancestor_lsn,
         )
         return timeline
+
+    async def _upload_new_index(self, index: IndexPart) -> None:
+        """CreateTimeline with remote storage: the new timeline's index of our
+        generation, with the generation checked before and after the PUT."""
+        storage = self.ctx.remote
+        if storage is None:
+            return
+        key = remote_timeline.index_key(self.tenant_id, index.timeline_id, index.generation)
+        try:
+            await self._check_generation()
+            await asyncio.get_running_loop().run_in_executor(
+                self.ctx.executor, lambda: storage.upload_bytes(index.encode(), key, overwrite=True)
+            )
+            await self._check_generation()
+        except Fenced as exc:
+            raise FailedPrecondition(str(exc)) from None
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={index.timeline_id}: remote storage did not take the new "
+                f"timeline's index {key}: {exc!r}"
+            ) from exc
 
     async def _register_with_walservice(self, timeline_id: str, start_lsn: int) -> None:
         request = wal_pb2.WalTimeline(

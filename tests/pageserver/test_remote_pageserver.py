@@ -203,6 +203,8 @@ def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
     with Client(pageserver=first.address, walservice=wal.address) as c1, Client(pageserver=second.address, walservice=wal.address) as c2:
         world = World.create(c1, 512)
         main = world.create_root()
+        # CreateTimeline answered only once the timeline's index was in remote storage.
+        assert download_index(storage, world.tenant_id, main).generation == 1
         world.append_random(main, gen, 20)
         world.wait_ingested(main)
         wait_until("uploads", lambda: uploaded(c1, world, main))
