@@ -45,7 +45,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,7 @@ from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, LayerEntry
 from pageserver.layers.block_file import _FILE_CHECKSUM_COVERS_ALL_BUT
 from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
+from strata import checksummed_json
 from strata.errors import CorruptionError, NotFound
 from strata.ids import TenantId, TimelineId
 from strata.background_tasks import cancel_and_wait
@@ -122,6 +123,54 @@ def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str, gen
         generation = max(gens)
     key = index_key(tenant_id, timeline_id, generation)
     return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
+
+
+DELETION_MARK = "deleted"
+DELETION_MARK_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeletionMark:
+    """A timeline being deleted (tenant.py: DeleteTimeline, TTL expiry).
+
+    Stored as `tenants/<t>/timelines/<tl>/deleted` remotely (create-only) and as
+    `deleted` in the local timeline directory, both written before anything of
+    the timeline is deleted and removed after everything else is: a pageserver
+    that restarts or attaches and finds one finishes the deletion instead of
+    loading the timeline. Layout: a JSON object through
+    strata/checksummed_json.py (format_version 1, xxhash64 checksum) with the
+    fields below; unknown or missing fields are CorruptionError."""
+
+    tenant_id: str
+    timeline_id: str
+    generation: int  # of the pageserver that started the deletion
+    marked_at_us: int
+    reason: str  # "DeleteTimeline" or "expired"
+
+    def encode(self) -> bytes:
+        return checksummed_json.encode(asdict(self), DELETION_MARK_FORMAT_VERSION)
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> DeletionMark:
+        body = checksummed_json.decode(data, where, DELETION_MARK_FORMAT_VERSION)
+        fields = set(cls.__dataclass_fields__)
+        checksummed_json.check_fields(body, fields, where, fields)
+        return cls(**body)
+
+
+def deletion_mark_key(tenant_id: str, timeline_id: str) -> str:
+    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), DELETION_MARK)
+
+
+def marked_timelines(storage: RemoteStorage, tenant_id: str) -> dict[str, DeletionMark]:
+    """Timelines of the tenant with a remote deletion mark. Blocking."""
+    prefix = timelines_prefix(tenant_id)
+    out = {}
+    for obj in storage.list(prefix):
+        parts = obj.key[len(prefix):].split("/")
+        if len(parts) == 2 and parts[1] == DELETION_MARK:
+            out[parts[0]] = DeletionMark.decode(storage.download_bytes(obj.key), f"remote {obj.key}")
+    return out
 
 
 def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:

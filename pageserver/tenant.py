@@ -54,6 +54,7 @@ from pageserver import reconstruct
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata import checksummed_json, ids
+from strata.ids import TenantId, TimelineId
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
 from strata.logs import EventLogger
@@ -128,6 +129,8 @@ class Tenant:
         self._expiry_deferred: set[str] = set()
         # remote index per timeline as found at load (None: unknown)
         self._remote_indexes: dict[str, IndexPart | None] = {}
+        # Marked deletions still running in the background, by timeline id.
+        self._deleting: dict[str, asyncio.Task[None]] = {}
 
     @property
     def tenant_id(self) -> str:
@@ -145,9 +148,14 @@ class Tenant:
         self._remote_indexes = dict(remote_indexes or {})
         self.timelines_dir.mkdir(parents=True, exist_ok=True)
         indexes: dict[str, IndexPart] = {}
+        marks: dict[str, remote_timeline.DeletionMark] = {}
         for tl_dir in self.timelines_dir.iterdir():
             if tl_dir.name.startswith("."):
                 shutil.rmtree(tl_dir)
+                continue
+            mark_path = tl_dir / remote_timeline.DELETION_MARK
+            if mark_path.exists():  # a deletion a crash interrupted: finish it, do not load it
+                marks[tl_dir.name] = remote_timeline.DeletionMark.decode(mark_path.read_bytes(), str(mark_path))
                 continue
             index = read_index_part(tl_dir)
             if self.ctx.remote is not None and index.generation != self.config.generation:
@@ -162,6 +170,8 @@ class Tenant:
             for tid in sorted(ready):
                 self._remove_unlisted_files(self.timelines_dir / tid, pending[tid])
                 self._add_timeline(pending.pop(tid))
+        if marks and self.fenced is None:
+            self.resume_deletions(marks)
 
     def _remove_unlisted_files(self, tl_dir: Path, index: IndexPart) -> None:
         listed = {entry.file_name for entry in index.layers} | {INDEX_FILE_NAME}
@@ -317,6 +327,10 @@ class Tenant:
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
         if timeline_id in self.timelines:
             raise AlreadyExists(f"tenant_id={self.tenant_id} timeline_id={timeline_id} already exists")
+        if timeline_id in self._deleting:
+            raise FailedPrecondition(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id} is being deleted; retry once the deletion finished"
+            )
         ancestor: Timeline | None = None
         if ancestor_timeline_id:
             ids.timeline_id(ancestor_timeline_id, "ancestor_timeline_id")
@@ -434,8 +448,21 @@ class Tenant:
                 f"{exc.code().name}: {exc.details()}"
             ) from exc
 
-    async def delete_timeline(self, timeline_id: str) -> Timeline:
+    async def delete_timeline(self, timeline_id: str, reason: str = "DeleteTimeline") -> Timeline:
+        """Delete a timeline, crash-safely (docs/design/0003-remote-storage.md,
+        "Timeline expiry and deletion"): stop it, write the deletion mark
+        (locally, then remotely), then `_finish_deletion`. If a step fails
+        (remote storage or the walservice down) the deletion goes on in the
+        background and this raises UNAVAILABLE saying so; a restart or an
+        attach that finds the mark finishes it too."""
+        if timeline_id in self._deleting:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and still finishing "
+                "in the background; retry"
+            )
         timeline = self.get_timeline(timeline_id)
+        if self.fenced is not None:
+            raise FailedPrecondition(self.fenced)
         if timeline.children or timeline.branch_reservations:
             raise FailedPrecondition(
                 f"timeline_id={timeline_id} has child timelines {sorted(timeline.children)} (or one being created): "
@@ -452,19 +479,135 @@ class Tenant:
             timeline.ancestor.children.pop(timeline_id, None)
         if timeline.remote is not None:
             await timeline.remote.stop()
-            await self._delete_remote_timeline(timeline_id)
         if self.ctx.layer_cache is not None:
             for layer in timeline.layer_map.historic:
                 self.ctx.layer_cache.forget(layer)
         timeline.layer_map.close()
-        await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, timeline.directory)
-        self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id)
+        mark = remote_timeline.DeletionMark(
+            self.tenant_id, timeline_id, self.config.generation, time.time_ns() // 1000, reason
+        )
+        await asyncio.get_running_loop().run_in_executor(
+            self.ctx.executor, write_durably, timeline.directory / remote_timeline.DELETION_MARK, mark.encode()
+        )
+        self.ctx.log.info(
+            "timeline_deletion_started", tenant=self.tenant_id, timeline=timeline_id, lsn=timeline.last_record_lsn,
+            reason=reason,
+        )
+        try:
+            await self._finish_deletion(timeline_id, mark)
+        except Fenced as exc:
+            raise FailedPrecondition(str(exc)) from None
+        except Exception as exc:
+            self._retry_deletion_in_background(timeline_id, mark, exc)
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and will finish in the "
+                f"background (or after a restart or attach): {exc!r}"
+            ) from exc
         return timeline
 
+    async def _finish_deletion(self, timeline_id: str, mark: remote_timeline.DeletionMark) -> None:
+        """Everything of a timeline whose mark is written (idempotent, so a retry,
+        restart or attach can run it again):
+
+        1. the remote mark (create-only; there already from an earlier try is fine);
+        2. its remote indexes, then its other objects: layers and vector indexes
+           (layers are per timeline: a branch reads its ancestor's objects under
+           the ancestor's prefix, and a timeline with children is not deleted, so
+           no other timeline needs them) and any offloaded WAL under `wal/`;
+        3. the walservice's WAL (DeleteTimeline: local segments on every node and
+           the offloaded WAL);
+        4. the remote mark, last but one;
+        5. the local directory with the local mark, last.
+
+        The generation is checked before the first deletion and before the mark
+        goes (raises Fenced: a newer attachment finishes it)."""
+        storage = self.ctx.remote
+        loop = asyncio.get_running_loop()
+        mark_key = remote_timeline.deletion_mark_key(self.tenant_id, timeline_id)
+        if storage is not None:
+            await self._check_generation()
+
+            def delete_objects() -> int:
+                try:
+                    storage.upload_bytes(mark.encode(), mark_key)
+                except RemoteObjectExists:
+                    pass  # an earlier try (or another generation) marked it
+                prefix = remote_timeline.timeline_prefix(TenantId(self.tenant_id), TimelineId(timeline_id))
+                keys = [o.key for o in storage.list(prefix) if o.key != mark_key]
+                indexes = [k for k in keys if remote_timeline.index_generation(k[len(prefix):]) is not None]
+                storage.delete(indexes)  # first: no index names a deleted layer
+                storage.delete([k for k in keys if k not in indexes])
+                return len(keys)
+
+            n = await loop.run_in_executor(self.ctx.executor, delete_objects)
+            self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
+        request = wal_pb2.WalDeleteTimelineRequest(tenant_id=self.tenant_id, timeline_id=timeline_id)
+        try:
+            done = await self.ctx.wal_stub.DeleteTimeline(request, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the walservice did not delete the timeline's "
+                f"WAL: {exc.code().name}: {exc.details()}"
+            ) from exc
+        self.ctx.log.info(
+            "wal_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, existed=done.existed,
+            nodes=done.nodes_deleted,
+        )
+        if storage is not None:
+            await self._check_generation()
+            await loop.run_in_executor(self.ctx.executor, storage.delete, [mark_key])
+        await loop.run_in_executor(self.ctx.executor, shutil.rmtree, self.timelines_dir / timeline_id, True)
+        self._deleting.pop(timeline_id, None)
+        self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason)
+
+    def _retry_deletion_in_background(self, timeline_id: str, mark: remote_timeline.DeletionMark, error: Exception) -> None:
+        """Keep finishing a marked deletion (with backoff) until it is done."""
+        self.ctx.log.warning(
+            "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(error),
+            action="retrying in the background",
+        )
+        if timeline_id in self._deleting and not self._deleting[timeline_id].done():
+            return
+
+        async def retry() -> None:
+            delay = 0.5
+            while not self._stopping and self.fenced is None:
+                await asyncio.sleep(delay)
+                try:
+                    await self._finish_deletion(timeline_id, mark)
+                    return
+                except Fenced:
+                    return
+                except Exception as exc:  # noqa: BLE001 - logged; retried
+                    self.ctx.log.warning(
+                        "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc),
+                        action="retrying in the background",
+                    )
+                    delay = min(delay * 2, 10.0)
+
+        self._deleting[timeline_id] = asyncio.get_running_loop().create_task(retry())
+
+    def resume_deletions(self, marks: dict[str, remote_timeline.DeletionMark]) -> None:
+        """After a restart or an attach: finish the deletions these marks started (in the background)."""
+        for timeline_id, mark in sorted(marks.items()):
+            self.ctx.log.info(
+                "timeline_deletion_resumed", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason,
+                marked_by_generation=mark.generation,
+            )
+
+            async def finish(timeline_id: str = timeline_id, mark: remote_timeline.DeletionMark = mark) -> None:
+                try:
+                    await self._finish_deletion(timeline_id, mark)
+                except Fenced:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - retried in the background
+                    self._retry_deletion_in_background(timeline_id, mark, exc)
+
+            self._deleting[timeline_id] = asyncio.get_running_loop().create_task(finish())
+
     async def _delete_remote_timeline(self, timeline_id: str) -> None:
-        """Best effort: the timeline's index, layers and vector indexes (not the
-        walservice's WAL). Layers are per timeline (a branch reads its ancestor's
-        objects under the ancestor's prefix), so no other timeline needs them."""
+        """DeleteTenant: best effort, the timeline's remote objects (its WAL is
+        the walservice's). Leftovers are unreferenced once tenant.json is gone."""
         storage = self.ctx.remote
         if storage is None or self.fenced is not None:
             return
@@ -477,6 +620,7 @@ class Tenant:
             return len(keys)
 
         try:
+            await self._check_generation()  # before any deletion
             n = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete)
             self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
         except Exception as exc:  # noqa: BLE001 - leftovers are unreferenced
@@ -523,13 +667,15 @@ class Tenant:
                 "timeline_expired", tenant=self.tenant_id, timeline=timeline.timeline_id, lsn=timeline.last_record_lsn,
                 expires_at_us=expires,
             )
-            await self.delete_timeline(timeline.timeline_id)
             self._expiry_deferred.discard(timeline.timeline_id)
+            await self.delete_timeline(timeline.timeline_id, reason="expired")
             deleted.append(timeline.timeline_id)
         return deleted
 
     async def stop_ingest(self) -> None:
         self._stopping = True
+        for task in self._deleting.values():
+            task.cancel()
         for receiver in self.receivers.values():
             await receiver.stop()
         for task in self._compaction_tasks.values():
@@ -729,7 +875,7 @@ class TenantSet:
             await self.delete_local(existing)
         loop = asyncio.get_running_loop()
 
-        def fetch() -> tuple[TenantConfig, dict[str, IndexPart]]:
+        def fetch() -> tuple[TenantConfig, dict[str, IndexPart], dict[str, remote_timeline.DeletionMark]]:
             key = remote_timeline.tenant_config_key(tenant_id)
             try:
                 data = storage.download_bytes(key)
@@ -738,16 +884,19 @@ class TenantSet:
             config = TenantConfig.decode(data, f"remote {key}")
             record = generations.claim_next(storage, tenant_id, at_least=config.generation)  # fences older attachments
             config = replace(config, generation=record.generation)
+            marks = remote_timeline.marked_timelines(storage, tenant_id)
             indexes = {}
             for tl in remote_timeline.remote_index_timelines(storage, tenant_id):
+                if tl in marks:
+                    continue  # being deleted: finished below, not loaded
                 # Our own index of each timeline at once: from now on readers take ours.
                 index = replace(remote_timeline.download_index(storage, tenant_id, tl), generation=config.generation)
                 storage.upload_bytes(index.encode(), remote_timeline.index_key(tenant_id, tl, config.generation))
                 indexes[tl] = index
-            return config, indexes
+            return config, indexes, marks
 
         try:
-            config, indexes = await loop.run_in_executor(self.ctx.executor, fetch)
+            config, indexes, marks = await loop.run_in_executor(self.ctx.executor, fetch)
         except StrataError:
             raise
         except Exception as exc:
@@ -765,6 +914,7 @@ class TenantSet:
         directory = await loop.run_in_executor(self.ctx.executor, _make_dir_durably, self.root, tenant_id, fill)
         tenant = Tenant(config, directory, self.ctx)
         tenant.load(dict(indexes))
+        tenant.resume_deletions(marks)
         self.tenants[tenant_id] = tenant
         self.ctx.log.info(
             "tenant_attached", tenant=tenant_id, generation=config.generation, timelines=len(tenant.timelines),

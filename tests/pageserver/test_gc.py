@@ -420,8 +420,13 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
 
         wait_until("both expired timelines to be deleted", gone, 20)
         for tl in (parent_id, child_id):
-            left = [p for p in (timelines_dir / tl).rglob("*") if p.is_file() and "wal" not in p.relative_to(timelines_dir / tl).parts]
-            assert left == [], left
+            left = [p for p in (timelines_dir / tl).rglob("*") if p.is_file()]
+            assert left == [], left  # the deletion mark went last
+            # The walservice's WAL went too.
+            with pytest.raises(grpc.RpcError) as info:
+                client.status(tenant_id=tenant, timeline_id=tl)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert not (wal.data_dir / "timelines" / tenant / tl).exists()
         expired = [line for line in ps.log_text().splitlines() if "event=timeline_expired" in line]
         order = [tl for line in expired for tl in (parent_id, child_id) if f"timeline={tl}" in line]
         assert order == [child_id, parent_id], expired

@@ -313,3 +313,73 @@ def test_detach_then_attach_elsewhere(strata_env: StrataEnv, tmp_path: Path) -> 
         assert tl.disk_consistent_lsn == world.timelines[main].last_lsn, tl
         world.client = c2
         world.check_all(rng, limit=None)
+
+
+def timeline_remote_keys(storage: LocalFsStorage, tenant_id: str, timeline_id: str) -> list[str]:
+    return [o.key for o in storage.list(f"tenants/{tenant_id}/timelines/{timeline_id}/")]
+
+
+def wal_holds(wal: Component, tenant_id: str, timeline_id: str) -> bool:
+    return (wal.data_dir / "timelines" / tenant_id / timeline_id).exists()
+
+
+def test_kill9_mid_deletion_is_finished_on_restart_and_on_attach(strata_env: StrataEnv, tmp_path: Path) -> None:
+    """DeleteTimeline writes its mark first: killed while the walservice cannot
+    delete the WAL (the deletion stalls half done), the pageserver finishes the
+    deletion when it restarts on its disk, and a new pageserver attaching the
+    tenant on an empty disk finishes another one."""
+    rng = random.Random(SEED + 8)
+    url = f"file://{tmp_path / 'remote'}"
+    storage = LocalFsStorage(tmp_path / "remote")
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal, *TINY_LAYERS, "--remote-storage", url)
+    gen = RecordGen(rng, 512)
+    with Client(pageserver=ps.address, walservice=wal.address, timeout=10) as client:
+        world = World.create(client, 512)
+        main = world.create_root()
+        world.append_random(main, gen, 10)
+        first, second = world.branch(main, 0), world.branch(main, 0)
+        for tl in (main, first, second):
+            world.append_random(tl, gen, 15)
+            world.wait_ingested(tl)
+            client.compact(tenant_id=world.tenant_id, timeline_id=tl, timeout=60)
+            wait_until("uploads", lambda tl=tl: uploaded(client, world, tl))
+            assert any(k.endswith(".delta") or k.endswith(".image") for k in timeline_remote_keys(storage, world.tenant_id, tl))
+        local_first = ps.data_dir / "tenants" / world.tenant_id / "timelines" / first
+
+        wal.stop()  # the deletion's walservice step cannot finish
+        with pytest.raises(grpc.RpcError) as err:
+            client.delete_timeline(tenant_id=world.tenant_id, timeline_id=first, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "marked" in err.value.details()
+        # Half done: the mark is there (remote and local), every other object of the timeline is gone.
+        assert timeline_remote_keys(storage, world.tenant_id, first) == [f"tenants/{world.tenant_id}/timelines/{first}/deleted"]
+        assert (local_first / "deleted").exists()
+        ps.kill()
+    assert "event=timeline_deletion_failed" in ps.log_text()
+
+    wal.start()
+    assert wal_holds(wal, world.tenant_id, first)
+    ps.start()
+    wait_until("the restarted pageserver to finish the deletion", lambda: not local_first.exists())
+    assert timeline_remote_keys(storage, world.tenant_id, first) == []
+    assert not wal_holds(wal, world.tenant_id, first)
+    assert "event=timeline_deletion_resumed" in ps.new_log_text()
+
+    with Client(pageserver=ps.address, walservice=wal.address, timeout=10) as client:
+        world.client = client
+        assert {t.timeline_id for t in client.list_timelines(tenant_id=world.tenant_id).timelines} == {main, second}
+        wal.stop()
+        with pytest.raises(grpc.RpcError):
+            client.delete_timeline(tenant_id=world.tenant_id, timeline_id=second, timeout=5)
+        assert timeline_remote_keys(storage, world.tenant_id, second) == [f"tenants/{world.tenant_id}/timelines/{second}/deleted"]
+        ps.kill()
+    wal.start()
+    del world.timelines[first], world.timelines[second]
+    # On an empty disk: the attach finds the mark and finishes the deletion.
+    new = attach_on_empty_disk(strata_env, wal, ps, url, world, rng)
+    wait_until("the attach to finish the deletion", lambda: timeline_remote_keys(storage, world.tenant_id, second) == [])
+    wait_until("the walservice to lose the WAL", lambda: not wal_holds(wal, world.tenant_id, second))
+    assert {t.timeline_id for t in world.client.list_timelines(tenant_id=world.tenant_id).timelines} == {main}
+    world.client.close()
+    assert new.stop() == 0
