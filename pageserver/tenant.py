@@ -17,13 +17,19 @@ branch writes one small index file and registers the timeline with the
 walservice: no page is copied, whatever the ancestor's size.
 
 With `--remote-storage` (docs/design/0003-remote-storage.md) remote storage is
-the truth: each timeline has an upload queue (remote_timeline.py), tenant.json
-and the tenant's generation live remotely too, `attach` rebuilds a tenant from
-remote storage on an empty disk (layers downloaded on demand), and a tenant
-whose remote generation moved past ours (attached elsewhere) is fenced: it
-uploads nothing more, stops ingest and answers reads FAILED_PRECONDITION.
+the truth: each timeline has an upload queue (remote_timeline.py) writing the
+per-generation `index_part.json-<gen:08x>`, tenant.json and the tenant's
+generations (generation.py) live remotely too, `attach` rebuilds a tenant from
+remote storage on an empty disk (layers downloaded on demand), every start
+claims the next generation, and a tenant for which a newer generation exists
+(attached elsewhere) is fenced: it uploads and deletes nothing more, stops
+ingest and answers reads FAILED_PRECONDITION. Timeline deletion writes a
+deletion mark (`deleted`, local then remote) first and removes it last; a
+restart or an attach that finds one finishes the deletion.
 
-Concurrency: everything here is owned by the event loop; `compaction_lock`
+Concurrency: everything here is owned by the event loop (no thread touches
+`Tenant.timelines`, `receivers`, `fenced`, `_deleting`; blocking work runs on
+the executor over immutable inputs); `compaction_lock`
 serializes compaction and GC (the only deleters of layer files) across the
 tenant's timelines, so a branch's compaction never reads an ancestor layer being
 removed. GC (`gc`, `gc_all`, every `--gc-interval`) and timeline expiry
