@@ -11,7 +11,7 @@ start with '.', so a key is never absolute, never holds '.', '..' or '//', and
 never collides with the file:// backend's own hidden files (`check_key`).
 A timeline's objects sit under one prefix (`timeline_prefix`, `timeline_key`)::
 
-    tenants/<tenant_id>/timelines/<timeline_id>/index_part.json
+    tenants/<tenant_id>/timelines/<timeline_id>/index_part.json-<generation:08x>
     tenants/<tenant_id>/timelines/<timeline_id>/<layer file name>
 
 WAL offload should use a prefix of its own (say `wal/tenants/<t>/timelines/<tl>/`)
