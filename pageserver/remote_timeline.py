@@ -41,13 +41,14 @@ nothing is lost while uploads lag.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from pageserver.timeline import Timeline
 
 MAX_BACKOFF_S = 5.0
+T = TypeVar("T")
 
 
 def tenant_prefix(tenant_id: str) -> str:
@@ -248,6 +250,8 @@ class RemoteTimelineClient:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.fenced = False
+        # Executor calls in flight (`_blocking`); the set is touched from worker threads' done callbacks too.
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
         # Whether indexes of older generations were deleted after our first index upload.
         self._old_indexes_deleted = False
         # Held for a whole sync round and by GC's sweep of unindexed objects, so
@@ -285,9 +289,21 @@ class RemoteTimelineClient:
                 return False
         return True
 
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the executor, tracked so that `stop` can wait for it:
+        cancelling the awaiting task does not stop a thread mid-upload."""
+        future = self.executor.submit(fn, *args)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return await asyncio.wrap_future(future)
+
     async def stop(self) -> None:
+        """Stop uploading; returns once no upload or deletion of ours is running
+        (so a timeline deletion that follows cannot race a late upload)."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        while self._in_flight:
+            await asyncio.sleep(0.01)
 
     async def sweep_unindexed(self) -> int:
         """GC: delete this timeline's layer objects that no index names (uploads a
@@ -299,16 +315,15 @@ class RemoteTimelineClient:
             await self.check_generation()  # a newer generation's objects are not ours to judge
         except Fenced:
             return 0
-        loop = asyncio.get_running_loop()
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
         async with self._sync_lock:
-            listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+            listed = await self._blocking(self.storage.list, prefix)
             keep = {e.file_name for e in tl.index.layers} | set(self.remote_objects)
             if self.remote_index is not None:
                 keep |= {e.file_name for e in self.remote_index.layers}
             leaked = gc.unindexed_layer_objects(prefix, [o.key for o in listed], keep, tl.index.generation)
             if leaked:
-                await loop.run_in_executor(self.executor, self.storage.delete, leaked)
+                await self._blocking(self.storage.delete, leaked)
         for key in leaked:
             self.log.info("remote_leaked_layer_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, key=key)
         return len(leaked)
@@ -323,12 +338,11 @@ class RemoteTimelineClient:
             await self.check_generation()  # before any deletion
         except Fenced:
             return 0
-        loop = asyncio.get_running_loop()
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id)) + gc.VECTOR_INDEX_DIR + "/"
-        listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+        listed = await self._blocking(self.storage.list, prefix)
         doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff)
         if doomed:
-            await loop.run_in_executor(self.executor, self.storage.delete, doomed)
+            await self._blocking(self.storage.delete, doomed)
             self.log.info(
                 "vector_indexes_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=cutoff, objects=len(doomed),
             )
@@ -382,12 +396,11 @@ class RemoteTimelineClient:
         one just uploaded (readers take the highest). Checked just before: no
         newer generation exists."""
         tl = self.timeline
-        loop = asyncio.get_running_loop()
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
-        listed = await loop.run_in_executor(self.executor, self.storage.list, prefix + INDEX_PREFIX)
+        listed = await self._blocking(self.storage.list, prefix + INDEX_PREFIX)
         old = [o.key for o in listed if (g := index_generation(o.key[len(prefix):])) is not None and g < generation]
         if old:
-            await loop.run_in_executor(self.executor, self.storage.delete, old)
+            await self._blocking(self.storage.delete, old)
             self.log.info(
                 "remote_old_indexes_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, generation=generation,
                 indexes=len(old),
@@ -398,7 +411,6 @@ class RemoteTimelineClient:
         tl = self.timeline
         if self.fenced:
             raise Fenced(f"tenant_id={tl.tenant_id}: fenced; no more uploads")
-        loop = asyncio.get_running_loop()
         index = tl.index
         tenant, timeline = TenantId(tl.tenant_id), TimelineId(tl.timeline_id)
         entries = []
@@ -419,7 +431,7 @@ class RemoteTimelineClient:
                     return self.storage.upload_file(path, key, checksum=checksum)
 
                 try:
-                    obj = await loop.run_in_executor(self.executor, verify_and_upload)
+                    obj = await self._blocking(verify_and_upload)
                 except CorruptionError as exc:
                     self.log.error(
                         "layer_corrupt_before_upload", tenant=tl.tenant_id, timeline=tl.timeline_id,
@@ -443,7 +455,7 @@ class RemoteTimelineClient:
         data = remote_index.encode()
         key = index_key(tl.tenant_id, tl.timeline_id, remote_index.generation)
         # Only this pageserver holds this generation, so it alone writes (and overwrites) this index.
-        await loop.run_in_executor(self.executor, lambda: self.storage.upload_bytes(data, key, overwrite=True))
+        await self._blocking(lambda: self.storage.upload_bytes(data, key, overwrite=True))
         await self.check_generation()  # step 4: an attach that landed during the PUT fences us here
         self.remote_index = remote_index
         self._synced = index
@@ -461,7 +473,7 @@ class RemoteTimelineClient:
             await self._delete_older_indexes(remote_index.generation)
         if gone:
             keys = [self.remote_objects[name].key for name in gone]
-            await loop.run_in_executor(self.executor, lambda: self.storage.delete(keys))
+            await self._blocking(lambda: self.storage.delete(keys))
             for name in gone:
                 del self.remote_objects[name]
             self.log.info("remote_layers_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, layers=len(gone))

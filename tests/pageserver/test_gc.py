@@ -420,8 +420,11 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
 
         wait_until("both expired timelines to be deleted", gone, 20)
         for tl in (parent_id, child_id):
-            left = [p for p in (timelines_dir / tl).rglob("*") if p.is_file()]
-            assert left == [], left  # the deletion mark went last
+            # Gone from the listing at once; the deletion finishes with its mark, last.
+            wait_until(
+                "the deletion to finish", lambda tl=tl: not [p for p in (timelines_dir / tl).rglob("*") if p.is_file()], 20
+            )
+            assert not (ps.data_dir / "tenants" / tenant / "timelines" / tl).exists()
             # The walservice's WAL went too.
             with pytest.raises(grpc.RpcError) as info:
                 client.status(tenant_id=tenant, timeline_id=tl)
