@@ -256,6 +256,12 @@ class Client:
     def report_persisted(self, *, timeout: float | None = None, **fields: Any) -> wal_pb2.WalStatus:
         return self._wal_call("ReportPersisted", wal_pb2.PersistedRequest(**fields), timeout, idempotent=True)
 
+    def wal_delete_timeline(self, *, timeout: float | None = None, **fields: Any) -> wal_pb2.WalDeleteTimelineResponse:
+        """fields: tenant_id, timeline_id. Deletes the timeline's WAL on the
+        walservice (every node when replicated) and its offloaded WAL.
+        Idempotent: a timeline that is gone already answers existed=False."""
+        return self._wal_call("DeleteTimeline", wal_pb2.WalDeleteTimelineRequest(**fields), timeout, idempotent=True)
+
     # -- PageService --------------------------------------------------------------
 
     def get_page(self, *, timeout: float | None = None, **fields: Any) -> page_pb2.GetPageResponse:

@@ -245,7 +245,8 @@ def _finish(storage: RemoteStorage, dev: Device, job: _Job, t0: float, progress:
         st.data.seqs[job.slots][order], job.rows[order],
     )
     key = index_key(job.spec.tenant_id, job.spec.timeline_id, job.spec.name, job.lsn)
-    storage.upload_bytes(index.encode(), key)
+    # A rebuild at the same LSN (k-means draws differ) replaces the index: overwrite.
+    storage.upload_bytes(index.encode(), key, overwrite=True)
     result = BuildResult(
         key, job.lsn, len(job.slots), job.nlist, dev.name, job.base_key, int(todo.sum()), int(sizes.max()),
         float(sizes.mean()), time.monotonic() - t0, job.read_seconds,

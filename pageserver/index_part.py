@@ -8,13 +8,18 @@ timeline directory that the index does not name are leftovers of a crash
 deleted on load.
 
 Format: a JSON object with `format_version` (FORMAT_VERSION = 1) and a
-`checksum` (strata/checksummed_json.py); a mismatch is CorruptionError.
+`checksum` (strata/checksummed_json.py) over the IndexPart fields below; a bad
+checksum, another version, a field this build does not know, a missing
+required field or a malformed one is CorruptionError with a message naming the
+file (decode never drops what it does not understand).
 `LayerEntry.remote_checksum` is optional (absent reads as None), so adding it
 kept version 1 readable both ways.
 
 Remote copy (docs/design/0003-remote-storage.md): the upload queue
 (remote_timeline.py) uploads the same IndexPart, with `remote_checksum` filled
-in for every layer, after every layer it names is uploaded.
+in for every layer, after every layer it names is uploaded, as the per-
+generation object `tenants/<t>/timelines/<tl>/index_part.json-<generation:08x>`;
+readers take the highest generation's index.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from strata import checksummed_json
 from strata.durable_file import write_durably
+from strata.errors import CorruptionError
 
 FORMAT_VERSION = 1
 FILE_NAME = "index_part.json"
@@ -76,11 +82,29 @@ class IndexPart:
 
     @classmethod
     def decode(cls, data: bytes, where: str = FILE_NAME) -> IndexPart:
+        """The index in `data`. CorruptionError (naming `where`) for a bad checksum,
+        another format_version, an unknown or missing field, or a field of the
+        wrong shape: never silently ignored."""
         body = checksummed_json.decode(data, where, FORMAT_VERSION)
-        body["layers"] = tuple(LayerEntry(**entry) for entry in body["layers"])
-        body["commit_times"] = tuple(tuple(x) for x in body.get("commit_times", ()))
-        body["relations"] = tuple((int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
-        body["truncations"] = tuple((int(r), int(l), int(n)) for r, l, n in body.get("truncations", ()))
+        fields = set(cls.__dataclass_fields__) - {"format_version"}
+        required = {"tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "disk_consistent_lsn", "layers"}
+        checksummed_json.check_fields(body, fields, where, required)
+        entry_fields = set(LayerEntry.__dataclass_fields__)
+        try:
+            layers = []
+            for i, entry in enumerate(body["layers"]):
+                if not isinstance(entry, dict):
+                    raise CorruptionError(f"{where}: layers[{i}] is not an object")
+                checksummed_json.check_fields(
+                    entry, entry_fields, f"{where} layers[{i}]", {"file_name", "file_size", "file_checksum"}
+                )
+                layers.append(LayerEntry(**entry))
+            body["layers"] = tuple(layers)
+            body["commit_times"] = tuple((int(l), int(t)) for l, t in body.get("commit_times", ()))
+            body["relations"] = tuple((int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
+            body["truncations"] = tuple((int(r), int(l), int(n)) for r, l, n in body.get("truncations", ()))
+        except (TypeError, ValueError) as exc:
+            raise CorruptionError(f"{where}: a field has the wrong shape: {exc}") from exc
         return cls(**body)
 
 

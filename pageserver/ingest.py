@@ -40,7 +40,7 @@ _RETRY_ELSEWHERE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 
 class WalNodes:
     """The walservice node(s) (`--walservice A[,B,C]`); stands in for a
-    WalServiceStub (CreateTimeline, ReportPersisted, Stream). Owned by the loop."""
+    WalServiceStub (CreateTimeline, ReportPersisted, DeleteTimeline, Stream). Owned by the loop."""
 
     def __init__(self, addresses: list[str], options: list[tuple[str, int]]) -> None:
         self.addresses = addresses
@@ -69,6 +69,11 @@ class WalNodes:
 
     async def ReportPersisted(self, request: wal_pb2.PersistedRequest, timeout: float) -> wal_pb2.WalStatus:  # noqa: N802
         return await self._unary("ReportPersisted", request, timeout)  # type: ignore[return-value]
+
+    async def DeleteTimeline(  # noqa: N802 - a stub's name
+        self, request: wal_pb2.WalDeleteTimelineRequest, timeout: float
+    ) -> wal_pb2.WalDeleteTimelineResponse:
+        return await self._unary("DeleteTimeline", request, timeout)  # type: ignore[return-value]
 
     async def stream_stub(self, tenant_id: str, timeline_id: str, after_failure: int | None) -> tuple[int, wal_pb2_grpc.WalServiceStub]:
         """The node to stream from: the reachable one with the highest commit_lsn

@@ -11,7 +11,7 @@ start with '.', so a key is never absolute, never holds '.', '..' or '//', and
 never collides with the file:// backend's own hidden files (`check_key`).
 A timeline's objects sit under one prefix (`timeline_prefix`, `timeline_key`)::
 
-    tenants/<tenant_id>/timelines/<timeline_id>/index_part.json
+    tenants/<tenant_id>/timelines/<timeline_id>/index_part.json-<generation:08x>
     tenants/<tenant_id>/timelines/<timeline_id>/<layer file name>
 
 WAL offload should use a prefix of its own (say `wal/tenants/<t>/timelines/<tl>/`)
@@ -20,9 +20,19 @@ so that listing a timeline's layers never walks WAL. The object for key K is
 
 # Consistency
 
-- An upload is atomic per object: a reader sees the whole old object or the
-  whole new one, never a mix (S3: a PUT or a completed multipart upload replaces
-  the object at once; file://: a rename).
+- Uploads are create-only by default: an object, once written, is never
+  overwritten. An upload to a key that holds different bytes fails with
+  `RemoteObjectExists` (S3: PutObject / CompleteMultipartUpload with
+  `If-None-Match: *`, which S3, MinIO and moto answer 412; file://: the temp
+  file is hard-linked into place, which fails if the name exists). An upload
+  to a key that already holds the very same bytes (size and xxhash64) succeeds
+  and changes nothing, so a retried or repeated upload is idempotent. Layer
+  names carry the writer's generation, so two pageservers never race for one.
+- `overwrite=True` is for the two objects that one writer updates in place:
+  a generation's own `index_part.json-<gen>` (only the pageserver holding that
+  generation writes it) and the walservice's `.partial` WAL object. Such an
+  upload is atomic: a reader sees the whole old object or the whole new one,
+  never a mix (S3: a PUT replaces the object at once; file://: a rename).
 - Read-after-write and list-after-write: once an upload returns, every
   download, `exists` and `list` sees it (S3 is strongly consistent since
   December 2020, MinIO always was; file:// is the file system).
@@ -30,7 +40,9 @@ so that listing a timeline's layers never walks WAL. The object for key K is
   for it to return, then uploads B: index_part.json goes up after every layer it
   names.
 - One writer per key at a time. file:// serializes writers of a directory with
-  an flock on it; S3 keeps whichever PUT finished last.
+  an flock on it (so its create-only check and link are one step); S3 keeps
+  whichever overwriting PUT finished last, and lets exactly one conditional
+  create win.
 
 # Checksums
 
@@ -74,7 +86,12 @@ verified one (and perhaps a hidden temp file, never read); a corrupt download
 never reaches the destination.
 
 A file:// upload copies into a hidden temp file in the object's directory
-(`.NAME.<random>.upload`) and fsyncs it; then, holding the directory's flock:
+(`.NAME.<random>.upload`) and fsyncs it. A create-only upload then, holding the
+directory's flock, checks that no object is there, writes the sidecar (the new
+checksum alone, durably), hard-links the temp file to the object's name
+(`os.link` fails if the name exists) and fsyncs the directory: a crash leaves no
+object (an orphaned sidecar is ignored and rewritten by the next upload) or the
+whole new one with its sidecar. An overwriting upload, holding the flock:
 
 1. sidecar := old checksums + the new one (written durably),
 2. rename the temp file over the object and fsync the directory,
@@ -113,7 +130,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import SSLError
 
 from strata.durable_file import fsync_dir, write_durably
-from strata.errors import CorruptionError, NotFound, StrataError, Unavailable
+from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError, Unavailable
 from strata.ids import TenantId, TimelineId
 from strata.logs import event_logger
 
@@ -130,6 +147,8 @@ _REREADS_ON_REPLACE = 3
 _TRANSIENT_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
     | {"TooManyRequests", "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"}
+    # 409: a conditional write raced another write to the key; S3 says to retry.
+    | {"ConditionalRequestConflict"}
 )
 _ACCESS_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"})
 _BUCKET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
@@ -146,6 +165,10 @@ class RemoteStorageError(StrataError):
 
 class RemoteAccessDenied(RemoteStorageError):
     """The store refused the credentials (403) or there were none."""
+
+
+class RemoteObjectExists(AlreadyExists):
+    """A create-only upload found a different object under its key (never overwritten)."""
 
 
 class RemoteStorageUnavailable(Unavailable):
@@ -239,14 +262,17 @@ class RemoteStorage(ABC):
     """Objects under '/'-separated keys, each uploaded atomically and verified on download."""
 
     @abstractmethod
-    def upload_file(self, local_path: Path, key: str, *, checksum: int | None = None) -> RemoteObject:
-        """Store the file's bytes under `key`, replacing any object there. When
-        `checksum` is given, the file must still hash to it (CorruptionError if
-        not, and nothing is stored)."""
+    def upload_file(
+        self, local_path: Path, key: str, *, checksum: int | None = None, overwrite: bool = False
+    ) -> RemoteObject:
+        """Store the file's bytes under `key`. Create-only unless `overwrite`:
+        RemoteObjectExists if a different object is there (the same bytes: a
+        no-op success). When `checksum` is given, the file must still hash to it
+        (CorruptionError if not, and nothing is stored)."""
 
     @abstractmethod
-    def upload_bytes(self, data: bytes, key: str) -> RemoteObject:
-        """Store `data` under `key`, replacing any object there."""
+    def upload_bytes(self, data: bytes, key: str, *, overwrite: bool = False) -> RemoteObject:
+        """Store `data` under `key`; create-only unless `overwrite`, as `upload_file`."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[RemoteObject]:
@@ -313,17 +339,25 @@ class LocalFsStorage(RemoteStorage):
         """The file that holds the object for `key`."""
         return self._root / check_key(key)
 
-    def upload_file(self, local_path: Path, key: str, *, checksum: int | None = None) -> RemoteObject:
+    def upload_file(
+        self, local_path: Path, key: str, *, checksum: int | None = None, overwrite: bool = False
+    ) -> RemoteObject:
         path = self.path_of(key)
         with open(local_path, "rb") as src:
-            return self._store(key, path, lambda out: _copy_hashing(src, out), checksum, str(local_path))
+            return self._store(key, path, lambda out: _copy_hashing(src, out), checksum, str(local_path), overwrite)
 
-    def upload_bytes(self, data: bytes, key: str) -> RemoteObject:
+    def upload_bytes(self, data: bytes, key: str, *, overwrite: bool = False) -> RemoteObject:
         path = self.path_of(key)
-        return self._store(key, path, lambda out: _copy_hashing(io.BytesIO(data), out), None, "data")
+        return self._store(key, path, lambda out: _copy_hashing(io.BytesIO(data), out), None, "data", overwrite)
 
     def _store(
-        self, key: str, path: Path, fill: Callable[[BinaryIO], tuple[int, int]], claimed: int | None, source: str
+        self,
+        key: str,
+        path: Path,
+        fill: Callable[[BinaryIO], tuple[int, int]],
+        claimed: int | None,
+        source: str,
+        overwrite: bool,
     ) -> RemoteObject:
         make_dirs_durably(path.parent)
 
@@ -331,10 +365,43 @@ class LocalFsStorage(RemoteStorage):
             size, checksum = written
             _check_claimed(source, key, claimed, checksum)
             with _locked_dir(path.parent):
-                self._replace_object(tmp, path, checksum)
+                if overwrite:
+                    self._replace_object(tmp, path, checksum)
+                else:
+                    self._create_object(key, tmp, path, size, checksum)
             return RemoteObject(key, size, checksum)
 
         return _write_beside(path, ".upload", fill, publish)
+
+    def _create_object(self, key: str, tmp: Path, path: Path, size: int, checksum: int) -> None:
+        """Create-only publish (see "Crash safety"); the caller holds the directory's flock."""
+        if path.exists():
+            self._check_same_object(key, path, size, checksum)
+            return
+        write_durably(_sidecar_path(path), _encode_sidecar(frozenset({checksum})))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # a writer that does not take the flock: still never overwritten
+            self._check_same_object(key, path, size, checksum)
+            return
+        fsync_dir(path.parent)
+
+    def _check_same_object(self, key: str, path: Path, size: int, checksum: int) -> None:
+        """An object is already at `path`: fine if it holds these bytes, RemoteObjectExists if not."""
+        try:
+            stored = self._read_sidecar(path)
+        except CorruptionError:
+            stored = None
+        if stored is None:
+            with open(path, "rb") as existing:
+                stored_size, stored_checksum = _copy_hashing(existing, None)
+            stored = frozenset({stored_checksum}) if stored_size == size else frozenset()
+        if checksum in stored and os.stat(path).st_size == size:
+            return
+        raise RemoteObjectExists(
+            f"remote object key={key} already exists with other bytes (file://{self._root}): "
+            f"objects are create-only and never overwritten"
+        )
 
     def _replace_object(self, tmp: Path, path: Path, checksum: int) -> None:
         """Steps 1-3 of "Crash safety"; the caller holds the directory's flock."""
@@ -464,6 +531,10 @@ def _locked_dir(directory: Path) -> Iterator[None]:
 # --- s3:// ----------------------------------------------------------------------------
 
 
+class _PreconditionFailed(Exception):
+    """A conditional request (If-None-Match: *) found an object under its key."""
+
+
 class _DeleteFailed(Exception):
     """DeleteObjects answered 200 but listed keys it could not delete."""
 
@@ -545,7 +616,9 @@ class S3Storage(RemoteStorage):
         check_key(key)
         return f"{self._prefix}/{key}" if self._prefix else key
 
-    def upload_file(self, local_path: Path, key: str, *, checksum: int | None = None) -> RemoteObject:
+    def upload_file(
+        self, local_path: Path, key: str, *, checksum: int | None = None, overwrite: bool = False
+    ) -> RemoteObject:
         s3_key = self.object_key(key)
         with open(local_path, "rb") as src:
             # Hash first: the checksum goes in the request that creates the object.
@@ -558,30 +631,65 @@ class S3Storage(RemoteStorage):
                     raise CorruptionError(f"{local_path} shrank while it was uploaded to key={key}")
                 return data
 
-            self._upload(key, s3_key, size, actual, read)
+            self._upload(key, s3_key, size, actual, read, overwrite)
         return RemoteObject(key, size, actual)
 
-    def upload_bytes(self, data: bytes, key: str) -> RemoteObject:
+    def upload_bytes(self, data: bytes, key: str, *, overwrite: bool = False) -> RemoteObject:
         s3_key = self.object_key(key)
         checksum = xxhash.xxh64_intdigest(data)
         view = memoryview(data)
-        self._upload(key, s3_key, len(data), checksum, lambda offset, length: bytes(view[offset : offset + length]))
+        self._upload(
+            key, s3_key, len(data), checksum, lambda offset, length: bytes(view[offset : offset + length]), overwrite
+        )
         return RemoteObject(key, len(data), checksum)
 
-    def _upload(self, key: str, s3_key: str, size: int, checksum: int, read: Callable[[int, int], bytes]) -> None:
+    def _upload(
+        self, key: str, s3_key: str, size: int, checksum: int, read: Callable[[int, int], bytes], overwrite: bool
+    ) -> None:
+        """One PUT (or a multipart upload); create-only unless `overwrite`:
+        `If-None-Match: *` makes S3 refuse (412 PreconditionFailed) to replace an
+        object. moto 5 honours the header on PutObject and CompleteMultipartUpload;
+        a store that ignored it would overwrite, so the tests check the 412."""
         metadata = {"xxhash64": f"{checksum:016x}"}
-        if size >= self._multipart_threshold:
-            self._upload_multipart(key, s3_key, size, metadata, read)
-            return
-        body = read(0, size)
-        self._call(
-            "upload",
-            key,
-            lambda: self._client.put_object(Bucket=self._bucket, Key=s3_key, Body=body, Metadata=metadata),
-        )
+        condition: dict[str, str] = {} if overwrite else {"IfNoneMatch": "*"}
+        try:
+            if size >= self._multipart_threshold:
+                self._upload_multipart(key, s3_key, size, metadata, read, condition)
+                return
+            body = read(0, size)
+            self._call(
+                "upload",
+                key,
+                lambda: self._client.put_object(
+                    Bucket=self._bucket, Key=s3_key, Body=body, Metadata=metadata, **condition
+                ),
+            )
+        except _PreconditionFailed:
+            # An object is there: ours from an attempt whose answer was lost, a
+            # repeated upload of the same bytes, or a different one (refused).
+            if self._stored_object(s3_key) == (size, metadata["xxhash64"]):
+                return
+            raise RemoteObjectExists(
+                f"remote object key={key} already exists with other bytes (bucket={self._bucket}): "
+                "objects are create-only and never overwritten"
+            ) from None
+
+    def _stored_object(self, s3_key: str) -> tuple[int, str | None] | None:
+        """(size, x-amz-meta-xxhash64) of the stored object, None if there is none."""
+        try:
+            head = self._call("head", s3_key, lambda: self._client.head_object(Bucket=self._bucket, Key=s3_key))
+        except NotFound:
+            return None
+        return int(head.get("ContentLength", -1)), head.get("Metadata", {}).get("xxhash64")
 
     def _upload_multipart(
-        self, key: str, s3_key: str, size: int, metadata: dict[str, str], read: Callable[[int, int], bytes]
+        self,
+        key: str,
+        s3_key: str,
+        size: int,
+        metadata: dict[str, str],
+        read: Callable[[int, int], bytes],
+        condition: dict[str, str],
     ) -> None:
         create_args: dict[str, Any] = {"Bucket": self._bucket, "Key": s3_key, "Metadata": metadata}
         if self._client.meta.config.request_checksum_calculation == "when_supported":
@@ -617,18 +725,22 @@ class S3Storage(RemoteStorage):
             self._call(
                 "complete_multipart_upload",
                 key,
-                lambda: self._complete_multipart(s3_key, upload_id, parts, metadata["xxhash64"]),
+                lambda: self._complete_multipart(s3_key, upload_id, parts, metadata["xxhash64"], condition),
             )
         except BaseException:
             self._abort_multipart(key, s3_key, upload_id)
             raise
 
-    def _complete_multipart(self, s3_key: str, upload_id: str, parts: list[dict[str, Any]], checksum_hex: str) -> None:
+    def _complete_multipart(
+        self, s3_key: str, upload_id: str, parts: list[dict[str, Any]], checksum_hex: str, condition: dict[str, str]
+    ) -> None:
         try:
             self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=s3_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self._bucket, Key=s3_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
             )
         except ClientError as exc:
+            if _is_precondition_failed(exc):
+                raise _PreconditionFailed() from exc
             # An earlier attempt may have completed it and lost the answer: then the object is ours.
             if _error_code(exc) != "NoSuchUpload" or self._stored_checksum_hex(s3_key) != checksum_hex:
                 raise
@@ -714,6 +826,8 @@ class S3Storage(RemoteStorage):
             try:
                 return attempt_fn()
             except (BotoCoreError, ClientError, _DeleteFailed) as exc:
+                if isinstance(exc, ClientError) and _is_precondition_failed(exc):
+                    raise _PreconditionFailed() from exc
                 where = f"op={op} key={key} bucket={self._bucket}"
                 if not _is_transient(exc):
                     raise _permanent_error(where, exc) from exc
@@ -743,6 +857,10 @@ def _error_code(exc: ClientError) -> str:
 
 def _http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _is_precondition_failed(exc: ClientError) -> bool:
+    return _error_code(exc) == "PreconditionFailed" or _http_status(exc) == 412
 
 
 def _is_transient(exc: Exception) -> bool:

@@ -2,22 +2,32 @@
 
 Remote layout (pageserver/remote_storage.py keys)::
 
-    tenants/<t>/generation                            the newest attach generation (decimal text)
-    tenants/<t>/tenant.json                           TenantConfig
-    tenants/<t>/timelines/<tl>/index_part.json        IndexPart (with remote checksums)
-    tenants/<t>/timelines/<tl>/<layer file name>      layer files (name carries the generation)
-    tenants/<t>/timelines/<tl>/wal/...                the walservice's offloaded WAL (not ours)
+    tenants/<t>/generations/<N:08x>                       one object per claimed generation (generation.py)
+    tenants/<t>/tenant.json                               TenantConfig (written once, at CreateTenant)
+    tenants/<t>/timelines/<tl>/index_part.json-<G:08x>    IndexPart of generation G (with remote checksums)
+    tenants/<t>/timelines/<tl>/<layer file name>          layer files (name carries the generation)
+    tenants/<t>/timelines/<tl>/deleted                    deletion mark (tenant.py: DeleteTimeline)
+    tenants/<t>/timelines/<tl>/wal/...                    the walservice's offloaded WAL (not ours)
+
+Every object is create-only except a generation's own index, which only the
+pageserver holding that generation writes (and overwrites as it advances).
+Readers take the index of the highest generation (`download_index`).
 
 `RemoteTimelineClient` is one asyncio task per timeline that brings remote
 storage up to the timeline's current local index, in this order:
 
-1. upload every layer the index names that is not yet remote (on the executor);
-2. read `tenants/<t>/generation`: if a newer generation attached the tenant
-   elsewhere, upload nothing more and fence the tenant (tenant.py);
-3. upload index_part.json: it names only layers uploaded in step 1 or before;
-4. remote_consistent_lsn := that index's disk_consistent_lsn; report it;
-5. delete remote layers that neither the uploaded index nor the local one
-   names (replaced by compaction): only now no index that can be read names them.
+1. upload every layer the index names that is not yet remote (on the executor),
+   after reading the local file back against the checksum it was written with;
+2. check the tenant's generations: if a newer one exists, upload nothing more
+   and fence the tenant (tenant.py);
+3. upload index_part.json-<our generation>: it names only layers uploaded in
+   step 1 or before;
+4. check the generations again: if a newer one appeared meanwhile, the index
+   just written may be superseded, so fence and report nothing;
+5. remote_consistent_lsn := that index's disk_consistent_lsn; report it;
+6. delete remote layers that neither the uploaded index nor the local one
+   names (replaced by compaction): only now no index that can be read names
+   them; and, once, this timeline's indexes of older generations.
 
 Each wake-up syncs to the newest local index (intermediate indexes are skipped:
 each uploaded index is complete by itself). A failure (remote storage down; the
@@ -31,17 +41,24 @@ nothing is lost while uploads lag.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
+import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import xxhash
 
 from pageserver import gc
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
-from pageserver.index_part import IndexPart
+from pageserver.index_part import IndexPart, LayerEntry
+from pageserver.layers.block_file import _FILE_CHECKSUM_COVERS_ALL_BUT
 from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
-from strata.errors import CorruptionError
+from strata import checksummed_json
+from strata.errors import CorruptionError, NotFound
 from strata.ids import TenantId, TimelineId
 from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
@@ -50,6 +67,7 @@ if TYPE_CHECKING:
     from pageserver.timeline import Timeline
 
 MAX_BACKOFF_S = 5.0
+T = TypeVar("T")
 
 
 def tenant_prefix(tenant_id: str) -> str:
@@ -60,50 +78,101 @@ def tenant_config_key(tenant_id: str) -> str:
     return tenant_prefix(tenant_id) + "tenant.json"
 
 
-def generation_key(tenant_id: str) -> str:
-    return tenant_prefix(tenant_id) + "generation"
-
-
 def timelines_prefix(tenant_id: str) -> str:
     return tenant_prefix(tenant_id) + "timelines/"
 
 
-def index_key(tenant_id: str, timeline_id: str) -> str:
-    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), INDEX_FILE_NAME)
+INDEX_PREFIX = INDEX_FILE_NAME + "-"
+_INDEX_NAME_RE = re.compile(re.escape(INDEX_PREFIX) + r"([0-9a-f]{8})")
 
 
-def read_generation(storage: RemoteStorage, tenant_id: str) -> int:
-    """The newest generation recorded remotely (0: none yet). Blocking."""
-    from strata.errors import NotFound
-
-    try:
-        data = storage.download_bytes(generation_key(tenant_id))
-    except NotFound:
-        return 0
-    try:
-        return int(data.decode().strip())
-    except ValueError:
-        raise CorruptionError(f"remote object {generation_key(tenant_id)} is not a generation number: {data[:40]!r}") from None
+def index_key(tenant_id: str, timeline_id: str, generation: int) -> str:
+    """The key of generation `generation`'s index of the timeline."""
+    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), f"{INDEX_PREFIX}{generation:08x}")
 
 
-def write_generation(storage: RemoteStorage, tenant_id: str, generation: int) -> None:
-    storage.upload_bytes(f"{generation}\n".encode(), generation_key(tenant_id))
+def index_generation(file_name: str) -> int | None:
+    """The generation of an index object's file name; None if the name is not an index's."""
+    m = _INDEX_NAME_RE.fullmatch(file_name)
+    return int(m.group(1), 16) if m else None
+
+
+def remote_index_generations(storage: RemoteStorage, tenant_id: str) -> dict[str, list[int]]:
+    """Timeline id -> the generations of its remote indexes, ascending (only
+    timelines that have one). Blocking."""
+    prefix = timelines_prefix(tenant_id)
+    out: dict[str, list[int]] = {}
+    for obj in storage.list(prefix):
+        parts = obj.key[len(prefix):].split("/")
+        if len(parts) == 2 and (gen := index_generation(parts[1])) is not None:
+            out.setdefault(parts[0], []).append(gen)
+    return {tl: sorted(gens) for tl, gens in out.items()}
 
 
 def remote_index_timelines(storage: RemoteStorage, tenant_id: str) -> list[str]:
-    """The timeline ids that have an index_part.json remotely. Blocking."""
+    """The timeline ids that have an index remotely. Blocking."""
+    return sorted(remote_index_generations(storage, tenant_id))
+
+
+def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str, generation: int | None = None) -> IndexPart:
+    """The timeline's index of the highest generation (or of `generation`).
+    NotFound if it has none. Blocking."""
+    if generation is None:
+        prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
+        gens = [g for o in storage.list(prefix + INDEX_PREFIX) if (g := index_generation(o.key[len(prefix):])) is not None]
+        if not gens:
+            raise NotFound(f"tenant_id={tenant_id} timeline_id={timeline_id}: no index in remote storage")
+        generation = max(gens)
+    key = index_key(tenant_id, timeline_id, generation)
+    return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
+
+
+DELETION_MARK = "deleted"
+DELETION_MARK_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeletionMark:
+    """A timeline being deleted (tenant.py: DeleteTimeline, TTL expiry).
+
+    Stored as `tenants/<t>/timelines/<tl>/deleted` remotely (create-only) and as
+    `deleted` in the local timeline directory, both written before anything of
+    the timeline is deleted and removed after everything else is: a pageserver
+    that restarts or attaches and finds one finishes the deletion instead of
+    loading the timeline. Layout: a JSON object through
+    strata/checksummed_json.py (format_version 1, xxhash64 checksum) with the
+    fields below; unknown or missing fields are CorruptionError."""
+
+    tenant_id: str
+    timeline_id: str
+    generation: int  # of the pageserver that started the deletion
+    marked_at_us: int
+    reason: str  # "DeleteTimeline" or "expired"
+
+    def encode(self) -> bytes:
+        return checksummed_json.encode(asdict(self), DELETION_MARK_FORMAT_VERSION)
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> DeletionMark:
+        body = checksummed_json.decode(data, where, DELETION_MARK_FORMAT_VERSION)
+        fields = set(cls.__dataclass_fields__)
+        checksummed_json.check_fields(body, fields, where, fields)
+        return cls(**body)
+
+
+def deletion_mark_key(tenant_id: str, timeline_id: str) -> str:
+    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), DELETION_MARK)
+
+
+def marked_timelines(storage: RemoteStorage, tenant_id: str) -> dict[str, DeletionMark]:
+    """Timelines of the tenant with a remote deletion mark. Blocking."""
     prefix = timelines_prefix(tenant_id)
-    out = []
+    out = {}
     for obj in storage.list(prefix):
         parts = obj.key[len(prefix):].split("/")
-        if len(parts) == 2 and parts[1] == INDEX_FILE_NAME:
-            out.append(parts[0])
+        if len(parts) == 2 and parts[1] == DELETION_MARK:
+            out[parts[0]] = DeletionMark.decode(storage.download_bytes(obj.key), f"remote {obj.key}")
     return out
-
-
-def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> IndexPart:
-    key = index_key(tenant_id, timeline_id)
-    return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
 
 
 def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:
@@ -120,6 +189,32 @@ def timeline_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -
     walservice's WAL under it, `wal/`)."""
     prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
     return [o.key for o in storage.list(prefix) if not o.key[len(prefix):].startswith("wal/")]
+
+
+def verify_layer_file(path: Path, entry: LayerEntry) -> int:
+    """Read a layer file back before it is uploaded: its size and its own file
+    checksum (the trailer's, recorded in the index) must match `entry`.
+    CorruptionError if not. Returns the xxhash64 of the whole file, which the
+    upload checks again as it reads (so the bytes sent are the bytes verified).
+    Blocking."""
+    whole = xxhash.xxh64()
+    covered = xxhash.xxh64()
+    covered_len = entry.file_size - _FILE_CHECKSUM_COVERS_ALL_BUT
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            whole.update(chunk)
+            if size < covered_len:
+                covered.update(chunk[: covered_len - size])
+            size += len(chunk)
+    if size != entry.file_size:
+        raise CorruptionError(f"layer file {path} is {size} bytes, its index entry says {entry.file_size}: not uploading it")
+    if covered.intdigest() != entry.file_checksum:
+        raise CorruptionError(
+            f"layer file {path} has file checksum {covered.intdigest():016x}, its index entry says "
+            f"{entry.file_checksum:016x}: it changed on local disk; not uploading it"
+        )
+    return whole.intdigest()
 
 
 class Fenced(Exception):
@@ -155,6 +250,10 @@ class RemoteTimelineClient:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.fenced = False
+        # Executor calls in flight (`_blocking`); the set is touched from worker threads' done callbacks too.
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
+        # Whether indexes of older generations were deleted after our first index upload.
+        self._old_indexes_deleted = False
         # Held for a whole sync round and by GC's sweep of unindexed objects, so
         # the sweep never deletes a layer an index being uploaded will name.
         self._sync_lock = asyncio.Lock()
@@ -190,9 +289,21 @@ class RemoteTimelineClient:
                 return False
         return True
 
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the executor, tracked so that `stop` can wait for it:
+        cancelling the awaiting task does not stop a thread mid-upload."""
+        future = self.executor.submit(fn, *args)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return await asyncio.wrap_future(future)
+
     async def stop(self) -> None:
+        """Stop uploading; returns once no upload or deletion of ours is running
+        (so a timeline deletion that follows cannot race a late upload)."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        while self._in_flight:
+            await asyncio.sleep(0.01)
 
     async def sweep_unindexed(self) -> int:
         """GC: delete this timeline's layer objects that no index names (uploads a
@@ -204,16 +315,15 @@ class RemoteTimelineClient:
             await self.check_generation()  # a newer generation's objects are not ours to judge
         except Fenced:
             return 0
-        loop = asyncio.get_running_loop()
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
         async with self._sync_lock:
-            listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+            listed = await self._blocking(self.storage.list, prefix)
             keep = {e.file_name for e in tl.index.layers} | set(self.remote_objects)
             if self.remote_index is not None:
                 keep |= {e.file_name for e in self.remote_index.layers}
             leaked = gc.unindexed_layer_objects(prefix, [o.key for o in listed], keep, tl.index.generation)
             if leaked:
-                await loop.run_in_executor(self.executor, self.storage.delete, leaked)
+                await self._blocking(self.storage.delete, leaked)
         for key in leaked:
             self.log.info("remote_leaked_layer_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, key=key)
         return len(leaked)
@@ -225,12 +335,15 @@ class RemoteTimelineClient:
         tl = self.timeline
         if self.fenced:
             return 0
-        loop = asyncio.get_running_loop()
+        try:
+            await self.check_generation()  # before any deletion
+        except Fenced:
+            return 0
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id)) + gc.VECTOR_INDEX_DIR + "/"
-        listed = await loop.run_in_executor(self.executor, self.storage.list, prefix)
+        listed = await self._blocking(self.storage.list, prefix)
         doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff, branch_points)
         if doomed:
-            await loop.run_in_executor(self.executor, self.storage.delete, doomed)
+            await self._blocking(self.storage.delete, doomed)
             self.log.info(
                 "vector_indexes_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=cutoff, objects=len(doomed),
             )
@@ -279,9 +392,26 @@ class RemoteTimelineClient:
                 backoff = 0.2
                 self._notify()
 
+    async def _delete_older_indexes(self, generation: int) -> None:
+        """This timeline's indexes of generations before ours: superseded by the
+        one just uploaded (readers take the highest). Checked just before: no
+        newer generation exists."""
+        tl = self.timeline
+        prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
+        listed = await self._blocking(self.storage.list, prefix + INDEX_PREFIX)
+        old = [o.key for o in listed if (g := index_generation(o.key[len(prefix):])) is not None and g < generation]
+        if old:
+            await self._blocking(self.storage.delete, old)
+            self.log.info(
+                "remote_old_indexes_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, generation=generation,
+                indexes=len(old),
+            )
+        self._old_indexes_deleted = True
+
     async def _sync_once(self) -> None:
         tl = self.timeline
-        loop = asyncio.get_running_loop()
+        if self.fenced:
+            raise Fenced(f"tenant_id={tl.tenant_id}: fenced; no more uploads")
         index = tl.index
         tenant, timeline = TenantId(tl.tenant_id), TimelineId(tl.timeline_id)
         entries = []
@@ -295,8 +425,20 @@ class RemoteTimelineClient:
                     raise FileNotFoundError(f"{tl}: layer {entry.file_name} is neither local nor remote")
                 key = timeline_key(tenant, timeline, entry.file_name)
                 path = layer.path
+
+                def verify_and_upload(path: Path = path, key: str = key, entry: LayerEntry = entry) -> RemoteObject:
+                    # The upload then hashes what it sends against the read-back checksum.
+                    checksum = verify_layer_file(path, entry)
+                    return self.storage.upload_file(path, key, checksum=checksum)
+
                 try:
-                    obj = await loop.run_in_executor(self.executor, lambda: self.storage.upload_file(path, key))
+                    obj = await self._blocking(verify_and_upload)
+                except CorruptionError as exc:
+                    self.log.error(
+                        "layer_corrupt_before_upload", tenant=tl.tenant_id, timeline=tl.timeline_id,
+                        layer=entry.file_name, error=str(exc), action="not uploaded; WAL above remote_consistent_lsn is kept",
+                    )
+                    raise
                 except FileNotFoundError:
                     if tl.index is not index:
                         raise _Superseded() from None  # compaction removed it meanwhile
@@ -310,9 +452,12 @@ class RemoteTimelineClient:
                     layer.remote = obj
             entries.append(replace(entry, remote_checksum=obj.checksum))
         remote_index = replace(index, layers=tuple(entries))
-        await self.check_generation()
+        await self.check_generation()  # step 2
         data = remote_index.encode()
-        await loop.run_in_executor(self.executor, lambda: self.storage.upload_bytes(data, index_key(tl.tenant_id, tl.timeline_id)))
+        key = index_key(tl.tenant_id, tl.timeline_id, remote_index.generation)
+        # Only this pageserver holds this generation, so it alone writes (and overwrites) this index.
+        await self._blocking(lambda: self.storage.upload_bytes(data, key, overwrite=True))
+        await self.check_generation()  # step 4: an attach that landed during the PUT fences us here
         self.remote_index = remote_index
         self._synced = index
         advanced = index.disk_consistent_lsn != self.remote_consistent_lsn
@@ -325,9 +470,11 @@ class RemoteTimelineClient:
         self.on_uploaded(tl)
         keep = {e.file_name for e in remote_index.layers} | {e.file_name for e in tl.index.layers}
         gone = [name for name in self.remote_objects if name not in keep]
+        if not self._old_indexes_deleted:
+            await self._delete_older_indexes(remote_index.generation)
         if gone:
             keys = [self.remote_objects[name].key for name in gone]
-            await loop.run_in_executor(self.executor, lambda: self.storage.delete(keys))
+            await self._blocking(lambda: self.storage.delete(keys))
             for name in gone:
                 del self.remote_objects[name]
             self.log.info("remote_layers_deleted", tenant=tl.tenant_id, timeline=tl.timeline_id, layers=len(gone))

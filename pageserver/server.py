@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ttl-check-interval", type=float, default=10.0, help="seconds between checks for expired timelines (ttl_seconds)"
     )
+    parser.add_argument(
+        "--generation-check-interval", type=float, default=10.0,
+        help="seconds between checks that no newer generation attached a tenant elsewhere, so an idle stale "
+        "pageserver is fenced too (0: only around uploads and deletions)",
+    )
     parser.add_argument("--log-level", default="info")
 
 
@@ -94,6 +99,8 @@ async def run(args: argparse.Namespace) -> None:
         housekeeping = [asyncio.create_task(tenants.run_expiry(args.ttl_check_interval))]
         if args.gc_interval > 0:
             housekeeping.append(asyncio.create_task(tenants.run_gc(args.gc_interval)))
+        if remote is not None and args.generation_check_interval > 0:
+            housekeeping.append(asyncio.create_task(tenants.run_generation_checks(args.generation_check_interval)))
 
         async def stopped() -> None:
             ticker.cancel()

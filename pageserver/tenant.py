@@ -17,13 +17,19 @@ branch writes one small index file and registers the timeline with the
 walservice: no page is copied, whatever the ancestor's size.
 
 With `--remote-storage` (docs/design/0003-remote-storage.md) remote storage is
-the truth: each timeline has an upload queue (remote_timeline.py), tenant.json
-and the tenant's generation live remotely too, `attach` rebuilds a tenant from
-remote storage on an empty disk (layers downloaded on demand), and a tenant
-whose remote generation moved past ours (attached elsewhere) is fenced: it
-uploads nothing more, stops ingest and answers reads FAILED_PRECONDITION.
+the truth: each timeline has an upload queue (remote_timeline.py) writing the
+per-generation `index_part.json-<gen:08x>`, tenant.json and the tenant's
+generations (generation.py) live remotely too, `attach` rebuilds a tenant from
+remote storage on an empty disk (layers downloaded on demand), every start
+claims the next generation, and a tenant for which a newer generation exists
+(attached elsewhere) is fenced: it uploads and deletes nothing more, stops
+ingest and answers reads FAILED_PRECONDITION. Timeline deletion writes a
+deletion mark (`deleted`, local then remote) first and removes it last; a
+restart or an attach that finds one finishes the deletion.
 
-Concurrency: everything here is owned by the event loop; `compaction_lock`
+Concurrency: everything here is owned by the event loop (no thread touches
+`Tenant.timelines`, `receivers`, `fenced`, `_deleting`; blocking work runs on
+the executor over immutable inputs); `compaction_lock`
 serializes compaction and GC (the only deleters of layer files) across the
 tenant's timelines, so a branch's compaction never reads an ancestor layer being
 removed. GC (`gc`, `gc_all`, every `--gc-interval`) and timeline expiry
@@ -46,13 +52,15 @@ from pageserver.index_part import IndexPart, read_index_part, write_index_part
 from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
-from pageserver.remote_storage import RemoteObject, RemoteStorage
+from pageserver import generation as generations
+from pageserver.remote_storage import RemoteObject, RemoteObjectExists, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata import checksummed_json, ids
+from strata.ids import TenantId, TimelineId
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
 from strata.logs import EventLogger
@@ -75,7 +83,9 @@ class TenantConfig:
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> TenantConfig:
-        return cls(**checksummed_json.decode(data, where, TENANT_FORMAT_VERSION))
+        body = checksummed_json.decode(data, where, TENANT_FORMAT_VERSION)
+        checksummed_json.check_fields(body, set(cls.__dataclass_fields__), where, {"tenant_id", "page_size", "pitr_seconds"})
+        return cls(**body)
 
 
 @dataclass
@@ -126,6 +136,8 @@ class Tenant:
         self._expiry_deferred: set[str] = set()
         # remote index per timeline as found at load (None: unknown)
         self._remote_indexes: dict[str, IndexPart | None] = {}
+        # Marked deletions still running in the background, by timeline id.
+        self._deleting: dict[str, asyncio.Task[None]] = {}
 
     @property
     def tenant_id(self) -> str:
@@ -143,11 +155,20 @@ class Tenant:
         self._remote_indexes = dict(remote_indexes or {})
         self.timelines_dir.mkdir(parents=True, exist_ok=True)
         indexes: dict[str, IndexPart] = {}
+        marks: dict[str, remote_timeline.DeletionMark] = {}
         for tl_dir in self.timelines_dir.iterdir():
             if tl_dir.name.startswith("."):
                 shutil.rmtree(tl_dir)
                 continue
-            indexes[tl_dir.name] = read_index_part(tl_dir)
+            mark_path = tl_dir / remote_timeline.DELETION_MARK
+            if mark_path.exists():  # a deletion a crash interrupted: finish it, do not load it
+                marks[tl_dir.name] = remote_timeline.DeletionMark.decode(mark_path.read_bytes(), str(mark_path))
+                continue
+            index = read_index_part(tl_dir)
+            if self.ctx.remote is not None and index.generation != self.config.generation:
+                # Claimed a new generation at this start: new layers and the index carry it.
+                index = replace(index, generation=self.config.generation)
+            indexes[tl_dir.name] = index
         pending = dict(indexes)
         while pending:
             ready = [tid for tid, idx in pending.items() if not idx.ancestor_timeline_id or idx.ancestor_timeline_id in self.timelines]
@@ -156,6 +177,8 @@ class Tenant:
             for tid in sorted(ready):
                 self._remove_unlisted_files(self.timelines_dir / tid, pending[tid])
                 self._add_timeline(pending.pop(tid))
+        if marks and self.fenced is None:
+            self.resume_deletions(marks)
 
     def _remove_unlisted_files(self, tl_dir: Path, index: IndexPart) -> None:
         listed = {entry.file_name for entry in index.layers} | {INDEX_FILE_NAME}
@@ -224,8 +247,10 @@ class Tenant:
         assert self.ctx.remote is not None
         storage = self.ctx.remote
         remote_gen = await asyncio.get_running_loop().run_in_executor(
-            self.ctx.executor, remote_timeline.read_generation, storage, self.tenant_id
+            self.ctx.executor, generations.read_generation, storage, self.tenant_id
         )
+        if self.fenced is not None:
+            raise Fenced(self.fenced)  # fenced by another check while this one read
         if remote_gen > self.config.generation:
             self.fence(remote_gen)
             raise Fenced(self.fenced)
@@ -239,7 +264,7 @@ class Tenant:
         )
         self.ctx.log.warning(
             "tenant_fenced", tenant=self.tenant_id, generation=self.config.generation, remote_generation=remote_generation,
-            action="stopped ingest and uploads; reads answer FAILED_PRECONDITION",
+            action="stopped serving: no more uploads or deletions, ingest stopped, reads answer FAILED_PRECONDITION",
         )
         self._stopping = True
         for timeline in self.timelines.values():
@@ -309,6 +334,10 @@ class Tenant:
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
         if timeline_id in self.timelines:
             raise AlreadyExists(f"tenant_id={self.tenant_id} timeline_id={timeline_id} already exists")
+        if timeline_id in self._deleting:
+            raise FailedPrecondition(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id} is being deleted; retry once the deletion finished"
+            )
         ancestor: Timeline | None = None
         if ancestor_timeline_id:
             ids.timeline_id(ancestor_timeline_id, "ancestor_timeline_id")
@@ -362,27 +391,57 @@ class Tenant:
             generation=self.config.generation,
             relations=relations,
         )
-        # The walservice registration and the local directory are independent:
-        # do them at once (branch creation waits on both). A crash between them
-        # leaves a timeline the walservice may not know: its WalReceiver then
-        # registers it (CreateTimeline is idempotent).
+        # The walservice registration, the local directory and (with remote
+        # storage) the remote index are independent: do them at once. The
+        # answer waits for all three, so an attach elsewhere sees the timeline
+        # once CreateTimeline returned. A crash between them leaves a timeline
+        # the walservice may not know (its WalReceiver then registers it:
+        # CreateTimeline is idempotent) or an index that is only remote (the
+        # next attach takes it; a restart here uploads the local one again).
         loop = asyncio.get_running_loop()
         local = loop.run_in_executor(
             self.ctx.executor, _make_dir_durably, self.timelines_dir, timeline_id, lambda d: write_index_part(d, index)
         )
-        registered, written = await asyncio.gather(
-            self._register_with_walservice(timeline_id, ancestor_lsn), local, return_exceptions=True
+        registered, written, remote = await asyncio.gather(
+            self._register_with_walservice(timeline_id, ancestor_lsn), local, self._upload_new_index(index),
+            return_exceptions=True,
         )
-        if isinstance(registered, BaseException) or isinstance(written, BaseException):
+        failed = [r for r in (registered, written, remote) if isinstance(r, BaseException)]
+        if failed:
             if not isinstance(written, BaseException):
                 await loop.run_in_executor(self.ctx.executor, shutil.rmtree, written)
-            raise registered if isinstance(registered, BaseException) else written
+            raise failed[0]
+        if self.ctx.remote is not None:
+            self._remote_indexes[timeline_id] = index  # what the upload queue starts from
         timeline = self._add_timeline(index)
         self.ctx.log.info(
             "timeline_created", tenant=self.tenant_id, timeline=timeline_id,
             ancestor=ancestor_timeline_id or None, lsn=ancestor_lsn,
         )
         return timeline
+
+    async def _upload_new_index(self, index: IndexPart) -> None:
+        """CreateTimeline with remote storage: the new timeline's index of our
+        generation, with the generation checked before and after the PUT."""
+        storage = self.ctx.remote
+        if storage is None:
+            return
+        key = remote_timeline.index_key(self.tenant_id, index.timeline_id, index.generation)
+        try:
+            await self._check_generation()
+            await asyncio.get_running_loop().run_in_executor(
+                self.ctx.executor, lambda: storage.upload_bytes(index.encode(), key, overwrite=True)
+            )
+            await self._check_generation()
+        except Fenced as exc:
+            raise FailedPrecondition(str(exc)) from None
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={index.timeline_id}: remote storage did not take the new "
+                f"timeline's index {key}: {exc!r}"
+            ) from exc
 
     async def _register_with_walservice(self, timeline_id: str, start_lsn: int) -> None:
         request = wal_pb2.WalTimeline(
@@ -396,8 +455,21 @@ class Tenant:
                 f"{exc.code().name}: {exc.details()}"
             ) from exc
 
-    async def delete_timeline(self, timeline_id: str) -> Timeline:
+    async def delete_timeline(self, timeline_id: str, reason: str = "DeleteTimeline") -> Timeline:
+        """Delete a timeline, crash-safely (docs/design/0003-remote-storage.md,
+        "Timeline expiry and deletion"): stop it, write the deletion mark
+        (locally, then remotely), then `_finish_deletion`. If a step fails
+        (remote storage or the walservice down) the deletion goes on in the
+        background and this raises UNAVAILABLE saying so; a restart or an
+        attach that finds the mark finishes it too."""
+        if timeline_id in self._deleting:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and still finishing "
+                "in the background; retry"
+            )
         timeline = self.get_timeline(timeline_id)
+        if self.fenced is not None:
+            raise FailedPrecondition(self.fenced)
         if timeline.children or timeline.branch_reservations:
             raise FailedPrecondition(
                 f"timeline_id={timeline_id} has child timelines {sorted(timeline.children)} (or one being created): "
@@ -414,31 +486,148 @@ class Tenant:
             timeline.ancestor.children.pop(timeline_id, None)
         if timeline.remote is not None:
             await timeline.remote.stop()
-            await self._delete_remote_timeline(timeline_id)
         if self.ctx.layer_cache is not None:
             for layer in timeline.layer_map.historic:
                 self.ctx.layer_cache.forget(layer)
         timeline.layer_map.close()
-        await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, timeline.directory)
-        self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id)
+        mark = remote_timeline.DeletionMark(
+            self.tenant_id, timeline_id, self.config.generation, time.time_ns() // 1000, reason
+        )
+        await asyncio.get_running_loop().run_in_executor(
+            self.ctx.executor, write_durably, timeline.directory / remote_timeline.DELETION_MARK, mark.encode()
+        )
+        self.ctx.log.info(
+            "timeline_deletion_started", tenant=self.tenant_id, timeline=timeline_id, lsn=timeline.last_record_lsn,
+            reason=reason,
+        )
+        try:
+            await self._finish_deletion(timeline_id, mark)
+        except Fenced as exc:
+            raise FailedPrecondition(str(exc)) from None
+        except Exception as exc:
+            self._retry_deletion_in_background(timeline_id, mark, exc)
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and will finish in the "
+                f"background (or after a restart or attach): {exc!r}"
+            ) from exc
         return timeline
 
+    async def _finish_deletion(self, timeline_id: str, mark: remote_timeline.DeletionMark) -> None:
+        """Everything of a timeline whose mark is written (idempotent, so a retry,
+        restart or attach can run it again):
+
+        1. the remote mark (create-only; there already from an earlier try is fine);
+        2. its remote indexes, then its other objects: layers and vector indexes
+           (layers are per timeline: a branch reads its ancestor's objects under
+           the ancestor's prefix, and a timeline with children is not deleted, so
+           no other timeline needs them) and any offloaded WAL under `wal/`;
+        3. the walservice's WAL (DeleteTimeline: local segments on every node and
+           the offloaded WAL);
+        4. the remote mark, last but one;
+        5. the local directory with the local mark, last.
+
+        The generation is checked before the first deletion and before the mark
+        goes (raises Fenced: a newer attachment finishes it)."""
+        storage = self.ctx.remote
+        loop = asyncio.get_running_loop()
+        mark_key = remote_timeline.deletion_mark_key(self.tenant_id, timeline_id)
+        if storage is not None:
+            await self._check_generation()
+
+            def delete_objects() -> int:
+                try:
+                    storage.upload_bytes(mark.encode(), mark_key)
+                except RemoteObjectExists:
+                    pass  # an earlier try (or another generation) marked it
+                prefix = remote_timeline.timeline_prefix(TenantId(self.tenant_id), TimelineId(timeline_id))
+                keys = [o.key for o in storage.list(prefix) if o.key != mark_key]
+                indexes = [k for k in keys if remote_timeline.index_generation(k[len(prefix):]) is not None]
+                storage.delete(indexes)  # first: no index names a deleted layer
+                storage.delete([k for k in keys if k not in indexes])
+                return len(keys)
+
+            n = await loop.run_in_executor(self.ctx.executor, delete_objects)
+            self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
+        request = wal_pb2.WalDeleteTimelineRequest(tenant_id=self.tenant_id, timeline_id=timeline_id)
+        try:
+            done = await self.ctx.wal_stub.DeleteTimeline(request, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the walservice did not delete the timeline's "
+                f"WAL: {exc.code().name}: {exc.details()}"
+            ) from exc
+        self.ctx.log.info(
+            "wal_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, existed=done.existed,
+            nodes=done.nodes_deleted,
+        )
+        if storage is not None:
+            await self._check_generation()
+            await loop.run_in_executor(self.ctx.executor, storage.delete, [mark_key])
+        await loop.run_in_executor(self.ctx.executor, shutil.rmtree, self.timelines_dir / timeline_id, True)
+        self._deleting.pop(timeline_id, None)
+        self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason)
+
+    def _retry_deletion_in_background(self, timeline_id: str, mark: remote_timeline.DeletionMark, error: Exception) -> None:
+        """Keep finishing a marked deletion (with backoff) until it is done."""
+        self.ctx.log.warning(
+            "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(error),
+            action="retrying in the background",
+        )
+        if timeline_id in self._deleting and not self._deleting[timeline_id].done():
+            return
+
+        async def retry() -> None:
+            delay = 0.5
+            while not self._stopping and self.fenced is None:
+                await asyncio.sleep(delay)
+                try:
+                    await self._finish_deletion(timeline_id, mark)
+                    return
+                except Fenced:
+                    return
+                except Exception as exc:  # noqa: BLE001 - logged; retried
+                    self.ctx.log.warning(
+                        "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc),
+                        action="retrying in the background",
+                    )
+                    delay = min(delay * 2, 10.0)
+
+        self._deleting[timeline_id] = asyncio.get_running_loop().create_task(retry())
+
+    def resume_deletions(self, marks: dict[str, remote_timeline.DeletionMark]) -> None:
+        """After a restart or an attach: finish the deletions these marks started (in the background)."""
+        for timeline_id, mark in sorted(marks.items()):
+            self.ctx.log.info(
+                "timeline_deletion_resumed", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason,
+                marked_by_generation=mark.generation,
+            )
+
+            async def finish(timeline_id: str = timeline_id, mark: remote_timeline.DeletionMark = mark) -> None:
+                try:
+                    await self._finish_deletion(timeline_id, mark)
+                except Fenced:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - retried in the background
+                    self._retry_deletion_in_background(timeline_id, mark, exc)
+
+            self._deleting[timeline_id] = asyncio.get_running_loop().create_task(finish())
+
     async def _delete_remote_timeline(self, timeline_id: str) -> None:
-        """Best effort: the timeline's index, layers and vector indexes (not the
-        walservice's WAL). Layers are per timeline (a branch reads its ancestor's
-        objects under the ancestor's prefix), so no other timeline needs them."""
+        """DeleteTenant: best effort, the timeline's remote objects (its WAL is
+        the walservice's). Leftovers are unreferenced once tenant.json is gone."""
         storage = self.ctx.remote
         if storage is None or self.fenced is not None:
             return
 
         def delete() -> int:
             keys = remote_timeline.timeline_objects(storage, self.tenant_id, timeline_id)
-            index = remote_timeline.index_key(self.tenant_id, timeline_id)
-            storage.delete([index])  # first: no index names deleted layers
-            storage.delete([k for k in keys if k != index])
+            indexes = [k for k in keys if remote_timeline.index_generation(k.rpartition("/")[2]) is not None]
+            storage.delete(indexes)  # first: no index names deleted layers
+            storage.delete([k for k in keys if k not in indexes])
             return len(keys)
 
         try:
+            await self._check_generation()  # before any deletion
             n = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete)
             self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
         except Exception as exc:  # noqa: BLE001 - leftovers are unreferenced
@@ -485,13 +674,15 @@ class Tenant:
                 "timeline_expired", tenant=self.tenant_id, timeline=timeline.timeline_id, lsn=timeline.last_record_lsn,
                 expires_at_us=expires,
             )
-            await self.delete_timeline(timeline.timeline_id)
             self._expiry_deferred.discard(timeline.timeline_id)
+            await self.delete_timeline(timeline.timeline_id, reason="expired")
             deleted.append(timeline.timeline_id)
         return deleted
 
     async def stop_ingest(self) -> None:
         self._stopping = True
+        for task in self._deleting.values():
+            task.cancel()
         for receiver in self.receivers.values():
             await receiver.stop()
         for task in self._compaction_tasks.values():
@@ -528,34 +719,61 @@ class TenantSet:
                 continue
             path = tenant_dir / TENANT_FILE
             config = TenantConfig.decode(path.read_bytes(), str(path))
-            tenant = Tenant(config, tenant_dir, self.ctx)
             remote_indexes, remote_gen = self._remote_state_at_load(config)
-            if remote_gen > config.generation:
-                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {remote_gen} > {config.generation})"
+            fenced_by = remote_gen if remote_gen is not None and remote_gen > config.generation else None
+            if fenced_by is None and remote_gen is not None and config.generation > 0:
+                config, fenced_by = self._claim_at_start(config, remote_gen, path)
+            tenant = Tenant(config, tenant_dir, self.ctx)
+            if fenced_by is not None:
+                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {fenced_by} > {config.generation})"
                 self.ctx.log.warning(
-                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=remote_gen,
+                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=fenced_by,
                     action="not serving it (found at startup)",
                 )
             tenant.load(remote_indexes)
             self.tenants[config.tenant_id] = tenant
             self.ctx.log.info("tenant_loaded", tenant=config.tenant_id, timelines=len(tenant.timelines))
 
-    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int]:
+    def _claim_at_start(self, config: TenantConfig, remote_gen: int, path: Path) -> tuple[TenantConfig, int | None]:
+        """A restart of the pageserver that holds the newest generation claims the
+        next one (blocking), so that nothing it writes from now on can have the
+        name of an object its previous run wrote. Returns the config and, if
+        another pageserver claimed that generation first, the generation that
+        fences us."""
+        storage = self.ctx.remote
+        assert storage is not None
+        try:
+            record = generations.claim_generation(storage, config.tenant_id, max(remote_gen, config.generation) + 1)
+        except generations.GenerationTaken:
+            return config, max(remote_gen, config.generation) + 1
+        except Exception as exc:  # noqa: BLE001 - keep the old generation; fencing is checked before each upload
+            self.ctx.log.warning("generation_claim_failed", tenant=config.tenant_id, generation=config.generation, error=repr(exc))
+            return config, None
+        claimed = replace(config, generation=record.generation)
+        write_durably(path, claimed.encode())
+        self.ctx.log.info(
+            "generation_claimed", tenant=config.tenant_id, generation=record.generation, previous=config.generation,
+            reason="restart",
+        )
+        return claimed, None
+
+    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int | None]:
         """What remote storage already holds of a local tenant (blocking, at startup):
         its timelines' uploaded indexes and the remote generation. If remote
-        storage cannot be read, nothing is known: every layer is uploaded again."""
+        storage cannot be read, nothing is known (generation None): every layer
+        is uploaded again."""
         storage = self.ctx.remote
         if storage is None:
-            return {}, 0
+            return {}, None
         try:
-            generation = remote_timeline.read_generation(storage, config.tenant_id)
+            generation = generations.read_generation(storage, config.tenant_id)
             indexes: dict[str, IndexPart | None] = {}
             for timeline_id in remote_timeline.remote_index_timelines(storage, config.tenant_id):
                 indexes[timeline_id] = remote_timeline.download_index(storage, config.tenant_id, timeline_id)
             return indexes, generation
         except Exception as exc:  # noqa: BLE001 - uploads start over; fencing is checked before each index upload
             self.ctx.log.warning("remote_state_unavailable", tenant=config.tenant_id, error=repr(exc), action="reuploading")
-            return {}, 0
+            return {}, None
 
     def get(self, tenant_id: str, allow_fenced: bool = False) -> Tenant:
         ids.tenant_id(tenant_id)
@@ -592,15 +810,21 @@ class TenantSet:
         return tenant
 
     async def _claim_remote(self, config: TenantConfig) -> TenantConfig:
-        """A new tenant in remote storage: the next generation, then tenant.json."""
+        """A new tenant in remote storage: the next generation, then tenant.json
+        (create-only: a tenant that exists remotely is attached, not created)."""
         storage = self.ctx.remote
         assert storage is not None
+        key = remote_timeline.tenant_config_key(config.tenant_id)
 
         def claim() -> TenantConfig:
-            generation = remote_timeline.read_generation(storage, config.tenant_id) + 1
-            remote_timeline.write_generation(storage, config.tenant_id, generation)
-            claimed = replace(config, generation=generation)
-            storage.upload_bytes(claimed.encode(), remote_timeline.tenant_config_key(config.tenant_id))
+            if storage.exists(key):
+                raise AlreadyExists(f"tenant_id={config.tenant_id} exists in remote storage ({key}): use AttachTenant")
+            record = generations.claim_next(storage, config.tenant_id)
+            claimed = replace(config, generation=record.generation)
+            try:
+                storage.upload_bytes(claimed.encode(), key)
+            except RemoteObjectExists:
+                raise AlreadyExists(f"tenant_id={config.tenant_id} was created elsewhere meanwhile ({key})") from None
             return claimed
 
         try:
@@ -620,9 +844,14 @@ class TenantSet:
             for timeline_id in list(tenant.timelines):
                 await tenant._delete_remote_timeline(timeline_id)
             storage = self.ctx.remote
-            keys = [remote_timeline.tenant_config_key(tenant_id), remote_timeline.generation_key(tenant_id)]
+            def delete_tenant_objects() -> None:
+                # tenant.json first (a half-deleted tenant is not attachable), the generations last.
+                storage.delete([remote_timeline.tenant_config_key(tenant_id)])
+                storage.delete([o.key for o in storage.list(generations.generations_prefix(tenant_id))])
+
             try:
-                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, storage.delete, keys)
+                await tenant._check_generation()  # before any deletion
+                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete_tenant_objects)
             except Exception as exc:  # noqa: BLE001 - best effort
                 self.ctx.log.warning("remote_tenant_delete_failed", tenant=tenant_id, error=repr(exc))
         self.ctx.log.info("tenant_deleted", tenant=tenant_id)
@@ -653,25 +882,28 @@ class TenantSet:
             await self.delete_local(existing)
         loop = asyncio.get_running_loop()
 
-        def fetch() -> tuple[TenantConfig, dict[str, IndexPart]]:
+        def fetch() -> tuple[TenantConfig, dict[str, IndexPart], dict[str, remote_timeline.DeletionMark]]:
             key = remote_timeline.tenant_config_key(tenant_id)
             try:
                 data = storage.download_bytes(key)
             except NotFound:
                 raise NotFound(f"tenant_id={tenant_id}: remote storage has no such tenant (no {key})") from None
             config = TenantConfig.decode(data, f"remote {key}")
-            generation = max(remote_timeline.read_generation(storage, tenant_id), config.generation) + 1
-            remote_timeline.write_generation(storage, tenant_id, generation)
-            config = replace(config, generation=generation)
-            storage.upload_bytes(config.encode(), key)
-            indexes = {
-                tl: remote_timeline.download_index(storage, tenant_id, tl)
-                for tl in remote_timeline.remote_index_timelines(storage, tenant_id)
-            }
-            return config, indexes
+            record = generations.claim_next(storage, tenant_id, at_least=config.generation)  # fences older attachments
+            config = replace(config, generation=record.generation)
+            marks = remote_timeline.marked_timelines(storage, tenant_id)
+            indexes = {}
+            for tl in remote_timeline.remote_index_timelines(storage, tenant_id):
+                if tl in marks:
+                    continue  # being deleted: finished below, not loaded
+                # Our own index of each timeline at once: from now on readers take ours.
+                index = replace(remote_timeline.download_index(storage, tenant_id, tl), generation=config.generation)
+                storage.upload_bytes(index.encode(), remote_timeline.index_key(tenant_id, tl, config.generation))
+                indexes[tl] = index
+            return config, indexes, marks
 
         try:
-            config, indexes = await loop.run_in_executor(self.ctx.executor, fetch)
+            config, indexes, marks = await loop.run_in_executor(self.ctx.executor, fetch)
         except StrataError:
             raise
         except Exception as exc:
@@ -689,6 +921,7 @@ class TenantSet:
         directory = await loop.run_in_executor(self.ctx.executor, _make_dir_durably, self.root, tenant_id, fill)
         tenant = Tenant(config, directory, self.ctx)
         tenant.load(dict(indexes))
+        tenant.resume_deletions(marks)
         self.tenants[tenant_id] = tenant
         self.ctx.log.info(
             "tenant_attached", tenant=tenant_id, generation=config.generation, timelines=len(tenant.timelines),
@@ -734,6 +967,21 @@ class TenantSet:
             await asyncio.sleep(interval_s)
             for tenant in list(self.tenants.values()):
                 await tenant.gc_all()
+
+    async def run_generation_checks(self, interval_s: float) -> None:
+        """Every `interval_s` (--generation-check-interval): fence each tenant a
+        newer generation attached elsewhere, even if it is idle (no uploads)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for tenant in list(self.tenants.values()):
+                if tenant.fenced is not None or self.ctx.remote is None:
+                    continue
+                try:
+                    await tenant._check_generation()
+                except Fenced:
+                    pass  # logged by fence()
+                except Exception as exc:  # noqa: BLE001 - remote storage down: the next round tries again
+                    self.ctx.log.warning("generation_check_failed", tenant=tenant.tenant_id, error=repr(exc))
 
     async def run_expiry(self, interval_s: float) -> None:
         """Delete expired timelines every `interval_s` (--ttl-check-interval)."""

@@ -41,3 +41,18 @@ def decode(data: bytes, where: str, format_version: int) -> dict[str, Any]:
     if version != format_version:
         raise CorruptionError(f"{where}: unsupported format_version {version} (this build reads {format_version})")
     return body
+
+
+def check_fields(body: dict[str, Any], known: set[str], where: str, required: set[str] | None = None) -> None:
+    """CorruptionError unless `body` (as `decode` returned it) has only `known`
+    fields and every `required` one: a field this build does not know means a
+    writer with another format, whose meaning would be silently lost."""
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise CorruptionError(
+            f"{where}: unknown fields {unknown} (this build knows {sorted(known)}): written by a newer or "
+            "different format; refusing to read it"
+        )
+    missing = sorted((required or set()) - set(body))
+    if missing:
+        raise CorruptionError(f"{where}: missing fields {missing}")

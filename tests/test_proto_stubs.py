@@ -24,6 +24,7 @@ def test_contract_names_exist() -> None:
     assert set(wal_pb2.DESCRIPTOR.services_by_name["WalService"].methods_by_name) == {
         "CreateTimeline", "Append", "Stream", "Status", "ReportPersisted",
         "AppendStream",  # Strata's extension: pipelined Appends (docs/design/0001-wal-segments.md)
+        "DeleteTimeline",  # issue 4: timeline deletion deletes its WAL too (docs/design/0003-remote-storage.md)
     }
     assert set(page_pb2.DESCRIPTOR.services_by_name["PageService"].methods_by_name) == {"GetPage", "GetPages", "GetRelSize"}
     assert {

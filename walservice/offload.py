@@ -228,6 +228,7 @@ class WalOffloader:
         """Start offloading (on the loop, after the timelines were loaded)."""
         for tl in self.timelines:
             self._state_of(tl)
+        self.timelines.deletion_hooks.append(self.delete_timeline)
         self._task = asyncio.create_task(self._run())
         self.log.info("wal_offload_started", remote=self.storage_url, interval_s=self.interval_s)
 
@@ -242,6 +243,18 @@ class WalOffloader:
             for task in late:
                 task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def delete_timeline(self, tenant_id: str, timeline_id: str) -> None:
+        """TimelineSet.delete's hook: the timeline stopped (no new round starts
+        for it); wait for a round in flight, then delete its offloaded WAL."""
+        st = self._states.pop((tenant_id, timeline_id), None)
+        if st is not None and st.task is not None:
+            await asyncio.wait([st.task])
+        prefix = remote_wal_prefix(tenant_id, timeline_id)
+        keys = [o.key for o in await self._in_executor(self.storage.list, prefix)]
+        if keys:
+            await self._in_executor(self.storage.delete, keys)
+        self.log.info("wal_offload_deleted", tenant=tenant_id, timeline=timeline_id, objects=len(keys), remote=self.location(tenant_id, timeline_id))
 
     def _state_of(self, tl: Timeline) -> _TimelineOffload:
         key = (tl.tenant_id, tl.timeline_id)
@@ -383,7 +396,9 @@ class WalOffloader:
     ) -> RemoteObject:
         """Off the loop: read, verify and upload [0, header + end_lsn - start) of a segment."""
         data = read_verified_prefix(seg, end_lsn, tl.tenant_id, tl.timeline_id, verified)
-        return self.storage.upload_bytes(data, key)
+        # A sealed segment is create-only (the same bytes again are a no-op);
+        # the open segment's `.partial` object is replaced in place as it grows.
+        return self.storage.upload_bytes(data, key, overwrite=key.endswith(PARTIAL_SUFFIX))
 
     async def _trim(self, st: _TimelineOffload) -> None:
         """Delete local sealed segments below min(backup_lsn, remote_consistent_lsn)."""

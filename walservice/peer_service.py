@@ -63,11 +63,20 @@ class PeerServicer:
     async def PeerCreateTimeline(self, request: peer_pb2.PeerTimeline, context: grpc.aio.ServicerContext) -> peer_pb2.PeerTimelineResponse:
         return await self.cluster.on_peer_create(self.timelines, request)
 
+    @unary_rpc
+    async def PeerDeleteTimeline(
+        self, request: peer_pb2.PeerDeleteTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PeerDeleteTimelineResponse:
+        return await asyncio.shield(self.cluster.on_peer_delete(self.timelines, request))
+
     def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {
             "RequestVote": unary_handler(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
             "PeerAppend": stream_handler(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
             "PeerCreateTimeline": unary_handler(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
+            "PeerDeleteTimeline": unary_handler(
+                self.PeerDeleteTimeline, peer_pb2.PeerDeleteTimelineRequest, peer_pb2.PeerDeleteTimelineResponse
+            ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         return [SERVICE_NAME]

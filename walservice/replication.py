@@ -831,6 +831,41 @@ class Cluster:
             )
         return tl
 
+    async def delete_timeline(self, timelines: TimelineSet, tenant_id: str, timeline_id: str) -> tuple[bool, int]:
+        """DeleteTimeline on a cluster: here first (so this node's replicators
+        stop and cannot re-create it on a peer), then on every peer; answered
+        once a majority no longer holds it. Returns (existed here or on a peer,
+        nodes that deleted it). A node that was unreachable keeps the timeline
+        until DeleteTimeline is retried (it is idempotent)."""
+        existed = await timelines.delete(tenant_id, timeline_id)
+        request = peer_pb2.PeerDeleteTimelineRequest(tenant_id=tenant_id, timeline_id=timeline_id)
+
+        async def ask(node: int) -> peer_pb2.PeerDeleteTimelineResponse | None:
+            try:
+                return await self.peers.call(node, "PeerDeleteTimeline", request, CREATE_TIMEOUT_S)
+            except PeerUnreachable:
+                return None
+
+        answers = await asyncio.gather(*(ask(n) for n in self.config.others))
+        deleted = 1 + sum(1 for a in answers if a is not None)
+        existed = existed or any(a is not None and a.existed for a in answers)
+        if deleted < self.config.majority:
+            raise Unavailable(
+                f"tenant_id={tenant_id} timeline_id={timeline_id}: deleted on only {deleted} of "
+                f"{len(self.config.nodes)} nodes (need {self.config.majority}); retry, DeleteTimeline is idempotent"
+            )
+        if deleted < len(self.config.nodes):
+            self.log.warning(
+                "timeline_delete_partial", tenant=tenant_id, timeline=timeline_id, nodes_deleted=deleted,
+                nodes=len(self.config.nodes), action="retry DeleteTimeline to delete it on the unreachable nodes",
+            )
+        return existed, deleted
+
+    async def on_peer_delete(
+        self, timelines: TimelineSet, req: peer_pb2.PeerDeleteTimelineRequest
+    ) -> peer_pb2.PeerDeleteTimelineResponse:
+        return peer_pb2.PeerDeleteTimelineResponse(existed=await timelines.delete(req.tenant_id, req.timeline_id))
+
     async def on_peer_create(self, timelines: TimelineSet, req: peer_pb2.PeerTimeline) -> peer_pb2.PeerTimelineResponse:
         existed = timelines.holds(req.tenant_id, req.timeline_id)
         tl = await timelines.create(

@@ -231,6 +231,16 @@ class WalServicer:
         await tl.report_persisted(request.remote_consistent_lsn)
         return self._status(tl)
 
+    @unary_rpc
+    async def DeleteTimeline(
+        self, request: wal_pb2.WalDeleteTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> wal_pb2.WalDeleteTimelineResponse:
+        if self.cluster is not None:
+            existed, nodes = await self.cluster.delete_timeline(self.timelines, request.tenant_id, request.timeline_id)
+        else:
+            existed, nodes = await self.timelines.delete(request.tenant_id, request.timeline_id), 1
+        return wal_pb2.WalDeleteTimelineResponse(existed=existed, nodes_deleted=nodes)
+
     async def Stream(self, request: wal_pb2.StreamRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
             tl = self.timelines.get(request.tenant_id, request.timeline_id)
@@ -248,6 +258,9 @@ class WalServicer:
             "AppendStream": stream_handler(self.AppendStream, wal_pb2.AppendStreamRequest, wal_pb2.AppendStreamResponse),
             "Status": unary_handler(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
             "ReportPersisted": unary_handler(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
+            "DeleteTimeline": unary_handler(
+                self.DeleteTimeline, wal_pb2.WalDeleteTimelineRequest, wal_pb2.WalDeleteTimelineResponse
+            ),
             "Stream": grpc.unary_stream_rpc_method_handler(
                 self.Stream, request_deserializer=wal_pb2.StreamRequest.FromString, response_serializer=bytes
             ),

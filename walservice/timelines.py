@@ -7,7 +7,9 @@ Layout under the data dir::
 
 Creation is crash-safe: the directory is built as `.<timeline_id>.tmp` (control
 file and first segment, fsync'd), then renamed into place and the parent fsync'd;
-leftover `.tmp` directories are removed on start.
+leftover `.tmp` directories are removed on start. Deletion (`delete`) renames
+the directory to `.<timeline_id>.deleted` before removing it, so a crash
+leaves the whole timeline or a hidden leftover that the next start removes.
 
 A timeline whose files fail recovery is kept as *broken*: every call on it
 answers DATA_LOSS with what was found, it is logged at level=error, and nothing
@@ -33,6 +35,7 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from concurrent.futures import Executor
 from pathlib import Path
@@ -64,6 +67,9 @@ class TimelineSet:
         self._create_lock = asyncio.Lock()
         # Set before `load` on a node of a cluster: every timeline gets a replica.
         self.cluster: Cluster | None = None
+        # Run by `delete` after the timeline stopped, before its files go (the
+        # offloader deletes the offloaded WAL): (tenant_id, timeline_id).
+        self.deletion_hooks: list[Callable[[str, str], Awaitable[None]]] = []
 
     def _new_timeline(self, wal: TimelineWal) -> Timeline:
         timeline = Timeline(wal, self.executor, self.log)
@@ -153,6 +159,31 @@ class TimelineSet:
 
     def __iter__(self):
         return iter(list(self._timelines.values()))
+
+    async def delete(self, tenant_id: str, timeline_id: str) -> bool:
+        """Delete a timeline on this node: stop it (appends and streams end; it
+        is NOT_FOUND from now on), run the deletion hooks (its offloaded WAL),
+        then its directory: renamed to a hidden name (one atomic step; `load`
+        removes what a crash left of it) and removed. Idempotent: returns
+        whether anything of it was here. A hook's failure leaves the files for
+        a retry (until then a restart would load the timeline again)."""
+        key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
+        directory = self.root / key[0] / key[1]
+        async with self._create_lock:
+            timeline = self._timelines.pop(key, None)
+            broken = self._broken.pop(key, None)
+            existed = timeline is not None or broken is not None or directory.exists()
+            if timeline is not None:
+                if timeline.replica is not None:
+                    await timeline.replica.close()
+                await timeline.close()
+            for hook in self.deletion_hooks:
+                await hook(key[0], key[1])
+            if directory.exists():
+                await asyncio.get_running_loop().run_in_executor(self.executor, _delete_dir, directory)
+        if existed:
+            self.log.info("timeline_deleted", tenant=key[0], timeline=key[1])
+        return existed
 
     async def create(
         self,
@@ -254,6 +285,16 @@ class TimelineSet:
                 await timeline.close()
             except StrataError:
                 pass
+
+
+def _delete_dir(directory: Path) -> None:
+    """Rename `directory` to a hidden name (durably) and remove it."""
+    hidden = directory.with_name(f".{directory.name}.deleted")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    directory.rename(hidden)
+    fsync_dir(directory.parent)
+    shutil.rmtree(hidden)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

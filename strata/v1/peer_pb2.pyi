@@ -117,3 +117,17 @@ class PeerTimelineResponse(_message.Message):
     term: int
     flush_lsn: int
     def __init__(self, existed: _Optional[bool] = ..., term: _Optional[int] = ..., flush_lsn: _Optional[int] = ...) -> None: ...
+
+class PeerDeleteTimelineRequest(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ...) -> None: ...
+
+class PeerDeleteTimelineResponse(_message.Message):
+    __slots__ = ("existed",)
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    def __init__(self, existed: _Optional[bool] = ...) -> None: ...

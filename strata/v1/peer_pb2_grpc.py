@@ -49,6 +49,11 @@ class WalPeerStub:
                 request_serializer=strata_dot_v1_dot_peer__pb2.PeerTimeline.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_peer__pb2.PeerTimelineResponse.FromString,
                 _registered_method=True)
+        self.PeerDeleteTimeline = channel.unary_unary(
+                '/strata.v1.WalPeer/PeerDeleteTimeline',
+                request_serializer=strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineResponse.FromString,
+                _registered_method=True)
 
 
 class WalPeerServicer:
@@ -79,6 +84,13 @@ class WalPeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeerDeleteTimeline(self, request, context):
+        """Delete a timeline here (idempotent), as the node that received DeleteTimeline says.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalPeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_WalPeerServicer_to_server(servicer, server):
                     servicer.PeerCreateTimeline,
                     request_deserializer=strata_dot_v1_dot_peer__pb2.PeerTimeline.FromString,
                     response_serializer=strata_dot_v1_dot_peer__pb2.PeerTimelineResponse.SerializeToString,
+            ),
+            'PeerDeleteTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerDeleteTimeline,
+                    request_deserializer=strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class WalPeer:
             '/strata.v1.WalPeer/PeerCreateTimeline',
             strata_dot_v1_dot_peer__pb2.PeerTimeline.SerializeToString,
             strata_dot_v1_dot_peer__pb2.PeerTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerDeleteTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.WalPeer/PeerDeleteTimeline',
+            strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineRequest.SerializeToString,
+            strata_dot_v1_dot_peer__pb2.PeerDeleteTimelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

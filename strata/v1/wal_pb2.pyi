@@ -120,3 +120,19 @@ class WalStatus(_message.Message):
     timeline_id: str
     leader_node_id: int
     def __init__(self, start_lsn: _Optional[int] = ..., flush_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., backup_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., term: _Optional[int] = ..., page_size: _Optional[int] = ..., tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., leader_node_id: _Optional[int] = ...) -> None: ...
+
+class WalDeleteTimelineRequest(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ...) -> None: ...
+
+class WalDeleteTimelineResponse(_message.Message):
+    __slots__ = ("existed", "nodes_deleted")
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    NODES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    nodes_deleted: int
+    def __init__(self, existed: _Optional[bool] = ..., nodes_deleted: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class WalServiceStub:
                 request_serializer=strata_dot_v1_dot_wal__pb2.PersistedRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_wal__pb2.WalStatus.FromString,
                 _registered_method=True)
+        self.DeleteTimeline = channel.unary_unary(
+                '/strata.v1.WalService/DeleteTimeline',
+                request_serializer=strata_dot_v1_dot_wal__pb2.WalDeleteTimelineRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_wal__pb2.WalDeleteTimelineResponse.FromString,
+                _registered_method=True)
 
 
 class WalServiceServicer:
@@ -117,6 +122,15 @@ class WalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteTimeline(self, request, context):
+        """Delete the timeline's WAL: its local segments (on every node when
+        replicated; answered once a majority deleted it) and its offloaded WAL.
+        Idempotent: a timeline that is not here answers existed=false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +163,11 @@ def add_WalServiceServicer_to_server(servicer, server):
                     servicer.ReportPersisted,
                     request_deserializer=strata_dot_v1_dot_wal__pb2.PersistedRequest.FromString,
                     response_serializer=strata_dot_v1_dot_wal__pb2.WalStatus.SerializeToString,
+            ),
+            'DeleteTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTimeline,
+                    request_deserializer=strata_dot_v1_dot_wal__pb2.WalDeleteTimelineRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_wal__pb2.WalDeleteTimelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +332,33 @@ class WalService:
             '/strata.v1.WalService/ReportPersisted',
             strata_dot_v1_dot_wal__pb2.PersistedRequest.SerializeToString,
             strata_dot_v1_dot_wal__pb2.WalStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.WalService/DeleteTimeline',
+            strata_dot_v1_dot_wal__pb2.WalDeleteTimelineRequest.SerializeToString,
+            strata_dot_v1_dot_wal__pb2.WalDeleteTimelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

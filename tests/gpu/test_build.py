@@ -128,7 +128,7 @@ def test_index_object_checksum_catches_a_flipped_bit(stack: Stack) -> None:
             IvfIndex.decode(bytes(flipped), key)
     flipped = bytearray(data)
     flipped[len(data) // 3] ^= 0x01
-    stack.storage.upload_bytes(bytes(flipped), key)
+    stack.storage.upload_bytes(bytes(flipped), key, overwrite=True)
     with pytest.raises(CorruptionError, match="checksum"):
         VectorCollection(stack.client, stack.tenant, stack.main, "mem", remote_storage=stack.url).search(np.zeros((1, DIM)))
 

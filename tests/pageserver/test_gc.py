@@ -36,7 +36,7 @@ from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
 from pageserver.remote_storage import LocalFsStorage, RemoteStorage, open_remote_storage
-from pageserver.remote_timeline import index_key
+from pageserver.remote_timeline import download_index
 from tests.env import Component, StrataEnv
 from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
 from tests.pageserver.world import SMALL_LAYERS, World, image, new_id
@@ -151,7 +151,7 @@ def remote_layer_bytes(remote: Path, tenant_id: str, timeline_id: str) -> int:
 
 
 def remote_index(remote: Path, tenant_id: str, timeline_id: str) -> IndexPart:
-    return IndexPart.decode(LocalFsStorage(remote).download_bytes(index_key(tenant_id, timeline_id)))
+    return download_index(LocalFsStorage(remote), tenant_id, timeline_id)
 
 
 def wait_until(what: str, cond, timeout: float = 30.0) -> None:
@@ -267,7 +267,7 @@ def layer_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> d
 
 def storage_synced(client: Client, storage: RemoteStorage, tenant_id: str, timeline_id: str) -> bool:
     info = client.get_timeline(tenant_id=tenant_id, timeline_id=timeline_id)
-    index = IndexPart.decode(storage.download_bytes(index_key(tenant_id, timeline_id)))
+    index = download_index(storage, tenant_id, timeline_id)
     return (
         index.gc_cutoff_lsn == info.gc_cutoff_lsn
         and set(layer_objects(storage, tenant_id, timeline_id)) >= {e.file_name for e in index.layers}
@@ -304,7 +304,7 @@ def test_gc_frees_remote_bytes_and_deletes_leaked_layers_and_old_vector_indexes(
         wait_until("uploads", lambda: storage_synced(client, storage, world.tenant_id, main))
         before = sum(layer_objects(storage, world.tenant_id, main).values())
         prefix = f"tenants/{world.tenant_id}/timelines/{main}/"
-        generation = IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).generation
+        generation = download_index(storage, world.tenant_id, main).generation
         # What a crash between a layer upload and its index upload leaves behind.
         leaked = LayerName("delta", 0, KEY_SPACE_END, 1, 2, generation).file_name
         storage.upload_bytes(b"leaked layer bytes", prefix + leaked)
@@ -332,7 +332,7 @@ def test_gc_frees_remote_bytes_and_deletes_leaked_layers_and_old_vector_indexes(
         wait_until(
             "removed layers to leave remote storage",
             lambda: set(layer_objects(storage, world.tenant_id, main)) == {
-                e.file_name for e in IndexPart.decode(storage.download_bytes(index_key(world.tenant_id, main))).layers
+                e.file_name for e in download_index(storage, world.tenant_id, main).layers
             },
         )
         after = sum(layer_objects(storage, world.tenant_id, main).values())
@@ -424,8 +424,16 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
 
         wait_until("both expired timelines to be deleted", gone, 20)
         for tl in (parent_id, child_id):
-            left = [p for p in (timelines_dir / tl).rglob("*") if p.is_file() and "wal" not in p.relative_to(timelines_dir / tl).parts]
-            assert left == [], left
+            # Gone from the listing at once; the deletion finishes with its mark, last.
+            wait_until(
+                "the deletion to finish", lambda tl=tl: not [p for p in (timelines_dir / tl).rglob("*") if p.is_file()], 20
+            )
+            assert not (ps.data_dir / "tenants" / tenant / "timelines" / tl).exists()
+            # The walservice's WAL went too.
+            with pytest.raises(grpc.RpcError) as info:
+                client.status(tenant_id=tenant, timeline_id=tl)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert not (wal.data_dir / "timelines" / tenant / tl).exists()
         expired = [line for line in ps.log_text().splitlines() if "event=timeline_expired" in line]
         order = [tl for line in expired for tl in (parent_id, child_id) if f"timeline={tl}" in line]
         assert order == [child_id, parent_id], expired

@@ -5,10 +5,11 @@ timeline and branches of branches, with a 1 s PITR window (`pitr_seconds=1` on
 CreateTenant: a real window, no clock games). Between rounds of writes the test
 sleeps past the window and runs Gc on every timeline, then compares with the
 reference model (tests/model.py):
-- every page and relation size at every sampled LSN at or above each
-  timeline's gc_cutoff_lsn, and at each child's branch point (which may lie
+- every page and relation size at every retained LSN (each record's LSN and
+  the LSN just below it, tests/pageserver/world.py `read_lsns`) at or above
+  each timeline's gc_cutoff_lsn, and at each child's branch point (which may lie
   below the parent's cutoff: GC keeps it, and reads there are allowed), equals
-  the model;
+  the model: all of them, not a sample;
 - reads below the cutoff answer FAILED_PRECONDITION naming it;
 - after the last round the local disk is thrown away and the tenant attached
   on a fresh pageserver from remote storage alone: the same holds.
@@ -32,7 +33,6 @@ from tests.pageserver.world import RecordGen, World
 PAGE = 512
 PITR_S = 1
 ROUNDS = 2
-CHECKS_PER_TIMELINE = 8
 
 LAYERS = {
     "compaction_images": ("--checkpoint-bytes", "2048", "--compaction-threshold", "3", "--image-threshold", "2", "--l1-target-bytes", "8192"),
@@ -41,8 +41,8 @@ LAYERS = {
 
 
 def check_retained(world: World, rng: random.Random) -> dict[str, int]:
-    """Every timeline at sampled LSNs >= its cutoff and at its branch point;
-    a read below a cutoff is refused. Returns the cutoffs."""
+    """Every timeline at every LSN >= its cutoff and at each child's branch
+    point; a read below a cutoff is refused. Returns the cutoffs."""
     client = world.client
     cutoffs = {
         tl: client.get_timeline(tenant_id=world.tenant_id, timeline_id=tl).gc_cutoff_lsn for tl in world.timelines
@@ -52,8 +52,8 @@ def check_retained(world: World, rng: random.Random) -> dict[str, int]:
         world.check(tl, 0, rng)
         branch_points = {m.ancestor_lsn for m in world.timelines.values() if m.ancestor is model}
         retained = [l for l in world.read_lsns(tl) if l >= cutoffs[tl]]
-        sample = rng.sample(retained, min(CHECKS_PER_TIMELINE, len(retained)))
-        for lsn in sorted({*sample, *branch_points}):
+        assert retained, f"timeline {tl}: no LSN at or above its cutoff {cutoffs[tl]}"
+        for lsn in sorted({*retained, *branch_points}):
             if lsn:
                 world.check(tl, lsn, rng)
         below = [l for l in world.read_lsns(tl) if 0 < l < cutoffs[tl] and l not in branch_points]

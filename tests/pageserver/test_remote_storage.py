@@ -36,6 +36,7 @@ from pageserver.remote_storage import (
     LocalFsStorage,
     RemoteAccessDenied,
     RemoteObject,
+    RemoteObjectExists,
     RemoteStorage,
     RemoteStorageError,
     RemoteStorageUnavailable,
@@ -334,10 +335,34 @@ def test_upload_refuses_a_file_that_changed_since_it_was_written(storage: Remote
 
 
 def test_overwrite_replaces_the_object(storage: RemoteStorage) -> None:
-    storage.upload_bytes(b"index v1", INDEX_KEY)
-    v2 = storage.upload_bytes(b"index version 2", INDEX_KEY)
+    storage.upload_bytes(b"index v1", INDEX_KEY, overwrite=True)
+    v2 = storage.upload_bytes(b"index version 2", INDEX_KEY, overwrite=True)
     assert storage.download_bytes(INDEX_KEY, v2) == b"index version 2"
     assert storage.list() == [RemoteObject(INDEX_KEY, len(b"index version 2"), None)]
+
+
+@pytest.mark.parametrize("size", [10, 6 * MiB])  # one PUT; a multipart upload (s3_options: 5 MiB)
+def test_uploads_are_create_only(storage: RemoteStorage, tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    first = storage.upload_bytes(data, LAYER_KEY)
+    # The same bytes again (a retried or repeated upload): a no-op success.
+    assert storage.upload_bytes(data, LAYER_KEY) == first
+    src = tmp_path / "layer"
+    src.write_bytes(data)
+    assert storage.upload_file(src, LAYER_KEY) == first
+    # Other bytes: refused, and the object is unchanged.
+    other = bytes([data[0] ^ 1]) + data[1:]
+    with pytest.raises(RemoteObjectExists, match="create-only"):
+        storage.upload_bytes(other, LAYER_KEY)
+    src.write_bytes(other)
+    with pytest.raises(RemoteObjectExists):
+        storage.upload_file(src, LAYER_KEY)
+    assert storage.download_bytes(LAYER_KEY, first) == data
+    assert storage.list() == [RemoteObject(LAYER_KEY, size, None)]
+    if isinstance(storage, LocalFsStorage):
+        assert sorted(p.name for p in storage.path_of(LAYER_KEY).parent.iterdir()) == [
+            f".{storage.path_of(LAYER_KEY).name}.xxhash64", storage.path_of(LAYER_KEY).name,
+        ]  # no temp file left behind
 
 
 def test_list_by_prefix(storage: RemoteStorage) -> None:
@@ -484,7 +509,7 @@ def test_local_crash_at_any_step_of_an_overwrite_leaves_a_readable_object(
     # Step 1 done (the sidecar accepts both), crash before step 2: the old object stays and verifies.
     monkeypatch.setattr(os, "replace", crash_before_the_rename)
     with pytest.raises(OSError, match="simulated crash"):
-        storage.upload_bytes(b"new index", INDEX_KEY)
+        storage.upload_bytes(b"new index", INDEX_KEY, overwrite=True)
     monkeypatch.setattr(os, "replace", real_replace)
     assert len(sidecar.read_text().split()) == 2
     assert storage.download_bytes(INDEX_KEY, old) == b"old index"
@@ -501,12 +526,12 @@ def test_local_crash_at_any_step_of_an_overwrite_leaves_a_readable_object(
 
     monkeypatch.setattr(remote_storage, "write_durably", crash_at_the_second_sidecar_write)
     with pytest.raises(OSError, match="simulated crash"):
-        storage.upload_bytes(b"newer index", INDEX_KEY)
+        storage.upload_bytes(b"newer index", INDEX_KEY, overwrite=True)
     monkeypatch.setattr(remote_storage, "write_durably", real_write_durably)
     assert storage.download_bytes(INDEX_KEY) == b"newer index"
 
     # The next upload leaves one checksum and no stray files.
-    final = storage.upload_bytes(b"final index", INDEX_KEY)
+    final = storage.upload_bytes(b"final index", INDEX_KEY, overwrite=True)
     assert sidecar.read_text() == f"{final.checksum:016x}\n"
     assert files_under(storage.root) == [f"tenants/{TENANT}/timelines/{TIMELINE}/.index_part.json.xxhash64", INDEX_KEY]
 
@@ -520,7 +545,7 @@ def test_local_reader_rereads_an_object_replaced_while_it_read(tmp_path: Path, m
     def overwrite_between_open_and_sidecar(path: Path) -> frozenset[int] | None:
         if not raced:  # the reader has the old file open: a writer replaces it completely now
             raced.append(True)
-            storage.upload_bytes(b"new bytes", INDEX_KEY)
+            storage.upload_bytes(b"new bytes", INDEX_KEY, overwrite=True)
         return real_read_sidecar(path)
 
     monkeypatch.setattr(storage, "_read_sidecar", overwrite_between_open_and_sidecar)

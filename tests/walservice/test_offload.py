@@ -295,3 +295,38 @@ def test_offload_to_s3_over_http(strata_env: StrataEnv, tmp_path: Path, monkeypa
         node.stop()  # before moto_server goes
     finally:
         server.stop()
+
+
+def test_delete_timeline_removes_local_and_offloaded_wal(strata_env: StrataEnv, tmp_path: Path) -> None:
+    from compute_shim import Client
+
+    storage = LocalFsStorage(tmp_path / "remote")
+    node = offloading_node(strata_env, f"file://{storage.root}")
+    stub = strata_env.wal_stub(node)
+    key, other = create_timeline(stub), create_timeline(stub)
+    append_batches(stub, key, 60)
+    append_batches(stub, other, 5)
+    wait_backed_up(stub, key)
+    wait_backed_up(stub, other)
+    assert remote_names(storage, key)
+    with Client(walservice=node.address) as client:
+        done = client.wal_delete_timeline(tenant_id=key.tenant_id, timeline_id=key.timeline_id)
+        assert (done.existed, done.nodes_deleted) == (True, 1)
+        assert remote_names(storage, key) == []
+        assert not (node.data_dir / "timelines" / key.tenant_id / key.timeline_id).exists()
+        with pytest.raises(grpc.RpcError) as err:
+            status(stub, key)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # Idempotent; the other timeline is untouched.
+        assert not client.wal_delete_timeline(tenant_id=key.tenant_id, timeline_id=key.timeline_id).existed
+        assert remote_names(storage, other)
+        assert status(stub, other).commit_lsn > 0
+    assert log_events(node, "timeline_deleted", key) and log_events(node, "wal_offload_deleted", key)
+    # A restart does not bring it back, and the offloader does not upload it again.
+    node.stop()
+    node.start()
+    with pytest.raises(grpc.RpcError) as err:
+        status(strata_env.wal_stub(node), key)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    time.sleep(0.5)
+    assert remote_names(storage, key) == []

@@ -463,3 +463,20 @@ def test_sigterm_answers_the_appends_in_flight(strata_env: StrataEnv) -> None:
     wait_converged(others, key, end)
     present = {rec.lsn for rec in read_stream(wal_pb2_grpc.WalServiceStub(others[0].channel()), key, end)}
     assert all(lsn in present for r in acked for lsn in r.record_lsns)
+
+
+def test_delete_timeline_on_every_node(strata_env: StrataEnv) -> None:
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    for b in range(1, 6):
+        client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 2))
+    # Asked on any node, the timeline goes on all of them.
+    done = Client(walservice=nodes[2].address).wal_delete_timeline(tenant_id=key.tenant_id, timeline_id=key.timeline_id)
+    assert done.existed and done.nodes_deleted == 3
+    time.sleep(1.0)  # no replicator or election brings it back
+    for node in nodes:
+        with pytest.raises(grpc.RpcError) as err:
+            node_status(node, key)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, node.name
+        assert not (node.data_dir / "timelines" / key.tenant_id / key.timeline_id).exists()

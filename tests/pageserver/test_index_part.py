@@ -1,0 +1,65 @@
+"""index_part.json parsing: anything this build does not understand is CorruptionError, never ignored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pageserver.index_part import FORMAT_VERSION, IndexPart, LayerEntry
+from strata import checksummed_json
+from strata.errors import CorruptionError
+
+
+def sample() -> IndexPart:
+    return IndexPart(
+        tenant_id="t" * 32, timeline_id="a" * 32, ancestor_timeline_id="", ancestor_lsn=0, disk_consistent_lsn=100,
+        layers=(LayerEntry("layer-1", 10, 7, 9),), generation=3, commit_times=((50, 1000),),
+    )
+
+
+def reencode(index: IndexPart, mutate) -> bytes:
+    """The index's JSON with `mutate` applied to its fields, checksummed again (a well-formed file of another shape)."""
+    body = json.loads(index.encode())
+    del body["checksum"]
+    version = body.pop("format_version")
+    mutate(body)
+    return checksummed_json.encode(body, body.pop("_version", version))
+
+
+def test_round_trip() -> None:
+    assert IndexPart.decode(sample().encode()) == sample()
+
+
+def test_unknown_field_is_corruption() -> None:
+    data = reencode(sample(), lambda b: b.update(shard_count=4))
+    with pytest.raises(CorruptionError, match=r"where.json: unknown fields \['shard_count'\]"):
+        IndexPart.decode(data, "where.json")
+
+
+def test_unknown_layer_field_is_corruption() -> None:
+    data = reencode(sample(), lambda b: b["layers"][0].update(compression="zstd"))
+    with pytest.raises(CorruptionError, match=r"layers\[0\]: unknown fields \['compression'\]"):
+        IndexPart.decode(data, "where.json")
+
+
+def test_wrong_version_is_corruption() -> None:
+    data = reencode(sample(), lambda b: b.update(_version=FORMAT_VERSION + 1))
+    with pytest.raises(CorruptionError, match=f"where.json: unsupported format_version {FORMAT_VERSION + 1}"):
+        IndexPart.decode(data, "where.json")
+
+
+def test_missing_field_and_bad_shapes_are_corruption() -> None:
+    with pytest.raises(CorruptionError, match=r"missing fields \['disk_consistent_lsn'\]"):
+        IndexPart.decode(reencode(sample(), lambda b: b.pop("disk_consistent_lsn")), "where.json")
+    with pytest.raises(CorruptionError, match="wrong shape"):
+        IndexPart.decode(reencode(sample(), lambda b: b.update(relations=[[1, 2]])), "where.json")
+    with pytest.raises(CorruptionError, match=r"layers\[0\] is not an object"):
+        IndexPart.decode(reencode(sample(), lambda b: b.update(layers=[3])), "where.json")
+
+
+def test_flipped_byte_is_corruption() -> None:
+    data = bytearray(sample().encode())
+    data[data.index(b"100")] = ord("2")
+    with pytest.raises(CorruptionError, match="checksum mismatch"):
+        IndexPart.decode(bytes(data), "where.json")
