@@ -20,10 +20,10 @@ pages whose directory seq differs, with GetPages in big batches.
 Search without an index is exact (batched matmul distances). With an index
 object in remote storage (the pageserver's, or `remote_storage=`) built at
 snapshot S <= the read LSN (gpu.build_index; this timeline's or an
-ancestor's at or below the branch point), search probes `nprobe` lists of the index and scans exactly the rows
-changed after S, dropping index entries whose slot changed (deleted or
-rewritten): results are always as fresh as the read LSN, and no page is read
-at S itself (GC may have removed it).
+ancestor's at or below the branch point), search probes `nprobe` lists of
+the index and scans exactly the rows changed after S, dropping index entries
+whose slot changed (deleted or rewritten): results are always as fresh as
+the read LSN, and no page is read at S itself (GC may have removed it).
 """
 
 from __future__ import annotations

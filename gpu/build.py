@@ -129,7 +129,7 @@ def build_indexes(
     if not specs:
         raise InvalidArgument("specs is empty: name at least one collection to index")
     if remote_storage is None:
-        remote_storage = _pageserver_remote_storage(client, {spec.tenant_id for spec in specs})
+        remote_storage = _pageserver_remote_storage(client, specs[0].tenant_id)
     storage = open_remote_storage(remote_storage) if isinstance(remote_storage, str) else remote_storage
     dev = Device.get(device)
     t0 = time.monotonic()
@@ -153,17 +153,15 @@ def build_indexes(
     return [_finish(storage, dev, job, t0, progress) for job in jobs]
 
 
-def _pageserver_remote_storage(client: Client, tenant_ids: set[str]) -> str:
-    """The one remote storage URL the pageserver keeps these tenants in."""
-    urls = {tenant_remote_storage(client, t) for t in sorted(tenant_ids)}
-    if urls == {""}:
+def _pageserver_remote_storage(client: Client, tenant_id: str) -> str:
+    """The pageserver's remote storage URL (one per pageserver, so any tenant's says it)."""
+    url = tenant_remote_storage(client, tenant_id)
+    if not url:
         raise FailedPrecondition(
             "the pageserver runs without --remote-storage: index builds read layer files from remote storage "
             "(start it with --remote-storage URL, or pass remote_storage=)"
         )
-    if len(urls) != 1:
-        raise InvalidArgument(f"these tenants live in different remote storage ({sorted(urls)}): build them in separate calls")
-    return urls.pop()
+    return url
 
 
 def _read(client: Client, storage: RemoteStorage, spec: IndexSpec, timeout: float, progress: Progress | None) -> _Job:

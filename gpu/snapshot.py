@@ -10,10 +10,10 @@ and rebuilds pages with pageserver/reconstruct.py, whose redo
 What it requires: the snapshot LSN must be covered by the uploaded index
 (`disk_consistent_lsn` >= LSN, i.e. remote_consistent_lsn has passed it) and
 not below the GC cutoff (an ancestor is read at the branch point, which GC
-keeps whatever the ancestor's cutoff); `ensure_uploaded` calls Compact (which flushes the
-in-memory layer) and waits for remote_consistent_lsn. A layer removed by a
-compaction between reading the index and downloading it makes the open start
-over with the newer index.
+keeps whatever the ancestor's cutoff); `ensure_uploaded` calls Compact (which
+flushes the in-memory layer) and waits for remote_consistent_lsn. A layer
+removed by a compaction between reading the index and downloading it makes
+the open start over with the newer index.
 """
 
 from __future__ import annotations
