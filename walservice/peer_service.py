@@ -29,6 +29,23 @@ class PeerServicer:
         self.timelines = timelines
         self.cluster = cluster
         self.log = log
+        # Open PeerAppend streams (each RPC's task) -> whether it is answering a
+        # request now. Owned by the event loop; see `end_streams`.
+        self._streams: dict[asyncio.Task[Any], bool] = {}
+        self._ending = False
+
+    def end_streams(self) -> None:
+        """Shutdown, once this node's own appends are drained: end the leaders'
+        PeerAppend streams into this node, so a graceful stop does not wait out
+        its whole grace for streams that never end by themselves. A stream
+        waiting for its next request is cancelled now; one answering a request
+        finishes that answer first and then ends (no write is cut halfway, no
+        answer is lost). The leader's Replicator sees the node go away, as it
+        would a moment later when the process exits."""
+        self._ending = True
+        for task, busy in self._streams.items():
+            if not busy:
+                task.cancel()
 
     def _replica(self, request: Any) -> TimelineReplica:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
@@ -52,12 +69,24 @@ class PeerServicer:
         """One answer per request, in order; a failure (no such timeline: NOT_FOUND)
         ends the stream with its status, and the leader opens a new one."""
         request = None
+        task = asyncio.current_task()
+        assert task is not None
+        if self._ending:
+            return
+        self._streams[task] = False
         try:
             async for request in requests:
-                yield await asyncio.shield(self._replica(request).on_peer_append(request))
+                self._streams[task] = True
+                answer = await asyncio.shield(self._replica(request).on_peer_append(request))
+                self._streams[task] = False
+                yield answer
+                if self._ending:
+                    return
         except StrataError as exc:
             log_rpc_failure(self.log, "PeerAppend", request, exc)
             await context.abort(exc.code, str(exc))
+        finally:
+            del self._streams[task]
 
     @unary_rpc
     async def PeerCreateTimeline(self, request: peer_pb2.PeerTimeline, context: grpc.aio.ServicerContext) -> peer_pb2.PeerTimelineResponse:

@@ -67,8 +67,9 @@ async def run(args: argparse.Namespace) -> None:
         timelines.load()
         servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes, cluster=cluster)
         registers = [servicer.register]
-        if cluster is not None:
-            registers.append(PeerServicer(timelines, cluster, log).register)
+        peer_servicer = PeerServicer(timelines, cluster, log) if cluster is not None else None
+        if peer_servicer is not None:
+            registers.append(peer_servicer.register)
             log.info("cluster_node", node=config.node_id, nodes=",".join(config.nodes), majority=config.majority)  # type: ignore[union-attr]
         offloader = None
         if storage is not None:
@@ -89,6 +90,9 @@ async def run(args: argparse.Namespace) -> None:
                 for tl in timelines:
                     if tl.replica is not None:
                         await tl.replica.close()
+            if peer_servicer is not None:
+                # Last, the leaders' streams into this node (they would hold the stop for its grace).
+                peer_servicer.end_streams()
 
         await grpc_server.serve(
             listen=args.listen,

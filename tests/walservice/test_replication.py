@@ -414,6 +414,25 @@ def test_report_persisted_on_a_follower_reaches_the_leader(strata_env: StrataEnv
     assert "event=report_persisted_forwarded" in "".join(n.log_text() for n in nodes)
 
 
+def test_sigterm_on_a_follower_ends_the_leaders_stream(strata_env: StrataEnv) -> None:
+    """A follower's graceful stop ends the leader's PeerAppend stream into it
+    instead of waiting out the 5 s grace for a stream that never ends by itself;
+    the other two nodes go on acknowledging appends."""
+    nodes = strata_env.walservice_cluster(3)
+    client = cluster_client(nodes)
+    key = create(client)
+    client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 1, 2))
+    leader = next(n for i, n in enumerate(nodes) if node_status(n, key).leader_node_id == i + 1)
+    follower = next(n for n in nodes if n is not leader)
+    t0 = time.monotonic()
+    assert follower.stop() == 0
+    took = time.monotonic() - t0
+    assert took < 4.0, f"the follower took {took:.1f}s to stop: it waited for the leader's stream (grace 5 s)"
+    end = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 2, 2)).end_lsn
+    assert node_status(leader, key).commit_lsn >= end
+    client.close()
+
+
 def test_sigterm_answers_the_appends_in_flight(strata_env: StrataEnv) -> None:
     """R4: SIGTERM on the leader under a burst of streamed appends: every append it
     took is answered (acknowledged once a majority has it) before it exits, the
