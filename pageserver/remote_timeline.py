@@ -114,15 +114,20 @@ def remote_index_timelines(storage: RemoteStorage, tenant_id: str) -> list[str]:
     return sorted(remote_index_generations(storage, tenant_id))
 
 
+def timeline_index_generations(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> list[int]:
+    """The generations of the timeline's remote indexes, ascending. Blocking."""
+    prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
+    return sorted(g for o in storage.list(prefix + INDEX_PREFIX) if (g := index_generation(o.key[len(prefix):])) is not None)
+
+
 def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str, generation: int | None = None) -> IndexPart:
     """The timeline's index of the highest generation (or of `generation`).
     NotFound if it has none. Blocking."""
     if generation is None:
-        prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
-        gens = [g for o in storage.list(prefix + INDEX_PREFIX) if (g := index_generation(o.key[len(prefix):])) is not None]
+        gens = timeline_index_generations(storage, tenant_id, timeline_id)
         if not gens:
             raise NotFound(f"tenant_id={tenant_id} timeline_id={timeline_id}: no index in remote storage")
-        generation = max(gens)
+        generation = gens[-1]
     key = index_key(tenant_id, timeline_id, generation)
     return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
 
@@ -302,8 +307,8 @@ class RemoteTimelineClient:
         (so a timeline deletion that follows cannot race a late upload)."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
-        while self._in_flight:
-            await asyncio.sleep(0.01)
+        while self._in_flight:  # (a done callback empties it from the worker thread)
+            await asyncio.wait([asyncio.wrap_future(f) for f in list(self._in_flight)])
 
     async def sweep_unindexed(self) -> int:
         """GC: delete this timeline's layer objects that no index names (uploads a
@@ -397,9 +402,8 @@ class RemoteTimelineClient:
         one just uploaded (readers take the highest). Checked just before: no
         newer generation exists."""
         tl = self.timeline
-        prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
-        listed = await self._blocking(self.storage.list, prefix + INDEX_PREFIX)
-        old = [o.key for o in listed if (g := index_generation(o.key[len(prefix):])) is not None and g < generation]
+        gens = await self._blocking(timeline_index_generations, self.storage, tl.tenant_id, tl.timeline_id)
+        old = [index_key(tl.tenant_id, tl.timeline_id, g) for g in gens if g < generation]
         if old:
             await self._blocking(self.storage.delete, old)
             self.log.info(
