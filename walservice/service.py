@@ -107,9 +107,9 @@ class WalServicer:
         tl.check_usable()
         return self._status(tl)
 
-    def _batch_payloads(self, request: wal_pb2.AppendRequest, page_size: int) -> list[bytes]:
-        """Each record validated, then serialized (the frame payloads). Per record
-        this is the walservice's hottest code: keep it lean."""
+    def _batch_payloads(self, request: wal_pb2.AppendRequest, page_size: int) -> tuple[list[bytes], int]:
+        """Each record validated, then serialized (the frame payloads), and their
+        bytes. Per record this is the walservice's hottest code: keep it lean."""
         records = request.records
         if not records:
             raise InvalidArgument("records is empty: an Append needs at least one record")
@@ -125,15 +125,15 @@ class WalServicer:
                     "split it into several Appends"
                 )
             payloads.append(payload)
-        return payloads
+        return payloads, total
 
     async def _queue(self, request: wal_pb2.AppendRequest) -> asyncio.Future[AppendResult]:
         """Validate one append whole, then queue it (nothing is queued if it is bad,
         or if this node does not lead the timeline)."""
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         await tl.ready_for_appends()
-        payloads = self._batch_payloads(request, tl.control.page_size)
-        return tl.submit(payloads, request.expected_end_lsn)
+        payloads, size = self._batch_payloads(request, tl.control.page_size)
+        return tl.submit(payloads, request.expected_end_lsn, size)
 
     @unary_rpc
     async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:

@@ -146,6 +146,12 @@ class TimelineSet:
         )
 
     def get(self, tenant_id: str, timeline_id: str) -> Timeline:
+        if not self._broken:
+            # Once per append: a live timeline's key is a pair of valid ids, so a hit
+            # needs no id checks (a miss gets them, and the contract's error).
+            timeline = self._timelines.get((tenant_id, timeline_id))  # type: ignore[arg-type]
+            if timeline is not None:
+                return timeline
         key = (ids.tenant_id(tenant_id), ids.timeline_id(timeline_id))
         if key in self._broken:
             raise self._broken[key]
