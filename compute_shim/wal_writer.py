@@ -23,8 +23,11 @@ breaks (the node restarts, the connection drops), and for an append not answered
 within `append_timeout` (default 30 s; DEADLINE_EXCEEDED), as with a unary
 Append whose connection broke. The caller resolves those (e.g. by reading the
 WAL, or resending with `expected_end_lsn`); the writer never resends them, since
-a blind resend could apply a batch twice. The next `append` after a break opens a
-new stream.
+a blind resend could apply a batch twice. A stream the walservice ends cleanly (its
+graceful stop, once it answered every message it read) is not a break: the appends
+it left unanswered were never read, so they go on like appends not yet sent (to
+another node of a cluster, or failed as not applied). The next `append` after a
+break opens a new stream.
 
 A cluster (`"A,B,C"`): leadership is per timeline, so the writer keeps one
 stream per node it talks to and remembers each timeline's leader. A node that
@@ -152,22 +155,42 @@ class _NodeStream:
             while True:
                 message = await self.call.read()
                 if message is grpc.aio.EOF:
-                    raise AppendFailed(grpc.StatusCode.UNAVAILABLE, f"{self.address} ended the append stream")
+                    # A walservice ends a stream cleanly (status OK) only once it has
+                    # answered every message it read (a graceful stop): the messages
+                    # still unanswered were never read, so none of them was applied.
+                    await self._broken(
+                        AppendFailed(grpc.StatusCode.UNAVAILABLE, f"{self.address} ended the append stream"), unread=True
+                    )
+                    return
                 items = self.in_flight.popleft()
                 for item, outcome in zip(items, message.outcomes, strict=True):
                     self.writer._answered(self, item, outcome)
                 self.wake.set()
         except grpc.RpcError as exc:
-            await self._broken(AppendFailed(exc.code(), f"the append stream to {self.address} broke before this append was answered: {exc.details()}"))
+            code = exc.code()
+            if code == grpc.StatusCode.INTERNAL:
+                # gRPC's own report of a connection cut mid-stream ("Internal error from
+                # Core", e.g. the node was killed): to the caller, the node was unavailable.
+                code = grpc.StatusCode.UNAVAILABLE
+            await self._broken(
+                AppendFailed(code, f"the append stream to {self.address} broke before this append was answered: {exc.code().name} {exc.details()}")
+            )
         except AppendFailed as exc:
             await self._broken(exc)
 
-    async def _broken(self, error: AppendFailed) -> None:
+    async def _broken(self, error: AppendFailed, *, unread: bool = False) -> None:
         """Fail what was sent and not answered (it may or may not be durable);
         appends not yet sent go to another node of a cluster, or fail as not sent.
-        The next append to this address opens a new stream."""
+        `unread`: the node ended the stream cleanly, so what it left unanswered
+        was not applied and goes on as if never sent. The next append to this
+        address opens a new stream."""
         if self.writer._streams.get(self.address) is self:
             del self.writer._streams[self.address]
+        if unread:
+            while self.in_flight:
+                for item in reversed(self.in_flight.pop()):
+                    self.pending.appendleft(item)
+                    self.pending_bytes += len(item.request)
         while self.in_flight:
             for item in self.in_flight.popleft():
                 if not item.future.done():

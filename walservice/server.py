@@ -90,8 +90,10 @@ async def run(args: argparse.Namespace) -> None:
                 for tl in timelines:
                     if tl.replica is not None:
                         await tl.replica.close()
+            # Last, the streams that never end by themselves (they would hold the stop
+            # for its whole grace): the clients' AppendStreams, and the leaders' into this node.
+            servicer.end_streams()
             if peer_servicer is not None:
-                # Last, the leaders' streams into this node (they would hold the stop for its grace).
                 peer_servicer.end_streams()
 
         await grpc_server.serve(

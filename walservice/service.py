@@ -28,6 +28,11 @@ from walservice.timelines import TimelineSet
 
 SERVICE_NAME = "strata.v1.WalService"
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+# A stopping node ends an AppendStream once it has answered every message and heard
+# nothing on it for this long: by then its writer has moved on (the node refuses new
+# appends as not_leader, and a cluster's followers elect a new leader after one
+# lease, LEADER_LEASE_S), so no append is left in flight on it.
+STREAM_QUIET_END_S = 1.0
 
 
 
@@ -62,6 +67,20 @@ class _Refused:
 
 # One AppendStream message's appends: each queued (its future) or refused up front.
 _QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | _Refused"]]
+# Put in an AppendStream's answer queue to end it (shutdown; WalServicer.end_streams).
+_END_OF_STREAM: _QueuedAppends = []
+
+
+@dataclass(eq=False)
+class _OpenAppendStream:
+    """One AppendStream RPC: its answer queue (messages in order; None once the
+    client's side ended), when it last received a message (the loop's clock), how
+    many messages it read and has not answered yet, and whether shutdown ended it."""
+
+    answers: asyncio.Queue[_QueuedAppends | None]
+    last_message: float
+    unanswered: int = 0
+    ended: bool = False
 
 
 def _append_response(result: AppendResult) -> wal_pb2.AppendResponse:
@@ -80,6 +99,34 @@ class WalServicer:
         self.cluster = cluster  # None on a single node
         self.log = log
         self.max_batch_bytes = max_batch_bytes
+        # The open AppendStreams. Owned by the event loop; see `end_streams`.
+        self._append_streams: set[_OpenAppendStream] = set()
+        self._ending = False
+        self._ender: asyncio.Task[None] | None = None
+
+    def end_streams(self) -> None:
+        """Shutdown, once the appends taken are answered (`Timeline.drain`): end the
+        clients' AppendStreams, so a graceful stop does not wait out its whole grace
+        for writers that keep their streams open. Each stream ends (status OK) once
+        every message read on it is answered and it has been quiet for
+        STREAM_QUIET_END_S. A message that arrives after that is never answered;
+        like any append arriving during the stop it was not applied, and the
+        writer (compute_shim.WalWriter) sends it on as not applied. (Ending means
+        returning from the handler: cancelling its task would leave the RPC open
+        until the grace ran out.)"""
+        self._ending = True
+        if self._ender is None:
+            self._ender = asyncio.create_task(self._end_quiet_streams())
+
+    async def _end_quiet_streams(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._append_streams:
+            now = loop.time()
+            for stream in self._append_streams:
+                if not stream.ended and not stream.unanswered and now - stream.last_message >= STREAM_QUIET_END_S:
+                    stream.ended = True
+                    stream.answers.put_nowait(_END_OF_STREAM)
+            await asyncio.sleep(STREAM_QUIET_END_S / 10)
 
     def _status(self, tl: Timeline) -> wal_pb2.WalStatus:
         c = tl.control
@@ -147,11 +194,18 @@ class WalServicer:
         next flush round); this generator answers the messages in order. Appends
         are sequenced FIFO, so message i's appends are durable no later than
         message i+1's and waiting in order costs nothing."""
-        answers: asyncio.Queue[_QueuedAppends | None] = asyncio.Queue()
+        if self._ending:
+            return
+        loop = asyncio.get_running_loop()
+        stream = _OpenAppendStream(asyncio.Queue(), loop.time())
+        answers = stream.answers
+        self._append_streams.add(stream)
 
         async def read() -> None:
             try:
                 async for message in requests:
+                    stream.unanswered += 1
+                    stream.last_message = loop.time()
                     queued: _QueuedAppends = []
                     for request in message.appends:
                         try:
@@ -176,6 +230,8 @@ class WalServicer:
         reader = asyncio.create_task(read())
         try:
             while (queued := await answers.get()) is not None:
+                if queued is _END_OF_STREAM:
+                    return  # shutting down, every message read answered (end_streams)
                 outcomes = []
                 for request, item in queued:
                     if isinstance(item, _Refused):
@@ -196,9 +252,11 @@ class WalServicer:
                     response.term = result.term
                     outcomes.append(outcome)
                 yield wal_pb2.AppendStreamResponse(outcomes=outcomes)
+                stream.unanswered -= 1
             await reader  # surfaces a broken request stream
         finally:
             reader.cancel()
+            self._append_streams.discard(stream)
 
     @unary_rpc
     async def Status(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:

@@ -135,3 +135,26 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(strata_env: StrataEnv) ->
     for records, response in acknowledged:
         for lsn, record in sequenced(records, response.record_lsns):
             assert stored.get(lsn) == record, f"acknowledged record at lsn={lsn} is missing or different"
+
+
+def test_sigterm_ends_an_idle_append_stream(strata_env: StrataEnv) -> None:
+    """A writer that keeps its AppendStream open does not hold a graceful stop for
+    the whole 5 s gRPC grace: the stream ends once its appends are answered, the
+    process exits, and the writer's next append fails UNAVAILABLE."""
+    comp = strata_env.walservice()
+    key = create_timeline(strata_env.wal_stub(comp))
+
+    async def run() -> float:
+        async with WalWriter(comp.address) as wal:
+            first = await wal.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=[GOOD])
+            assert first.end_lsn > first.start_lsn
+            t0 = asyncio.get_running_loop().time()
+            assert await asyncio.to_thread(comp.stop) == 0
+            took = asyncio.get_running_loop().time() - t0
+            with pytest.raises(AppendFailed) as failed:
+                await wal.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=[GOOD])
+            assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+            return took
+
+    took = asyncio.run(run())
+    assert took < 4.0, f"the walservice took {took:.1f}s to stop: it waited for the idle AppendStream (grace 5 s)"
