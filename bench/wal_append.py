@@ -19,8 +19,9 @@ ever slows a round down; the notes say how far apart the rounds were):
   append is one durable commit. The writers are asyncio tasks, each with one
   append in flight, spread over `--client-processes` processes; each process's
   writers share one `compute_shim.WalWriter`, which packs their appends into
-  the messages of one `AppendStream` (how a compute's sessions share its WAL
-  connection; each append keeps its own LSNs, condition and answer).
+  the messages of one `AppendStream`, about 64 KiB each (how a compute's
+  sessions share its WAL connection; each append keeps its own LSNs, condition
+  and answer).
   Requests are serialized once up front, so the client spends its CPU on gRPC,
   not on protobuf. The benchmark starts its own
   walservice (data dir under the work directory) unless `--target` names one;
