@@ -51,7 +51,7 @@ from typing import Any
 
 import grpc
 
-from compute_shim.client import status_code_of
+from compute_shim.client import CHANNEL_OPTIONS, status_code_of
 from strata.protowire import length_delimited
 from strata.v1 import records_pb2, wal_pb2
 
@@ -67,7 +67,6 @@ MESSAGE_TARGET_BYTES = 64 * 1024
 # A message stops taking appends past either limit (the server's message limit is larger).
 MAX_MESSAGE_APPENDS = 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.max_send_message_length", 256 * 1024 * 1024)]
 
 
 DEFAULT_APPEND_TIMEOUT_S = 30.0
@@ -111,7 +110,7 @@ class _NodeStream:
     def __init__(self, writer: WalWriter, address: str) -> None:
         self.writer = writer
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         method = self.channel.stream_stream(
             APPEND_STREAM_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendStreamResponse.FromString
         )

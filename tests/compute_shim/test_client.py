@@ -208,6 +208,39 @@ def test_a_call_that_never_left_is_resent(serve: Any) -> None:
         assert c.wal_leader == live.address
 
 
+def test_a_node_that_comes_back_is_reached_within_a_second() -> None:
+    """A walservice node down for a while (its port refusing connections) and then
+    back: the client's channel to it is in gRPC's reconnect backoff, which by
+    default has grown to ~2.5 s after 6 s of failed connects. The client caps it
+    at 0.5 s, so it reaches the node well inside the retries that ride out an
+    election (a cluster test failed on this, now and then)."""
+    from tests.env import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    with Client(walservice=address, retries=0, timeout=1) as c:
+        down_until = time.monotonic() + 6.0
+        while time.monotonic() < down_until:
+            with pytest.raises(grpc.RpcError):
+                c.append(tenant_id="t", timeline_id="l")
+            time.sleep(0.05)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        wal_pb2_grpc.add_WalServiceServicer_to_server(FakeWal(Script()), server)
+        assert server.add_insecure_port(address)
+        server.start()
+        try:
+            back = time.monotonic()
+            while True:
+                try:
+                    assert c.append(tenant_id="t", timeline_id="l").end_lsn == 7
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    assert time.monotonic() - back < 1.5, "the node was back, but the client could not reach it for 1.5 s"
+                    time.sleep(0.02)
+        finally:
+            server.stop(None)
+
+
 class FaultInjector(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Fails the first `fail` unary calls with UNAVAILABLE before they leave; counts every call."""
 
