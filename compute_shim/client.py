@@ -44,22 +44,15 @@ from typing import Any, TypeVar
 import grpc
 
 from compute_shim.page_cache import DEFAULT_CACHE_BYTES, PageCache
+from strata.grpc_channels import channel_options
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc, wal_pb2, wal_pb2_grpc
 
 T = TypeVar("T")
 LEADER_METADATA_KEY = "strata-leader"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-# For every channel the compute opens (Client, WalWriter). The reconnect backoff is
-# capped at 0.5 s: gRPC's default (1 s, growing 1.6x per failed connect up to 120 s)
-# left a node that restarted unreachable for seconds after it was back (2.6 s after
-# 6 s down, measured), longer than the retries that ride out a cluster's election.
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
+# For every channel the compute opens (Client, WalWriter); strata/grpc_channels.py
+# says why the reconnect backoff is capped.
+CHANNEL_OPTIONS = channel_options(MAX_MESSAGE_BYTES)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
 from strata.background_tasks import cancel_and_wait
+from strata.grpc_channels import channel_options
 
 DEFAULT_LISTEN = "127.0.0.1:6400"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -76,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     wal_nodes = WalNodes(
         [a for a in args.walservice.split(",") if a],
-        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        channel_options(MAX_MESSAGE_BYTES),
     )
     remote = open_remote_storage(args.remote_storage) if args.remote_storage else None
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageserver-io") as executor:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from strata.errors import CorruptionError, InvalidArgument, StrataError, Unavailable
+from strata.grpc_channels import channel_options
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.control_file import ABSTAIN, NO_VOTE
@@ -151,13 +152,7 @@ class PeerClients:
         if channel is None:
             channel = self._channels[node_id] = grpc.aio.insecure_channel(
                 self.config.address(node_id),
-                options=[
-                    ("grpc.max_receive_message_length", 256 << 20),
-                    ("grpc.max_send_message_length", 256 << 20),
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.min_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 500),
-                ],
+                options=channel_options(),
             )
         return channel
 
