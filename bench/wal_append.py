@@ -639,7 +639,8 @@ def run_replication(
                     print("replication: killing the leader under 8 writers ...", file=sys.stderr, flush=True)
                 results.failover = measure_failover(nodes, tenant_id, 8, failover_s / 2, failover_s)
     results.notes.append(
-        "Both halves: one walservice process per node on this machine (loopback gRPC, each node fsyncs its own "
+        "Both halves: one walservice process per node on this machine (the writers reach the leader over loopback "
+        "gRPC, the leader its followers over its PeerAppend TCP connections; each node fsyncs its own "
         "files on the same disk); the writers append one record per call to the leader (a cluster acknowledges "
         "once the leader and one follower have fsync'd). One fresh timeline per configuration."
     )

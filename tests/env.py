@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,9 +116,12 @@ class StrataEnv:
         self.components.append(comp)
         return comp
 
-    def walservice_cluster(self, nodes: int = 3, *extra: str, name: str = "wal") -> list[Component]:
+    def walservice_cluster(
+        self, nodes: int = 3, *extra: str, name: str = "wal", node_args: Callable[[int], list[str]] | None = None
+    ) -> list[Component]:
         """A walservice cluster of `nodes` nodes (`--node-id N --peers A,B,C` on
-        ports chosen up front), all started; node N is element N-1."""
+        ports chosen up front), all started; node N is element N-1 and gets
+        `node_args(N)` after `extra`."""
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
         comps = []
         for i, address in enumerate(addresses, start=1):
@@ -125,7 +129,8 @@ class StrataEnv:
             data_dir.mkdir(parents=True, exist_ok=True)
             comp = Component(
                 f"{name}{i}",
-                [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), "--node-id", str(i), "--peers", ",".join(addresses), *extra],
+                [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), "--node-id", str(i), "--peers", ",".join(addresses), *extra,
+                 *(node_args(i) if node_args else [])],
                 data_dir,
                 self.root / f"{name}{i}.log",
                 address=address,

@@ -1,5 +1,6 @@
 """The WalPeer gRPC servicer: node-to-node replication RPCs
-(proto/strata/v1/peer.proto, docs/design/0005-replication.md).
+(proto/strata/v1/peer.proto, docs/design/0005-replication.md), and the
+PeerAppend connections, which are plain TCP (walservice/peer_stream.py).
 
 Each handler finds the timeline and hands the request to its TimelineReplica
 (walservice/replication.py), which owns the term state; StrataError maps onto
@@ -9,15 +10,14 @@ status codes through strata.grpc_server.unary_rpc like the client-facing service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
-from strata.errors import StrataError
-from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
+from strata.grpc_server import unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
+from walservice.peer_stream import VERSION as PEER_STREAM_VERSION
+from walservice.peer_stream import PeerStreamServer
 from walservice.replication import Cluster, TimelineReplica
 from walservice.timelines import TimelineSet
 
@@ -25,27 +25,30 @@ SERVICE_NAME = "strata.v1.WalPeer"
 
 
 class PeerServicer:
-    def __init__(self, timelines: TimelineSet, cluster: Cluster, log: EventLogger) -> None:
+    def __init__(self, timelines: TimelineSet, cluster: Cluster, log: EventLogger, max_message_bytes: int) -> None:
         self.timelines = timelines
         self.cluster = cluster
         self.log = log
-        # Open PeerAppend streams (each RPC's task) -> whether it is answering a
-        # request now. Owned by the event loop; see `end_streams`.
-        self._streams: dict[asyncio.Task[Any], bool] = {}
-        self._ending = False
+        # PeerAppend's own connections (walservice/peer_stream.py).
+        self.streams = PeerStreamServer(self.answer_peer_append, log, max_message_bytes)
+
+    async def start_streams(self, host: str, port: int) -> int:
+        """Listen for the leaders' PeerAppend connections (before serving gRPC, which
+        tells leaders the port); return the port."""
+        port = await self.streams.start(host, port)
+        self.log.info("peer_stream_listening", host=host, port=port)
+        return port
 
     def end_streams(self) -> None:
         """Shutdown, once this node's own appends are drained: end the leaders'
-        PeerAppend streams into this node, so a graceful stop does not wait out
-        its whole grace for streams that never end by themselves. A stream
-        waiting for its next request is cancelled now; one answering a request
-        finishes that answer first and then ends (no write is cut halfway, no
-        answer is lost). The leader's Replicator sees the node go away, as it
-        would a moment later when the process exits."""
-        self._ending = True
-        for task, busy in self._streams.items():
-            if not busy:
-                task.cancel()
+        PeerAppend connections into this node. One waiting for its next request
+        ends now; one answering a request finishes that answer first (no write is
+        cut halfway, no answer is lost). The leader's Replicator sees the node go
+        away, as it would a moment later when the process exits."""
+        self.streams.end_streams()
+
+    async def close(self) -> None:
+        await self.streams.close()
 
     def _replica(self, request: Any) -> TimelineReplica:
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
@@ -63,30 +66,16 @@ class PeerServicer:
     async def RequestVote(self, request: peer_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> peer_pb2.VoteResponse:
         return await asyncio.shield(self._replica(request).on_vote_request(request))
 
-    async def PeerAppend(
-        self, requests: AsyncIterator[peer_pb2.PeerAppendRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[peer_pb2.PeerAppendResponse]:
-        """One answer per request, in order; a failure (no such timeline: NOT_FOUND)
-        ends the stream with its status, and the leader opens a new one."""
-        request = None
-        task = asyncio.current_task()
-        assert task is not None
-        if self._ending:
-            return
-        self._streams[task] = False
-        try:
-            async for request in requests:
-                self._streams[task] = True
-                answer = await asyncio.shield(self._replica(request).on_peer_append(request))
-                self._streams[task] = False
-                yield answer
-                if self._ending:
-                    return
-        except StrataError as exc:
-            log_rpc_failure(self.log, "PeerAppend", request, exc)
-            await context.abort(exc.code, str(exc))
-        finally:
-            del self._streams[task]
+    async def answer_peer_append(self, request: peer_pb2.PeerAppendRequest) -> peer_pb2.PeerAppendResponse:
+        """One PeerAppend request off a leader's connection (a StrataError, e.g.
+        NOT_FOUND for a timeline this node lacks, ends the connection with it)."""
+        return await asyncio.shield(self._replica(request).on_peer_append(request))
+
+    @unary_rpc
+    async def PeerStreamPort(
+        self, request: peer_pb2.PeerStreamPortRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.PeerStreamPortResponse:
+        return peer_pb2.PeerStreamPortResponse(port=self.streams.port, version=PEER_STREAM_VERSION)
 
     @unary_rpc
     async def PeerCreateTimeline(self, request: peer_pb2.PeerTimeline, context: grpc.aio.ServicerContext) -> peer_pb2.PeerTimelineResponse:
@@ -101,7 +90,7 @@ class PeerServicer:
     def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {
             "RequestVote": unary_handler(self.RequestVote, peer_pb2.VoteRequest, peer_pb2.VoteResponse),
-            "PeerAppend": stream_handler(self.PeerAppend, peer_pb2.PeerAppendRequest, peer_pb2.PeerAppendResponse),
+            "PeerStreamPort": unary_handler(self.PeerStreamPort, peer_pb2.PeerStreamPortRequest, peer_pb2.PeerStreamPortResponse),
             "PeerCreateTimeline": unary_handler(self.PeerCreateTimeline, peer_pb2.PeerTimeline, peer_pb2.PeerTimelineResponse),
             "PeerDeleteTimeline": unary_handler(
                 self.PeerDeleteTimeline, peer_pb2.PeerDeleteTimelineRequest, peer_pb2.PeerDeleteTimelineResponse

@@ -33,6 +33,8 @@ from strata.grpc_channels import channel_options
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.control_file import ABSTAIN, NO_VOTE
+from walservice.peer_stream import VERSION as PEER_STREAM_VERSION
+from walservice.peer_stream import PeerAppendConnection, PeerStreamRefused
 from walservice.segment import iter_frames
 from walservice.sequencer import Timeline
 
@@ -75,6 +77,10 @@ class NotLeader(Unavailable):
 
 class PeerUnreachable(Exception):
     """A peer RPC failed (the peer is down, slow, or the fault layer dropped it)."""
+
+
+class PeerLacksTimeline(Exception):
+    """A follower answered a PeerAppend with NOT_FOUND: it lacks the timeline (a wiped disk)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,21 @@ class PeerClients:
             if self.faults.delay_ms:
                 await asyncio.sleep(self.faults.rng.random() * self.faults.delay_ms / 1000)
 
+    async def open_append_connection(self, node_id: int) -> PeerAppendConnection:
+        """A new PeerAppend connection to a node: its port is asked over gRPC
+        (PeerStreamPort) each time, since a restarted node may listen elsewhere."""
+        answer = await self.call(node_id, "PeerStreamPort", peer_pb2.PeerStreamPortRequest(), PEER_APPEND_TIMEOUT_S)
+        if answer.version != PEER_STREAM_VERSION:
+            raise PeerUnreachable(
+                f"node {node_id} speaks PeerAppend connection version {answer.version}, this node {PEER_STREAM_VERSION}"
+            )
+        host = self.config.address(node_id).rsplit(":", 1)[0].strip("[]")
+        try:
+            async with asyncio.timeout(PEER_APPEND_TIMEOUT_S):
+                return await PeerAppendConnection.open(host, answer.port)
+        except (OSError, TimeoutError) as exc:
+            raise PeerUnreachable(f"node {node_id}: cannot connect to its PeerAppend port {host}:{answer.port}: {exc}") from exc
+
     async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
         """One unary peer RPC; PeerUnreachable on any transport failure (or injected fault)."""
         await self.inject_faults(node_id)
@@ -237,7 +258,7 @@ class Replicator:
         self.match_lsn = 0  # what it flushed in this term (0 until it answered)
         self.last_ok = 0.0  # monotonic time of its last answer
         self.wake = asyncio.Event()
-        self._stream: Any = None  # the open PeerAppend stream call, or None
+        self._connection: PeerAppendConnection | None = None  # open to the follower, or None
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -254,7 +275,7 @@ class Replicator:
             except PeerUnreachable:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 continue
-            except grpc.aio.AioRpcError:  # NOT_FOUND: the follower lacks the timeline (a wiped disk)
+            except PeerLacksTimeline:  # its disk was wiped
                 await r.send_create(self.node_id)
                 await asyncio.sleep(backoff)
                 continue
@@ -304,42 +325,41 @@ class Replicator:
         return self.next_lsn or 0, b"", False
 
     async def _exchange(self, request: peer_pb2.PeerAppendRequest) -> peer_pb2.PeerAppendResponse:
-        """Send one PeerAppend on this replicator's stream (opened on first use) and
-        read its answer. Any failure closes the stream (its request/answer pairing
-        is lost) and raises PeerUnreachable, or the NOT_FOUND AioRpcError of a
-        follower without the timeline; the next call opens a new stream."""
+        """Send one PeerAppend on this replicator's connection (opened on first use)
+        and read its answer. Any failure closes the connection (its request/answer
+        pairing is lost) and raises PeerUnreachable, or PeerLacksTimeline for a
+        follower without the timeline; the next call opens a new connection."""
         peers = self.replica.peers
         try:
             await peers.inject_faults(self.node_id)
-            if self._stream is None:
-                self._stream = peers.stub(self.node_id).PeerAppend()
             async with asyncio.timeout(PEER_APPEND_TIMEOUT_S):
-                await self._stream.write(request)
-                response = await self._stream.read()
-            if response is grpc.aio.EOF:
-                raise PeerUnreachable(f"node {self.node_id} ended the PeerAppend stream")
-            return response
-        except Exception as exc:  # (a cancellation passes through; stop() closes the stream)
-            self._close_stream()
-            if isinstance(exc, grpc.aio.AioRpcError):
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise
-                raise PeerUnreachable(f"node {self.node_id} PeerAppend: {exc.code().name} {exc.details()}") from exc
+                if self._connection is None:
+                    self._connection = await peers.open_append_connection(self.node_id)
+                return await self._connection.exchange(request)
+        except Exception as exc:  # (a cancellation passes through; stop() closes the connection)
+            self._close_connection()
+            if isinstance(exc, PeerStreamRefused):
+                if exc.code == grpc.StatusCode.NOT_FOUND:
+                    raise PeerLacksTimeline(f"node {self.node_id}: {exc}") from exc
+                raise PeerUnreachable(f"node {self.node_id} PeerAppend: {exc}") from exc
             if isinstance(exc, TimeoutError):
                 raise PeerUnreachable(f"node {self.node_id} PeerAppend: no answer within {PEER_APPEND_TIMEOUT_S} s") from exc
             if isinstance(exc, PeerUnreachable):
                 raise
-            # E.g. a write to a stream whose RPC already ended (the peer restarted).
+            if isinstance(exc, asyncio.IncompleteReadError):
+                raise PeerUnreachable(f"node {self.node_id} closed the PeerAppend connection") from exc
+            # OSError (reset, refused), PeerStreamError (a garbled message), a NOT_FOUND
+            # from PeerStreamPort, ...
             raise PeerUnreachable(f"node {self.node_id} PeerAppend: {type(exc).__name__}: {exc}") from exc
 
-    def _close_stream(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def stop(self) -> None:
         self.task.cancel()
-        self._close_stream()
+        self._close_connection()
 
 
 class TimelineReplica:

@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="A,B,C: every node of the cluster in node-id order, this one included (replication, docs/design/0005-replication.md)",
     )
     parser.add_argument(
+        "--peer-port",
+        type=int,
+        default=0,
+        help="TCP port (on the --listen host) for the leaders' PeerAppend connections in a cluster; "
+        "0 picks a free one (nodes ask each other for it over gRPC)",
+    )
+    parser.add_argument(
         "--remote-storage",
         default="",
         help="file://DIR or s3://bucket/prefix: offload WAL there and trim what the pageserver persisted (empty: keep all WAL locally)",
@@ -60,6 +67,10 @@ async def run(args: argparse.Namespace) -> None:
         config = ClusterConfig.parse(args.node_id, args.peers)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
+    if not 0 <= args.peer_port <= 65535:
+        raise SystemExit(f"--peer-port={args.peer_port} must be a TCP port (0 picks a free one)")
+    # Room above the batch limit, so an oversized batch gets our INVALID_ARGUMENT.
+    max_message_bytes = 2 * args.max_batch_bytes + (1 << 20)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wal-flush") as executor:
         timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes)
         cluster = Cluster(config, log) if config is not None else None
@@ -67,8 +78,12 @@ async def run(args: argparse.Namespace) -> None:
         timelines.load()
         servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes, cluster=cluster)
         registers = [servicer.register]
-        peer_servicer = PeerServicer(timelines, cluster, log) if cluster is not None else None
+        peer_servicer = PeerServicer(timelines, cluster, log, max_message_bytes) if cluster is not None else None
         if peer_servicer is not None:
+            try:
+                await peer_servicer.start_streams(args.listen.rsplit(":", 1)[0].strip("[]"), args.peer_port)
+            except OSError as exc:
+                raise SystemExit(f"--peer-port={args.peer_port}: cannot listen: {exc}") from exc
             registers.append(peer_servicer.register)
             log.info("cluster_node", node=config.node_id, nodes=",".join(config.nodes), majority=config.majority)  # type: ignore[union-attr]
         offloader = None
@@ -100,14 +115,15 @@ async def run(args: argparse.Namespace) -> None:
             listen=args.listen,
             log=log,
             register=lambda server: [name for register in registers for name in register(server)],
-            # Room above the batch limit, so an oversized batch gets our INVALID_ARGUMENT.
-            max_message_bytes=2 * args.max_batch_bytes + (1 << 20),
+            max_message_bytes=max_message_bytes,
             stopping=stopping,
-            stopped=(lambda: _close_all(timelines, cluster)),
+            stopped=(lambda: _close_all(timelines, cluster, peer_servicer)),
         )
 
 
-async def _close_all(timelines: TimelineSet, cluster: Cluster | None) -> None:
+async def _close_all(timelines: TimelineSet, cluster: Cluster | None, peer_servicer: PeerServicer | None) -> None:
+    if peer_servicer is not None:
+        await peer_servicer.close()
     await timelines.close()
     if cluster is not None:
         await cluster.close()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/peer.proto\x12\tstrata.v1\",\n\tTermEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\"\x83\x01\n\x0bVoteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x04 \x01(\r\x12\x15\n\rlast_log_term\x18\x05 \x01(\x04\x12\x11\n\tflush_lsn\x18\x06 \x01(\x04\"|\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61tching_up\x18\x06 \x01(\x08\"\x87\x02\n\x11PeerAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12*\n\x0cterm_history\x18\x05 \x03(\x0b\x32\x14.strata.v1.TermEntry\x12\x11\n\tstart_lsn\x18\x06 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x0c\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\t \x01(\x04\x12\x12\n\nbackup_lsn\x18\n \x01(\x04\x12\x13\n\x0bnew_segment\x18\x0b \x01(\x08\"p\n\x12PeerAppendResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xdc\x01\n\x0cPeerTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x11\n\tfirst_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x08 \x01(\x04\x12*\n\x0cterm_history\x18\t \x03(\x0b\x32\x14.strata.v1.TermEntry\"H\n\x14PeerTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\"C\n\x19PeerDeleteTimelineRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\"-\n\x1aPeerDeleteTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xcb\x02\n\x07WalPeer\x12>\n\x0bRequestVote\x12\x16.strata.v1.VoteRequest\x1a\x17.strata.v1.VoteResponse\x12M\n\nPeerAppend\x12\x1c.strata.v1.PeerAppendRequest\x1a\x1d.strata.v1.PeerAppendResponse(\x01\x30\x01\x12N\n\x12PeerCreateTimeline\x12\x17.strata.v1.PeerTimeline\x1a\x1f.strata.v1.PeerTimelineResponse\x12\x61\n\x12PeerDeleteTimeline\x12$.strata.v1.PeerDeleteTimelineRequest\x1a%.strata.v1.PeerDeleteTimelineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/peer.proto\x12\tstrata.v1\",\n\tTermEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\"\x83\x01\n\x0bVoteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x04 \x01(\r\x12\x15\n\rlast_log_term\x18\x05 \x01(\x04\x12\x11\n\tflush_lsn\x18\x06 \x01(\x04\"|\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61tching_up\x18\x06 \x01(\x08\"\x17\n\x15PeerStreamPortRequest\"7\n\x16PeerStreamPortResponse\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x87\x02\n\x11PeerAppendRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12*\n\x0cterm_history\x18\x05 \x03(\x0b\x32\x14.strata.v1.TermEntry\x12\x11\n\tstart_lsn\x18\x06 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x0c\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\t \x01(\x04\x12\x12\n\nbackup_lsn\x18\n \x01(\x04\x12\x13\n\x0bnew_segment\x18\x0b \x01(\x08\"p\n\x12PeerAppendResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xdc\x01\n\x0cPeerTimeline\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x11\n\tstart_lsn\x18\x03 \x01(\x04\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x11\n\tfirst_lsn\x18\x05 \x01(\x04\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\x1d\n\x15remote_consistent_lsn\x18\x07 \x01(\x04\x12\x12\n\nbackup_lsn\x18\x08 \x01(\x04\x12*\n\x0cterm_history\x18\t \x03(\x0b\x32\x14.strata.v1.TermEntry\"H\n\x14PeerTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\tflush_lsn\x18\x03 \x01(\x04\"C\n\x19PeerDeleteTimelineRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\"-\n\x1aPeerDeleteTimelineResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xd3\x02\n\x07WalPeer\x12>\n\x0bRequestVote\x12\x16.strata.v1.VoteRequest\x1a\x17.strata.v1.VoteResponse\x12U\n\x0ePeerStreamPort\x12 .strata.v1.PeerStreamPortRequest\x1a!.strata.v1.PeerStreamPortResponse\x12N\n\x12PeerCreateTimeline\x12\x17.strata.v1.PeerTimeline\x1a\x1f.strata.v1.PeerTimelineResponse\x12\x61\n\x12PeerDeleteTimeline\x12$.strata.v1.PeerDeleteTimelineRequest\x1a%.strata.v1.PeerDeleteTimelineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOTEREQUEST']._serialized_end=213
   _globals['_VOTERESPONSE']._serialized_start=215
   _globals['_VOTERESPONSE']._serialized_end=339
-  _globals['_PEERAPPENDREQUEST']._serialized_start=342
-  _globals['_PEERAPPENDREQUEST']._serialized_end=605
-  _globals['_PEERAPPENDRESPONSE']._serialized_start=607
-  _globals['_PEERAPPENDRESPONSE']._serialized_end=719
-  _globals['_PEERTIMELINE']._serialized_start=722
-  _globals['_PEERTIMELINE']._serialized_end=942
-  _globals['_PEERTIMELINERESPONSE']._serialized_start=944
-  _globals['_PEERTIMELINERESPONSE']._serialized_end=1016
-  _globals['_PEERDELETETIMELINEREQUEST']._serialized_start=1018
-  _globals['_PEERDELETETIMELINEREQUEST']._serialized_end=1085
-  _globals['_PEERDELETETIMELINERESPONSE']._serialized_start=1087
-  _globals['_PEERDELETETIMELINERESPONSE']._serialized_end=1132
-  _globals['_WALPEER']._serialized_start=1135
-  _globals['_WALPEER']._serialized_end=1466
+  _globals['_PEERSTREAMPORTREQUEST']._serialized_start=341
+  _globals['_PEERSTREAMPORTREQUEST']._serialized_end=364
+  _globals['_PEERSTREAMPORTRESPONSE']._serialized_start=366
+  _globals['_PEERSTREAMPORTRESPONSE']._serialized_end=421
+  _globals['_PEERAPPENDREQUEST']._serialized_start=424
+  _globals['_PEERAPPENDREQUEST']._serialized_end=687
+  _globals['_PEERAPPENDRESPONSE']._serialized_start=689
+  _globals['_PEERAPPENDRESPONSE']._serialized_end=801
+  _globals['_PEERTIMELINE']._serialized_start=804
+  _globals['_PEERTIMELINE']._serialized_end=1024
+  _globals['_PEERTIMELINERESPONSE']._serialized_start=1026
+  _globals['_PEERTIMELINERESPONSE']._serialized_end=1098
+  _globals['_PEERDELETETIMELINEREQUEST']._serialized_start=1100
+  _globals['_PEERDELETETIMELINEREQUEST']._serialized_end=1167
+  _globals['_PEERDELETETIMELINERESPONSE']._serialized_start=1169
+  _globals['_PEERDELETETIMELINERESPONSE']._serialized_end=1214
+  _globals['_WALPEER']._serialized_start=1217
+  _globals['_WALPEER']._serialized_end=1556
 # @@protoc_insertion_point(module_scope)

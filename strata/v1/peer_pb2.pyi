@@ -46,6 +46,18 @@ class VoteResponse(_message.Message):
     catching_up: bool
     def __init__(self, term: _Optional[int] = ..., granted: _Optional[bool] = ..., flush_lsn: _Optional[int] = ..., last_log_term: _Optional[int] = ..., reason: _Optional[str] = ..., catching_up: _Optional[bool] = ...) -> None: ...
 
+class PeerStreamPortRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PeerStreamPortResponse(_message.Message):
+    __slots__ = ("port", "version")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    version: int
+    def __init__(self, port: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
 class PeerAppendRequest(_message.Message):
     __slots__ = ("tenant_id", "timeline_id", "term", "leader_id", "term_history", "start_lsn", "frames", "commit_lsn", "remote_consistent_lsn", "backup_lsn", "new_segment")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

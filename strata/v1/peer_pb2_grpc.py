@@ -39,10 +39,10 @@ class WalPeerStub:
                 request_serializer=strata_dot_v1_dot_peer__pb2.VoteRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_peer__pb2.VoteResponse.FromString,
                 _registered_method=True)
-        self.PeerAppend = channel.stream_stream(
-                '/strata.v1.WalPeer/PeerAppend',
-                request_serializer=strata_dot_v1_dot_peer__pb2.PeerAppendRequest.SerializeToString,
-                response_deserializer=strata_dot_v1_dot_peer__pb2.PeerAppendResponse.FromString,
+        self.PeerStreamPort = channel.unary_unary(
+                '/strata.v1.WalPeer/PeerStreamPort',
+                request_serializer=strata_dot_v1_dot_peer__pb2.PeerStreamPortRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_peer__pb2.PeerStreamPortResponse.FromString,
                 _registered_method=True)
         self.PeerCreateTimeline = channel.unary_unary(
                 '/strata.v1.WalPeer/PeerCreateTimeline',
@@ -66,11 +66,13 @@ class WalPeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PeerAppend(self, request_iterator, context):
-        """The leader of `term` sends frames (empty: a heartbeat) and its commit_lsn,
-        over one long-lived stream per (follower, timeline, term): each request is
-        answered by one response, in order (a stream message costs the two Python
-        processes a fraction of a unary call, and this hop is on every commit's path).
+    def PeerStreamPort(self, request, context):
+        """Where this node takes PeerAppend connections: the leader of `term` sends its
+        frames (empty: a heartbeat) and commit_lsn as PeerAppendRequests over one plain
+        TCP connection per (follower, timeline, term), each answered by one
+        PeerAppendResponse in order (walservice/peer_stream.py states the wire format;
+        this hop is on every commit's path, and a grpc.aio stream costs both Python
+        processes more CPU and latency per message than a socket their event loops read).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,10 +101,10 @@ def add_WalPeerServicer_to_server(servicer, server):
                     request_deserializer=strata_dot_v1_dot_peer__pb2.VoteRequest.FromString,
                     response_serializer=strata_dot_v1_dot_peer__pb2.VoteResponse.SerializeToString,
             ),
-            'PeerAppend': grpc.stream_stream_rpc_method_handler(
-                    servicer.PeerAppend,
-                    request_deserializer=strata_dot_v1_dot_peer__pb2.PeerAppendRequest.FromString,
-                    response_serializer=strata_dot_v1_dot_peer__pb2.PeerAppendResponse.SerializeToString,
+            'PeerStreamPort': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerStreamPort,
+                    request_deserializer=strata_dot_v1_dot_peer__pb2.PeerStreamPortRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_peer__pb2.PeerStreamPortResponse.SerializeToString,
             ),
             'PeerCreateTimeline': grpc.unary_unary_rpc_method_handler(
                     servicer.PeerCreateTimeline,
@@ -153,7 +155,7 @@ class WalPeer:
             _registered_method=True)
 
     @staticmethod
-    def PeerAppend(request_iterator,
+    def PeerStreamPort(request,
             target,
             options=(),
             channel_credentials=None,
@@ -163,12 +165,12 @@ class WalPeer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_unary(
+            request,
             target,
-            '/strata.v1.WalPeer/PeerAppend',
-            strata_dot_v1_dot_peer__pb2.PeerAppendRequest.SerializeToString,
-            strata_dot_v1_dot_peer__pb2.PeerAppendResponse.FromString,
+            '/strata.v1.WalPeer/PeerStreamPort',
+            strata_dot_v1_dot_peer__pb2.PeerStreamPortRequest.SerializeToString,
+            strata_dot_v1_dot_peer__pb2.PeerStreamPortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,18 +16,21 @@ import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 
 from compute_shim import AppendFailed, Client, WalWriter
 from strata import ids
-from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
-from tests.env import Component, StrataEnv
+from strata.v1 import peer_pb2, peer_pb2_grpc, records_pb2, wal_pb2, wal_pb2_grpc
+from tests.env import Component, StrataEnv, free_port
 from tests.walservice.harness import TimelineKey, read_stream, record_tag, streamed, tagged_batch
 
 SEED = int(os.environ.get("STRATA_REPL_SEED", "20261123"))
@@ -499,3 +502,37 @@ def test_delete_timeline_on_every_node(strata_env: StrataEnv) -> None:
             node_status(node, key)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, node.name
         assert not (node.data_dir / "timelines" / key.tenant_id / key.timeline_id).exists()
+
+
+def test_fixed_peer_ports_are_used_and_kept_across_a_restart(strata_env: StrataEnv) -> None:
+    """`--peer-port`: each node takes the leaders' PeerAppend connections on the
+    port it was given (PeerStreamPort says so), also after a restart, and appends
+    reach a majority through them."""
+    ports = {i: free_port() for i in (1, 2, 3)}
+    nodes = strata_env.walservice_cluster(3, node_args=lambda i: ["--peer-port", str(ports[i])])
+    for i, node in enumerate(nodes, start=1):
+        answer = peer_pb2_grpc.WalPeerStub(node.channel()).PeerStreamPort(peer_pb2.PeerStreamPortRequest(), timeout=5)
+        assert (answer.port, answer.version) == (ports[i], 1)
+        assert f"event=peer_stream_listening host=127.0.0.1 port={ports[i]}" in node.log_text()
+    client = cluster_client(nodes)
+    key = create(client)
+    client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, 1, 2))
+    leader_id = node_status(nodes[0], key).leader_node_id
+    follower = next(n for i, n in enumerate(nodes, start=1) if i != leader_id)
+    follower.kill()
+    follower.start()  # the same --peer-port again (it is free: the old process is gone)
+    end = 0
+    for b in range(2, 6):
+        end = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 2)).end_lsn
+    client.close()
+    wait_converged(nodes, key, end)  # the restarted follower got the frames over its fixed port again
+
+
+def test_a_bad_peer_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "walservice", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+         "--node-id", "1", "--peers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--peer-port", "70000"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "--peer-port=70000 must be a TCP port (0 picks a free one)"
