@@ -99,7 +99,7 @@ def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, respo
 
 
 def stream_handler(fn: Callable[..., object], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    """A bidi-streaming method handler for a generic service (AppendStream, PeerAppend)."""
+    """A bidi-streaming method handler for a generic service (AppendStream)."""
     return grpc.stream_stream_rpc_method_handler(
         fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
     )

@@ -10,6 +10,7 @@ status codes through strata.grpc_server.unary_rpc like the client-facing service
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 
