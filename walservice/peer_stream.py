@@ -158,7 +158,15 @@ class PeerStreamServer:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: a free port); return the port."""
         self._server = await asyncio.start_server(self._serve, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
+        if len({sock.getsockname()[1] for sock in self._server.sockets}) > 1:
+            # A name with several addresses (localhost: ::1 and 127.0.0.1) and port 0
+            # got a different free port per address; leaders learn one port, so
+            # listen on the first one's number everywhere.
+            port = self.port
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = await asyncio.start_server(self._serve, host, port)
+        return self.port
 
     @property
     def port(self) -> int:

@@ -193,3 +193,21 @@ def test_header_layout_is_as_documented() -> None:
     message = encode_message(KIND_REQUEST, b"hello")
     assert message == struct.pack("<BIQ", 1, 5, xxhash.xxh64_intdigest(b"hello")) + b"hello"
     assert PREAMBLE == b"STRATAPEER\x01"
+
+
+def test_a_host_name_with_several_addresses_listens_on_one_port() -> None:
+    """`localhost` may be both ::1 and 127.0.0.1: with port 0 each address would get
+    its own free port, and a leader told one of them could dial the other address."""
+
+    async def body() -> None:
+        server = PeerStreamServer(echo_flush, event_logger("walservice"), 1 << 20)
+        port = await server.start("localhost", 0)
+        try:
+            assert {sock.getsockname()[1] for sock in server._server.sockets} == {port}  # type: ignore[union-attr]
+            conn = await PeerAppendConnection.open("localhost", port)
+            assert (await conn.exchange(request(0, b"ab"))).flush_lsn == 2
+            conn.close()
+        finally:
+            await server.close()
+
+    asyncio.run(body())
