@@ -195,7 +195,6 @@ class PeerStreamServer:
         assert task is not None
         peer = writer.get_extra_info("peername")
         self._connections[task] = False
-        request = None
         try:
             if self._ending:
                 return
@@ -218,9 +217,9 @@ class PeerStreamServer:
                     writer.write(encode_message(KIND_ERROR, body))
                     await writer.drain()
                     return
-                self._connections[task] = False
                 writer.write(encode_message(KIND_RESPONSE, response.SerializeToString()))
                 await writer.drain()
+                self._connections[task] = False  # (idle only once the answer is written)
                 if self._ending:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
