@@ -1,28 +1,37 @@
 """Sequencing appends for one timeline: LSN assignment and group commit.
 
-Every Append for a timeline joins `_pending`; one flush task per timeline takes
-everything pending, checks each conditional append against the end LSN as it
-stands after the appends before it in the group, encodes the accepted batches as
-consecutive frames into one buffer, and hands it to a flush thread for one
-pwrite + fdatasync. Appends arriving meanwhile wait for the next round, so
-concurrent writers share fsyncs and throughput grows with concurrency.
+An Append is sequenced the moment it is submitted: its conditional
+`expected_end_lsn` is checked against the end of everything sequenced before it,
+its records get their LSNs, and their frames are encoded onto the open `_Round`
+(the batches that will share one write). One flush task per timeline writes the
+rounds in order, each as one pwrite + fdatasync on a flush thread; appends that
+arrive meanwhile are sequenced onto the next round, so concurrent writers share
+fsyncs and throughput grows with concurrency. Encoding as appends arrive keeps
+it off the critical path: when a write returns, the next round is already
+encoded and is handed to the flush thread at once, before the finished round's
+callers are acknowledged (the disk does not wait for the event loop).
 
 Concurrency: all attributes are owned by the event loop. The only work off the
 loop is `TimelineWal.write_and_sync` on `executor`, at most one call per
-timeline at a time (while `_flush_task` runs).
+timeline at a time (the flush task awaits each before starting the next).
 
 Replication (docs/design/0005-replication.md): with `replica` set (a cluster), an
 append first makes sure this node leads the timeline (`replica.ensure_leader`:
-redirect or elect), a round's bytes are handed to the replicators as soon as they
-are encoded (`replica.round_sequenced`), and callers are acknowledged once a
-majority flushed the round (`replica.wait_committed`). Every write to the WAL
-files (the leader's rounds, a follower's replicated frames, a follower's cut of a
-divergent suffix) holds `wal_lock`, so they never interleave.
+redirect or elect), a round is encoded under the term this node leads, its bytes
+are handed to the replicators as it is written (`replica.round_sequenced`), and
+its callers are acknowledged once a majority flushed it (`replica.wait_committed`,
+in a task of its own, so the next round is written meanwhile). Every write to the
+WAL files (the leader's rounds, a follower's replicated frames, a follower's cut
+of a divergent suffix) holds `wal_lock`, so they never interleave. A round whose
+term is no longer led (or whose start is no longer the WAL's end) when its turn
+comes is refused whole as NotLeader, and so is every round sequenced after it:
+nothing of them was written.
 
-Invariants: commit_lsn <= flush_lsn <= end_lsn. `end_lsn` counts batches that
-are sequenced but maybe not yet durable; `flush_lsn` what is fsync'd here;
-`commit_lsn` what is durable on a majority (on one node, == flush_lsn). Streams
-and Status never expose anything above commit_lsn.
+Invariants: commit_lsn <= flush_lsn <= end_lsn <= the sequenced end (the end of
+the last queued round). `end_lsn` counts what is written or being written but
+maybe not yet durable; `flush_lsn` what is fsync'd here; `commit_lsn` what is
+durable on a majority (on one node, == flush_lsn). Streams and Status never
+expose anything above commit_lsn.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from strata.errors import CorruptionError, EndLsnMismatch, StrataError, Unavailable
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
+from walservice.append_codec import native as native_codec
 from walservice.segment import FRAME_HEADER_SIZE, Frame, encode_frame
 from walservice.wal_storage import TimelineWal
 
@@ -61,11 +71,15 @@ class AppendResult:
 
 
 @dataclass(slots=True)
-class _PendingAppend:
-    payloads: list[bytes]
-    expected_end_lsn: int
-    future: asyncio.Future[AppendResult]
-    size: int  # the payloads' bytes
+class _Round:
+    """Batches sequenced at [start_lsn, end_lsn) under `term`, to be written together:
+    `data` their encoded frames, `acks` each batch's caller and result."""
+
+    start_lsn: int
+    end_lsn: int
+    term: int
+    data: bytearray
+    acks: list[tuple[asyncio.Future[AppendResult], AppendResult]]
 
 
 def wall_clock_us() -> int:
@@ -90,7 +104,8 @@ class Timeline:
         self.commit_lsn = wal.end_lsn
         self.broken: StrataError | None = None
         self.closing = False
-        self._pending: deque[_PendingAppend] = deque()
+        # Rounds sequenced and not yet written, oldest first; the last one takes new appends.
+        self._rounds: deque[_Round] = deque()
         self._flush_task: asyncio.Task[None] | None = None
         self._commit_event = asyncio.Event()
         # Serializes control file rewrites (guards `control` against lost updates).
@@ -101,6 +116,8 @@ class Timeline:
         self.replica: TimelineReplica | None = None
         # Control file writes started in the background (commit_lsn at a segment roll).
         self._background: set[asyncio.Task[None]] = set()
+        # Written rounds waiting for a majority before their callers are answered (a cluster).
+        self._acks: set[asyncio.Future[None]] = set()
 
     @property
     def tenant_id(self) -> str:
@@ -122,17 +139,63 @@ class Timeline:
 
     # -- appends ----------------------------------------------------------------
 
-    def submit(self, payloads: list[bytes], expected_end_lsn: int = 0, size: int | None = None) -> asyncio.Future[AppendResult]:
-        """Queue one batch of serialized records for the next flush round (`size`:
-        their bytes, when the caller already counted them). The future settles
-        once the batch is durable, or with the reason it was refused. Callers that
-        stop waiting do not withdraw the batch: it may still be written (as with
-        any RPC whose caller gave up)."""
+    def submit(self, payloads: list[bytes], expected_end_lsn: int = 0) -> asyncio.Future[AppendResult]:
+        """Sequence one batch of serialized records onto the open round. The future
+        settles once the batch is durable, or with the reason it was refused.
+        Callers that stop waiting do not withdraw the batch: it may still be
+        written (as with any RPC whose caller gave up)."""
+        future, rnd = self._sequence(expected_end_lsn)
+        if rnd is None:
+            return future
+        position = start = rnd.end_lsn
+        lsns = []
+        buf, term, now_us = rnd.data, rnd.term, self.clock_us()
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            buf += encode_frame(position, payload, term, now_us, i == last)
+            position += FRAME_HEADER_SIZE + len(payload)  # frame_lsn, inlined: the hottest loop
+            lsns.append(position)
+        return self._sequenced(rnd, future, AppendResult(start, position, lsns, term))
+
+    def submit_spans(self, message: bytes, spans: bytes, expected_end_lsn: int = 0) -> asyncio.Future[AppendResult]:
+        """`submit` for records still in their wire bytes: each (offset, length)
+        pair of `spans` is one serialized Record in `message`, already validated
+        (walservice/append_codec.py; the C codec encodes the frames)."""
+        future, rnd = self._sequence(expected_end_lsn)
+        if rnd is None:
+            return future
+        start = rnd.end_lsn
+        lsns = native_codec.encode_frames(rnd.data, message, spans, start, rnd.term, self.clock_us())  # type: ignore[union-attr]
+        return self._sequenced(rnd, future, AppendResult(start, lsns[-1], lsns, rnd.term))
+
+    def _sequence(self, expected_end_lsn: int) -> tuple[asyncio.Future[AppendResult], _Round | None]:
+        """A new append's future and the open round it goes on (a new one when there
+        is none or it is full); no round when the append is refused already (the
+        future holds why: not the leader, or `expected_end_lsn` is not the end)."""
         self.check_usable()
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        if size is None:
-            size = sum(map(len, payloads))
-        self._pending.append(_PendingAppend(payloads, expected_end_lsn, future, size))
+        rounds = self._rounds
+        rnd = rounds[-1] if rounds else None
+        position = rnd.end_lsn if rnd is not None else self.end_lsn
+        if expected_end_lsn and expected_end_lsn != position:
+            future.set_exception(EndLsnMismatch(expected_end_lsn, position))
+            return future, None
+        if rnd is None or len(rnd.data) >= MAX_GROUP_BYTES:
+            if self.replica is None:
+                term = self.term
+            else:
+                try:
+                    term = self.replica.leader_term_or_raise()
+                except Unavailable as exc:
+                    future.set_exception(exc)
+                    return future, None
+            rnd = _Round(position, position, term, bytearray(), [])
+            rounds.append(rnd)
+        return future, rnd
+
+    def _sequenced(self, rnd: _Round, future: asyncio.Future[AppendResult], result: AppendResult) -> asyncio.Future[AppendResult]:
+        rnd.end_lsn = result.end_lsn
+        rnd.acks.append((future, result))
         if self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush_loop())
         return future
@@ -151,102 +214,106 @@ class Timeline:
         return await self.submit(payloads, expected_end_lsn)
 
     async def _flush_loop(self) -> None:
+        """Write the queued rounds in order. Round N+1 is handed to the flush thread
+        as soon as round N's write returned, and only then are round N's callers
+        acknowledged."""
         try:
-            while self._pending:
-                # One loop turn first: requests already parsed and waiting to run
-                # (other RPC handlers, the rest of a stream message) join this round.
-                await asyncio.sleep(0)
-                await self._flush_round()
+            # One loop turn first: requests already parsed and waiting to run (other
+            # RPC handlers, the rest of a stream message) join the first round.
+            await asyncio.sleep(0)
+            written: _Round | None = None
+            while self._rounds or written is not None:
+                write = await self._start_write(self._rounds.popleft()) if self._rounds else None
+                if written is not None:
+                    self._acknowledge(written)
+                    written = None
+                if write is not None:
+                    written = await self._finish_write(*write)
         finally:
             self._flush_task = None
 
-    def _take_group(self) -> list[_PendingAppend]:
-        group, size = [], 0
-        pending = self._pending
-        while pending and (not group or size < MAX_GROUP_BYTES):
-            item = pending.popleft()
-            group.append(item)
-            size += item.size
-        return group
-
-    async def _flush_round(self) -> None:
-        group = self._take_group()
-        now_us = self.clock_us()
-        term = self.term
+    async def _start_write(self, rnd: _Round) -> tuple[_Round, asyncio.Future[None], int | None] | None:
+        """Take `wal_lock` and hand the round to the flush thread (None: refused)."""
+        await self.wal_lock.acquire()
+        # Leadership is checked under wal_lock: since the round was sequenced, a
+        # PeerAppend of a higher term (or a lost quorum) may have deposed this node,
+        # and a deposed leader must not write under its old term (a follower's cut of
+        # a divergent suffix could otherwise interleave with it). Nothing of this
+        # round or of those behind it is written then, so each is a NotLeader.
+        term = rnd.term
+        if self.replica is not None and (self.replica.leader_term != term or self.term != term or self.end_lsn != rnd.start_lsn):
+            self.wal_lock.release()
+            refused = self.replica.not_leader(f"it stopped leading term {term} before the round was written")
+            self._refuse_queued(rnd, refused)
+            return None
+        # Only this flush task writes while the node leads, so the segment decision
+        # made here holds; followers cut segments at the same LSNs.
+        new_segment_at = rnd.start_lsn if self.wal.needs_new_segment() else None
+        data = bytes(rnd.data)
         if self.replica is not None:
-            try:
-                term = self.replica.leader_term_or_raise()
-            except Unavailable as exc:
-                for item in group:
-                    _settle(item.future, exc=exc)
-                return
-        position = self.end_lsn
-        buf = bytearray()
-        accepted: list[tuple[_PendingAppend, AppendResult]] = []
-        for item in group:
-            if item.expected_end_lsn and item.expected_end_lsn != position:
-                _settle(item.future, exc=EndLsnMismatch(item.expected_end_lsn, position))
-                continue
-            start, lsns = position, []
-            last = len(item.payloads) - 1
-            for i, payload in enumerate(item.payloads):
-                buf += encode_frame(position, payload, term, now_us, i == last)
-                position += FRAME_HEADER_SIZE + len(payload)  # frame_lsn, inlined: the hottest loop
-                lsns.append(position)
-            accepted.append((item, AppendResult(start, position, lsns, term)))
-        if not accepted:
-            return
-        data = bytes(buf)
-        start_lsn = self.end_lsn
-        async with self.wal_lock:
-            # Leadership is re-checked under wal_lock: while this round waited for the
-            # lock, a PeerAppend of a higher term (or a lost quorum) may have deposed
-            # this node, and a deposed leader must not write under its old term (a
-            # follower's cut of a divergent suffix could otherwise interleave with it).
-            # Nothing of the round is written then, so the refusal is a NotLeader.
-            if self.replica is not None and (self.replica.leader_term != term or self.term != term or self.end_lsn != start_lsn):
-                refused = self.replica.not_leader(f"it stopped leading term {term} before the round was written")
-                for item, _ in accepted:
-                    _settle(item.future, exc=refused)
-                return
-            # Only this flush loop writes while the node leads, so the segment decision
-            # made here holds; followers cut segments at the same LSNs.
-            new_segment_at = start_lsn if self.wal.needs_new_segment() else None
-            if self.replica is not None:
-                self.replica.round_sequenced(start_lsn, position, data, new_segment_at is not None)
-            self.end_lsn = position
-            try:
-                await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
-            except OSError as exc:
-                self._stop_after_write_error(exc, accepted)
-                return
-            self.wal.committed(position, new_segment_at)
-            self.flush_lsn = position
+            self.replica.round_sequenced(rnd.start_lsn, rnd.end_lsn, data, new_segment_at is not None)
+        self.end_lsn = rnd.end_lsn
+        write = asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
+        return rnd, write, new_segment_at
+
+    async def _finish_write(self, rnd: _Round, write: asyncio.Future[None], new_segment_at: int | None) -> _Round | None:
+        """Wait for the round's write, then release `wal_lock` (None: it failed)."""
+        try:
+            await write
+        except OSError as exc:
+            self._stop_after_write_error(exc, rnd)
+            return None
+        finally:
+            self.wal_lock.release()
+        self.wal.committed(rnd.end_lsn, new_segment_at)
+        self.flush_lsn = rnd.end_lsn
         if new_segment_at is not None:
             self._persist_commit_floor()
-        if self.replica is None:
-            self.commit_lsn = position
-        else:
-            try:
-                await self.replica.wait_committed(position)
-            except Unavailable as exc:
-                for item, _ in accepted:
-                    _settle(item.future, exc=exc)
-                return
-        for item, result in accepted:
-            if not item.future.done():
-                item.future.set_result(result)
+        return rnd
+
+    def _acknowledge(self, rnd: _Round) -> None:
+        """Answer a written round's callers: at once on a single node, once a
+        majority flushed it in a cluster."""
+        if self.replica is not None:
+            task = asyncio.ensure_future(self._acknowledge_when_committed(rnd))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+            return
+        self.commit_lsn = rnd.end_lsn
+        self._answer(rnd)
+
+    async def _acknowledge_when_committed(self, rnd: _Round) -> None:
+        assert self.replica is not None
+        try:
+            await self.replica.wait_committed(rnd.end_lsn)
+        except Unavailable as exc:
+            for future, _ in rnd.acks:
+                _settle(future, exc=exc)
+            return
+        self._answer(rnd)
+
+    def _answer(self, rnd: _Round) -> None:
+        for future, result in rnd.acks:
+            if not future.done():
+                future.set_result(result)
         self._wake_streams()
         self.log.debug(
             "group_commit",
             tenant=self.tenant_id,
             timeline=self.timeline_id,
-            lsn=position,
-            batches=len(accepted),
-            bytes=len(buf),
+            lsn=rnd.end_lsn,
+            batches=len(rnd.acks),
+            bytes=len(rnd.data),
         )
 
-    def _stop_after_write_error(self, exc: OSError, accepted: list[tuple[_PendingAppend, AppendResult]]) -> None:
+    def _refuse_queued(self, rnd: _Round, exc: StrataError) -> None:
+        """Refuse `rnd` and every round queued behind it (their LSNs follow its)."""
+        for queued in (rnd, *self._rounds):
+            for future, _ in queued.acks:
+                _settle(future, exc=exc)
+        self._rounds.clear()
+
+    def _stop_after_write_error(self, exc: OSError, rnd: _Round) -> None:
         """A failed write or fsync leaves the file's state unknown: stop the timeline
         (a restart recovers the tail) and acknowledge nothing."""
         self.broken = StrataError(
@@ -254,11 +321,7 @@ class Timeline:
             "the timeline is stopped until the walservice restarts and recovers it"
         )
         self.log.error("wal_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn, error=exc)
-        for item, _ in accepted:
-            _settle(item.future, exc=self.broken)
-        for item in self._pending:
-            _settle(item.future, exc=self.broken)
-        self._pending.clear()
+        self._refuse_queued(rnd, self.broken)
         self._wake_streams()
 
     # -- streams -----------------------------------------------------------------
@@ -382,15 +445,18 @@ class Timeline:
 
     async def drain(self) -> None:
         """Until every append taken so far is answered (after `begin_close`, which
-        refuses new ones): the flush rounds in flight and queued run to the end."""
-        while self._flush_task is not None:
-            await asyncio.shield(self._flush_task)
+        refuses new ones): the flush rounds in flight and queued run to the end,
+        and written rounds wait for their majority (a cluster)."""
+        while self._flush_task is not None or self._acks:
+            if self._flush_task is not None:
+                await asyncio.shield(self._flush_task)
+            if self._acks:
+                await asyncio.shield(asyncio.gather(*self._acks, return_exceptions=True))
 
     async def close(self) -> None:
         """Finish the flush in flight, end streams, close files."""
         self.begin_close()
-        if self._flush_task is not None:
-            await self._flush_task
+        await self.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.broken is None and self.replica is None and self.flush_lsn > self.control.commit_lsn:
