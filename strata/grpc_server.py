@@ -99,9 +99,12 @@ def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, respo
 
 
 def stream_handler(fn: Callable[..., object], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    """A bidi-streaming method handler for a generic service (AppendStream)."""
+    """A bidi-streaming method handler for a generic service (AppendStream);
+    `request_type` None hands the handler each message's bytes."""
     return grpc.stream_stream_rpc_method_handler(
-        fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+        fn,
+        request_deserializer=None if request_type is None else request_type.FromString,
+        response_serializer=response_type.SerializeToString,
     )
 
 

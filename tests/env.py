@@ -36,6 +36,7 @@ class Component:
     address: str = ""
     _log_offset: int = 0
     channels: list[grpc.Channel] = field(default_factory=list)
+    env: dict[str, str] | None = None  # added to this process's environment
 
     def start(self, extra_args: list[str] | None = None) -> None:
         """Start (or restart) the process; returns once it listens."""
@@ -46,7 +47,8 @@ class Component:
             log.write(f"--- start: {' '.join(argv)}\n".encode())
             log.flush()
             self._log_offset = log.tell()
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            env = {**os.environ, **self.env} if self.env else None
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             for line in self.new_log_text().splitlines():
@@ -102,8 +104,8 @@ class StrataEnv:
         self.root = root
         self.components: list[Component] = []
 
-    def walservice(self, *extra: str, name: str = "walservice") -> Component:
-        """A walservice node, started."""
+    def walservice(self, *extra: str, name: str = "walservice", env: dict[str, str] | None = None) -> Component:
+        """A walservice node, started (`env`: added to its environment)."""
         data_dir = self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
         comp = Component(
@@ -111,6 +113,7 @@ class StrataEnv:
             [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), *extra],
             data_dir,
             self.root / f"{name}.log",
+            env=env,
         )
         comp.start()
         self.components.append(comp)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pageserver.remote_storage import open_remote_storage
 from strata import grpc_server, logs
+from walservice.append_codec import native as native_codec
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
 from walservice.peer_service import PeerServicer
 from walservice.replication import Cluster, ClusterConfig
@@ -77,6 +78,9 @@ async def run(args: argparse.Namespace) -> None:
         timelines.cluster = cluster
         timelines.load()
         servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes, cluster=cluster)
+        # Which per-record path runs (walservice/append_codec.py): "c", or "python" where
+        # the extension was not built or STRATA_APPEND_CODEC=python asks for it.
+        log.info("append_codec", codec="c" if native_codec is not None else "python")
         registers = [servicer.register]
         peer_servicer = PeerServicer(timelines, cluster, log, max_message_bytes) if cluster is not None else None
         if peer_servicer is not None:

@@ -10,10 +10,11 @@ so streaming never re-parses it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from strata.errors import InvalidArgument, StrataError, Unavailable
 from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
@@ -21,6 +22,8 @@ from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
+from walservice.append_codec import ParsedAppend
+from walservice.append_codec import native as native_codec
 from walservice.replication import Cluster, NotLeader
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
@@ -66,7 +69,8 @@ class _Refused:
 
 
 # One AppendStream message's appends: each queued (its future) or refused up front.
-_QueuedAppends = list[tuple[wal_pb2.AppendRequest, "asyncio.Future[AppendResult] | _Refused"]]
+# (An append is a protobuf AppendRequest, or a `ParsedAppend` tuple from the C codec.)
+_QueuedAppends = list[tuple["wal_pb2.AppendRequest | tuple", "asyncio.Future[AppendResult] | _Refused"]]
 # Put in an AppendStream's answer queue to end it (shutdown; WalServicer.end_streams).
 _END_OF_STREAM: _QueuedAppends = []
 
@@ -179,8 +183,32 @@ class WalServicer:
         or if this node does not lead the timeline)."""
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         await tl.ready_for_appends()
-        payloads, size = self._batch_payloads(request, tl.control.page_size)
-        return tl.submit(payloads, request.expected_end_lsn, size)
+        payloads, _ = self._batch_payloads(request, tl.control.page_size)
+        return tl.submit(payloads, request.expected_end_lsn)
+
+    async def _queue_parsed(self, message: bytes, append: tuple) -> asyncio.Future[AppendResult]:
+        """`_queue` for an append the C codec parsed (a `ParsedAppend` tuple): its
+        summary settles validity here; anything it cannot vouch for goes through
+        protobuf and `_batch_payloads`, whose errors name the field."""
+        tenant_id, timeline_id, expected_end_lsn, start, end, spans, payload_bytes, max_splice_end, image_len, suspect = append
+        tl = self.timelines.get(tenant_id, timeline_id)
+        await tl.ready_for_appends()
+        page_size = tl.control.page_size
+        if suspect or payload_bytes > self.max_batch_bytes or max_splice_end > page_size or image_len not in (-1, page_size):
+            return await self._queue(wal_pb2.AppendRequest.FromString(message[start:end]))
+        return tl.submit_spans(message, spans, expected_end_lsn)
+
+    def _parse_stream_message(self, message: bytes) -> Sequence[tuple | wal_pb2.AppendRequest]:
+        """An AppendStream message's appends: `ParsedAppend` tuples from the C codec,
+        or protobuf AppendRequests where it is not built or declines the message."""
+        if native_codec is not None:
+            parsed = native_codec.parse_append_stream(message)
+            if parsed is not None:
+                return parsed
+        try:
+            return wal_pb2.AppendStreamRequest.FromString(message).appends
+        except DecodeError as exc:
+            raise InvalidArgument(f"an AppendStream message is not a valid AppendStreamRequest: {exc}") from exc
 
     @unary_rpc
     async def Append(self, request: wal_pb2.AppendRequest, context: grpc.aio.ServicerContext) -> wal_pb2.AppendResponse:
@@ -207,16 +235,21 @@ class WalServicer:
                     stream.unanswered += 1
                     stream.last_message = loop.time()
                     queued: _QueuedAppends = []
-                    for request in message.appends:
+                    for request in self._parse_stream_message(message):
                         try:
-                            queued.append((request, await self._queue(request)))
+                            if type(request) is tuple:
+                                queued.append((request, await self._queue_parsed(message, request)))
+                            else:
+                                queued.append((request, await self._queue(request)))
                         except StrataError as exc:
                             queued.append((request, _Refused(exc)))
                     answers.put_nowait(queued)
             finally:
                 answers.put_nowait(None)
 
-        def failed(request: wal_pb2.AppendRequest, exc: StrataError, queued: bool) -> wal_pb2.AppendOutcome:
+        def failed(request: wal_pb2.AppendRequest | tuple, exc: StrataError, queued: bool) -> wal_pb2.AppendOutcome:
+            if type(request) is tuple:
+                request = ParsedAppend(*request)
             log_rpc_failure(self.log, "AppendStream", request, exc)
             # A node that does not lead the timeline names the leader (replication).
             leader = getattr(exc, "leader_address", None) or ""
@@ -253,7 +286,11 @@ class WalServicer:
                     outcomes.append(outcome)
                 yield wal_pb2.AppendStreamResponse(outcomes=outcomes)
                 stream.unanswered -= 1
-            await reader  # surfaces a broken request stream
+            try:
+                await reader  # surfaces a broken request stream
+            except InvalidArgument as exc:
+                log_rpc_failure(self.log, "AppendStream", None, exc)
+                await context.abort(exc.code, str(exc))
         finally:
             reader.cancel()
             self._append_streams.discard(stream)
@@ -313,7 +350,8 @@ class WalServicer:
         handlers = {
             "CreateTimeline": unary_handler(self.CreateTimeline, wal_pb2.WalTimeline, wal_pb2.WalStatus),
             "Append": unary_handler(self.Append, wal_pb2.AppendRequest, wal_pb2.AppendResponse),
-            "AppendStream": stream_handler(self.AppendStream, wal_pb2.AppendStreamRequest, wal_pb2.AppendStreamResponse),
+            # Messages arrive as bytes: the C codec parses them (`_parse_stream_message`).
+            "AppendStream": stream_handler(self.AppendStream, None, wal_pb2.AppendStreamResponse),
             "Status": unary_handler(self.Status, records_pb2.TimelineRef, wal_pb2.WalStatus),
             "ReportPersisted": unary_handler(self.ReportPersisted, wal_pb2.PersistedRequest, wal_pb2.WalStatus),
             "DeleteTimeline": unary_handler(

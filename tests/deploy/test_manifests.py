@@ -108,6 +108,10 @@ def test_dockerfile_installs_the_package_and_runs_the_console_script() -> None:
     entrypoint = yaml.safe_load(next(rest for word, rest in instructions if word == "ENTRYPOINT"))
     assert entrypoint == ["strata"] and pyproject["project"]["scripts"]["strata"] == "strata.cli:main"
     assert any(word == "RUN" and "pip install ." in rest for word, rest in instructions)
+    # The walservice's C append codec needs a compiler at install time (optional: a
+    # missing one would only show as a slower walservice, `event=append_codec codec=python`).
+    install = next(rest for word, rest in instructions if word == "RUN" and "pip install ." in rest)
+    assert "gcc" in install.split("pip install .")[0], "the image installs without a C compiler"
 
     copied = set()
     for word, rest in instructions:

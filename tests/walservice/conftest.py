@@ -18,3 +18,13 @@ def module_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrataEnv]:
         env.teardown()
     bad = env.error_lines([])
     assert not bad, "unexpected error lines in component logs:\n" + "\n".join(bad)
+
+
+APPEND_CODECS = ["c", "python"]
+
+
+@pytest.fixture(params=APPEND_CODECS)
+def append_codec(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of a walservice that runs one append codec
+    (walservice/append_codec.py): the C one, then the Python path."""
+    return {"STRATA_APPEND_CODEC": request.param}

@@ -26,8 +26,8 @@ GOOD = patch_record(1, 0, b"fine")
 BAD = records_pb2.Record()  # no kind: INVALID_ARGUMENT
 
 
-def test_one_message_answers_each_append_in_order(strata_env: StrataEnv) -> None:
-    comp = strata_env.walservice()
+def test_one_message_answers_each_append_in_order(strata_env: StrataEnv, append_codec: dict[str, str]) -> None:
+    comp = strata_env.walservice(env=append_codec)
     stub = strata_env.wal_stub(comp)
     key = create_timeline(stub)
     first, second = tagged_batch(1, 0, 2), tagged_batch(2, 0, 3)
@@ -42,8 +42,8 @@ def test_one_message_answers_each_append_in_order(strata_env: StrataEnv) -> None
     assert got == sequenced(first + second, [*ok1.response.record_lsns, *ok2.response.record_lsns])
 
 
-def test_concurrent_writers_share_one_stream_and_every_append_is_whole(strata_env: StrataEnv) -> None:
-    comp = strata_env.walservice()
+def test_concurrent_writers_share_one_stream_and_every_append_is_whole(strata_env: StrataEnv, append_codec: dict[str, str]) -> None:
+    comp = strata_env.walservice(env=append_codec)
     stub = strata_env.wal_stub(comp)
     key = create_timeline(stub)
     writers, appends_each = 40, 15
@@ -71,8 +71,8 @@ def test_concurrent_writers_share_one_stream_and_every_append_is_whole(strata_en
     assert streamed(read_stream(stub, key, done[-1][1].end_lsn)) == expected
 
 
-def test_a_conditional_append_is_refused_alone(strata_env: StrataEnv) -> None:
-    comp = strata_env.walservice()
+def test_a_conditional_append_is_refused_alone(strata_env: StrataEnv, append_codec: dict[str, str]) -> None:
+    comp = strata_env.walservice(env=append_codec)
     stub = strata_env.wal_stub(comp)
     key = create_timeline(stub)
 

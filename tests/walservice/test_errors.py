@@ -12,6 +12,8 @@ import pytest
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv
+from walservice import append_codec
+from tests.walservice.conftest import APPEND_CODECS
 from tests.walservice.harness import (
     STREAM_TIMEOUT_S,
     TimelineKey,
@@ -43,9 +45,15 @@ class Node:
         return self.status(), files
 
 
-@pytest.fixture(scope="module")
-def node(module_env: StrataEnv) -> Node:
-    comp = module_env.walservice("--max-batch-bytes", str(MAX_BATCH_BYTES))
+@pytest.fixture(scope="module", params=APPEND_CODECS)
+def node(module_env: StrataEnv, request: pytest.FixtureRequest) -> Node:
+    """One walservice per append codec (walservice/append_codec.py): the C one
+    must refuse exactly what the Python path refuses, in the same words."""
+    comp = module_env.walservice(
+        "--max-batch-bytes", str(MAX_BATCH_BYTES), name=f"walservice-{request.param}", env={"STRATA_APPEND_CODEC": request.param}
+    )
+    runs = "python" if request.param == "python" or append_codec.native is None else "c"
+    assert f"event=append_codec codec={runs}" in comp.log_text()
     stub = module_env.wal_stub(comp)
     key = create_timeline(stub, page_size=PAGE_SIZE)
     stub.Append(key.append(tagged_batch(0, 0, 3)), timeout=STREAM_TIMEOUT_S)
@@ -194,6 +202,18 @@ def test_a_bad_append_in_an_append_stream_gets_the_same_answer(node: Node, bad: 
     for name in bad.names:
         assert name in outcome.error, f"{name!r} not named in {outcome.error!r}"
     assert not outcome.HasField("response")
+    assert node.state() == before
+
+
+def test_an_append_stream_message_that_is_not_protobuf_ends_the_stream_as_invalid_argument(node: Node) -> None:
+    before = node.state()
+    append_stream = node.comp.channel().stream_stream(
+        "/strata.v1.WalService/AppendStream", request_serializer=None, response_deserializer=wal_pb2.AppendStreamResponse.FromString
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(append_stream(iter([b"\x0a\x05ab"]), timeout=STREAM_TIMEOUT_S))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "AppendStreamRequest" in caught.value.details()
     assert node.state() == before
 
 
