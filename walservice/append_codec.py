@@ -37,6 +37,17 @@ class ParsedAppend(NamedTuple):
     suspect: bool  # the Python validator must judge it (it may well be refused)
 
 
+def summary_passes(
+    suspect: bool, payload_bytes: int, max_splice_end: int, image_len: int, page_size: int, max_batch_bytes: int
+) -> bool:
+    """Whether a parsed append's summary proves it valid for a timeline of
+    `page_size` under the batch limit (False: let protobuf and
+    `strata.redo.validate_record` judge it, and name what is wrong)."""
+    return not (
+        suspect or payload_bytes > max_batch_bytes or max_splice_end > page_size or image_len not in (-1, page_size)
+    )
+
+
 def _load() -> ModuleType | None:
     if os.environ.get("STRATA_APPEND_CODEC", "").lower() == "python":
         return None

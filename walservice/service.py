@@ -22,7 +22,7 @@ from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
-from walservice.append_codec import ParsedAppend
+from walservice.append_codec import ParsedAppend, summary_passes
 from walservice.append_codec import native as native_codec
 from walservice.replication import Cluster, NotLeader
 from walservice.segment import Frame
@@ -158,9 +158,9 @@ class WalServicer:
         tl.check_usable()
         return self._status(tl)
 
-    def _batch_payloads(self, request: wal_pb2.AppendRequest, page_size: int) -> tuple[list[bytes], int]:
-        """Each record validated, then serialized (the frame payloads), and their
-        bytes. Per record this is the walservice's hottest code: keep it lean."""
+    def _batch_payloads(self, request: wal_pb2.AppendRequest, page_size: int) -> list[bytes]:
+        """Each record validated, then serialized (the frame payloads). Per record
+        this is the Python path's hottest code: keep it lean."""
         records = request.records
         if not records:
             raise InvalidArgument("records is empty: an Append needs at least one record")
@@ -176,15 +176,14 @@ class WalServicer:
                     "split it into several Appends"
                 )
             payloads.append(payload)
-        return payloads, total
+        return payloads
 
     async def _queue(self, request: wal_pb2.AppendRequest) -> asyncio.Future[AppendResult]:
         """Validate one append whole, then queue it (nothing is queued if it is bad,
         or if this node does not lead the timeline)."""
         tl = self.timelines.get(request.tenant_id, request.timeline_id)
         await tl.ready_for_appends()
-        payloads, _ = self._batch_payloads(request, tl.control.page_size)
-        return tl.submit(payloads, request.expected_end_lsn)
+        return tl.submit(self._batch_payloads(request, tl.control.page_size), request.expected_end_lsn)
 
     async def _queue_parsed(self, message: bytes, append: tuple) -> asyncio.Future[AppendResult]:
         """`_queue` for an append the C codec parsed (a `ParsedAppend` tuple): its
@@ -194,8 +193,9 @@ class WalServicer:
         tl = self.timelines.get(tenant_id, timeline_id)
         await tl.ready_for_appends()
         page_size = tl.control.page_size
-        if suspect or payload_bytes > self.max_batch_bytes or max_splice_end > page_size or image_len not in (-1, page_size):
-            return await self._queue(wal_pb2.AppendRequest.FromString(message[start:end]))
+        if not summary_passes(suspect, payload_bytes, max_splice_end, image_len, page_size, self.max_batch_bytes):
+            request = wal_pb2.AppendRequest.FromString(message[start:end])
+            return tl.submit(self._batch_payloads(request, page_size), request.expected_end_lsn)
         return tl.submit_spans(message, spans, expected_end_lsn)
 
     def _parse_stream_message(self, message: bytes) -> Sequence[tuple | wal_pb2.AppendRequest]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from strata.errors import InvalidArgument
 from strata.redo import MAX_BLKNO, validate_record
 from strata.v1 import records_pb2, wal_pb2
-from walservice.append_codec import ParsedAppend
+from walservice.append_codec import ParsedAppend, summary_passes
 from walservice.segment import encode_frame, scan_segment
 
 codec = pytest.importorskip("walservice._append_codec", reason="the C codec was not built (no compiler?)")
@@ -71,12 +71,7 @@ def python_accepts(request: wal_pb2.AppendRequest, page_size: int, max_batch_byt
 
 def fast_path_accepts(parsed: ParsedAppend, page_size: int, max_batch_bytes: int) -> bool:
     """What WalServicer._queue_parsed lets through without protobuf."""
-    return not (
-        parsed.suspect
-        or parsed.payload_bytes > max_batch_bytes
-        or parsed.max_splice_end > page_size
-        or parsed.image_len not in (-1, page_size)
-    )
+    return summary_passes(parsed.suspect, parsed.payload_bytes, parsed.max_splice_end, parsed.image_len, page_size, max_batch_bytes)
 
 
 @settings(max_examples=400, deadline=None)

@@ -12,7 +12,6 @@ import pytest
 from strata import ids
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv
-from walservice import append_codec
 from tests.walservice.conftest import APPEND_CODECS
 from tests.walservice.harness import (
     STREAM_TIMEOUT_S,
@@ -22,6 +21,7 @@ from tests.walservice.harness import (
     patch_record,
     tagged_batch,
 )
+from walservice import append_codec
 
 MAX_BATCH_BYTES = 100_000
 PAGE_SIZE = 8192
