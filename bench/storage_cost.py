@@ -59,8 +59,8 @@ from bench.branch import (
     work_directory,
 )
 from compute_shim import Client
-from pageserver.remote_storage import LocalFsStorage
 from pageserver.remote_timeline import tenant_prefix
+from strata.remote_storage.local_fs import LocalFsStorage
 from strata.v1 import records_pb2
 from tests.env import Component, StrataEnv
 

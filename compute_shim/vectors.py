@@ -44,7 +44,7 @@ from strata.v1 import records_pb2, timeline_pb2
 
 if TYPE_CHECKING:
     from gpu.ivf import IvfIndex
-    from pageserver.remote_storage import RemoteStorage
+    from strata.remote_storage.interface import RemoteStorage
 
 log = event_logger("vectors")
 
@@ -353,7 +353,7 @@ class VectorCollection:
         if remote_storage == "auto":
             remote_storage = info.remote_storage or None
         if isinstance(remote_storage, str):
-            from pageserver.remote_storage import open_remote_storage
+            from strata.remote_storage.url import open_remote_storage
 
             remote_storage = open_remote_storage(remote_storage)
         self.remote_storage = remote_storage

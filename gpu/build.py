@@ -46,7 +46,8 @@ from gpu.ivf import IvfIndex, default_nlist, find_index_key, group_by_list, inde
 from gpu.kmeans import DEFAULT_TOL, Progress, assign, sample_rows, train_batched
 from gpu.snapshot import ensure_uploaded, open_snapshot
 from gpu.xp import Device
-from pageserver.remote_storage import RemoteStorage, open_remote_storage
+from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.url import open_remote_storage
 from strata.errors import FailedPrecondition, InvalidArgument
 from strata.logs import event_logger
 

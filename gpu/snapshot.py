@@ -32,7 +32,7 @@ from pageserver.keys import KEY_SPACE_END
 from pageserver.layer_map import HistoricLayer, LayerMap
 from pageserver.layers.block_file import BlockCache
 from pageserver.layers.names import LayerName
-from pageserver.remote_storage import RemoteStorage
+from strata.remote_storage.interface import RemoteStorage
 from pageserver.remote_timeline import download_index, remote_objects_of
 from strata.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from strata.logs import event_logger

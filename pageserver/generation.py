@@ -38,9 +38,10 @@ import time
 from dataclasses import asdict, dataclass
 
 from pageserver.layers.names import MAX_GENERATION
-from pageserver.remote_storage import RemoteObjectExists, RemoteStorage, check_key
 from strata import checksummed_json
 from strata.errors import AlreadyExists, CorruptionError
+from strata.remote_storage.interface import RemoteObjectExists, RemoteStorage
+from strata.remote_storage.layout import check_key
 
 FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"[0-9a-f]{8}")

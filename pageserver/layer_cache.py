@@ -28,9 +28,9 @@ from collections import OrderedDict
 from concurrent.futures import Executor
 
 from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded
-from pageserver.remote_storage import RemoteStorage
 from strata.errors import Unavailable
 from strata.logs import EventLogger
+from strata.remote_storage.interface import RemoteStorage
 
 DEFAULT_LOCAL_CACHE_BYTES = 10 * 1024**3
 

@@ -44,7 +44,7 @@ from pageserver.value import will_init
 from strata.errors import CorruptionError
 
 if TYPE_CHECKING:
-    from pageserver.remote_storage import RemoteObject
+    from strata.remote_storage.interface import RemoteObject
 
 
 class WalkEnd(enum.Enum):

@@ -56,12 +56,13 @@ from pageserver import gc
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, LayerEntry
 from pageserver.layers.block_file import _FILE_CHECKSUM_COVERS_ALL_BUT
-from pageserver.remote_storage import RemoteObject, RemoteStorage, check_key, timeline_key, timeline_prefix
 from strata import checksummed_json
 from strata.errors import CorruptionError, NotFound
 from strata.ids import TenantId, TimelineId
 from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
+from strata.remote_storage.interface import RemoteObject, RemoteStorage
+from strata.remote_storage.layout import check_key, timeline_key, timeline_prefix
 
 if TYPE_CHECKING:
     from pageserver.timeline import Timeline

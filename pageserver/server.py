@@ -13,12 +13,12 @@ from pageserver.ingest import WalNodes
 from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
 from pageserver.page_cache import MaterializedPageCache
-from pageserver.remote_storage import open_remote_storage
 from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext, TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
 from strata.background_tasks import cancel_and_wait
 from strata.grpc_channels import channel_options
+from strata.remote_storage.url import open_remote_storage
 
 DEFAULT_LISTEN = "127.0.0.1:6400"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024

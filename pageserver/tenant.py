@@ -53,7 +53,6 @@ from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
 from pageserver import generation as generations
-from pageserver.remote_storage import RemoteObject, RemoteObjectExists, RemoteStorage
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
 from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
@@ -64,6 +63,7 @@ from strata.ids import TenantId, TimelineId
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
 from strata.logs import EventLogger
+from strata.remote_storage.interface import RemoteObject, RemoteObjectExists, RemoteStorage
 from strata.v1 import wal_pb2, wal_pb2_grpc
 
 TENANT_FILE = "tenant.json"

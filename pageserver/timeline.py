@@ -55,7 +55,7 @@ from strata.logs import EventLogger
 from strata.v1 import records_pb2
 
 if TYPE_CHECKING:
-    from pageserver.remote_storage import RemoteObject
+    from strata.remote_storage.interface import RemoteObject
     from pageserver.remote_timeline import RemoteTimelineClient
 
 T = TypeVar("T")

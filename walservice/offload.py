@@ -103,10 +103,11 @@ from typing import Any, TypeVar
 
 import xxhash
 
-from pageserver.remote_storage import RemoteObject, RemoteStorage, timeline_prefix
 from strata.errors import CorruptionError, StrataError
 from strata.ids import TenantId, TimelineId
 from strata.logs import EventLogger
+from strata.remote_storage.interface import RemoteObject, RemoteStorage
+from strata.remote_storage.layout import timeline_prefix
 from walservice.segment import SEGMENT_HEADER_SIZE, SegmentFormatError, SegmentHeader, iter_frames, segment_file_name
 from walservice.sequencer import Timeline
 from walservice.timelines import TimelineSet

@@ -7,8 +7,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pageserver.remote_storage import open_remote_storage
 from strata import grpc_server, logs
+from strata.remote_storage.url import open_remote_storage
 from walservice.append_codec import native as native_codec
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
 from walservice.peer_service import PeerServicer

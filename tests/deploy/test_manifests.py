@@ -33,7 +33,8 @@ from botocore.credentials import EnvProvider
 from setuptools import find_packages
 
 from pageserver import server as pageserver_server
-from pageserver.remote_storage import _BUCKET_NAME_RE, S3Storage, open_remote_storage
+from strata.remote_storage.s3 import _BUCKET_NAME_RE, S3Storage
+from strata.remote_storage.url import open_remote_storage
 from tests.env import StrataEnv
 from walservice import server as walservice_server
 

@@ -35,10 +35,12 @@ from pageserver.gc import (
 from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
-from pageserver.remote_storage import LocalFsStorage, RemoteStorage, open_remote_storage
 from pageserver.remote_timeline import download_index
+from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.local_fs import LocalFsStorage
+from strata.remote_storage.url import open_remote_storage
 from tests.env import Component, StrataEnv
-from tests.pageserver.test_remote_storage import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
+from tests.strata.remote_storage.harness import MotoServer, aws_env, moto_server  # noqa: F401 - fixtures
 from tests.pageserver.world import SMALL_LAYERS, World, image, new_id
 
 PAGE = 512

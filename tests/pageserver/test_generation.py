@@ -20,8 +20,10 @@ from pageserver.generation import (
     list_generations,
     read_generation,
 )
-from pageserver.remote_storage import LocalFsStorage, RemoteStorage, S3Storage
 from strata.errors import CorruptionError
+from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.local_fs import LocalFsStorage
+from strata.remote_storage.s3 import S3Storage
 
 TENANT = "ab" * 16
 

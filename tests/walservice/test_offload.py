@@ -16,10 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pageserver.remote_storage import LocalFsStorage, RemoteStorage, S3Storage
+from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.local_fs import LocalFsStorage
+from strata.remote_storage.s3 import S3Storage
 from strata.v1 import wal_pb2, wal_pb2_grpc
 from tests.env import Component, StrataEnv, free_port
-from tests.pageserver.test_remote_storage import MotoServer
+from tests.strata.remote_storage.harness import MotoServer
 from tests.walservice.harness import (
     STREAM_TIMEOUT_S,
     TimelineKey,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pageserver.remote_storage import LocalFsStorage
 from strata.errors import Unavailable
 from strata.logs import event_logger
+from strata.remote_storage.local_fs import LocalFsStorage
 from strata.v1 import peer_pb2
 from walservice.replication import Cluster, ClusterConfig, NotLeader, history_to_proto
 from walservice.offload import WalOffloader
