@@ -10,6 +10,7 @@
 | `s3.py` | `S3Storage`, the `s3://BUCKET/PREFIX` backend, and its `RetryPolicy` |
 | `url.py` | `open_remote_storage(url)`: the backend a `--remote-storage` URL names |
 | `layout.py` | the bucket layout: every key builder and parser, drawn as a table |
+| `faults.py` | `FaultyStorage`: wraps any backend with injected errors, outages, latency and torn uploads (tests) |
 
 Import from the modules themselves; this package's `__init__` imports nothing,
 so importing one module (say the layout) does not pull in boto3.

@@ -32,7 +32,16 @@ What every backend guarantees (how each does it: its own module's docstring):
 - Every object carries the xxhash64 of its bytes, stored as it is uploaded, and
   every download is checked against it (verified.py, "Checksums").
 
-`list` gives keys and sizes only (`checksum=None`): S3 listings carry no metadata.
+`list` and `list_delimited` give keys and sizes only (`checksum=None`): S3
+listings carry no metadata.
+
+# Listing with the delimiter
+
+`list_delimited(prefix)` is one level of the key tree, like S3's listing with
+`Delimiter='/'` (Neon's `ListingMode::WithDelimiter`): the objects whose key
+is `prefix` + a name without '/', and the sub-prefixes (`prefix` + name + '/')
+that hold at least one object, each once. It finds a tenant's timelines, or a
+timeline's indexes, without walking every layer and WAL segment below.
 """
 
 from __future__ import annotations
@@ -70,6 +79,16 @@ class RemoteObject:
     checksum: int | None
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One level below a prefix (`RemoteStorage.list_delimited`): the
+    sub-prefixes (each a full key prefix ending in '/'), and the objects there,
+    both sorted by key."""
+
+    prefixes: tuple[str, ...]
+    objects: tuple[RemoteObject, ...]
+
+
 class RemoteStorage(ABC):
     """Objects under '/'-separated keys (layout.py `check_key`), each uploaded
     atomically and verified on download."""
@@ -90,6 +109,10 @@ class RemoteStorage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[RemoteObject]:
         """Every object whose key starts with `prefix`, sorted by key (checksum None)."""
+
+    @abstractmethod
+    def list_delimited(self, prefix: str = "") -> Listing:
+        """One level of the key tree below `prefix` ("Listing with the delimiter")."""
 
     @abstractmethod
     def delete(self, keys: list[str]) -> None:

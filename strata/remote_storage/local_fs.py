@@ -51,7 +51,7 @@ from typing import BinaryIO
 
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import CorruptionError, NotFound
-from strata.remote_storage.interface import RemoteObject, RemoteObjectExists
+from strata.remote_storage.interface import Listing, RemoteObject, RemoteObjectExists
 from strata.remote_storage.layout import check_key, check_prefix
 from strata.remote_storage.verified import (
     Fetched,
@@ -227,6 +227,34 @@ class LocalFsStorage(VerifyingStorage):
                 found.append(RemoteObject(key, size, None))
         return sorted(found, key=lambda obj: obj.key)
 
+    def list_delimited(self, prefix: str = "") -> Listing:
+        """One directory: its files, and the subdirectories that hold at least
+        one object somewhere below (S3 has no empty folders, so neither does
+        this listing)."""
+        check_prefix(prefix)
+        base = prefix.rpartition("/")[0]
+        directory = self._root / base
+        base = base + "/" if base else ""
+        objects: list[RemoteObject] = []
+        prefixes: list[str] = []
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return Listing((), ())
+        for entry in entries:
+            key = base + entry.name
+            if entry.name.startswith(".") or not key.startswith(prefix):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if _holds_an_object(Path(entry.path)):
+                        prefixes.append(key + "/")
+                else:
+                    objects.append(RemoteObject(key, entry.stat(follow_symlinks=False).st_size, None))
+            except FileNotFoundError:
+                continue  # deleted while we listed
+        return Listing(tuple(sorted(prefixes)), tuple(sorted(objects, key=lambda obj: obj.key)))
+
     def delete(self, keys: list[str]) -> None:
         paths = [self.path_of(key) for key in keys]
         by_directory: dict[Path, list[Path]] = {}
@@ -247,6 +275,15 @@ class LocalFsStorage(VerifyingStorage):
 
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
+
+
+def _holds_an_object(directory: Path) -> bool:
+    """Whether some object (a file whose name and folders are not hidden) lies below `directory`."""
+    for dirpath, dirnames, filenames in os.walk(directory):
+        if any(not name.startswith(".") for name in filenames):
+            return True
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return False
 
 
 def _sidecar_path(path: Path) -> Path:

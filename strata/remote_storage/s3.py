@@ -63,6 +63,7 @@ from botocore.exceptions import SSLError
 from strata.errors import CorruptionError, NotFound, StrataError
 from strata.logs import event_logger
 from strata.remote_storage.interface import (
+    Listing,
     RemoteAccessDenied,
     RemoteObject,
     RemoteObjectExists,
@@ -365,15 +366,26 @@ class S3Storage(VerifyingStorage):
         return self._call("download", key, attempt)
 
     def list(self, prefix: str = "") -> list[RemoteObject]:
+        return list(self._list_pages(prefix, delimiter=False).objects)
+
+    def list_delimited(self, prefix: str = "") -> Listing:
+        return self._list_pages(prefix, delimiter=True)
+
+    def _list_pages(self, prefix: str, delimiter: bool) -> Listing:
+        """Every page of a ListObjectsV2 of `prefix` (with Delimiter='/' if `delimiter`)."""
         check_prefix(prefix)
         root = f"{self._prefix}/" if self._prefix else ""
         request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": root + prefix, "MaxKeys": self._list_page_size}
+        if delimiter:
+            request["Delimiter"] = "/"
         found: list[RemoteObject] = []
+        prefixes: list[str] = []
         while True:
             page = self._call("list", prefix, lambda: self._client.list_objects_v2(**request))
             found.extend(RemoteObject(item["Key"][len(root) :], item["Size"], None) for item in page.get("Contents", []))
+            prefixes.extend(item["Prefix"][len(root) :] for item in page.get("CommonPrefixes", []))
             if not page.get("IsTruncated"):
-                return found
+                return Listing(tuple(sorted(prefixes)), tuple(found))
             request = {**request, "ContinuationToken": page["NextContinuationToken"]}
 
     def delete(self, keys: list[str]) -> None:

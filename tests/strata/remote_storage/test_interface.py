@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from strata.errors import NotFound
-from strata.remote_storage.interface import RemoteObject, RemoteObjectExists, RemoteStorage
+from strata.remote_storage.interface import Listing, RemoteObject, RemoteObjectExists, RemoteStorage
 from strata.remote_storage.layout import timeline_key
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.remote_storage.s3 import MiB, S3Storage
@@ -172,3 +172,34 @@ def test_missing_key_is_not_found(storage: RemoteStorage, tmp_path: Path, fake_t
     with pytest.raises(NotFound):
         storage.download_bytes("tenants/dir")  # a prefix of a key names no object
     assert fake_time.sleeps == []  # a 404 is not retried
+
+
+def test_list_delimited_is_one_level_of_the_key_tree(storage: RemoteStorage) -> None:
+    """Like S3's Delimiter='/': the objects right below the prefix and the
+    sub-prefixes holding objects, each once; a partial last segment matches as
+    a string; an empty folder (file:// only) is not a prefix."""
+    keys = [
+        "tenants/t1/tenant.json",
+        "tenants/t1/timelines/a/index_part.json-00000001",
+        "tenants/t1/timelines/a/wal/0000000000000000.wal",
+        "tenants/t1/timelines/a/wal/0000000001000000.wal",
+        "tenants/t1/timelines/b/deleted",
+        "tenants/t10/tenant.json",
+    ]
+    for key in keys:
+        storage.upload_bytes(key.encode(), key)
+    if isinstance(storage, LocalFsStorage):
+        (storage.path_of("tenants/t1/timelines/empty/x").parent).mkdir(parents=True)
+
+    top = storage.list_delimited("tenants/t1/")
+    assert top.prefixes == ("tenants/t1/timelines/",)
+    assert top.objects == (RemoteObject("tenants/t1/tenant.json", len(keys[0]), None),)
+    assert storage.list_delimited("tenants/t1/timelines/").prefixes == ("tenants/t1/timelines/a/", "tenants/t1/timelines/b/")
+    timeline = storage.list_delimited("tenants/t1/timelines/a/")
+    assert timeline.prefixes == ("tenants/t1/timelines/a/wal/",)
+    assert [o.key for o in timeline.objects] == ["tenants/t1/timelines/a/index_part.json-00000001"]
+    assert storage.list_delimited("tenants/t1").prefixes == ("tenants/t1/", "tenants/t10/")
+    assert storage.list_delimited("").prefixes == ("tenants/",)
+    assert storage.list_delimited("tenants/none/") == storage.list_delimited("nothing-here") == Listing((), ())
+    with pytest.raises(ValueError, match="is invalid"):
+        storage.list_delimited("../")
