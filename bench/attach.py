@@ -46,7 +46,7 @@ from bench.branch import (
 from bench.report import percentile
 from bench.storage_cost import add_output_arguments, load_uploaded_base, remote_bytes, run_and_report
 from compute_shim import Client
-from pageserver.remote_timeline import tenant_prefix
+from strata.remote_storage.layout import tenant_prefix
 from strata.remote_storage.local_fs import LocalFsStorage
 from tests.env import StrataEnv
 

@@ -59,7 +59,9 @@ from bench.branch import (
     work_directory,
 )
 from compute_shim import Client
-from pageserver.remote_timeline import tenant_prefix
+from pageserver.remote_timeline import download_index
+from strata.ids import TenantId, TimelineId
+from strata.remote_storage.layout import index_key, tenant_prefix, timeline_prefix
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.v1 import records_pb2
 from tests.env import Component, StrataEnv
@@ -104,16 +106,30 @@ def remote_bytes(storage: LocalFsStorage, tenant_id: str) -> tuple[int, int]:
     return sum(o.size for o in objects), len(objects)
 
 
-def wait_uploaded(client: Client, tenant_id: str, timeline_ids: list[str], timeout_s: float = 600.0) -> None:
+def wait_uploaded(
+    client: Client, tenant_id: str, timeline_ids: list[str], storage: LocalFsStorage | None = None, timeout_s: float = 600.0
+) -> None:
+    """Until each timeline's newest index is uploaded and, given `storage`, the
+    layers it replaced are deleted remotely too (the upload queue deletes them
+    after the index upload: counted before that, they would inflate the size)."""
     deadline = time.monotonic() + timeout_s
     for tl in timeline_ids:
         while True:
             info = client.get_timeline(tenant_id=tenant_id, timeline_id=tl)
-            if info.remote_consistent_lsn and info.remote_consistent_lsn == info.disk_consistent_lsn:
+            uploaded = bool(info.remote_consistent_lsn) and info.remote_consistent_lsn == info.disk_consistent_lsn
+            if uploaded and (storage is None or remote_settled(storage, tenant_id, tl)):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timeline {tl} not uploaded within {timeout_s:.0f}s: {info}")
             time.sleep(0.05)
+
+
+def remote_settled(storage: LocalFsStorage, tenant_id: str, timeline_id: str) -> bool:
+    """Whether the timeline's remote objects are exactly its newest index and the layers that index names."""
+    index = download_index(storage, tenant_id, timeline_id)
+    prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
+    names = {o.key[len(prefix) :] for o in storage.list_delimited(prefix).objects}
+    return names == {e.file_name for e in index.layers} | {index_key(TenantId(tenant_id), TimelineId(timeline_id), index.generation)[len(prefix) :]}
 
 
 def load_uploaded_base(client: Client, ps: Component, size_bytes: int, log: bool, what: str) -> tuple[str, str, StrataLoad]:
@@ -175,6 +191,7 @@ def run_strata(size_bytes: int, branches: int, change: float, work_dir: Path, lo
         ps = env.pageserver(wal, *PAGESERVER_ARGS, "--remote-storage", f"file://{remote}")
         with Client(pageserver=ps.address, walservice=wal.address, timeout=120) as client:
             tenant, main, load = load_uploaded_base(client, ps, size_bytes, log, "strata")
+            wait_uploaded(client, tenant, [main], storage)
             base, _ = remote_bytes(storage, tenant)
             rng = random.Random(1)
             ids: list[str] = []
@@ -192,7 +209,7 @@ def run_strata(size_bytes: int, branches: int, change: float, work_dir: Path, lo
                     print(f"strata: {i + 1} branches written", file=sys.stderr, flush=True)
             for tl in ids:
                 client.compact(tenant_id=tenant, timeline_id=tl)  # flushes the branch's pages into a layer file
-            wait_uploaded(client, tenant, ids)
+            wait_uploaded(client, tenant, ids, storage)
             total, objects = remote_bytes(storage, tenant)
             # Each branch sees its own pages and the ancestor's.
             rng = random.Random(1)

@@ -37,15 +37,13 @@ again after reading (service.py).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
+from strata.remote_storage.layout import parse_vector_index_key
 
-VECTOR_INDEX_DIR = "vector_indexes"
-_VECTOR_OBJECT_RE = re.compile(r"([^/]+)/([0-9A-F]{16})\.ivf")
 
 
 @dataclass(frozen=True)
@@ -139,12 +137,9 @@ def vector_objects_to_delete(prefix: str, keys: Iterable[str], cutoff: int, bran
     `<collection>/<16 hex>.ivf` are left alone."""
     below: dict[str, list[tuple[int, str]]] = {}
     for key in keys:
-        m = _VECTOR_OBJECT_RE.fullmatch(key[len(prefix):]) if key.startswith(prefix) else None
-        if m is None:
-            continue
-        lsn = int(m.group(2), 16)
-        if lsn < cutoff:
-            below.setdefault(m.group(1), []).append((lsn, key))
+        parsed = parse_vector_index_key(prefix, key)
+        if parsed is not None and parsed.lsn < cutoff:
+            below.setdefault(parsed.collection, []).append((parsed.lsn, key))
     points = [p for p in branch_points if p < cutoff]
     out: list[str] = []
     for entries in below.values():

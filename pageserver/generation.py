@@ -6,7 +6,7 @@ the next generation N by creating the object::
 
     tenants/<t>/generations/<N as 8 lower-case hex digits>
 
-create-only (remote_storage.py: S3 `If-None-Match: *`, file:// a hard link), so
+(strata/remote_storage/layout.py) create-only (S3 `If-None-Match: *`, file:// a hard link), so
 of two pageservers claiming the same N exactly one wins; the other gets
 `GenerationTaken`. The newest generation is the one with the highest N; older
 generation objects stay (they are a few dozen bytes each) and go with the tenant.
@@ -32,7 +32,6 @@ CorruptionError.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -41,10 +40,9 @@ from pageserver.layers.names import MAX_GENERATION
 from strata import checksummed_json
 from strata.errors import AlreadyExists, CorruptionError
 from strata.remote_storage.interface import RemoteObjectExists, RemoteStorage
-from strata.remote_storage.layout import check_key
+from strata.remote_storage.layout import generation_key, generations_prefix, parse_generation_name
 
 FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"[0-9a-f]{8}")
 
 
 class GenerationTaken(AlreadyExists):
@@ -70,23 +68,15 @@ class GenerationRecord:
         return cls(**body)
 
 
-def generations_prefix(tenant_id: str) -> str:
-    return check_key(f"tenants/{tenant_id}/generations") + "/"
-
-
-def generation_key(tenant_id: str, generation: int) -> str:
-    return check_key(f"{generations_prefix(tenant_id)}{generation:08x}")
-
-
 def list_generations(storage: RemoteStorage, tenant_id: str) -> list[int]:
     """Every claimed generation of the tenant, ascending (from the object names). Blocking."""
     prefix = generations_prefix(tenant_id)
     found = []
     for obj in storage.list(prefix):
-        name = obj.key[len(prefix):]
-        if not _NAME_RE.fullmatch(name):
+        generation = parse_generation_name(obj.key[len(prefix):])
+        if generation is None:
             raise CorruptionError(f"remote object {obj.key}: not a generation object (expected 8 lower-case hex digits)")
-        found.append(int(name, 16))
+        found.append(generation)
     return sorted(found)
 
 

@@ -1,13 +1,9 @@
 """Remote storage as the truth for a timeline: its upload queue.
 
-Remote layout (pageserver/remote_storage.py keys)::
+The keys (the whole table: strata/remote_storage/layout.py)::
 
-    tenants/<t>/generations/<N:08x>                       one object per claimed generation (generation.py)
-    tenants/<t>/tenant.json                               TenantConfig (written once, at CreateTenant)
     tenants/<t>/timelines/<tl>/index_part.json-<G:08x>    IndexPart of generation G (with remote checksums)
     tenants/<t>/timelines/<tl>/<layer file name>          layer files (name carries the generation)
-    tenants/<t>/timelines/<tl>/deleted                    deletion mark (tenant.py: DeleteTimeline)
-    tenants/<t>/timelines/<tl>/wal/...                    the walservice's offloaded WAL (not ours)
 
 Every object is create-only except a generation's own index, which only the
 pageserver holding that generation writes (and overwrites as it advances).
@@ -43,26 +39,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
-import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
 from pageserver import gc
-from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
 from pageserver.index_part import IndexPart, LayerEntry
 from pageserver.layers.block_file import _FILE_CHECKSUM_COVERS_ALL_BUT
-from strata import checksummed_json
 from strata.errors import CorruptionError, NotFound
 from strata.ids import TenantId, TimelineId
 from strata.background_tasks import cancel_and_wait
 from strata.logs import EventLogger
 from strata.remote_storage.interface import RemoteObject, RemoteStorage
-from strata.remote_storage.layout import check_key, timeline_key, timeline_prefix
+from strata.remote_storage import layout
+from strata.remote_storage.layout import index_generation, index_key, timeline_key, timeline_prefix, timelines_prefix
 
 if TYPE_CHECKING:
     from pageserver.timeline import Timeline
@@ -71,54 +65,29 @@ MAX_BACKOFF_S = 5.0
 T = TypeVar("T")
 
 
-def tenant_prefix(tenant_id: str) -> str:
-    return check_key(f"tenants/{tenant_id}") + "/"
+def remote_timelines(storage: RemoteStorage, tenant_id: TenantId) -> list[TimelineId]:
+    """Every timeline with a folder under the tenant's `timelines/` (one listing
+    with the delimiter: no layer or WAL segment is walked). Blocking."""
+    listing = storage.list_delimited(timelines_prefix(tenant_id))
+    return [tl for p in listing.prefixes if (tl := layout.timeline_of_prefix(tenant_id, p)) is not None]
 
 
-def tenant_config_key(tenant_id: str) -> str:
-    return tenant_prefix(tenant_id) + "tenant.json"
-
-
-def timelines_prefix(tenant_id: str) -> str:
-    return tenant_prefix(tenant_id) + "timelines/"
-
-
-INDEX_PREFIX = INDEX_FILE_NAME + "-"
-_INDEX_NAME_RE = re.compile(re.escape(INDEX_PREFIX) + r"([0-9a-f]{8})")
-
-
-def index_key(tenant_id: str, timeline_id: str, generation: int) -> str:
-    """The key of generation `generation`'s index of the timeline."""
-    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), f"{INDEX_PREFIX}{generation:08x}")
-
-
-def index_generation(file_name: str) -> int | None:
-    """The generation of an index object's file name; None if the name is not an index's."""
-    m = _INDEX_NAME_RE.fullmatch(file_name)
-    return int(m.group(1), 16) if m else None
-
-
-def remote_index_generations(storage: RemoteStorage, tenant_id: str) -> dict[str, list[int]]:
+def remote_index_generations(storage: RemoteStorage, tenant_id: TenantId) -> dict[TimelineId, list[int]]:
     """Timeline id -> the generations of its remote indexes, ascending (only
-    timelines that have one). Blocking."""
-    prefix = timelines_prefix(tenant_id)
-    out: dict[str, list[int]] = {}
-    for obj in storage.list(prefix):
-        parts = obj.key[len(prefix):].split("/")
-        if len(parts) == 2 and (gen := index_generation(parts[1])) is not None:
-            out.setdefault(parts[0], []).append(gen)
-    return {tl: sorted(gens) for tl, gens in out.items()}
+    timelines that have one). One listing of the timelines, then one of each
+    timeline's indexes. Blocking."""
+    out = {}
+    for timeline_id in remote_timelines(storage, tenant_id):
+        if gens := timeline_index_generations(storage, tenant_id, timeline_id):
+            out[timeline_id] = gens
+    return out
 
 
-def remote_index_timelines(storage: RemoteStorage, tenant_id: str) -> list[str]:
-    """The timeline ids that have an index remotely. Blocking."""
-    return sorted(remote_index_generations(storage, tenant_id))
-
-
-def timeline_index_generations(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> list[int]:
+def timeline_index_generations(storage: RemoteStorage, tenant_id: TenantId, timeline_id: TimelineId) -> list[int]:
     """The generations of the timeline's remote indexes, ascending. Blocking."""
-    prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
-    return sorted(g for o in storage.list(prefix + INDEX_PREFIX) if (g := index_generation(o.key[len(prefix):])) is not None)
+    prefix = timeline_prefix(tenant_id, timeline_id)
+    listed = storage.list(prefix + layout.INDEX_PREFIX)
+    return sorted(g for o in listed if (g := index_generation(o.key[len(prefix):])) is not None)
 
 
 def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str, generation: int | None = None) -> IndexPart:
@@ -133,54 +102,6 @@ def download_index(storage: RemoteStorage, tenant_id: str, timeline_id: str, gen
     return IndexPart.decode(storage.download_bytes(key), where=f"remote {key}")
 
 
-DELETION_MARK = "deleted"
-DELETION_MARK_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DeletionMark:
-    """A timeline being deleted (tenant.py: DeleteTimeline, TTL expiry).
-
-    Stored as `tenants/<t>/timelines/<tl>/deleted` remotely (create-only) and as
-    `deleted` in the local timeline directory, both written before anything of
-    the timeline is deleted and removed after everything else is: a pageserver
-    that restarts or attaches and finds one finishes the deletion instead of
-    loading the timeline. Layout: a JSON object through
-    strata/checksummed_json.py (format_version 1, xxhash64 checksum) with the
-    fields below; unknown or missing fields are CorruptionError."""
-
-    tenant_id: str
-    timeline_id: str
-    generation: int  # of the pageserver that started the deletion
-    marked_at_us: int
-    reason: str  # "DeleteTimeline" or "expired"
-
-    def encode(self) -> bytes:
-        return checksummed_json.encode(asdict(self), DELETION_MARK_FORMAT_VERSION)
-
-    @classmethod
-    def decode(cls, data: bytes, where: str) -> DeletionMark:
-        body = checksummed_json.decode(data, where, DELETION_MARK_FORMAT_VERSION)
-        fields = set(cls.__dataclass_fields__)
-        checksummed_json.check_fields(body, fields, where, fields)
-        return cls(**body)
-
-
-def deletion_mark_key(tenant_id: str, timeline_id: str) -> str:
-    return timeline_key(TenantId(tenant_id), TimelineId(timeline_id), DELETION_MARK)
-
-
-def marked_timelines(storage: RemoteStorage, tenant_id: str) -> dict[str, DeletionMark]:
-    """Timelines of the tenant with a remote deletion mark. Blocking."""
-    prefix = timelines_prefix(tenant_id)
-    out = {}
-    for obj in storage.list(prefix):
-        parts = obj.key[len(prefix):].split("/")
-        if len(parts) == 2 and parts[1] == DELETION_MARK:
-            out[parts[0]] = DeletionMark.decode(storage.download_bytes(obj.key), f"remote {obj.key}")
-    return out
-
-
 def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:
     """The remote objects an uploaded index names (file name -> object)."""
     tenant, timeline = TenantId(index.tenant_id), TimelineId(index.timeline_id)
@@ -188,13 +109,6 @@ def remote_objects_of(index: IndexPart) -> dict[str, RemoteObject]:
         e.file_name: RemoteObject(timeline_key(tenant, timeline, e.file_name), e.file_size, e.remote_checksum)
         for e in index.layers
     }
-
-
-def timeline_objects(storage: RemoteStorage, tenant_id: str, timeline_id: str) -> list[str]:
-    """Keys of a timeline's index, layers and vector indexes (not the
-    walservice's WAL under it, `wal/`)."""
-    prefix = timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id))
-    return [o.key for o in storage.list(prefix) if not o.key[len(prefix):].startswith("wal/")]
 
 
 def verify_layer_file(path: Path, entry: LayerEntry) -> int:
@@ -323,7 +237,8 @@ class RemoteTimelineClient:
             return 0
         prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
         async with self._sync_lock:
-            listed = await self._blocking(self.storage.list, prefix)
+            # Layers sit right below the prefix: the delimiter skips wal/ and vector_indexes/.
+            listed = (await self._blocking(self.storage.list_delimited, prefix)).objects
             keep = {e.file_name for e in tl.index.layers} | set(self.remote_objects)
             if self.remote_index is not None:
                 keep |= {e.file_name for e in self.remote_index.layers}
@@ -345,7 +260,7 @@ class RemoteTimelineClient:
             await self.check_generation()  # before any deletion
         except Fenced:
             return 0
-        prefix = timeline_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id)) + gc.VECTOR_INDEX_DIR + "/"
+        prefix = layout.vector_indexes_prefix(TenantId(tl.tenant_id), TimelineId(tl.timeline_id))
         listed = await self._blocking(self.storage.list, prefix)
         doomed = gc.vector_objects_to_delete(prefix, [o.key for o in listed], cutoff, branch_points)
         if doomed:

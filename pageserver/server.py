@@ -13,7 +13,8 @@ from pageserver.ingest import WalNodes
 from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
 from pageserver.layers.block_file import BlockCache
 from pageserver.page_cache import MaterializedPageCache
-from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext, TenantSet
+from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext
+from pageserver.tenant_set import TenantSet
 from pageserver.timeline import TimelineConfig
 from strata import grpc_server, logs
 from strata.background_tasks import cancel_and_wait

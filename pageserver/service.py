@@ -18,7 +18,8 @@ from typing import TypeVar
 
 import grpc
 
-from pageserver.tenant import Tenant, TenantSet
+from pageserver.tenant import Tenant
+from pageserver.tenant_set import TenantSet
 from pageserver.timeline import Timeline
 from strata import ids
 from strata.errors import StrataError

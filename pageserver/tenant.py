@@ -1,4 +1,6 @@
-"""Tenants and their timelines on one pageserver, on local disk.
+"""One tenant and its timelines on one pageserver, on local disk. The set of
+tenants (create, attach, detach, delete, startup) is tenant_set.py; timeline
+deletion is timeline_deletion.py.
 
 Layout under the data dir::
 
@@ -25,10 +27,10 @@ claims the next generation, and a tenant for which a newer generation exists
 (attached elsewhere) is fenced: it uploads and deletes nothing more, stops
 ingest and answers reads FAILED_PRECONDITION. Timeline deletion writes a
 deletion mark (`deleted`, local then remote) first and removes it last; a
-restart or an attach that finds one finishes the deletion.
+restart or an attach that finds one finishes the deletion (timeline_deletion.py).
 
 Concurrency: everything here is owned by the event loop (no thread touches
-`Tenant.timelines`, `receivers`, `fenced`, `_deleting`; blocking work runs on
+`Tenant.timelines`, `receivers`, `fenced`, `deletions`; blocking work runs on
 the executor over immutable inputs); `compaction_lock`
 serializes compaction and GC (the only deleters of layer files) across the
 tenant's timelines, so a branch's compaction never reads an ancestor layer being
@@ -58,13 +60,15 @@ from pageserver.layers.block_file import BlockCache
 from pageserver import reconstruct
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
+from pageserver.timeline_deletion import DeletionMark, TimelineDeletions, local_mark
 from strata import checksummed_json, ids
 from strata.ids import TenantId, TimelineId
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
 from strata.logs import EventLogger
-from strata.remote_storage.interface import RemoteObject, RemoteObjectExists, RemoteStorage
-from strata.v1 import wal_pb2, wal_pb2_grpc
+from strata.remote_storage.interface import RemoteObject, RemoteStorage
+from strata.remote_storage.layout import DELETION_MARK, index_key
+from strata.v1 import wal_pb2
 
 TENANT_FILE = "tenant.json"
 TENANT_FORMAT_VERSION = 1
@@ -105,7 +109,7 @@ class PageserverContext:
     default_pitr_seconds: int = DEFAULT_PITR_SECONDS
 
 
-def _make_dir_durably(parent: Path, name: str, fill) -> Path:
+def make_dir_durably(parent: Path, name: str, fill) -> Path:
     """Build `parent/name` under a temp name with `fill(tmp_dir)`, then rename it into place."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{name}.tmp"
@@ -129,15 +133,14 @@ class Tenant:
         self.receivers: dict[str, WalReceiver] = {}
         self.compaction_lock = asyncio.Lock()
         self._compaction_tasks: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
+        self.stopping = False
         # Set once a newer generation attached this tenant elsewhere: why we stopped.
         self.fenced: str | None = None
         # Expired timelines whose deletion waits for their children (logged once).
         self._expiry_deferred: set[str] = set()
         # remote index per timeline as found at load (None: unknown)
         self._remote_indexes: dict[str, IndexPart | None] = {}
-        # Marked deletions still running in the background, by timeline id.
-        self._deleting: dict[str, asyncio.Task[None]] = {}
+        self.deletions = TimelineDeletions(self)
 
     @property
     def tenant_id(self) -> str:
@@ -155,14 +158,14 @@ class Tenant:
         self._remote_indexes = dict(remote_indexes or {})
         self.timelines_dir.mkdir(parents=True, exist_ok=True)
         indexes: dict[str, IndexPart] = {}
-        marks: dict[str, remote_timeline.DeletionMark] = {}
+        marks: dict[str, DeletionMark] = {}
         for tl_dir in self.timelines_dir.iterdir():
             if tl_dir.name.startswith("."):
                 shutil.rmtree(tl_dir)
                 continue
-            mark_path = tl_dir / remote_timeline.DELETION_MARK
-            if mark_path.exists():  # a deletion a crash interrupted: finish it, do not load it
-                marks[tl_dir.name] = remote_timeline.DeletionMark.decode(mark_path.read_bytes(), str(mark_path))
+            mark = local_mark(tl_dir)
+            if mark is not None:  # a deletion a crash interrupted: finish it, do not load it
+                marks[tl_dir.name] = mark
                 continue
             index = read_index_part(tl_dir)
             if self.ctx.remote is not None and index.generation != self.config.generation:
@@ -178,7 +181,7 @@ class Tenant:
                 self._remove_unlisted_files(self.timelines_dir / tid, pending[tid])
                 self._add_timeline(pending.pop(tid))
         if marks and self.fenced is None:
-            self.resume_deletions(marks)
+            self.deletions.resume(marks)
 
     def _remove_unlisted_files(self, tl_dir: Path, index: IndexPart) -> None:
         listed = {entry.file_name for entry in index.layers} | {INDEX_FILE_NAME}
@@ -214,7 +217,7 @@ class Tenant:
         timeline.on_persisted = self._persisted
         if self.ctx.remote is not None:
             timeline.remote = RemoteTimelineClient(
-                timeline, self.ctx.remote, self.ctx.executor, self.ctx.log, self._check_generation,
+                timeline, self.ctx.remote, self.ctx.executor, self.ctx.log, self.check_generation,
                 self._uploaded, remote_index,
             )
             timeline.on_index_changed = lambda tl: tl.remote.schedule() if tl.remote is not None else None
@@ -239,7 +242,7 @@ class Tenant:
         if self.ctx.layer_cache is not None:
             self.ctx.layer_cache.evict()  # newly uploaded layers may go now
 
-    async def _check_generation(self) -> None:
+    async def check_generation(self) -> None:
         """Before an index upload: raise Fenced (and fence the tenant) if a newer
         generation attached this tenant elsewhere."""
         if self.fenced is not None:
@@ -266,7 +269,7 @@ class Tenant:
             "tenant_fenced", tenant=self.tenant_id, generation=self.config.generation, remote_generation=remote_generation,
             action="stopped serving: no more uploads or deletions, ingest stopped, reads answer FAILED_PRECONDITION",
         )
-        self._stopping = True
+        self.stopping = True
         for timeline in self.timelines.values():
             if timeline.remote is not None:
                 timeline.remote.fenced = True
@@ -293,7 +296,7 @@ class Tenant:
     def _persisted(self, timeline: Timeline) -> None:
         """After a layer flush: tell the walservice, and compact if L0s piled up."""
         self.receivers[timeline.timeline_id].report_persisted()
-        if timeline.needs_compaction() and not self._stopping:
+        if timeline.needs_compaction() and not self.stopping:
             self.schedule_compaction(timeline)
 
     def schedule_compaction(self, timeline: Timeline, force: bool = False) -> asyncio.Task[None]:
@@ -334,7 +337,7 @@ class Tenant:
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
         if timeline_id in self.timelines:
             raise AlreadyExists(f"tenant_id={self.tenant_id} timeline_id={timeline_id} already exists")
-        if timeline_id in self._deleting:
+        if timeline_id in self.deletions:
             raise FailedPrecondition(
                 f"tenant_id={self.tenant_id} timeline_id={timeline_id} is being deleted; retry once the deletion finished"
             )
@@ -400,7 +403,7 @@ class Tenant:
         # next attach takes it; a restart here uploads the local one again).
         loop = asyncio.get_running_loop()
         local = loop.run_in_executor(
-            self.ctx.executor, _make_dir_durably, self.timelines_dir, timeline_id, lambda d: write_index_part(d, index)
+            self.ctx.executor, make_dir_durably, self.timelines_dir, timeline_id, lambda d: write_index_part(d, index)
         )
         registered, written, remote = await asyncio.gather(
             self._register_with_walservice(timeline_id, ancestor_lsn), local, self._upload_new_index(index),
@@ -426,13 +429,13 @@ class Tenant:
         storage = self.ctx.remote
         if storage is None:
             return
-        key = remote_timeline.index_key(self.tenant_id, index.timeline_id, index.generation)
+        key = index_key(TenantId(self.tenant_id), TimelineId(index.timeline_id), index.generation)
         try:
-            await self._check_generation()
+            await self.check_generation()
             await asyncio.get_running_loop().run_in_executor(
                 self.ctx.executor, lambda: storage.upload_bytes(index.encode(), key, overwrite=True)
             )
-            await self._check_generation()
+            await self.check_generation()
         except Fenced as exc:
             raise FailedPrecondition(str(exc)) from None
         except StrataError:
@@ -458,11 +461,11 @@ class Tenant:
     async def delete_timeline(self, timeline_id: str, reason: str = "DeleteTimeline") -> Timeline:
         """Delete a timeline, crash-safely (docs/design/0003-remote-storage.md,
         "Timeline expiry and deletion"): stop it, write the deletion mark
-        (locally, then remotely), then `_finish_deletion`. If a step fails
+        (locally, then remotely), then the rest (timeline_deletion.py). If a step fails
         (remote storage or the walservice down) the deletion goes on in the
         background and this raises UNAVAILABLE saying so; a restart or an
         attach that finds the mark finishes it too."""
-        if timeline_id in self._deleting:
+        if timeline_id in self.deletions:
             raise Unavailable(
                 f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and still finishing "
                 "in the background; retry"
@@ -490,148 +493,27 @@ class Tenant:
             for layer in timeline.layer_map.historic:
                 self.ctx.layer_cache.forget(layer)
         timeline.layer_map.close()
-        mark = remote_timeline.DeletionMark(
+        mark = DeletionMark(
             self.tenant_id, timeline_id, self.config.generation, time.time_ns() // 1000, reason
         )
         await asyncio.get_running_loop().run_in_executor(
-            self.ctx.executor, write_durably, timeline.directory / remote_timeline.DELETION_MARK, mark.encode()
+            self.ctx.executor, write_durably, timeline.directory / DELETION_MARK, mark.encode()
         )
         self.ctx.log.info(
             "timeline_deletion_started", tenant=self.tenant_id, timeline=timeline_id, lsn=timeline.last_record_lsn,
             reason=reason,
         )
         try:
-            await self._finish_deletion(timeline_id, mark)
+            await self.deletions.finish(timeline_id, mark)
         except Fenced as exc:
             raise FailedPrecondition(str(exc)) from None
         except Exception as exc:
-            self._retry_deletion_in_background(timeline_id, mark, exc)
+            self.deletions.retry_in_background(timeline_id, mark, exc)
             raise Unavailable(
                 f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the deletion is marked and will finish in the "
                 f"background (or after a restart or attach): {exc!r}"
             ) from exc
         return timeline
-
-    async def _finish_deletion(self, timeline_id: str, mark: remote_timeline.DeletionMark) -> None:
-        """Everything of a timeline whose mark is written (idempotent, so a retry,
-        restart or attach can run it again):
-
-        1. the remote mark (create-only; there already from an earlier try is fine);
-        2. its remote indexes, then its other objects: layers and vector indexes
-           (layers are per timeline: a branch reads its ancestor's objects under
-           the ancestor's prefix, and a timeline with children is not deleted, so
-           no other timeline needs them) and any offloaded WAL under `wal/`;
-        3. the walservice's WAL (DeleteTimeline: local segments on every node and
-           the offloaded WAL);
-        4. the remote mark, last but one;
-        5. the local directory with the local mark, last.
-
-        The generation is checked before the first deletion and before the mark
-        goes (raises Fenced: a newer attachment finishes it)."""
-        storage = self.ctx.remote
-        loop = asyncio.get_running_loop()
-        mark_key = remote_timeline.deletion_mark_key(self.tenant_id, timeline_id)
-        if storage is not None:
-            await self._check_generation()
-
-            def delete_objects() -> int:
-                try:
-                    storage.upload_bytes(mark.encode(), mark_key)
-                except RemoteObjectExists:
-                    pass  # an earlier try (or another generation) marked it
-                prefix = remote_timeline.timeline_prefix(TenantId(self.tenant_id), TimelineId(timeline_id))
-                keys = [o.key for o in storage.list(prefix) if o.key != mark_key]
-                indexes = [k for k in keys if remote_timeline.index_generation(k[len(prefix):]) is not None]
-                storage.delete(indexes)  # first: no index names a deleted layer
-                storage.delete([k for k in keys if k not in indexes])
-                return len(keys)
-
-            n = await loop.run_in_executor(self.ctx.executor, delete_objects)
-            self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
-        request = wal_pb2.WalDeleteTimelineRequest(tenant_id=self.tenant_id, timeline_id=timeline_id)
-        try:
-            done = await self.ctx.wal_stub.DeleteTimeline(request, timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(
-                f"tenant_id={self.tenant_id} timeline_id={timeline_id}: the walservice did not delete the timeline's "
-                f"WAL: {exc.code().name}: {exc.details()}"
-            ) from exc
-        self.ctx.log.info(
-            "wal_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, existed=done.existed,
-            nodes=done.nodes_deleted,
-        )
-        if storage is not None:
-            await self._check_generation()
-            await loop.run_in_executor(self.ctx.executor, storage.delete, [mark_key])
-        await loop.run_in_executor(self.ctx.executor, shutil.rmtree, self.timelines_dir / timeline_id, True)
-        self._deleting.pop(timeline_id, None)
-        self.ctx.log.info("timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason)
-
-    def _retry_deletion_in_background(self, timeline_id: str, mark: remote_timeline.DeletionMark, error: Exception) -> None:
-        """Keep finishing a marked deletion (with backoff) until it is done."""
-        self.ctx.log.warning(
-            "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(error),
-            action="retrying in the background",
-        )
-        if timeline_id in self._deleting and not self._deleting[timeline_id].done():
-            return
-
-        async def retry() -> None:
-            delay = 0.5
-            while not self._stopping and self.fenced is None:
-                await asyncio.sleep(delay)
-                try:
-                    await self._finish_deletion(timeline_id, mark)
-                    return
-                except Fenced:
-                    return
-                except Exception as exc:  # noqa: BLE001 - logged; retried
-                    self.ctx.log.warning(
-                        "timeline_deletion_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc),
-                        action="retrying in the background",
-                    )
-                    delay = min(delay * 2, 10.0)
-
-        self._deleting[timeline_id] = asyncio.get_running_loop().create_task(retry())
-
-    def resume_deletions(self, marks: dict[str, remote_timeline.DeletionMark]) -> None:
-        """After a restart or an attach: finish the deletions these marks started (in the background)."""
-        for timeline_id, mark in sorted(marks.items()):
-            self.ctx.log.info(
-                "timeline_deletion_resumed", tenant=self.tenant_id, timeline=timeline_id, reason=mark.reason,
-                marked_by_generation=mark.generation,
-            )
-
-            async def finish(timeline_id: str = timeline_id, mark: remote_timeline.DeletionMark = mark) -> None:
-                try:
-                    await self._finish_deletion(timeline_id, mark)
-                except Fenced:
-                    pass
-                except Exception as exc:  # noqa: BLE001 - retried in the background
-                    self._retry_deletion_in_background(timeline_id, mark, exc)
-
-            self._deleting[timeline_id] = asyncio.get_running_loop().create_task(finish())
-
-    async def _delete_remote_timeline(self, timeline_id: str) -> None:
-        """DeleteTenant: best effort, the timeline's remote objects (its WAL is
-        the walservice's). Leftovers are unreferenced once tenant.json is gone."""
-        storage = self.ctx.remote
-        if storage is None or self.fenced is not None:
-            return
-
-        def delete() -> int:
-            keys = remote_timeline.timeline_objects(storage, self.tenant_id, timeline_id)
-            indexes = [k for k in keys if remote_timeline.index_generation(k.rpartition("/")[2]) is not None]
-            storage.delete(indexes)  # first: no index names deleted layers
-            storage.delete([k for k in keys if k not in indexes])
-            return len(keys)
-
-        try:
-            await self._check_generation()  # before any deletion
-            n = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete)
-            self.ctx.log.info("remote_timeline_deleted", tenant=self.tenant_id, timeline=timeline_id, objects=n)
-        except Exception as exc:  # noqa: BLE001 - leftovers are unreferenced
-            self.ctx.log.warning("remote_timeline_delete_failed", tenant=self.tenant_id, timeline=timeline_id, error=repr(exc))
 
     # -- GC and expiry (pageserver/gc.py) ----------------------------------------------
 
@@ -645,7 +527,7 @@ class Tenant:
     async def gc_all(self) -> None:
         """Background: GC every timeline (errors logged; retried next round)."""
         for timeline in list(self.timelines.values()):
-            if self._stopping or self.fenced is not None:
+            if self.stopping or self.fenced is not None:
                 return
             if timeline.deleted:
                 continue
@@ -660,7 +542,7 @@ class Tenant:
         deleted = []
         for timeline in list(self.timelines.values()):
             expires = timeline.index.expires_at_us
-            if not expires or expires > now_us or timeline.deleted or self._stopping or self.fenced is not None:
+            if not expires or expires > now_us or timeline.deleted or self.stopping or self.fenced is not None:
                 continue
             if timeline.children or timeline.branch_reservations:
                 if timeline.timeline_id not in self._expiry_deferred:
@@ -679,10 +561,17 @@ class Tenant:
             deleted.append(timeline.timeline_id)
         return deleted
 
+    def resume_ingest(self) -> None:
+        """After `stop_ingest` (a detach whose uploads did not finish): stream WAL again."""
+        self.stopping = False
+        for timeline_id, timeline in self.timelines.items():
+            receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, self._backpressure)
+            self.receivers[timeline_id] = receiver
+            receiver.start()
+
     async def stop_ingest(self) -> None:
-        self._stopping = True
-        for task in self._deleting.values():
-            task.cancel()
+        self.stopping = True
+        self.deletions.cancel_all()
         for receiver in self.receivers.values():
             await receiver.stop()
         for task in self._compaction_tasks.values():
@@ -701,299 +590,3 @@ class Tenant:
         for timeline in self.timelines.values():
             if timeline.remote is not None:
                 await timeline.remote.stop()
-
-
-class TenantSet:
-    """The tenants of this pageserver (owned by the event loop)."""
-
-    def __init__(self, ctx: PageserverContext) -> None:
-        self.ctx = ctx
-        self.root = ctx.data_dir / "tenants"
-        self.tenants: dict[str, Tenant] = {}
-
-    def load(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        for tenant_dir in sorted(self.root.iterdir()):
-            if tenant_dir.name.startswith("."):
-                shutil.rmtree(tenant_dir)
-                continue
-            path = tenant_dir / TENANT_FILE
-            config = TenantConfig.decode(path.read_bytes(), str(path))
-            remote_indexes, remote_gen = self._remote_state_at_load(config)
-            fenced_by = remote_gen if remote_gen is not None and remote_gen > config.generation else None
-            if fenced_by is None and remote_gen is not None and config.generation > 0:
-                config, fenced_by = self._claim_at_start(config, remote_gen, path)
-            tenant = Tenant(config, tenant_dir, self.ctx)
-            if fenced_by is not None:
-                tenant.fenced = f"tenant_id={config.tenant_id} was attached elsewhere (generation {fenced_by} > {config.generation})"
-                self.ctx.log.warning(
-                    "tenant_fenced", tenant=config.tenant_id, generation=config.generation, remote_generation=fenced_by,
-                    action="not serving it (found at startup)",
-                )
-            tenant.load(remote_indexes)
-            self.tenants[config.tenant_id] = tenant
-            self.ctx.log.info("tenant_loaded", tenant=config.tenant_id, timelines=len(tenant.timelines))
-
-    def _claim_at_start(self, config: TenantConfig, remote_gen: int, path: Path) -> tuple[TenantConfig, int | None]:
-        """A restart of the pageserver that holds the newest generation claims the
-        next one (blocking), so that nothing it writes from now on can have the
-        name of an object its previous run wrote. Returns the config and, if
-        another pageserver claimed that generation first, the generation that
-        fences us."""
-        storage = self.ctx.remote
-        assert storage is not None
-        try:
-            record = generations.claim_generation(storage, config.tenant_id, max(remote_gen, config.generation) + 1)
-        except generations.GenerationTaken:
-            return config, max(remote_gen, config.generation) + 1
-        except Exception as exc:  # noqa: BLE001 - keep the old generation; fencing is checked before each upload
-            self.ctx.log.warning("generation_claim_failed", tenant=config.tenant_id, generation=config.generation, error=repr(exc))
-            return config, None
-        claimed = replace(config, generation=record.generation)
-        write_durably(path, claimed.encode())
-        self.ctx.log.info(
-            "generation_claimed", tenant=config.tenant_id, generation=record.generation, previous=config.generation,
-            reason="restart",
-        )
-        return claimed, None
-
-    def _remote_state_at_load(self, config: TenantConfig) -> tuple[dict[str, IndexPart | None], int | None]:
-        """What remote storage already holds of a local tenant (blocking, at startup):
-        its timelines' uploaded indexes and the remote generation. If remote
-        storage cannot be read, nothing is known (generation None): every layer
-        is uploaded again."""
-        storage = self.ctx.remote
-        if storage is None:
-            return {}, None
-        try:
-            generation = generations.read_generation(storage, config.tenant_id)
-            indexes: dict[str, IndexPart | None] = {}
-            for timeline_id in remote_timeline.remote_index_timelines(storage, config.tenant_id):
-                indexes[timeline_id] = remote_timeline.download_index(storage, config.tenant_id, timeline_id)
-            return indexes, generation
-        except Exception as exc:  # noqa: BLE001 - uploads start over; fencing is checked before each index upload
-            self.ctx.log.warning("remote_state_unavailable", tenant=config.tenant_id, error=repr(exc), action="reuploading")
-            return {}, None
-
-    def get(self, tenant_id: str, allow_fenced: bool = False) -> Tenant:
-        ids.tenant_id(tenant_id)
-        try:
-            tenant = self.tenants[tenant_id]
-        except KeyError:
-            raise NotFound(f"tenant_id={tenant_id}: no such tenant (CreateTenant or AttachTenant first)") from None
-        if tenant.fenced is not None and not allow_fenced:
-            raise FailedPrecondition(tenant.fenced)
-        return tenant
-
-    def timeline(self, tenant_id: str, timeline_id: str) -> Timeline:
-        return self.get(tenant_id).get_timeline(timeline_id)
-
-    async def create_tenant(self, tenant_id: str, page_size: int, pitr_seconds: int) -> Tenant:
-        tenant_id = ids.tenant_id(tenant_id) if tenant_id else ids.new_id()
-        size = ids.page_size(page_size)
-        if tenant_id in self.tenants:
-            raise AlreadyExists(f"tenant_id={tenant_id} already exists")
-        config = TenantConfig(tenant_id, size, pitr_seconds or self.ctx.default_pitr_seconds)
-        if self.ctx.remote is not None:
-            config = await self._claim_remote(config)
-
-        def fill(d: Path) -> None:
-            (d / "timelines").mkdir()
-            write_durably(d / TENANT_FILE, config.encode())
-
-        directory = await asyncio.get_running_loop().run_in_executor(
-            self.ctx.executor, _make_dir_durably, self.root, tenant_id, fill
-        )
-        tenant = Tenant(config, directory, self.ctx)
-        self.tenants[tenant_id] = tenant
-        self.ctx.log.info("tenant_created", tenant=tenant_id, page_size=size)
-        return tenant
-
-    async def _claim_remote(self, config: TenantConfig) -> TenantConfig:
-        """A new tenant in remote storage: the next generation, then tenant.json
-        (create-only: a tenant that exists remotely is attached, not created)."""
-        storage = self.ctx.remote
-        assert storage is not None
-        key = remote_timeline.tenant_config_key(config.tenant_id)
-
-        def claim() -> TenantConfig:
-            if storage.exists(key):
-                raise AlreadyExists(f"tenant_id={config.tenant_id} exists in remote storage ({key}): use AttachTenant")
-            record = generations.claim_next(storage, config.tenant_id)
-            claimed = replace(config, generation=record.generation)
-            try:
-                storage.upload_bytes(claimed.encode(), key)
-            except RemoteObjectExists:
-                raise AlreadyExists(f"tenant_id={config.tenant_id} was created elsewhere meanwhile ({key})") from None
-            return claimed
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, claim)
-        except StrataError:
-            raise
-        except Exception as exc:
-            raise Unavailable(f"tenant_id={config.tenant_id}: remote storage refused the tenant: {exc!r}") from exc
-
-    async def delete_tenant(self, tenant_id: str) -> Tenant:
-        tenant = self.get(tenant_id, allow_fenced=True)
-        await tenant.shutdown(flush=False)
-        del self.tenants[tenant_id]
-        self._forget_layers(tenant)
-        await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, tenant.directory)
-        if tenant.fenced is None and self.ctx.remote is not None:
-            for timeline_id in list(tenant.timelines):
-                await tenant._delete_remote_timeline(timeline_id)
-            storage = self.ctx.remote
-            def delete_tenant_objects() -> None:
-                # tenant.json first (a half-deleted tenant is not attachable), the generations last.
-                storage.delete([remote_timeline.tenant_config_key(tenant_id)])
-                storage.delete([o.key for o in storage.list(generations.generations_prefix(tenant_id))])
-
-            try:
-                await tenant._check_generation()  # before any deletion
-                await asyncio.get_running_loop().run_in_executor(self.ctx.executor, delete_tenant_objects)
-            except Exception as exc:  # noqa: BLE001 - best effort
-                self.ctx.log.warning("remote_tenant_delete_failed", tenant=tenant_id, error=repr(exc))
-        self.ctx.log.info("tenant_deleted", tenant=tenant_id)
-        return tenant
-
-    def _forget_layers(self, tenant: Tenant) -> None:
-        if self.ctx.layer_cache is not None:
-            for timeline in tenant.timelines.values():
-                for layer in timeline.layer_map.historic:
-                    self.ctx.layer_cache.forget(layer)
-
-    def _require_remote(self, what: str) -> RemoteStorage:
-        if self.ctx.remote is None:
-            raise FailedPrecondition(f"{what} needs remote storage: start the pageserver with --remote-storage URL")
-        return self.ctx.remote
-
-    async def attach_tenant(self, tenant_id: str) -> Tenant:
-        """Take the tenant over from remote storage: a new generation (fencing any
-        older attachment), tenant.json and every timeline's index_part.json
-        written locally, layers downloaded on demand, ingest from each remote
-        disk_consistent_lsn."""
-        tenant_id = ids.tenant_id(tenant_id)
-        storage = self._require_remote("AttachTenant")
-        existing = self.tenants.get(tenant_id)
-        if existing is not None and existing.fenced is None:
-            return existing  # attached here already
-        if existing is not None:
-            await self.delete_local(existing)
-        loop = asyncio.get_running_loop()
-
-        def fetch() -> tuple[TenantConfig, dict[str, IndexPart], dict[str, remote_timeline.DeletionMark]]:
-            key = remote_timeline.tenant_config_key(tenant_id)
-            try:
-                data = storage.download_bytes(key)
-            except NotFound:
-                raise NotFound(f"tenant_id={tenant_id}: remote storage has no such tenant (no {key})") from None
-            config = TenantConfig.decode(data, f"remote {key}")
-            record = generations.claim_next(storage, tenant_id, at_least=config.generation)  # fences older attachments
-            config = replace(config, generation=record.generation)
-            marks = remote_timeline.marked_timelines(storage, tenant_id)
-            indexes = {}
-            for tl in remote_timeline.remote_index_timelines(storage, tenant_id):
-                if tl in marks:
-                    continue  # being deleted: finished below, not loaded
-                # Our own index of each timeline at once: from now on readers take ours.
-                index = replace(remote_timeline.download_index(storage, tenant_id, tl), generation=config.generation)
-                storage.upload_bytes(index.encode(), remote_timeline.index_key(tenant_id, tl, config.generation))
-                indexes[tl] = index
-            return config, indexes, marks
-
-        try:
-            config, indexes, marks = await loop.run_in_executor(self.ctx.executor, fetch)
-        except StrataError:
-            raise
-        except Exception as exc:
-            raise Unavailable(f"tenant_id={tenant_id}: attaching from remote storage failed: {exc!r}") from exc
-
-        def fill(d: Path) -> None:
-            (d / "timelines").mkdir()
-            write_durably(d / TENANT_FILE, config.encode())
-            for timeline_id, index in indexes.items():
-                local = replace(index, generation=config.generation)
-                _make_dir_durably(d / "timelines", timeline_id, lambda t, i=local: write_index_part(t, i))
-
-        if (self.root / tenant_id).exists():
-            await loop.run_in_executor(self.ctx.executor, shutil.rmtree, self.root / tenant_id)
-        directory = await loop.run_in_executor(self.ctx.executor, _make_dir_durably, self.root, tenant_id, fill)
-        tenant = Tenant(config, directory, self.ctx)
-        tenant.load(dict(indexes))
-        tenant.resume_deletions(marks)
-        self.tenants[tenant_id] = tenant
-        self.ctx.log.info(
-            "tenant_attached", tenant=tenant_id, generation=config.generation, timelines=len(tenant.timelines),
-            lsns=",".join(f"{tl}:{i.disk_consistent_lsn}" for tl, i in sorted(indexes.items())),
-        )
-        return tenant
-
-    async def detach_tenant(self, tenant_id: str, timeout: float = 30.0) -> Tenant:
-        """Stop ingest, flush and upload everything, then drop the local files."""
-        self._require_remote("DetachTenant")
-        tenant = self.get(tenant_id, allow_fenced=True)
-        if tenant.fenced is None:
-            await tenant.stop_ingest()
-            for timeline in tenant.timelines.values():
-                await timeline.checkpoint()
-            if not await tenant.wait_uploaded(timeout):
-                # Keep serving: the local files are the only copy of what is not uploaded.
-                tenant._stopping = False
-                for timeline_id, timeline in tenant.timelines.items():
-                    receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, tenant._backpressure)
-                    tenant.receivers[timeline_id] = receiver
-                    receiver.start()
-                raise Unavailable(f"tenant_id={tenant_id}: uploads did not finish within {timeout:.0f}s; still attached here")
-        await self.delete_local(tenant)
-        self.ctx.log.info("tenant_detached", tenant=tenant_id)
-        return tenant
-
-    async def delete_local(self, tenant: Tenant) -> None:
-        await tenant.shutdown(flush=False)
-        self.tenants.pop(tenant.tenant_id, None)
-        self._forget_layers(tenant)
-        await asyncio.get_running_loop().run_in_executor(self.ctx.executor, shutil.rmtree, tenant.directory, True)
-
-    async def run_ticks(self, interval_s: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            for tenant in list(self.tenants.values()):
-                tenant.tick()
-
-    async def run_gc(self, interval_s: float) -> None:
-        """Background GC of every timeline every `interval_s` (--gc-interval)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            for tenant in list(self.tenants.values()):
-                await tenant.gc_all()
-
-    async def run_generation_checks(self, interval_s: float) -> None:
-        """Every `interval_s` (--generation-check-interval): fence each tenant a
-        newer generation attached elsewhere, even if it is idle (no uploads)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            for tenant in list(self.tenants.values()):
-                if tenant.fenced is not None or self.ctx.remote is None:
-                    continue
-                try:
-                    await tenant._check_generation()
-                except Fenced:
-                    pass  # logged by fence()
-                except Exception as exc:  # noqa: BLE001 - remote storage down: the next round tries again
-                    self.ctx.log.warning("generation_check_failed", tenant=tenant.tenant_id, error=repr(exc))
-
-    async def run_expiry(self, interval_s: float) -> None:
-        """Delete expired timelines every `interval_s` (--ttl-check-interval)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            now_us = time.time_ns() // 1000
-            for tenant in list(self.tenants.values()):
-                try:
-                    await tenant.expire(now_us)
-                except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
-                    self.ctx.log.error("timeline_expiry_failed", tenant=tenant.tenant_id, error=repr(exc))
-
-    async def shutdown(self) -> None:
-        for tenant in self.tenants.values():
-            await tenant.shutdown(flush=True)

@@ -1,12 +1,13 @@
 """WAL offload to remote storage, and trimming of offloaded WAL.
 
 Enabled by `strata walservice --remote-storage URL` (file://DIR or
-s3://BUCKET/PREFIX, see pageserver/remote_storage.py); without it nothing is
+s3://BUCKET/PREFIX, see strata/remote_storage/); without it nothing is
 uploaded and nothing is trimmed.
 
 # Remote layout
 
-A timeline's WAL sits beside its layers, under a `wal/` folder of its own::
+A timeline's WAL sits beside its layers, under a `wal/` folder of its own
+(keys: strata/remote_storage/layout.py)::
 
     tenants/<tenant_id>/timelines/<timeline_id>/wal/<start_lsn:016x>.wal          a sealed segment
     tenants/<tenant_id>/timelines/<timeline_id>/wal/<start_lsn:016x>.wal.partial  the open segment's committed prefix
@@ -104,17 +105,16 @@ from typing import Any, TypeVar
 import xxhash
 
 from strata.errors import CorruptionError, StrataError
-from strata.ids import TenantId, TimelineId
+from strata.ids import Lsn, TenantId, TimelineId
 from strata.logs import EventLogger
 from strata.remote_storage.interface import RemoteObject, RemoteStorage
-from strata.remote_storage.layout import timeline_prefix
-from walservice.segment import SEGMENT_HEADER_SIZE, SegmentFormatError, SegmentHeader, iter_frames, segment_file_name
+from strata.remote_storage.layout import PARTIAL_SUFFIX, wal_prefix, wal_segment_key
+from walservice.segment import SEGMENT_HEADER_SIZE, SegmentFormatError, SegmentHeader, iter_frames
 from walservice.sequencer import Timeline
 from walservice.timelines import TimelineSet
 from walservice.wal_storage import SegmentInfo
 
 DEFAULT_OFFLOAD_INTERVAL_S = 2.0
-PARTIAL_SUFFIX = ".partial"
 # After a failure, wait `interval`, then twice that, ... up to this many intervals.
 MAX_BACKOFF_INTERVALS = 15
 # How long shutdown waits for uploads in flight before cancelling them.
@@ -126,15 +126,15 @@ T = TypeVar("T")
 
 def remote_wal_prefix(tenant_id: str, timeline_id: str) -> str:
     """The key prefix of a timeline's offloaded WAL (ends with '/')."""
-    return timeline_prefix(TenantId(tenant_id), TimelineId(timeline_id)) + "wal/"
+    return wal_prefix(TenantId(tenant_id), TimelineId(timeline_id))
 
 
 def remote_segment_key(tenant_id: str, timeline_id: str, start_lsn: int) -> str:
-    return remote_wal_prefix(tenant_id, timeline_id) + segment_file_name(start_lsn)
+    return wal_segment_key(TenantId(tenant_id), TimelineId(timeline_id), Lsn(start_lsn))
 
 
 def remote_partial_key(tenant_id: str, timeline_id: str, start_lsn: int) -> str:
-    return remote_segment_key(tenant_id, timeline_id, start_lsn) + PARTIAL_SUFFIX
+    return wal_segment_key(TenantId(tenant_id), TimelineId(timeline_id), Lsn(start_lsn), partial=True)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ arms a fault:
 - `fail(op, times=N, error=...)`: the next N calls of `op` (an operation name
   below, or "*" for all) raise `error` (default: `RemoteStorageUnavailable`,
   what a backend raises once its retries are spent) before reaching the store;
+- `lose_answers(op, times=N)`: the next N calls of `op` reach the store and
+  succeed there, then raise `RemoteStorageUnavailable`, as when the answer is
+  lost on the way back (a retried create-only upload of the same bytes must
+  then succeed: the interface's idempotence);
 - `down()` / `up()`: an outage: every call fails until `up()`;
 - `delay(op, seconds)`: each call of `op` first sleeps `seconds` (through the
   injected `sleep`, so a seeded simulation need not wait in wall time);
@@ -58,6 +62,7 @@ class FaultyStorage(RemoteStorage):
         self._sleep = sleep
         self._lock = threading.Lock()
         self._failures: dict[str, list[_Failure]] = {}  # op or "*" -> armed failures, oldest first
+        self._lost_answers: dict[str, int] = {}  # op or "*" -> how many more answers to lose
         self._delays: dict[str, float] = {}
         self._down = False
         self._tears_left = 0
@@ -74,6 +79,14 @@ class FaultyStorage(RemoteStorage):
         make = error or (lambda o, k: RemoteStorageUnavailable(f"injected fault: {o} {k} failed"))
         with self._lock:
             self._failures.setdefault(op, []).append(_Failure(times, make))
+
+    def lose_answers(self, op: str = "*", times: int = 1) -> None:
+        """The next `times` calls of `op` take effect in the store, then raise RemoteStorageUnavailable."""
+        _check_op(op)
+        if times < 1:
+            raise ValueError(f"times={times} is invalid: expected at least 1")
+        with self._lock:
+            self._lost_answers[op] = self._lost_answers.get(op, 0) + times
 
     def down(self) -> None:
         """Every call fails (RemoteStorageUnavailable) until `up()`."""
@@ -107,37 +120,38 @@ class FaultyStorage(RemoteStorage):
         keep = self._enter("upload_file", key, upload=True)
         if keep is not None:
             return self._tear(Path(local_path).read_bytes(), key, keep, overwrite)
-        return self.inner.upload_file(local_path, key, checksum=checksum, overwrite=overwrite)
+        return self._answer("upload_file", key, self.inner.upload_file(local_path, key, checksum=checksum, overwrite=overwrite))
 
     def upload_bytes(self, data: bytes, key: str, *, overwrite: bool = False) -> RemoteObject:
         keep = self._enter("upload_bytes", key, upload=True)
         if keep is not None:
             return self._tear(data, key, keep, overwrite)
-        return self.inner.upload_bytes(data, key, overwrite=overwrite)
+        return self._answer("upload_bytes", key, self.inner.upload_bytes(data, key, overwrite=overwrite))
 
     def list(self, prefix: str = "") -> list[RemoteObject]:
         self._enter("list", prefix)
-        return self.inner.list(prefix)
+        return self._answer("list", prefix, self.inner.list(prefix))
 
     def list_delimited(self, prefix: str = "") -> Listing:
         self._enter("list_delimited", prefix)
-        return self.inner.list_delimited(prefix)
+        return self._answer("list_delimited", prefix, self.inner.list_delimited(prefix))
 
     def delete(self, keys: list[str]) -> None:
-        self._enter("delete", keys[0] if len(keys) == 1 else f"{len(keys)} keys")
-        self.inner.delete(keys)
+        described = keys[0] if len(keys) == 1 else f"{len(keys)} keys"
+        self._enter("delete", described)
+        self._answer("delete", described, self.inner.delete(keys))
 
     def exists(self, key: str) -> bool:
         self._enter("exists", key)
-        return self.inner.exists(key)
+        return self._answer("exists", key, self.inner.exists(key))
 
     def download_file(self, key: str, local_path: Path, *, expected: RemoteObject | None = None) -> RemoteObject:
         self._enter("download_file", key)
-        return self.inner.download_file(key, local_path, expected=expected)
+        return self._answer("download_file", key, self.inner.download_file(key, local_path, expected=expected))
 
     def download_bytes(self, key: str, expected: RemoteObject | None = None) -> bytes:
         self._enter("download_bytes", key)
-        return self.inner.download_bytes(key, expected)
+        return self._answer("download_bytes", key, self.inner.download_bytes(key, expected))
 
     # -- internals ---------------------------------------------------------------
 
@@ -168,6 +182,16 @@ class FaultyStorage(RemoteStorage):
         if error is not None:
             raise error
         return keep
+
+    def _answer(self, op: str, key: str, result: T) -> T:
+        """`result`, unless this call's answer is to be lost (it took effect all the same)."""
+        with self._lock:
+            name = op if self._lost_answers.get(op) else "*" if self._lost_answers.get("*") else None
+            if name is not None:
+                self._lost_answers[name] -= 1
+        if name is not None:
+            raise RemoteStorageUnavailable(f"injected fault: {op} {key} took effect but its answer was lost")
+        return result
 
     def _tear(self, data: bytes, key: str, keep: float, overwrite: bool) -> RemoteObject:
         kept = data[: min(int(len(data) * keep), max(len(data) - 1, 0))]

@@ -16,12 +16,12 @@ from pageserver.generation import (
     GenerationTaken,
     claim_generation,
     claim_next,
-    generation_key,
     list_generations,
     read_generation,
 )
 from strata.errors import CorruptionError
 from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.layout import generation_key
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.remote_storage.s3 import S3Storage
 

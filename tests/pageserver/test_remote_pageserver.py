@@ -32,7 +32,8 @@ from moto.server import ThreadedMotoServer
 
 from compute_shim import Client
 from pageserver.generation import GenerationTaken, claim_generation, list_generations
-from pageserver.remote_timeline import download_index, index_key, remote_index_generations
+from pageserver.remote_timeline import download_index, remote_index_generations
+from strata.remote_storage.layout import index_key, timeline_key
 from strata.remote_storage.local_fs import LocalFsStorage
 from tests.env import Component, StrataEnv
 from tests.pageserver.test_kill9 import TINY_LAYERS, Appender
@@ -233,7 +234,6 @@ def test_bit_flip_in_a_cached_layer_is_redownloaded(strata_env: StrataEnv, tmp_p
     log = ps.new_log_text()
     assert "event=layer_corrupt" in log and layer.name in log, "the flipped bit was not detected"
     assert "event=layer_downloaded" in log
-    from strata.remote_storage.layout import timeline_key
     from strata.ids import TenantId, TimelineId
 
     remote_copy = remote.download_bytes(timeline_key(TenantId(world.tenant_id), TimelineId(main), layer.name))

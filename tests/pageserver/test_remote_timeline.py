@@ -9,7 +9,7 @@ import xxhash
 
 from pageserver.index_part import LayerEntry
 from pageserver.layers.block_file import file_checksum_of
-from pageserver.remote_timeline import index_generation, index_key, verify_layer_file
+from pageserver.remote_timeline import verify_layer_file
 from strata.errors import CorruptionError
 
 
@@ -28,11 +28,3 @@ def test_verify_layer_file(tmp_path: Path) -> None:
     path.write_bytes(data[:-1])
     with pytest.raises(CorruptionError, match="its index entry says"):
         verify_layer_file(path, entry)
-
-
-def test_index_keys_carry_the_generation() -> None:
-    t, tl = "a" * 32, "b" * 32
-    assert index_key(t, tl, 0x2A) == f"tenants/{t}/timelines/{tl}/index_part.json-0000002a"
-    assert index_generation("index_part.json-0000002a") == 0x2A
-    assert index_generation("index_part.json") is None
-    assert index_generation("index_part.json-2a") is None

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from strata.remote_storage.interface import RemoteStorage
+from strata.remote_storage.layout import PARTIAL_SUFFIX
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.remote_storage.s3 import S3Storage
 from strata.v1 import wal_pb2, wal_pb2_grpc
@@ -31,7 +32,7 @@ from tests.walservice.harness import (
     streamed,
     tagged_batch,
 )
-from walservice.offload import PARTIAL_SUFFIX, remote_wal_prefix
+from walservice.offload import remote_wal_prefix
 from walservice.segment import parse_segment_file_name, scan_segment, segment_file_name
 
 SEGMENT_BYTES = 4096

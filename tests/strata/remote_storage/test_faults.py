@@ -81,3 +81,16 @@ def test_a_torn_upload_keeps_a_prefix_that_an_expected_checksum_refuses(faulty: 
     # The next upload is whole again; overwriting the torn object is the caller's retry.
     assert faulty.upload_file(src, LAYER_KEY, checksum=checksum(data), overwrite=True) == whole
     assert faulty.download_bytes(LAYER_KEY, whole) == data
+
+
+def test_a_lost_answer_took_effect_and_the_retry_is_a_no_op(faulty: FaultyStorage) -> None:
+    faulty.lose_answers("upload_bytes")
+    with pytest.raises(RemoteStorageUnavailable, match="took effect but its answer was lost"):
+        faulty.upload_bytes(b"layer", LAYER_KEY)
+    assert faulty.inner.download_bytes(LAYER_KEY) == b"layer"  # it is there
+    assert faulty.upload_bytes(b"layer", LAYER_KEY) == RemoteObject(LAYER_KEY, 5, checksum(b"layer"))  # create-only retry
+    faulty.lose_answers("*", times=2)
+    for _ in range(2):
+        with pytest.raises(RemoteStorageUnavailable):
+            faulty.delete([LAYER_KEY])
+    assert not faulty.exists(LAYER_KEY)
