@@ -25,7 +25,8 @@ from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
 from walservice.append_codec import ParsedAppend, summary_passes
 from walservice.append_codec import native as native_codec
-from walservice.replication import Cluster, NotLeader
+from walservice.election import NotLeader
+from walservice.replication import Cluster
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
