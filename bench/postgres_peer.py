@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.env import free_port
+from strata.local_process import free_port
 
 PG_BIN = Path("/usr/local/bin")
 PG_OS_USER = "postgres"

@@ -73,6 +73,7 @@ from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
 from bench.report import percentile
 from compute_shim.wal_writer import WalWriter
 from strata import ids
+from strata.local_process import NotListening, free_port, start_logged, wait_listening
 from strata.v1 import records_pb2, wal_pb2
 
 PAGE_SIZE = 8192
@@ -473,20 +474,16 @@ class WalserviceProcess:
     def __enter__(self) -> WalserviceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "walservice", "--listen", self.listen, "--data-dir", str(self.data_dir), *self.extra_args]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            match = re.search(r"event=listening address=(\S+)", self.log_path.read_text(errors="replace"))
-            if match:
-                self.address = match.group(1)
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        log_tail = self.log_path.read_text(errors="replace")[-2000:]
-        self.__exit__()
-        raise RuntimeError(f"the walservice did not start listening: {log_tail}")
+        self.log_path.unlink(missing_ok=True)  # a fresh log per start
+        started = start_logged(argv, self.log_path)
+        self.proc = started.proc
+        try:
+            self.address = wait_listening(started, 30)
+        except NotListening:
+            log_tail = self.log_path.read_text(errors="replace")[-2000:]
+            self.__exit__()
+            raise RuntimeError(f"the walservice did not start listening: {log_tail}") from None
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -511,14 +508,6 @@ def _walservice(work_dir: Path, target: str | None) -> Iterator[tuple[str, int |
 # -- replication: 1 node vs a 3-node cluster ------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def walservice_nodes(work_dir: Path, nodes: int) -> Iterator[list[WalserviceProcess]]:
     """`nodes` walservice processes: one plain node, or a cluster (--node-id/--peers)."""
@@ -526,7 +515,7 @@ def walservice_nodes(work_dir: Path, nodes: int) -> Iterator[list[WalserviceProc
         with WalserviceProcess(work_dir / "single" / "data") as service:
             yield [service]
         return
-    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(nodes)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
     started: list[WalserviceProcess] = []
     try:
         for i, address in enumerate(addresses, start=1):

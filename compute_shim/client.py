@@ -90,7 +90,7 @@ ClientInterceptor = (
     | grpc.StreamStreamClientInterceptor
 )
 # Enough attempts, with the backoff below (about 6 s in all), to ride out a
-# walservice election (walservice/replication.py: ELECTION_PATIENCE_S).
+# walservice election (walservice/election.py: ELECTION_PATIENCE_S).
 DEFAULT_RETRIES = 10
 _BACKOFF_START_S = 0.05
 _BACKOFF_MAX_S = 1.0

@@ -33,6 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from strata.durable_file import write_durably
+from strata.local_process import free_port
 
 BUCKET = "strata"
 REMOTE_URL = f"s3://{BUCKET}/stack"
@@ -100,9 +101,7 @@ def server_kind() -> str:
 def choose_server(data_dir: Path, port: int) -> S3Server:
     if server_kind() == "minio":
         minio = shutil.which("minio") or "minio"
-        from deploy.local_stack import _free_port
-
-        console = _free_port()
+        console = free_port()
         return S3Server(
             "minio",
             [minio, "server", str(data_dir / "s3"), "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}"],

@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy import local_s3
 from strata.durable_file import write_durably
+from strata.local_process import NotListening, free_port, start_logged, wait_listening
 
 STATE_FILE = "stack.json"
 STATE_VERSION = 1
@@ -130,12 +130,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -193,32 +187,16 @@ def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = Non
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"{spec.name}.log"
     argv = [sys.executable, "-m", spec.module, "--listen", f"127.0.0.1:{port}", *spec.args]
-    with open(log_path, "ab") as log_file:
-        log_file.write(f"--- strata up: {' '.join(argv)}\n".encode())
-        log_file.flush()
-        offset = log_file.tell()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env
-        )
-    address = _wait_listening_from(proc, log_path, spec.name, offset)
-    return ProcessRecord(spec.name, proc.pid, address, str(log_path), argv)
-
-
-def _wait_listening_from(proc: subprocess.Popen[bytes], log_path: Path, name: str, offset: int) -> str:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with open(log_path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-        for line in text.splitlines():
-            if "event=listening" in line:
-                return line.split("address=", 1)[1].split()[0]
-        if proc.poll() is not None:
-            tail = "\n".join(text.splitlines()[-20:])
-            raise SystemExit(f"{name} exited with code {proc.returncode} while starting; its log ends:\n{tail}")
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}")
+    started = start_logged(argv, log_path, banner=f"--- strata up: {' '.join(argv)}", env=env, new_session=True)
+    try:
+        address = wait_listening(started, START_TIMEOUT_S)
+    except NotListening as exc:
+        if exc.returncode is not None:
+            tail = "\n".join(exc.log_text.splitlines()[-20:])
+            raise SystemExit(f"{spec.name} exited with code {exc.returncode} while starting; its log ends:\n{tail}") from None
+        started.proc.kill()
+        raise SystemExit(f"{spec.name} did not start listening within {START_TIMEOUT_S:.0f}s; see {log_path}") from None
+    return ProcessRecord(spec.name, started.proc.pid, address, str(log_path), argv)
 
 
 def cluster_ports(replicas: int) -> list[int]:
@@ -228,9 +206,7 @@ def cluster_ports(replicas: int) -> list[int]:
     for i in range(replicas):
         port = 7676 + i
         if not _port_free(port):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             print(f"note: port {7676 + i} is busy; walservice{i + 1} takes {port} instead")
         ports.append(port)
     return ports
@@ -336,7 +312,7 @@ def _print_try(processes: list[ProcessRecord]) -> None:
 def _start_s3(data_dir: Path, started: list[ProcessRecord]) -> dict[str, str]:
     """Start the S3 server and make the bucket; returns the environment for the other components."""
     local_s3.check_reuse(data_dir, local_s3.REMOTE_URL, local_s3.server_kind())
-    port = local_s3.DEFAULT_PORT if _port_free(local_s3.DEFAULT_PORT) else _free_port()
+    port = local_s3.DEFAULT_PORT if _port_free(local_s3.DEFAULT_PORT) else free_port()
     if port != local_s3.DEFAULT_PORT:
         print(f"note: port {local_s3.DEFAULT_PORT} is busy; the S3 server takes port {port} instead")
     server = local_s3.choose_server(data_dir, port)
@@ -344,13 +320,9 @@ def _start_s3(data_dir: Path, started: list[ProcessRecord]) -> dict[str, str]:
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = (logs_dir / "s3.log").resolve()
     endpoint = f"http://127.0.0.1:{port}"
-    with open(log_path, "ab") as log_file:
-        log_file.write(f"--- strata up: {' '.join(server.argv)}\n".encode())
-        log_file.flush()
-        proc = subprocess.Popen(
-            server.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
-            env={**os.environ, **server.env},
-        )
+    proc = start_logged(
+        server.argv, log_path, banner=f"--- strata up: {' '.join(server.argv)}", env={**os.environ, **server.env}, new_session=True
+    ).proc
     started.append(ProcessRecord("s3", proc.pid, f"127.0.0.1:{port}", str(log_path), server.argv, server.note))
     _write_state(data_dir, started)
     local_s3.wait_and_create_bucket(proc, endpoint, log_path)

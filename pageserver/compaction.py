@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pageserver import reconstruct
-from pageserver.in_memory_layer import InMemoryLayer
 from pageserver.keys import KEY_SPACE_END, key_rel, rel_key_range, rel_meta_key
 from pageserver.layer_map import HistoricLayer
 from pageserver.layers.delta import DeltaLayerWriter
 from pageserver.layers.image import ImageLayerWriter
+from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.layers.names import LayerName
 from pageserver.value import encode_image, encode_rel_state
 
 if TYPE_CHECKING:
-    from pageserver.layers.block_file import BlockCache
+    from pageserver.layers.block_cache import BlockCache
     from pageserver.timeline import Timeline
 
 

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pageserver.in_memory_layer import InMemoryLayer
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver.layers.delta import DeltaLayerReader
 from pageserver.layers.image import ImageLayerReader
+from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.layers.names import LayerName
 from pageserver.value import will_init
 from strata.errors import CorruptionError

@@ -11,7 +11,7 @@ from pathlib import Path
 from pageserver import service
 from pageserver.ingest import WalNodes
 from pageserver.layer_cache import DEFAULT_LOCAL_CACHE_BYTES, LayerCache
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext
 from pageserver.tenant_set import TenantSet

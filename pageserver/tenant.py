@@ -56,7 +56,7 @@ from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
 from pageserver import generation as generations
 from pageserver.remote_timeline import Fenced, RemoteTimelineClient
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver import reconstruct
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory

@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
 from pageserver import compaction, gc, reconstruct
-from pageserver.in_memory_layer import InMemoryLayer
+from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.index_part import IndexPart, LayerEntry, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded, LayerMap
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state

@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(admin_cli.main(command, rest))
     elif command == "sql":
-        from compute_shim import sql_shell
+        from deploy import sql_shell
 
         sys.exit(sql_shell.main(rest))
     elif command == "demo":
-        from compute_shim import demo
+        from deploy import demo
 
         sys.exit(demo.main(rest))
     elif command == "vectors":

@@ -20,6 +20,8 @@ Shutdown and cancellation are not errors and are not raised as these.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 
 
@@ -73,6 +75,12 @@ class CorruptionError(StrataError):
     code = grpc.StatusCode.DATA_LOSS
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: StrataError) -> None:
-    """The one place a StrataError becomes a gRPC status (raises AbortError)."""
+async def abort_with(context: grpc.aio.ServicerContext, exc: StrataError) -> NoReturn:
+    """The one place a StrataError becomes a gRPC status: its code, its message,
+    and its `trailing_metadata` when it has some (e.g. `strata-leader` on a
+    walservice node that does not lead). Raises (grpc's AbortError)."""
+    metadata = getattr(exc, "trailing_metadata", None)
+    if metadata:
+        context.set_trailing_metadata(metadata)
     await context.abort(exc.code, str(exc))
+    raise AssertionError("unreachable: ServicerContext.abort raises")

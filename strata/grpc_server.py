@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from strata.errors import CorruptionError, StrataError
+from strata.errors import CorruptionError, StrataError, abort_with
 from strata.logs import EventLogger
 
 Hook = Callable[[], Awaitable[None]]
@@ -117,11 +117,6 @@ def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await fn(self, request, context)
         except StrataError as exc:
             log_rpc_failure(self.log, fn.__name__, request, exc)
-            # E.g. `strata-leader` on a walservice node that does not lead (replication).
-            metadata = getattr(exc, "trailing_metadata", None)
-            if metadata:
-                context.set_trailing_metadata(metadata)
-            await context.abort(exc.code, str(exc))
-            raise  # unreachable: abort raises
+            await abort_with(context, exc)
 
     return handler

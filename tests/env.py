@@ -14,13 +14,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from strata.local_process import NotListening, free_port, start_logged, wait_listening
 from strata.v1 import page_pb2_grpc, timeline_pb2_grpc, wal_pb2_grpc
 
 START_TIMEOUT_S = 30.0
@@ -43,22 +43,14 @@ class Component:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
         listen = self.address or "127.0.0.1:0"
         argv = [*self.argv, "--listen", listen, *(extra_args or [])]
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- start: {' '.join(argv)}\n".encode())
-            log.flush()
-            self._log_offset = log.tell()
-            env = {**os.environ, **self.env} if self.env else None
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            for line in self.new_log_text().splitlines():
-                if "event=listening" in line:
-                    self.address = line.split("address=", 1)[1].split()[0]
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while starting:\n{self.log_text()[-3000:]}")
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} did not listen within {START_TIMEOUT_S}s:\n{self.log_text()[-3000:]}")
+        env = {**os.environ, **self.env} if self.env else None
+        started = start_logged(argv, self.log_path, banner=f"--- start: {' '.join(argv)}", env=env)
+        self.proc, self._log_offset = started.proc, started.log_offset
+        try:
+            self.address = wait_listening(started, START_TIMEOUT_S)
+        except NotListening as exc:
+            what = f"exited with {exc.returncode} while starting" if exc.returncode is not None else f"did not listen within {START_TIMEOUT_S}s"
+            raise RuntimeError(f"{self.name} {what}:\n{self.log_text()[-3000:]}") from None
 
     def new_log_text(self) -> str:
         with open(self.log_path, "rb") as f:
@@ -183,14 +175,6 @@ class StrataEnv:
                 comp.stop()
             except AssertionError:
                 pass
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_flag(name: str, default: float) -> float:

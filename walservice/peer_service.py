@@ -3,8 +3,9 @@
 PeerAppend connections, which are plain TCP (walservice/peer_stream.py).
 
 Each handler finds the timeline and hands the request to its TimelineReplica
-(walservice/replication.py), which owns the term state; StrataError maps onto
-status codes through strata.grpc_server.unary_rpc like the client-facing service.
+(walservice/replication.py), which owns the term state (walservice/election.py);
+StrataError maps onto status codes through strata.grpc_server.unary_rpc like the
+client-facing service.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from strata.remote_storage.url import open_remote_storage
 from walservice.append_codec import native as native_codec
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
 from walservice.peer_service import PeerServicer
-from walservice.replication import Cluster, ClusterConfig
+from walservice.peers import ClusterConfig
+from walservice.replication import Cluster
 from walservice.service import DEFAULT_MAX_BATCH_BYTES, WalServicer
 from walservice.timelines import TimelineSet
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES

@@ -2,7 +2,8 @@
 
 Every handler validates its whole request before touching any state, so bad
 input changes nothing, and maps StrataError onto the contract's status codes
-through strata.grpc_server.unary_rpc (the one place). Stream responses are encoded by hand from the stored
+through strata.errors.abort_with (the one place; unary handlers reach it through
+strata.grpc_server.unary_rpc). Stream responses are encoded by hand from the stored
 frames (`encode_wal_batch`): a frame's payload already is a serialized Record,
 so streaming never re-parses it.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from strata.errors import InvalidArgument, StrataError, Unavailable
+from strata.errors import InvalidArgument, StrataError, Unavailable, abort_with
 from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.protowire import varint
@@ -24,7 +25,8 @@ from strata.redo import validate_record
 from strata.v1 import records_pb2, wal_pb2
 from walservice.append_codec import ParsedAppend, summary_passes
 from walservice.append_codec import native as native_codec
-from walservice.replication import Cluster, NotLeader
+from walservice.election import NotLeader
+from walservice.replication import Cluster
 from walservice.segment import Frame
 from walservice.sequencer import AppendResult, Timeline
 from walservice.timelines import TimelineSet
@@ -290,7 +292,7 @@ class WalServicer:
                 await reader  # surfaces a broken request stream
             except InvalidArgument as exc:
                 log_rpc_failure(self.log, "AppendStream", None, exc)
-                await context.abort(exc.code, str(exc))
+                await abort_with(context, exc)
         finally:
             reader.cancel()
             self._append_streams.discard(stream)
@@ -344,7 +346,7 @@ class WalServicer:
                 yield encode_wal_batch(frames, tl.commit_lsn)
         except StrataError as exc:
             log_rpc_failure(self.log, "Stream", request, exc)
-            await context.abort(exc.code, str(exc))
+            await abort_with(context, exc)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {

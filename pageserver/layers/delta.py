@@ -35,7 +35,8 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pageserver.layers.block_file import WILL_INIT, BlockCache, BlockFileReader, BlockFileWriter, LayerHeader
+from pageserver.layers.block_cache import BlockCache
+from pageserver.layers.block_file import WILL_INIT, BlockFileReader, BlockFileWriter, LayerHeader
 
 MAGIC = b"SDLT"
 FORMAT_VERSION = 1

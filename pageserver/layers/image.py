@@ -34,7 +34,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
-from pageserver.layers.block_file import BlockCache, BlockFileReader, BlockFileWriter, LayerHeader
+from pageserver.layers.block_cache import BlockCache
+from pageserver.layers.block_file import BlockFileReader, BlockFileWriter, LayerHeader
 
 MAGIC = b"SIMG"
 FORMAT_VERSION = 1

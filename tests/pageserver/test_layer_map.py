@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pageserver.in_memory_layer import InMemoryLayer
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
 from pageserver.layer_map import HistoricLayer, LayerMap, WalkEnd
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver.layers.delta import DeltaLayerWriter
 from pageserver.layers.image import ImageLayerWriter
+from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.layers.names import LayerName
 from pageserver.value import RelState, encode_image, encode_patch, encode_rel_state, will_init
 from tests.pageserver.world import new_id, patch

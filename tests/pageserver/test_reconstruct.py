@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pageserver import reconstruct
 from pageserver.index_part import IndexPart
-from pageserver.layers.block_file import BlockCache
+from pageserver.layers.block_cache import BlockCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata.errors import NotFound, OutOfRange
 from strata.logs import event_logger

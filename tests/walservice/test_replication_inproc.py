@@ -17,8 +17,10 @@ from strata.errors import Unavailable
 from strata.logs import event_logger
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.v1 import peer_pb2
-from walservice.replication import Cluster, ClusterConfig, NotLeader, history_to_proto
+from walservice.election import NotLeader, history_to_proto
 from walservice.offload import WalOffloader
+from walservice.peers import ClusterConfig
+from walservice.replication import Cluster
 from walservice.sequencer import Timeline
 from walservice.timelines import TimelineSet
 

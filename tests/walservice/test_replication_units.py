@@ -13,7 +13,8 @@ import xxhash
 from strata.errors import CorruptionError
 
 from walservice.control_file import ABSTAIN, NO_VOTE, TimelineControl
-from walservice.replication import ClusterConfig, divergence_lsn, history_up_to
+from walservice.election import divergence_lsn, history_up_to
+from walservice.peers import ClusterConfig
 
 T, TL = "a" * 32, "b" * 32
 UNBOUNDED = 1 << 64

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pageserver.layers.block_file import HEADER_SIZE, TRAILER_SIZE, BlockCache, BlockIndex, LayerTrailer, file_checksum_of
+from pageserver.layers.block_cache import BlockCache
+from pageserver.layers.block_file import HEADER_SIZE, TRAILER_SIZE, BlockIndex, LayerTrailer, file_checksum_of
 from pageserver.layers.delta import DeltaEntry, DeltaLayerReader, DeltaLayerWriter
 from pageserver.layers.names import KEY_SPACE_END, LayerName
 from strata.errors import CorruptionError

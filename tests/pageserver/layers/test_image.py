@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pageserver.layers.block_file import HEADER_SIZE, TRAILER_SIZE, BlockCache, file_checksum_of
+from pageserver.layers.block_cache import BlockCache
+from pageserver.layers.block_file import HEADER_SIZE, TRAILER_SIZE, file_checksum_of
 from pageserver.layers.delta import DeltaEntry
 from pageserver.layers.image import ImageLayerReader, ImageLayerWriter
 from pageserver.layers.names import KEY_SPACE_END, LayerName

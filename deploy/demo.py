@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import apsw
 
 from compute_shim.client import Client
-from compute_shim.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
 from compute_shim.sqlite import connect_sqlite
 from deploy.local_stack import DEFAULT_DATA_DIR
+from deploy.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
 
 LOAD_SQL = """
 BEGIN;

@@ -1,4 +1,4 @@
-"""`strata sql` and `strata demo` as a user runs them, on a StrataEnv stack."""
+"""`strata sql` (deploy/sql_shell.py) as a user runs it, on a StrataEnv stack."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from compute_shim import connect_sqlite
-from compute_shim.sql_shell import parse_time_us
 from deploy.local_stack import ProcessRecord, _write_state
-from tests.compute_shim.conftest import Stack
+from deploy.sql_shell import parse_time_us
+# The compute_shim tests' stack (a walservice, a pageserver, a client, a tenant).
+from tests.compute_shim.conftest import Stack, stack  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,24 +75,6 @@ def test_parse_time() -> None:
     assert parse_time_us("1970-01-01T00:00:01Z") == 1_000_000
     assert parse_time_us("1970-01-01T01:00:01+01:00") == 1_000_000
     assert parse_time_us("1970-01-01T00:00:01") == 1_000_000
-
-
-def test_demo_runs_the_agent_workflow(stack: Stack) -> None:
-    out = strata("demo", *endpoint_args(stack))
-    assert out.returncode == 0, out.stdout + out.stderr
-    text = out.stdout
-    for line in (
-        "forked 20 branches of main",
-        "20 agents ran a destructive migration each",
-        "main is untouched",
-        "undid agent 7's mistake",
-        "a time-travel query read the past",
-        "strata sql ",
-    ):
-        assert line in text, text
-    assert "CHECK FAILED" not in text
-    assert f"--pageserver {stack.pageserver.address}" in text, "the printed `strata sql` lines reach the same stack"
-    assert text.count(" ms] ") == 7, "each step says how long it took"
 
 
 def test_at_time_after_a_large_commit_reads_all_of_it(stack: Stack) -> None:
@@ -171,10 +154,3 @@ def test_sql_below_the_gc_cutoff_is_one_line(stack: Stack) -> None:
     assert_one_line_error(out, "strata branch: ", "gc cutoff", str(cutoff))
     out = strata("sql", tenant, main, *endpoint_args(stack), "--at", str(cutoff), "-c", "SELECT count(*) FROM t")
     assert out.returncode == 0 and out.stdout == "2\n", out.stderr
-
-
-def test_demo_errors_are_one_line(tmp_path: Path) -> None:
-    out = strata("demo", "--pageserver", "127.0.0.1:1", "--walservice", "127.0.0.1:1")
-    assert_one_line_error(out, "strata demo: ", "cannot reach the stack", "is it running")
-    out = strata("demo", "--data-dir", str(tmp_path / "nothing"))
-    assert_one_line_error(out, "strata demo: ", "no running local stack", "strata up")

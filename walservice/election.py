@@ -1,0 +1,281 @@
+"""Election and terms: one timeline's leader, elected by a majority of votes for a
+term (section Election of docs/design/0005-replication.md; the names here match it).
+
+- `TermHistory` and its helpers: which term wrote which part of the log, and where
+  two logs stop agreeing.
+- `TimelineElection`: one timeline's term state on this node (the leader it knows,
+  the term it leads), running for leader (`ensure_leader`, `elect`), stepping down
+  (`step_down`) and the RequestVote handler (`on_vote_request`). Its subclass
+  `walservice.replication.TimelineReplica` starts and stops the Replicators when
+  this node starts or stops leading.
+
+Concurrency: owned by the process's one event loop. Per timeline, `state_lock`
+serializes the handlers that change the term state or the WAL on behalf of a peer
+(votes, PeerAppend), `election_lock` lets one election run at a time, and control
+file writes go through `Timeline.set_control` (its `_control_lock`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+
+from strata.errors import Unavailable
+from strata.logs import EventLogger
+from strata.v1 import peer_pb2
+from walservice.control_file import ABSTAIN, NO_VOTE
+from walservice.peers import ClusterConfig, PeerClients
+from walservice.sequencer import Timeline
+
+HEARTBEAT_S = 0.25
+LEADER_LEASE_S = 1.0
+VOTE_TIMEOUT_S = 0.5
+# How long one Append keeps running for leader (lost or split votes) before UNAVAILABLE.
+ELECTION_PATIENCE_S = 1.5
+LEADER_METADATA_KEY = "strata-leader"
+
+TermHistory = list[tuple[int, int]]
+
+
+class NotLeader(Unavailable):
+    """This node does not lead the timeline: UNAVAILABLE, with the leader's address
+    (when known) in the trailing metadata `strata-leader`."""
+
+    def __init__(self, message: str, leader_address: str | None) -> None:
+        super().__init__(message)
+        self.leader_address = leader_address
+
+    @property
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((LEADER_METADATA_KEY, self.leader_address or ""),)
+
+
+def history_to_proto(history: TermHistory) -> list[peer_pb2.TermEntry]:
+    return [peer_pb2.TermEntry(term=t, start_lsn=lsn) for t, lsn in history]
+
+
+def history_from_proto(entries: object) -> TermHistory:
+    return [(e.term, e.start_lsn) for e in entries]  # type: ignore[attr-defined]
+
+
+def history_up_to(history: TermHistory, lsn: int) -> TermHistory:
+    """The entries that start at or below `lsn` (what a log ending at `lsn` holds)."""
+    return [(t, start) for t, start in history if start <= lsn]
+
+
+def divergence_lsn(mine: TermHistory, my_end: int, theirs: TermHistory, their_end: int) -> int:
+    """The highest LSN up to which two logs agree, from their term histories: the
+    last common entry's term ends (next entry's start, or the log's end) at
+    possibly different points in each; the smaller one."""
+    a, b = history_up_to(mine, my_end), history_up_to(theirs, their_end)
+    i = 0
+    while i < len(a) and i < len(b) and a[i] == b[i]:
+        i += 1
+    if i == 0:
+        return min(a[0][1] if a else my_end, b[0][1] if b else their_end)
+    end_a = a[i][1] if i < len(a) else my_end
+    end_b = b[i][1] if i < len(b) else their_end
+    return min(end_a, end_b)
+
+
+class TimelineElection:
+    """One timeline's term state on this node (owned by the event loop). A
+    subclass starts and stops the replicators (`_start_leading`, `_stop_leading`)
+    and says when each follower last answered (`_followers_heard`)."""
+
+    def __init__(self, timeline: Timeline, config: ClusterConfig, peers: PeerClients, log: EventLogger) -> None:
+        self.timeline = timeline
+        self.config = config
+        self.peers = peers
+        self.log = log
+        self.leader_term = 0  # the term this node leads, 0 when it does not
+        self.epoch_start_lsn = 0
+        self.leader_id = 0  # the leader of `timeline.term` as last heard (0: unknown)
+        self.leader_heard = 0.0  # monotonic time of the leader's last PeerAppend
+        self.better_candidate = 0  # a voter whose log is ahead of ours (last election)
+        self.state_lock = asyncio.Lock()
+        self.election_lock = asyncio.Lock()
+        self.started = time.monotonic()
+
+    def _start_leading(self, term: int) -> None:
+        """This node now leads `term` (leader_term and epoch_start_lsn are set)."""
+        raise NotImplementedError
+
+    def _stop_leading(self) -> None:
+        """This node no longer leads (leader_term is 0 again)."""
+        raise NotImplementedError
+
+    def _followers_heard(self) -> Iterable[float]:
+        """While leading: the monotonic time of each follower's last answer."""
+        raise NotImplementedError
+
+    def _event(self, emit: Callable[..., None], event: str, **fields: object) -> None:
+        tl = self.timeline
+        emit(event, tenant=tl.tenant_id, timeline=tl.timeline_id, term=tl.term, node=self.config.node_id, **fields)
+
+    def last_log_term(self) -> int:
+        return self.timeline.control.last_log_term(self.timeline.flush_lsn)
+
+    @property
+    def catching_up(self) -> bool:
+        """This node lost WAL (control file `catchup_lsn`): no votes, no leading, no
+        serving until a leader brought it up to what the cluster committed."""
+        return self.timeline.control.catchup_lsn is not None
+
+    def live_leader(self) -> int:
+        """The leader of the current term if heard from within LEADER_LEASE_S, else 0."""
+        if self.leader_term:
+            return self.config.node_id
+        if self.leader_id and time.monotonic() - self.leader_heard < LEADER_LEASE_S:
+            return self.leader_id
+        return 0
+
+    def leading_with_quorum(self) -> bool:
+        now = time.monotonic()
+        live = 1 + sum(1 for heard in self._followers_heard() if now - heard < LEADER_LEASE_S)
+        return bool(self.leader_term) and live >= self.config.majority
+
+    def not_leader(self, why: str) -> NotLeader:
+        tl = self.timeline
+        leader = self.live_leader()
+        address = self.config.address(leader) if leader and leader != self.config.node_id else None
+        where = f"the leader is node {leader} at {address}" if address else "no leader is known"
+        return NotLeader(f"tenant={tl.tenant_id} timeline={tl.timeline_id}: this node does not lead term {tl.term} ({why}); {where}", address)
+
+    # -- the leader's side -----------------------------------------------------------
+
+    def leader_term_or_raise(self) -> int:
+        if not self.leader_term or self.leader_term != self.timeline.term:
+            raise self.not_leader("it stepped down")
+        return self.leader_term
+
+    async def ensure_leader(self) -> None:
+        """Return when this node leads the timeline; else redirect (NotLeader with
+        the live leader) or run for leader until a vote round is lost."""
+        if self.leader_term:
+            return
+        if self.catching_up:
+            raise self.not_leader("it lost WAL and is catching up from its peers, so it cannot lead")
+        # A node that just started first listens for a leader for one lease, so that
+        # it does not bump the term under a healthy leader.
+        while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - time.monotonic()) > 0:
+            await asyncio.sleep(min(wait, HEARTBEAT_S / 2))
+        if self.live_leader():
+            raise self.not_leader("a live leader exists")
+        async with self.election_lock:
+            give_up = time.monotonic() + ELECTION_PATIENCE_S
+            while time.monotonic() < give_up:
+                if self.leader_term:
+                    return
+                if self.live_leader():
+                    raise self.not_leader("a live leader exists")
+                # Shielded: a client giving up must not stop a won election halfway.
+                if await asyncio.shield(self.elect()):
+                    return
+                if self.better_candidate:
+                    address = self.config.address(self.better_candidate)
+                    tl = self.timeline
+                    raise NotLeader(
+                        f"tenant={tl.tenant_id} timeline={tl.timeline_id}: node {self.config.node_id} cannot lead: node "
+                        f"{self.better_candidate} at {address} has a more advanced log and can win the election",
+                        address,
+                    )
+                # Lower node ids retry first: the tie-break between simultaneous candidates.
+                await asyncio.sleep((0.05 + 0.25 * random.random()) * self.config.node_id / len(self.config.nodes))
+        if self.live_leader():
+            raise self.not_leader("another node won the election")
+        tl = self.timeline
+        raise Unavailable(
+            f"tenant={tl.tenant_id} timeline={tl.timeline_id}: no quorum: node {self.config.node_id} could not win "
+            f"a majority of {len(self.config.nodes)} nodes' votes (are {self.config.majority} nodes up?)"
+        )
+
+    async def elect(self) -> bool:
+        """Run for term + 1 (section Election of the design note)."""
+        tl = self.timeline
+        async with self.state_lock:
+            term = tl.term + 1
+            await tl.set_control(term=term, voted_for=self.config.node_id)
+            self.leader_id = 0
+            llt, flush = self.last_log_term(), tl.flush_lsn
+        self._event(self.log.info, "election_started", lsn=flush, last_log_term=llt)
+        request = peer_pb2.VoteRequest(
+            tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, term=term, candidate_id=self.config.node_id,
+            last_log_term=llt, flush_lsn=flush,
+        )
+        answers = await self.peers.ask_all("RequestVote", request, VOTE_TIMEOUT_S)
+        votes = 1 + sum(1 for _, a in answers if a.granted)
+        # A voter whose log is ahead of ours is the one that can win: say so to clients.
+        ahead = [(a.last_log_term, a.flush_lsn, n) for n, a in answers
+                 if not a.granted and (a.last_log_term, a.flush_lsn) > (llt, flush)]
+        self.better_candidate = max(ahead)[2] if ahead else 0
+        highest = max((a.term for _, a in answers), default=0)
+        async with self.state_lock:
+            if highest > tl.term:
+                await self.step_down(highest, "a voter is at a higher term")
+                return False
+            if tl.term != term or tl.control.voted_for != self.config.node_id or votes < self.config.majority:
+                self._event(self.log.info, "election_lost", votes=votes, lsn=flush)
+                return False
+            await self._become_leader(term)
+            return True
+
+    async def _become_leader(self, term: int) -> None:
+        tl = self.timeline
+        flush = tl.flush_lsn
+        history = history_up_to(tl.control.term_history, flush) + [(term, flush)]
+        await tl.set_control(term_history=history)
+        self.leader_term, self.leader_id, self.epoch_start_lsn = term, self.config.node_id, flush
+        self._start_leading(term)
+        self._event(self.log.info, "leader_elected", lsn=flush, epoch_start_lsn=flush)
+
+    async def step_down(self, term: int, why: str) -> None:
+        """Adopt a higher term (persisted) and stop leading. Caller holds state_lock or
+        is a Replicator (which must not take it: the handlers may be waiting on it)."""
+        tl = self.timeline
+        if term > tl.term:
+            await tl.set_control(term=term, voted_for=NO_VOTE)
+        if self.leader_term:
+            self._event(self.log.info, "leader_stepped_down", lsn=tl.commit_lsn, reason=why)
+            self.leader_term = 0
+            self._stop_leading()
+
+    # -- the voter's side (the WalPeer RequestVote handler) ------------------------------
+
+    async def on_vote_request(self, req: peer_pb2.VoteRequest) -> peer_pb2.VoteResponse:
+        tl = self.timeline
+        async with self.state_lock:
+            c = tl.control
+            mine = (self.last_log_term(), tl.flush_lsn)
+            reason = ""
+            if self.catching_up:
+                # Its log lacks records its peers committed: a vote judged on it
+                # could elect a leader without them (section Catch-up of 0005).
+                reason = f"this node lost WAL and is catching up (at lsn={tl.flush_lsn}, needs lsn>={c.catchup_lsn})"
+                self._event(self.log.info, "vote", candidate=req.candidate_id, vote_term=req.term, granted=False, reason=reason)
+                return peer_pb2.VoteResponse(
+                    term=c.term, granted=False, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason, catching_up=True
+                )
+            if req.term < c.term:
+                reason = f"term {req.term} is below this node's term {c.term}"
+            elif self.leader_term and self.leading_with_quorum():
+                reason = "this node leads with a live quorum"
+            elif self.leader_id and self.leader_id != req.candidate_id and time.monotonic() - self.leader_heard < LEADER_LEASE_S:
+                reason = f"node {self.leader_id} leads and was heard from within {LEADER_LEASE_S}s"
+            if reason:
+                return peer_pb2.VoteResponse(term=c.term, granted=False, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason)
+            voted = c.voted_for if req.term == c.term else NO_VOTE
+            if req.term > c.term:
+                await self.step_down(req.term, f"node {req.candidate_id} runs for term {req.term}")
+            if voted not in (NO_VOTE, req.candidate_id):
+                reason = "already voted in this term" if voted != ABSTAIN else "abstains in this term (its disk was wiped)"
+            elif (req.last_log_term, req.flush_lsn) < mine:
+                reason = f"the candidate's log (term {req.last_log_term}, lsn {req.flush_lsn}) is behind this node's {mine}"
+            granted = not reason
+            if granted:
+                await tl.set_control(voted_for=req.candidate_id)
+                self.leader_id, self.leader_heard = 0, time.monotonic()
+            self._event(self.log.info, "vote", candidate=req.candidate_id, vote_term=req.term, granted=granted, reason=reason or None)
+            return peer_pb2.VoteResponse(term=tl.term, granted=granted, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason)
