@@ -26,6 +26,7 @@ import xxhash
 from moto import mock_aws
 
 from strata.ids import TenantId, TimelineId
+from strata.local_process import free_port
 from strata.remote_storage.interface import RemoteStorage
 from strata.remote_storage.layout import timeline_key
 from strata.remote_storage.local_fs import LocalFsStorage
@@ -77,12 +78,6 @@ def s3_options(fake_time: FakeTime, **overrides: Any) -> dict[str, Any]:
         rng=MaxJitter(),
     )
     return {**options, **overrides}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
