@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compute_shim.client import Client
-from compute_shim.vector_format import CATALOG_REL
 from pageserver import reconstruct
 from pageserver.index_part import IndexPart
 from pageserver.keys import KEY_SPACE_END
@@ -36,6 +35,7 @@ from pageserver.remote_storage import RemoteStorage
 from pageserver.remote_timeline import download_index, remote_objects_of
 from strata.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from strata.logs import event_logger
+from strata.vectors.collection_format import CATALOG_REL
 
 log = event_logger("gpu")
 

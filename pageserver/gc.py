@@ -24,7 +24,7 @@ when that frees enough deltas (`image_would_free`, `image_worth_writing`).
 Remote housekeeping in the same pass: layer objects of this timeline that no
 index names (uploads a crash left unindexed; `RemoteTimelineClient.sweep`), and
 vector index objects (`vector_indexes/<collection>/<LSN as 16 upper-case hex>.ivf`,
-written by gpu/) below the cutoff except, per collection, the newest one below
+written by gpu/; the key layout is strata/vectors/ivf_index.py's) below the cutoff except, per collection, the newest one below
 it (what a read at the cutoff uses) and the newest at or below each child's
 branch point: `vector_objects_to_delete`.
 
@@ -37,15 +37,13 @@ again after reading (service.py).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pageserver.keys import KEY_SPACE_END
 from pageserver.layers.names import LayerName
-
-VECTOR_INDEX_DIR = "vector_indexes"
-_VECTOR_OBJECT_RE = re.compile(r"([^/]+)/([0-9A-F]{16})\.ivf")
+from strata.vectors.ivf_index import INDEX_DIR as VECTOR_INDEX_DIR
+from strata.vectors.ivf_index import OBJECT_RE as _VECTOR_OBJECT_RE
 
 
 @dataclass(frozen=True)

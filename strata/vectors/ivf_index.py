@@ -1,5 +1,9 @@
 """The IVF-Flat index object: format, lookup and search.
 
+Written by the index builds (gpu/build.py), searched by
+compute_shim.VectorCollection; GC (pageserver/gc.py) keeps or deletes the
+objects by the key layout named here.
+
 Stored at `tenants/<t>/timelines/<tl>/vector_indexes/<collection>/<LSN>.ivf`
 (LSN: the snapshot LSN S as 16 upper-case hex digits), next to the layers.
 Little-endian:
@@ -42,40 +46,31 @@ import grpc
 import numpy as np
 import xxhash
 
-from compute_shim.vector_format import METRICS
-from compute_shim.vectors import NO_ID, distances, merge_topk
-from gpu.xp import stable_label_order
 from strata.errors import CorruptionError, InvalidArgument, NotFound
+from strata.vectors.collection_format import METRICS
+from strata.vectors.kernels import NO_ID, distances, merge_topk
 
 MAGIC = b"SIVF"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sBBHIIQQQ32s32s")
-_KEY_RE = re.compile(r"([0-9A-F]{16})\.ivf")
+# The folder of a timeline's index objects, and an object's key below it:
+# <collection>/<snapshot LSN as 16 upper-case hex>.ivf (groups: collection, LSN).
+INDEX_DIR = "vector_indexes"
+_LSN_NAME = r"([0-9A-F]{16})\.ivf"
+_KEY_RE = re.compile(_LSN_NAME)
+OBJECT_RE = re.compile(r"([^/]+)/" + _LSN_NAME)
 
 
 def index_prefix(tenant_id: str, timeline_id: str, name: str) -> str:
-    return f"tenants/{tenant_id}/timelines/{timeline_id}/vector_indexes/{name}/"
+    return f"tenants/{tenant_id}/timelines/{timeline_id}/{INDEX_DIR}/{name}/"
 
 
 def index_key(tenant_id: str, timeline_id: str, name: str, lsn: int) -> str:
     return f"{index_prefix(tenant_id, timeline_id, name)}{lsn:016X}.ivf"
 
 
-def default_nlist(n: int) -> int:
-    """About √n lists, with at least 39 rows per list (faiss's floor)."""
-    return int(max(1, min(round(np.sqrt(n)), n // 39)))
-
-
 def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, nlist // 32)))
-
-
-def group_by_list(labels: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, offsets, sizes): rows in list order, where each list starts
-    (u64 [nlist + 1]) and how many rows each list holds."""
-    order = stable_label_order(labels, nlist)
-    sizes = np.bincount(labels, minlength=nlist)
-    return order, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64), sizes
 
 
 @dataclass
