@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from compute_shim.vectors import exact_topk
-from gpu.ivf import IvfIndex, group_by_list
+from gpu.build import group_by_list
 from gpu.kmeans import DEFAULT_TOL, assign, kmeans
 from gpu.synthetic import clustered, recall_at_k
 from gpu.xp import Device
+from strata.vectors.ivf_index import IvfIndex
+from strata.vectors.kernels import exact_topk
 
 NPROBES = (8, 16, 32)
 SEARCH_REPEATS = 3

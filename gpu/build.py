@@ -10,7 +10,7 @@ Remote storage: the pageserver's (TenantInfo.remote_storage, the URL of its
 For each spec: resolve the snapshot LSN S (0: the timeline's last record),
 make remote storage hold the timeline through S (gpu/snapshot.py), read the
 collection at S from the layer files, then train IVF centroids and assign
-every live row, and upload the index object (gpu/ivf.py) to
+every live row, and upload the index object (strata/vectors/ivf_index.py) to
 `tenants/<t>/timelines/<tl>/vector_indexes/<name>/<S:016X>.ivf`.
 
 Batching: the specs that need training and share (dim, nlist) are trained
@@ -41,19 +41,33 @@ from typing import Any
 import numpy as np
 
 from compute_shim.client import Client
-from compute_shim.vectors import CollectionState, find_collection, load_state, prepare, tenant_page_size, tenant_remote_storage
-from gpu.ivf import IvfIndex, default_nlist, find_index_key, group_by_list, index_key, load_index
+from compute_shim.vectors import CollectionState, find_collection, load_state, tenant_page_size, tenant_remote_storage
 from gpu.kmeans import DEFAULT_TOL, Progress, assign, sample_rows, train_batched
 from gpu.snapshot import ensure_uploaded, open_snapshot
-from gpu.xp import Device
+from gpu.xp import Device, stable_label_order
 from strata.remote_storage.interface import RemoteStorage
 from strata.remote_storage.url import open_remote_storage
 from strata.errors import FailedPrecondition, InvalidArgument
 from strata.logs import event_logger
+from strata.vectors.ivf_index import IvfIndex, find_index_key, index_key, load_index
+from strata.vectors.kernels import prepare
 
 log = event_logger("gpu")
 
 AUTO_KMEANSPP_MAX_K = 256
+
+
+def default_nlist(n: int) -> int:
+    """About √n lists, with at least 39 rows per list (faiss's floor)."""
+    return int(max(1, min(round(np.sqrt(n)), n // 39)))
+
+
+def group_by_list(labels: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, offsets, sizes): rows in list order, where each list starts
+    (u64 [nlist + 1]) and how many rows each list holds."""
+    order = stable_label_order(labels, nlist)
+    sizes = np.bincount(labels, minlength=nlist)
+    return order, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64), sizes
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ when that frees enough deltas (`image_would_free`, `image_worth_writing`).
 Remote housekeeping in the same pass: layer objects of this timeline that no
 index names (uploads a crash left unindexed; `RemoteTimelineClient.sweep`), and
 vector index objects (`vector_indexes/<collection>/<LSN as 16 upper-case hex>.ivf`,
-written by gpu/) below the cutoff except, per collection, the newest one below
+written by gpu/; the key layout is strata/vectors/ivf_index.py's) below the cutoff except, per collection, the newest one below
 it (what a read at the cutoff uses) and the newest at or below each child's
 branch point: `vector_objects_to_delete`.
 

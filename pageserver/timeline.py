@@ -17,7 +17,8 @@ With remote storage (remote_timeline.py) each index change is also queued for
 upload (`on_index_changed`), and local layer files are a cache: reads go
 through `read()`, which downloads a layer a read needs (missing or corrupt
 locally) and retries; compaction pins the layers it reads and makes them local
-first (layer_cache.py).
+first (layer_cache.py). The layer map and truncation lists come from the
+index through snapshot_reader.py, as for readers of an uploaded index (gpu/).
 
 Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
 serializes index_part changes (flush, compaction); file writing and compaction
@@ -49,6 +50,7 @@ from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded, LayerMap
 from pageserver.layers.block_cache import BlockCache
 from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
+from pageserver.snapshot_reader import index_layers, index_truncations
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
 from strata.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from strata.logs import EventLogger
@@ -132,13 +134,7 @@ class Timeline:
         self.log = log
         self.layer_map = LayerMap(block_cache)
         self.layer_cache = layer_cache
-        remote_objects = remote_objects or {}
-        for entry in index.layers:
-            path = directory / entry.file_name
-            layer = HistoricLayer(
-                LayerName.parse(entry.file_name), path, entry.file_size, entry.file_checksum,
-                remote=remote_objects.get(entry.file_name), local=path.exists(),
-            )
+        for layer in index_layers(index, directory, remote_objects=remote_objects):
             self.layer_map.historic.append(layer)
             if layer_cache is not None:
                 layer_cache.adopt(layer)
@@ -157,9 +153,7 @@ class Timeline:
         self.rel_states: dict[int, RelState] = {r: RelState(e, n) for r, e, n in index.relations}
         # rel -> [(lsn, nblocks after)] of this timeline's shrinks and drops,
         # ascending LSN (see reconstruct.last_cut).
-        self.truncations: dict[int, list[tuple[int, int]]] = {}
-        for rel, lsn, nblocks in index.truncations:
-            self.truncations.setdefault(rel, []).append((lsn, nblocks))
+        self.truncations: dict[int, list[tuple[int, int]]] = index_truncations(index)
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         # (lsn, commit_time_us) of ingested batches, ascending in both.

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from compute_shim import Client, VectorCollection
-from compute_shim.vectors import distances, prepare
 from strata.errors import InvalidArgument, NotFound
+from strata.vectors.kernels import prepare
 from tests.env import StrataEnv
 
 
@@ -150,13 +150,6 @@ def test_bad_input_raises_and_changes_nothing(stack: Stack) -> None:
     assert c.status(tenant_id=stack.tenant, timeline_id=stack.main).commit_lsn == end
     assert col.count() == 2
     np.testing.assert_array_equal(col.get([1, 2]), [[1, 0, 0], [0, 1, 0]])
-
-
-def test_distances_match_float64() -> None:
-    rng = np.random.default_rng(3)
-    x, q = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
-    want = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(axis=2)
-    np.testing.assert_allclose(distances(q, x, "l2"), want, rtol=1e-4, atol=1e-4)
 
 
 def test_two_writers_and_other_records_interleave(stack: Stack) -> None:

@@ -30,11 +30,12 @@ import pytest
 
 from compute_shim import Client, VectorCollection
 from gpu import IndexSpec, IvfIndex, build_index, build_indexes
-from compute_shim.vectors import NO_ID
-from gpu.ivf import default_nlist, find_index_key, list_index_lsns
+from gpu.build import default_nlist
 from gpu.synthetic import clustered, recall_at_k
 from strata.errors import CorruptionError, FailedPrecondition, InvalidArgument
 from strata.remote_storage.local_fs import LocalFsStorage
+from strata.vectors.ivf_index import find_index_key, list_index_lsns
+from strata.vectors.kernels import NO_ID
 from tests.env import StrataEnv
 from tests.pageserver.test_kill9 import TINY_LAYERS
 

@@ -1,11 +1,11 @@
-"""compute_shim/vector_format.py: round trips, and checksums that catch a flipped bit."""
+"""strata/vectors/collection_format.py: round trips, and checksums that catch a flipped bit."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from compute_shim import vector_format as vf
+from strata.vectors import collection_format as vf
 from strata.errors import CorruptionError
 
 

@@ -1,6 +1,8 @@
 """The vector page format: collections stored in a timeline's relations.
 
 docs/design/0004-vectors.md explains the design; this is the byte layout.
+compute_shim.VectorCollection writes and reads these pages; the index builds
+(gpu/) read them from layer snapshots.
 Everything is little-endian, and every page is written whole (PageImage), so
 each page carries its own checksum.
 

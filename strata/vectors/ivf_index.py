@@ -1,7 +1,12 @@
 """The IVF-Flat index object: format, lookup and search.
 
+Written by the index builds (gpu/build.py), searched by
+compute_shim.VectorCollection; GC (pageserver/gc.py) keeps or deletes the
+objects by their keys.
+
 Stored at `tenants/<t>/timelines/<tl>/vector_indexes/<collection>/<LSN>.ivf`
-(LSN: the snapshot LSN S as 16 upper-case hex digits), next to the layers.
+(LSN: the snapshot LSN S as 16 upper-case hex digits), next to the layers;
+the keys are built and parsed in strata/remote_storage/layout.py.
 Little-endian:
 
 | offset | size      | field                                                   |
@@ -33,7 +38,6 @@ scanned exactly by the caller.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,40 +46,24 @@ import grpc
 import numpy as np
 import xxhash
 
-from compute_shim.vector_format import METRICS
-from compute_shim.vectors import NO_ID, distances, merge_topk
-from gpu.xp import stable_label_order
 from strata.errors import CorruptionError, InvalidArgument, NotFound
+from strata.ids import Lsn, TenantId, TimelineId
+from strata.remote_storage.layout import parse_vector_index_name, vector_index_key, vector_index_prefix
+from strata.vectors.collection_format import METRICS
+from strata.vectors.kernels import NO_ID, distances, merge_topk
 
 MAGIC = b"SIVF"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sBBHIIQQQ32s32s")
-_KEY_RE = re.compile(r"([0-9A-F]{16})\.ivf")
-
-
-def index_prefix(tenant_id: str, timeline_id: str, name: str) -> str:
-    return f"tenants/{tenant_id}/timelines/{timeline_id}/vector_indexes/{name}/"
 
 
 def index_key(tenant_id: str, timeline_id: str, name: str, lsn: int) -> str:
-    return f"{index_prefix(tenant_id, timeline_id, name)}{lsn:016X}.ivf"
-
-
-def default_nlist(n: int) -> int:
-    """About √n lists, with at least 39 rows per list (faiss's floor)."""
-    return int(max(1, min(round(np.sqrt(n)), n // 39)))
+    """The key of collection `name`'s index built at snapshot LSN `lsn`."""
+    return vector_index_key(TenantId(tenant_id), TimelineId(timeline_id), name, Lsn(lsn))
 
 
 def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, nlist // 32)))
-
-
-def group_by_list(labels: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, offsets, sizes): rows in list order, where each list starts
-    (u64 [nlist + 1]) and how many rows each list holds."""
-    order = stable_label_order(labels, nlist)
-    sizes = np.bincount(labels, minlength=nlist)
-    return order, np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint64), sizes
 
 
 @dataclass
@@ -222,13 +210,9 @@ def load_index(storage: object, key: str) -> IvfIndex:
 
 
 def list_index_lsns(storage: object, tenant_id: str, timeline_id: str, name: str) -> list[int]:
-    prefix = index_prefix(tenant_id, timeline_id, name)
-    out = []
-    for obj in storage.list(prefix):  # type: ignore[attr-defined]
-        m = _KEY_RE.fullmatch(obj.key[len(prefix) :])
-        if m:
-            out.append(int(m.group(1), 16))
-    return sorted(out)
+    prefix = vector_index_prefix(TenantId(tenant_id), TimelineId(timeline_id), name)
+    listed = storage.list(prefix)  # type: ignore[attr-defined]
+    return sorted(lsn for obj in listed if (lsn := parse_vector_index_name(obj.key[len(prefix) :])) is not None)
 
 
 def find_index_key(client: object, storage: object, tenant_id: str, timeline_id: str, name: str, lsn: int) -> str | None:
