@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between uploads of the open segment's committed part (with --remote-storage)",
     )
     parser.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES, help="start a new WAL segment past this size")
+    parser.add_argument(
+        "--max-open-segments",
+        type=int,
+        default=0,
+        help="the most segment files kept open for appends across all timelines, least recently used closed first "
+        "(0: a quarter of the open-file limit, 16 to 1024)",
+    )
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, help="the largest Append accepted")
     parser.add_argument("--log-level", default="info")
 
@@ -69,12 +76,14 @@ async def run(args: argparse.Namespace) -> None:
         config = ClusterConfig.parse(args.node_id, args.peers)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
+    if args.max_open_segments < 0:
+        raise SystemExit(f"--max-open-segments={args.max_open_segments} must be 0 (the default) or a positive count")
     if not 0 <= args.peer_port <= 65535:
         raise SystemExit(f"--peer-port={args.peer_port} must be a TCP port (0 picks a free one)")
     # Room above the batch limit, so an oversized batch gets our INVALID_ARGUMENT.
     max_message_bytes = 2 * args.max_batch_bytes + (1 << 20)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wal-flush") as executor:
-        timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes)
+        timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes, max_open_segments=args.max_open_segments or None)
         cluster = Cluster(config, log) if config is not None else None
         timelines.cluster = cluster
         timelines.load()

@@ -7,7 +7,13 @@ Layout under the data dir::
 
 Creation is crash-safe: the directory is built as `.<timeline_id>.tmp` (control
 file and first segment, fsync'd), then renamed into place and the parent fsync'd;
-leftover `.tmp` directories are removed on start. Deletion (`delete`) renames
+a creation that fails (out of disk, out of file descriptors) removes its `.tmp`
+directory at once, and what a crash left is removed on start.
+
+Open files: each timeline keeps its open segment's write descriptor between
+appends, in one LRU for the node of at most `max_open_segments` idle descriptors
+(walservice/open_segments.py; `--max-open-segments`, by default a quarter of
+RLIMIT_NOFILE), so thousands of timelines fit in a small descriptor limit. Deletion (`delete`) renames
 the directory to `.<timeline_id>.deleted` before removing it, so a crash
 leaves the whole timeline or a hidden leftover that the next start removes.
 
@@ -45,6 +51,7 @@ from strata.durable_file import fsync_dir
 from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
 from strata.logs import EventLogger
 from walservice.control_file import ABSTAIN, CONTROL_FILE_NAME, NO_VOTE, TimelineControl, read_control
+from walservice.open_segments import OpenSegmentFiles, default_capacity
 from walservice.sequencer import Timeline
 from walservice.segment import parse_segment_file_name, segment_file_name
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, MissingWal, TimelineWal
@@ -54,11 +61,20 @@ if TYPE_CHECKING:
 
 
 class TimelineSet:
-    def __init__(self, data_dir: Path, executor: Executor, log: EventLogger, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        executor: Executor,
+        log: EventLogger,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        max_open_segments: int | None = None,
+    ) -> None:
         self.root = data_dir / "timelines"
         self.executor = executor
         self.log = log
         self.segment_bytes = segment_bytes
+        # The open segments' write descriptors of every timeline, bounded (an LRU).
+        self.open_files = OpenSegmentFiles(max_open_segments or default_capacity())
         self._timelines: dict[tuple[str, str], Timeline] = {}
         self._broken: dict[tuple[str, str], CorruptionError] = {}
         # Timelines this node of a cluster lost (see "Lost WAL"): their last control
@@ -92,7 +108,7 @@ class TimelineSet:
                 try:
                     control = read_control(tl_dir)
                     had_segments = any(parse_segment_file_name(p.name) is not None for p in tl_dir.iterdir())
-                    wal = TimelineWal(tl_dir, control, self.segment_bytes)
+                    wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files)
                     if not had_segments:
                         # Creation always writes the first segment: they were deleted.
                         raise MissingWal(f"no WAL segment file is left (the control file names term {control.term}, "
@@ -266,15 +282,19 @@ class TimelineSet:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        wal = TimelineWal(tmp, control, self.segment_bytes)
-        _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
-        _write_synced(tmp / segment_file_name(first_lsn), wal.segment_header(first_lsn).encode())
-        fsync_dir(tmp)
-        tmp.rename(final)
+        try:
+            wal = TimelineWal(tmp, control, self.segment_bytes)
+            _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
+            _write_synced(tmp / segment_file_name(first_lsn), wal.segment_header(first_lsn).encode())
+            fsync_dir(tmp)
+            tmp.rename(final)
+        except BaseException:
+            _remove_half_made(tmp, [CONTROL_FILE_NAME, segment_file_name(first_lsn)])
+            raise
         fsync_dir(tenant_dir)
         if new_tenant:
             fsync_dir(self.root)
-        wal = TimelineWal(final, control, self.segment_bytes)
+        wal = TimelineWal(final, control, self.segment_bytes, self.open_files)
         wal.recover(self.log)
         return wal
 
@@ -301,6 +321,18 @@ def _delete_dir(directory: Path) -> None:
     directory.rename(hidden)
     fsync_dir(directory.parent)
     shutil.rmtree(hidden)
+
+
+def _remove_half_made(tmp: Path, names: list[str]) -> None:
+    """Remove a creation's `.tmp` directory now (nothing names it): by the names
+    written into it, since listing a directory takes a file descriptor and the
+    creation may have failed for want of one; `load` removes what is left."""
+    try:
+        for name in names:
+            (tmp / name).unlink(missing_ok=True)
+        tmp.rmdir()
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -26,8 +26,10 @@ segment answers OUT_OF_RANGE (`WalTrimmed`) naming the oldest LSN held and
 where the offloaded WAL is.
 
 Threads: `write_and_sync` runs on a flush thread, at most one call at a time per
-timeline (the sequencer guarantees it), and is the only code that touches the
-open segment's file descriptor. `segments` is owned by the event loop: appended
+timeline (the sequencer guarantees it), and is the only code that writes through
+the open segment's file descriptor. That descriptor stays open between writes in
+a node-wide LRU of bounded size (walservice/open_segments.py), so the number of
+open files does not grow with the number of timelines written since start. `segments` is owned by the event loop: appended
 to in place (`committed`) after a write returned, and replaced by a shorter
 copy when trimmed (`detach_segments_below`), never shortened in place, so a
 reader thread holding the list sees whole entries. `WalCursor.read` runs on
@@ -46,6 +48,7 @@ from strata.durable_file import fsync_dir
 from strata.errors import CorruptionError, OutOfRange
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl
+from walservice.open_segments import OpenSegmentFiles
 from walservice.segment import (
     FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
@@ -90,13 +93,20 @@ class WalTrimmed(OutOfRange):
 
 
 class TimelineWal:
-    def __init__(self, directory: Path, control: TimelineControl, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        control: TimelineControl,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        open_files: OpenSegmentFiles | None = None,
+    ) -> None:
         self.directory = directory
         self.control = control
         self.segment_bytes = segment_bytes
         # Owned by the event loop; see "Threads" above for how readers share it.
         self.segments: list[SegmentInfo] = []
-        self._fd: int | None = None  # the open segment, owned by the flush thread
+        # The open segment's write descriptor, kept between writes (one of the node's LRU).
+        self.open_files = open_files if open_files is not None else OpenSegmentFiles(1)
         # Where offloaded WAL lives (for error messages); set by the offloader on the loop.
         self.offload_location: str | None = None
 
@@ -203,16 +213,20 @@ class TimelineWal:
         if new_segment_at is not None:
             self.close()
             path = self.create_segment_file(new_segment_at)
-            self._fd = os.open(path, os.O_WRONLY)
-        elif self._fd is None:
-            self._fd = os.open(self.segments[-1].path, os.O_WRONLY)
-        fd = self._fd
-        offset = os.lseek(fd, 0, os.SEEK_END)
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        os.fdatasync(fd)
+        else:
+            path = self.segments[-1].path
+        fd = self.open_files.checkout(self, path)
+        try:
+            offset = os.lseek(fd, 0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.open_files.give_back(self, path, fd)
 
     def committed(self, end_lsn: int, new_segment_at: int | None) -> None:
         """On the loop, after `write_and_sync` returned: make the bytes readable."""
@@ -221,9 +235,7 @@ class TimelineWal:
         self.segments[-1].end_lsn = end_lsn
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.open_files.discard(self)
 
     def truncate_to(self, lsn: int) -> None:
         """Off the loop, under the timeline's `wal_lock` (replication: a follower cuts a
