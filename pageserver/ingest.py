@@ -14,6 +14,12 @@ commit_lsn (any node serves what is committed); unary calls (CreateTimeline,
 ReportPersisted) go to the node that last answered, moving on to the next one
 when a node is unreachable.
 
+A Stream answered FAILED_PRECONDITION means the walservice holds less WAL than
+this timeline ingested (`ReaderAhead`: it lost WAL it had served): the timeline
+is stopped (`event=timeline_ahead_of_wal`, level=error; its reads answer
+DATA_LOSS) and its receiver ends, rather than ingest other records at LSNs it
+already applied.
+
 Concurrency: one asyncio task per timeline, on the pageserver's event loop.
 """
 
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from strata.background_tasks import cancel_and_wait
+from strata.errors import CorruptionError
 from strata.logs import EventLogger
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
 
@@ -160,6 +167,9 @@ class WalReceiver:
                     failing = True
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     await self._register()
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    self._stop_ahead(exc)
+                    return
             except Exception as exc:  # noqa: BLE001 - a bug or corrupt record: say so loudly, keep retrying
                 self.log.error("wal_ingest_failed", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn, error=repr(exc))
                 failing = True
@@ -167,6 +177,19 @@ class WalReceiver:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _stop_ahead(self, exc: grpc.aio.AioRpcError) -> None:
+        """The walservice holds less WAL than this timeline ingested (it lost WAL it
+        served): going on would apply other records at LSNs already applied. Stop the
+        timeline, loudly; its reads answer DATA_LOSS."""
+        tl = self.timeline
+        error = CorruptionError(
+            f"tenant_id={tl.tenant_id} timeline_id={tl.timeline_id} is stopped: it ingested WAL up to "
+            f"lsn={tl.last_record_lsn} but the walservice no longer holds it ({exc.details()}); "
+            "it is not served, since the walservice may hand those LSNs to other records"
+        )
+        tl.stop(error)
+        self.log.error("timeline_ahead_of_wal", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn, error=exc.details())
 
     async def _register(self) -> None:
         """The walservice does not know this timeline (a crash between the two

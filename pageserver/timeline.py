@@ -52,7 +52,7 @@ from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
 from pageserver.snapshot_reader import index_layers, index_truncations
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
-from strata.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from strata.errors import CorruptionError, DeadlineExceeded, FailedPrecondition, Unavailable
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
 
@@ -163,6 +163,15 @@ class Timeline:
         # Branch points of CreateTimeline calls in flight (lsn -> count): GC
         # keeps them like children's until the child is added.
         self.branch_reservations: dict[int, int] = {}
+        # Set (by the WAL receiver, on the loop) when this timeline is ahead of the WAL
+        # it streams from: it holds records the walservice lost, so nothing of it is
+        # served from then on (DATA_LOSS) until an operator looks.
+        self.stopped: CorruptionError | None = None
+
+    def stop(self, error: CorruptionError) -> None:
+        """Refuse every read and branch from now on with `error`."""
+        if self.stopped is None:
+            self.stopped = error
 
     def __repr__(self) -> str:
         return f"Timeline({self.tenant_id}/{self.timeline_id})"
@@ -504,7 +513,10 @@ class Timeline:
     def check_readable(self, lsn: int, what: str = "read") -> None:
         """FAILED_PRECONDITION for a read or a branch below the GC cutoff, except
         at a child's branch point (GC keeps what it reads there). A read of a
-        branch at or below its branch point reads the ancestor: its cutoff counts."""
+        branch at or below its branch point reads the ancestor: its cutoff counts.
+        DATA_LOSS once the timeline is stopped."""
+        if self.stopped is not None:
+            raise self.stopped
         tl: Timeline | None = self
         while tl is not None and lsn:
             if lsn < tl.gc_cutoff_lsn and lsn not in tl.children.values():

@@ -9,7 +9,7 @@ Layout (little-endian):
 | offset | size | field                                   |
 |--------|------|-----------------------------------------|
 | 0      | 4    | magic b"SWCF"                           |
-| 4      | 1    | format version (FORMAT_VERSION = 3)     |
+| 4      | 1    | format version (FORMAT_VERSION = 4)     |
 | 5      | 3    | reserved, zero                          |
 | 8      | 4    | body length n                           |
 | 12     | 8    | xxhash64 of the body                    |
@@ -20,6 +20,9 @@ Versions: 1 (single node) had no `voted_for` and `commit_lsn`; it is still read
 node). Version 2 adds them for replication (docs/design/0005-replication.md).
 Version 3 adds `catchup_lsn` (a node that lost WAL catches up before it votes or
 serves); versions 1 and 2 are still read (catchup_lsn=None: not catching up).
+Version 4 adds `floor_lsn` (recovery never cuts WAL below it: it was sent to a
+reader or acknowledged); versions 1 to 3 are still read (floor_lsn=0: no floor
+but commit_lsn, backup_lsn and remote_consistent_lsn).
 
 Crash consistency: `write_control` writes `control.tmp`, fsyncs it, renames it
 over `control` and fsyncs the directory, so a crash leaves the old or the new
@@ -39,8 +42,8 @@ from strata.durable_file import write_durably
 from strata.errors import CorruptionError
 
 MAGIC = b"SWCF"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # voted_for: no vote yet in `term` / abstains in `term` (a node that lost its disk).
 NO_VOTE = 0
 ABSTAIN = -1
@@ -70,6 +73,18 @@ class TimelineControl:
     # and neither votes nor serves until its log reaches this LSN and the
     # commit_lsn a leader sent it (docs/design/0005-replication.md, "Catch-up").
     catchup_lsn: int | None = None
+    # WAL below this LSN was streamed to a reader or acknowledged to a writer, so
+    # recovery never cuts it as a torn tail: damage below it is DATA_LOSS (or, with
+    # an offloaded copy, repaired). Raised before a Stream sends WAL past it, and in
+    # the background after acknowledgements (walservice/sequencer.py, "Floor").
+    floor_lsn: int = 0
+
+    @property
+    def recovery_floor(self) -> int:
+        """WAL below this LSN was durable and seen (floor_lsn, commit_lsn) or is
+        counted on by others (backup_lsn, remote_consistent_lsn): recovery never
+        cuts it, and WAL ending below it was lost."""
+        return max(self.floor_lsn, self.commit_lsn, self.backup_lsn, self.remote_consistent_lsn)
 
     def last_log_term(self, flush_lsn: int) -> int:
         """The term of the last history entry starting at or below flush_lsn."""

@@ -27,7 +27,15 @@ term is no longer led (or whose start is no longer the WAL's end) when its turn
 comes is refused whole as NotLeader, and so is every round sequenced after it:
 nothing of them was written.
 
-Invariants: commit_lsn <= flush_lsn <= end_lsn <= the sequenced end (the end of
+Floor (control_file.floor_lsn): recovery never cuts WAL below it as a torn tail
+(walservice/wal_storage.py). A stream sends only WAL below the persisted floor:
+when it has committed WAL at or past the floor it first raises the floor to
+commit_lsn (`_raise_floor`: one control write at a time, covering every stream
+waiting on it), so no reader ever sees WAL that a restart could hand out again.
+Each answered round raises it too, in the background (acknowledged WAL is
+protected once that write lands, one control write later; streamed WAL always).
+
+Invariants: floor_lsn <= commit_lsn <= flush_lsn <= end_lsn <= the sequenced end (the end of
 the last queued round). `end_lsn` counts what is written or being written but
 maybe not yet durable; `flush_lsn` what is fsync'd here; `commit_lsn` what is
 durable on a majority (on one node, == flush_lsn). Streams and Status never
@@ -49,7 +57,7 @@ from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
 from walservice.append_codec import native as native_codec
 from walservice.segment import FRAME_HEADER_SIZE, Frame, encode_frame
-from walservice.wal_storage import TimelineWal
+from walservice.wal_storage import ReaderAhead, TimelineWal
 
 if TYPE_CHECKING:
     from walservice.replication import TimelineReplica
@@ -118,6 +126,8 @@ class Timeline:
         self._background: set[asyncio.Task[None]] = set()
         # Written rounds waiting for a majority before their callers are answered (a cluster).
         self._acks: set[asyncio.Future[None]] = set()
+        # The control write raising floor_lsn to commit_lsn, while one runs (see "Floor").
+        self._floor_task: asyncio.Task[None] | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -296,6 +306,7 @@ class Timeline:
         for future, result in rnd.acks:
             if not future.done():
                 future.set_result(result)
+        self._raise_floor()
         self._wake_streams()
         self.log.debug(
             "group_commit",
@@ -336,14 +347,30 @@ class Timeline:
         self.check_usable()
         if self.replica is not None:
             self.replica.check_serving()
+        elif after_lsn > self.flush_lsn:
+            # One node: everything it ever served is in its WAL (below the floor), so a
+            # reader past the end holds WAL this node does not (a cluster node may lag).
+            raise ReaderAhead(
+                f"tenant={self.tenant_id} timeline={self.timeline_id}: start_lsn={after_lsn} is past the end of this "
+                f"walservice's WAL (lsn={self.flush_lsn}): the reader holds WAL this walservice does not"
+            )
         cursor = self.wal.cursor(after_lsn)
         loop = asyncio.get_running_loop()
         while True:
             if self.broken is not None:
                 raise self.broken
             if cursor.position < self.commit_lsn:
+                if cursor.position >= self.control.floor_lsn:
+                    await asyncio.shield(self._raise_floor())
+                    if cursor.position >= self.control.floor_lsn:
+                        raise Unavailable(
+                            f"tenant={self.tenant_id} timeline={self.timeline_id}: cannot record floor_lsn in the "
+                            "control file, so no WAL past it is served (see the control_write_failed log line)"
+                        )
+                    continue
+                limit = min(self.commit_lsn, self.control.floor_lsn)
                 try:
-                    frames = await loop.run_in_executor(None, cursor.read, self.commit_lsn, STREAM_CHUNK_BYTES)
+                    frames = await loop.run_in_executor(None, cursor.read, limit, STREAM_CHUNK_BYTES)
                 except CorruptionError as exc:
                     self.log.error("wal_read_corrupt", tenant=self.tenant_id, timeline=self.timeline_id, error=exc)
                     raise
@@ -421,6 +448,24 @@ class Timeline:
         control = replace(self.control, **changes)
         await asyncio.get_running_loop().run_in_executor(self.executor, write_control, self.wal.directory, control)
         self.control = self.wal.control = control
+
+    def _raise_floor(self) -> asyncio.Task[None]:
+        """The control write raising floor_lsn to commit_lsn: the one running, or a
+        new one (in `_background`, so `close` waits for it)."""
+        if self._floor_task is None or self._floor_task.done():
+            self._floor_task = asyncio.ensure_future(self._write_floor())
+            self._background.add(self._floor_task)
+            self._floor_task.add_done_callback(self._background.discard)
+        return self._floor_task
+
+    async def _write_floor(self) -> None:
+        while self.broken is None and self.control.floor_lsn < self.commit_lsn:
+            lsn = self.commit_lsn
+            try:
+                await self._advance_control("floor_lsn", lsn)
+            except OSError as exc:
+                self.log.warning("control_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=lsn, error=exc)
+                return
 
     def _persist_commit_floor(self) -> None:
         """At each new segment, record commit_lsn in the control file (in the

@@ -23,8 +23,9 @@ of it is served.
 
 Lost WAL: segment files missing while the control file says there was data (no
 segment file at all, a gap, a first segment above what trimming may have
-removed, or WAL ending below the control file's commit_lsn / backup_lsn /
-remote_consistent_lsn). On a single node the timeline is broken (DATA_LOSS): the
+removed, WAL ending below the control file's floor_lsn / commit_lsn /
+backup_lsn / remote_consistent_lsn, or damage below that floor, which is never
+cut as a torn tail: those LSNs were acknowledged or served). On a single node the timeline is broken (DATA_LOSS): the
 data is gone and nothing may pretend otherwise. On a node of a cluster it is
 *lost* (`event=timeline_lost`, level=error): its directory moves to
 `<data dir>/lost/` for inspection and the node holds no such timeline until its
@@ -114,11 +115,12 @@ class TimelineSet:
                         raise MissingWal(f"no WAL segment file is left (the control file names term {control.term}, "
                                          f"commit_lsn={control.commit_lsn})")
                     report = wal.recover(self.log)
-                    floor = max(control.commit_lsn, control.backup_lsn, control.remote_consistent_lsn)
+                    floor = control.recovery_floor
                     if report.end_lsn < floor:
                         wal.close()
                         raise MissingWal(f"the WAL ends at lsn={report.end_lsn}, but the control file says lsn={floor} "
-                                         "was durable (commit_lsn, backup_lsn or remote_consistent_lsn): segments are missing")
+                                         "was durable (floor_lsn, commit_lsn, backup_lsn or remote_consistent_lsn): "
+                                         "segments are missing")
                 except MissingWal as exc:
                     if self.cluster is not None:
                         self._lose(key, tl_dir, control, exc)

@@ -13,6 +13,11 @@ Crash consistency:
 - `recover` checks every segment on start and cuts a torn tail of the last one
   back to its last whole batch (nothing acknowledged can be there: it was never
   fsync'd), logging what it cut; any other damage raises CorruptionError.
+- Never below the floor: a "torn tail" that starts below the control file's
+  `recovery_floor` (floor_lsn: WAL sent to a reader or acknowledged; commit_lsn,
+  backup_lsn, remote_consistent_lsn) is damage to WAL that was durable and seen,
+  not a torn write: `DamagedBelowFloor` (DATA_LOSS), and nothing is cut, so the
+  LSNs it held are never handed out again.
 
 Trimming (walservice/offload.py): once a sealed segment is offloaded to remote
 storage and the pageserver's remote_consistent_lsn has passed its end, it is
@@ -45,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strata.durable_file import fsync_dir
-from strata.errors import CorruptionError, OutOfRange
+from strata.errors import CorruptionError, FailedPrecondition, OutOfRange
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl
 from walservice.open_segments import OpenSegmentFiles
@@ -69,6 +74,12 @@ class MissingWal(CorruptionError):
     have removed): the WAL lost data, as opposed to damaged bytes."""
 
 
+class DamagedBelowFloor(MissingWal):
+    """The last segment is damaged below the recovery floor: WAL that was
+    acknowledged or served is unreadable. Lost like missing WAL (a cluster node
+    restores it from its peers), never cut as a torn tail."""
+
+
 @dataclass
 class SegmentInfo:
     """A segment file holding WAL positions [start_lsn, end_lsn)."""
@@ -86,6 +97,11 @@ class RecoveryReport:
     truncated_bytes: int
     truncated_reason: str | None
     first_lsn: int = 0  # the first local segment's start (above start_lsn once trimmed)
+
+
+class ReaderAhead(FailedPrecondition):
+    """A reader asks for WAL after an LSN past the end of this single node's WAL:
+    the reader holds records this WAL does not. Its copy of the timeline must stop."""
 
 
 class WalTrimmed(OutOfRange):
@@ -163,6 +179,12 @@ class TimelineWal:
                 raise CorruptionError(
                     f"{ctx} segment={path.name} offset={scan.problem_offset}: {scan.problem}, "
                     f"with whole records after it: the WAL is damaged before its tail"
+                )
+            if scan.torn_bytes and scan.end_lsn < c.recovery_floor:
+                raise DamagedBelowFloor(
+                    f"{ctx} segment={path.name} offset={scan.problem_offset}: {scan.problem} at lsn={scan.end_lsn}, "
+                    f"below the recovery floor lsn={c.recovery_floor} (WAL acknowledged or sent to a reader): "
+                    "the WAL is damaged, not torn; nothing was cut"
                 )
             if scan.torn_bytes:
                 truncated, reason = scan.torn_bytes, scan.problem

@@ -319,7 +319,9 @@ def test_branch_creation_copies_no_page(cluster: Cluster, db: Db) -> None:
     end = 0
     for i in range(0, len(records), 10):
         end = c.append(tenant_id=db.tenant_id, timeline_id=db.timeline_id, records=records[i : i + 10]).end_lsn
-    c.get_rel_size(tenant_id=db.tenant_id, timeline_id=db.timeline_id, rel=2, lsn=end)
+        # Ingested before the next append, so each arrives in stream messages of its own
+        # (and freezes a layer of its own), however the walservice groups what is pending.
+        c.get_rel_size(tenant_id=db.tenant_id, timeline_id=db.timeline_id, rel=2, lsn=end)
     info = c.compact(tenant_id=db.tenant_id, timeline_id=db.timeline_id, timeout=60)
     ancestor_dir = cluster.ps.data_dir / "tenants" / db.tenant_id / "timelines" / db.timeline_id
     assert len([p for p in ancestor_dir.iterdir() if p.name != "index_part.json"]) >= 2, "the ancestor should have several layers"

@@ -19,6 +19,7 @@ from tests.walservice.harness import (
     create_timeline,
     image_record,
     patch_record,
+    read_stream,
     tagged_batch,
 )
 from walservice import append_codec
@@ -40,6 +41,9 @@ class Node:
 
     def state(self) -> tuple[wal_pb2.WalStatus, list[tuple[str, int]]]:
         """What no bad request may change: the timeline's status and every file."""
+        # A read raises the control file's floor_lsn to commit_lsn before it answers, so
+        # no background floor write of an earlier good Append races the snapshot.
+        read_stream(self.stub, self.key, self.status().commit_lsn)
         root = self.comp.data_dir
         files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
         return self.status(), files

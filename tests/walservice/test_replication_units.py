@@ -46,7 +46,7 @@ def test_history_entries_past_the_flush_do_not_count() -> None:
     assert history_up_to(c.term_history, 249) == [(1, 0)]
 
 
-def test_control_file_reads_version_1_and_writes_version_2() -> None:
+def test_control_file_reads_version_1_and_writes_the_current_version() -> None:
     body = json.dumps(
         {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 1,
          "term_history": [[1, 0]], "remote_consistent_lsn": 7, "backup_lsn": 3}, sort_keys=True
@@ -56,11 +56,11 @@ def test_control_file_reads_version_1_and_writes_version_2() -> None:
     assert (old.voted_for, old.commit_lsn, old.remote_consistent_lsn, old.term_history) == (NO_VOTE, 0, 7, [(1, 0)])
     new = TimelineControl(T, TL, 0, 8192, term=9, term_history=[(1, 0), (9, 80)], voted_for=ABSTAIN, commit_lsn=80)
     data = new.encode()
-    assert data[4] == 3
+    assert data[4] == 4
     assert TimelineControl.decode(data) == new
 
 
-def test_control_file_reads_version_2_and_writes_catchup_lsn_in_version_3() -> None:
+def test_control_file_reads_version_2_and_writes_catchup_lsn() -> None:
     body = json.dumps(
         {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 4, "term_history": [[1, 0], [4, 60]],
          "remote_consistent_lsn": 7, "backup_lsn": 3, "voted_for": 2, "commit_lsn": 90}, sort_keys=True
@@ -70,11 +70,24 @@ def test_control_file_reads_version_2_and_writes_catchup_lsn_in_version_3() -> N
     assert (old.term, old.voted_for, old.commit_lsn, old.catchup_lsn) == (4, 2, 90, None)
     catching_up = TimelineControl(T, TL, 0, 8192, term=5, voted_for=ABSTAIN, commit_lsn=40, catchup_lsn=120)
     data = catching_up.encode()
-    assert data[4] == 3 and TimelineControl.decode(data) == catching_up
+    assert data[4] == 4 and TimelineControl.decode(data) == catching_up
     damaged = bytearray(data)
     damaged[-3] ^= 1
     with pytest.raises(CorruptionError, match="checksum"):
         TimelineControl.decode(bytes(damaged))
+
+
+def test_control_file_reads_version_3_and_writes_floor_lsn_in_version_4() -> None:
+    body = json.dumps(
+        {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 2, "term_history": [[1, 0], [2, 30]],
+         "remote_consistent_lsn": 7, "backup_lsn": 3, "voted_for": 1, "commit_lsn": 90, "catchup_lsn": None}, sort_keys=True
+    ).encode()
+    v3 = struct.pack("<4sB3xIQ", b"SWCF", 3, len(body), xxhash.xxh64_intdigest(body)) + body
+    old = TimelineControl.decode(v3)
+    assert (old.term, old.commit_lsn, old.catchup_lsn, old.floor_lsn) == (2, 90, None, 0)
+    floored = TimelineControl(T, TL, 0, 8192, commit_lsn=90, floor_lsn=150)
+    data = floored.encode()
+    assert data[4] == 4 and TimelineControl.decode(data).floor_lsn == 150
 
 
 def test_cluster_config() -> None:
