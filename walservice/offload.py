@@ -54,9 +54,10 @@ sealed, waits for that): it is in remote storage, and the pageserver has persist
 storage, so it never needs to stream it again (it resumes at
 disk_consistent_lsn >= remote_consistent_lsn). The open (last) segment is never
 deleted. A Stream that starts below the first local segment answers
-OUT_OF_RANGE naming the oldest LSN still held and the remote location
-(walservice/wal_storage.py `WalTrimmed`); the walservice does not serve
-trimmed WAL back from remote storage. Recovery accepts a first segment above
+is served from the offloaded objects, then from the local segments
+(walservice/wal_restore.py); without remote storage nothing is trimmed, and a
+damaged local segment is rebuilt from its offloaded copy at start (same
+module). Recovery accepts a first segment above
 the timeline's start_lsn when trimming could have removed what is below it.
 
 # Failures

@@ -57,7 +57,7 @@ from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
 from walservice.append_codec import native as native_codec
 from walservice.segment import FRAME_HEADER_SIZE, Frame, encode_frame
-from walservice.wal_storage import ReaderAhead, TimelineWal
+from walservice.wal_storage import ReaderAhead, TimelineWal, WalTrimmed
 
 if TYPE_CHECKING:
     from walservice.replication import TimelineReplica
@@ -354,8 +354,23 @@ class Timeline:
                 f"tenant={self.tenant_id} timeline={self.timeline_id}: start_lsn={after_lsn} is past the end of this "
                 f"walservice's WAL (lsn={self.flush_lsn}): the reader holds WAL this walservice does not"
             )
-        cursor = self.wal.cursor(after_lsn)
         loop = asyncio.get_running_loop()
+        try:
+            cursor = self.wal.cursor(after_lsn)
+        except WalTrimmed:
+            offloaded = self.wal.offloaded
+            if offloaded is None:
+                raise
+            # Trimmed once offloaded: serve it from the offloaded copy (walservice/wal_restore.py).
+            below = self.wal.segments[0].start_lsn
+            segments = await loop.run_in_executor(None, offloaded.covering, self.tenant_id, self.timeline_id, after_lsn, below)
+            self.log.info("wal_stream_from_remote", tenant=self.tenant_id, timeline=self.timeline_id, lsn=after_lsn, until=below)
+            for seg in segments:
+                frames = await loop.run_in_executor(None, offloaded.frames, seg, self.tenant_id, self.timeline_id, after_lsn)
+                for chunk in _chunks(frames, STREAM_CHUNK_BYTES):
+                    yield chunk
+            after_lsn = max(after_lsn, below)
+            cursor = self.wal.cursor(after_lsn)
         while True:
             if self.broken is not None:
                 raise self.broken
@@ -510,6 +525,19 @@ class Timeline:
             except OSError:
                 pass
         self.wal.close()
+
+
+def _chunks(frames: list[Frame], max_bytes: int) -> list[list[Frame]]:
+    """`frames` cut into runs of about `max_bytes` of payload (at least one frame each)."""
+    out: list[list[Frame]] = []
+    size = max_bytes
+    for frame in frames:
+        if size >= max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(frame)
+        size += FRAME_HEADER_SIZE + len(frame.payload)
+    return out
 
 
 def _settle(future: asyncio.Future[AppendResult], *, result: AppendResult | None = None, exc: BaseException | None = None) -> None:

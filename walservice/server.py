@@ -16,6 +16,7 @@ from walservice.peers import ClusterConfig
 from walservice.replication import Cluster
 from walservice.service import DEFAULT_MAX_BATCH_BYTES, WalServicer
 from walservice.timelines import TimelineSet
+from walservice.wal_restore import OffloadedWal
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES
 
 DEFAULT_LISTEN = "127.0.0.1:7676"
@@ -86,6 +87,8 @@ async def run(args: argparse.Namespace) -> None:
         timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes, max_open_segments=args.max_open_segments or None)
         cluster = Cluster(config, log) if config is not None else None
         timelines.cluster = cluster
+        if storage is not None:
+            timelines.offloaded = OffloadedWal(storage, args.remote_storage)
         timelines.load()
         servicer = WalServicer(timelines, log, max_batch_bytes=args.max_batch_bytes, cluster=cluster)
         # Which per-record path runs (walservice/append_codec.py): "c", or "python" where

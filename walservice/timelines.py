@@ -55,7 +55,8 @@ from walservice.control_file import ABSTAIN, CONTROL_FILE_NAME, NO_VOTE, Timelin
 from walservice.open_segments import OpenSegmentFiles, default_capacity
 from walservice.sequencer import Timeline
 from walservice.segment import parse_segment_file_name, segment_file_name
-from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, MissingWal, TimelineWal
+from walservice.wal_restore import OffloadedWal
+from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, MissingWal, RecoveryReport, TimelineWal
 
 if TYPE_CHECKING:
     from walservice.replication import Cluster
@@ -74,6 +75,9 @@ class TimelineSet:
         self.executor = executor
         self.log = log
         self.segment_bytes = segment_bytes
+        # Set before `load` with --remote-storage: repairs damaged segments and serves
+        # trimmed WAL from the offloaded copy (walservice/wal_restore.py).
+        self.offloaded: OffloadedWal | None = None
         # The open segments' write descriptors of every timeline, bounded (an LRU).
         self.open_files = OpenSegmentFiles(max_open_segments or default_capacity())
         self._timelines: dict[tuple[str, str], Timeline] = {}
@@ -89,6 +93,7 @@ class TimelineSet:
         self.deletion_hooks: list[Callable[[str, str], Awaitable[None]]] = []
 
     def _new_timeline(self, wal: TimelineWal) -> Timeline:
+        wal.offloaded = self.offloaded
         timeline = Timeline(wal, self.executor, self.log)
         if self.cluster is not None:
             self.cluster.attach(timeline)
@@ -114,7 +119,7 @@ class TimelineSet:
                         # Creation always writes the first segment: they were deleted.
                         raise MissingWal(f"no WAL segment file is left (the control file names term {control.term}, "
                                          f"commit_lsn={control.commit_lsn})")
-                    report = wal.recover(self.log)
+                    wal, report = self._recover_or_repair(tl_dir, control, wal)
                     floor = control.recovery_floor
                     if report.end_lsn < floor:
                         wal.close()
@@ -148,6 +153,25 @@ class TimelineSet:
                     records=report.records,
                     cut_bytes=report.truncated_bytes,
                 )
+
+    def _recover_or_repair(self, tl_dir: Path, control: TimelineControl, wal: TimelineWal) -> tuple[TimelineWal, RecoveryReport]:
+        """Recover a timeline's WAL; when it is damaged and its offloaded copy mends
+        it (walservice/wal_restore.py, "Repair"), repair and recover once more."""
+        try:
+            return wal, wal.recover(self.log)
+        except CorruptionError as exc:
+            if self.offloaded is None:
+                raise
+            try:
+                repaired = self.offloaded.repair_segments(tl_dir, control.tenant_id, control.timeline_id, self.log)
+            except (StrataError, OSError) as repair_exc:
+                self.log.warning("wal_repair_failed", tenant=control.tenant_id, timeline=control.timeline_id, error=repair_exc)
+                raise exc from None
+            if not repaired:
+                raise
+        wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files)
+        wal.offloaded = self.offloaded
+        return wal, wal.recover(self.log)
 
     def _lose(self, key: tuple[str, str], tl_dir: Path, control: TimelineControl, exc: CorruptionError) -> None:
         """A node of a cluster lost this timeline's WAL: set its files aside (never

@@ -27,8 +27,9 @@ suffix). The open (last) segment is never trimmed. Recovery accepts a first
 segment above the timeline's start_lsn when it is at or below
 min(backup_lsn, remote_consistent_lsn) of the control file (what trimming may
 have removed); a gap anywhere else is corruption. A read below the first local
-segment answers OUT_OF_RANGE (`WalTrimmed`) naming the oldest LSN held and
-where the offloaded WAL is.
+segment raises `WalTrimmed` (OUT_OF_RANGE, naming the oldest LSN held and where
+the offloaded WAL is); the sequencer's Stream catches it and serves that range
+from the offloaded copy (walservice/wal_restore.py).
 
 Threads: `write_and_sync` runs on a flush thread, at most one call at a time per
 timeline (the sequencer guarantees it), and is the only code that writes through
@@ -48,6 +49,7 @@ import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from strata.durable_file import fsync_dir
 from strata.errors import CorruptionError, FailedPrecondition, OutOfRange
@@ -65,6 +67,9 @@ from walservice.segment import (
     scan_segment,
     segment_file_name,
 )
+
+if TYPE_CHECKING:
+    from walservice.wal_restore import OffloadedWal
 
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -125,6 +130,8 @@ class TimelineWal:
         self.open_files = open_files if open_files is not None else OpenSegmentFiles(1)
         # Where offloaded WAL lives (for error messages); set by the offloader on the loop.
         self.offload_location: str | None = None
+        # The offloaded copy, read back below the first local segment (set by TimelineSet).
+        self.offloaded: OffloadedWal | None = None
 
     # -- creation and recovery ------------------------------------------------
 
