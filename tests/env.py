@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,3 +180,11 @@ class StrataEnv:
 
 def env_flag(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `cond` until it holds; fail the test naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

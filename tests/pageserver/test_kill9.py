@@ -22,7 +22,7 @@ import pytest
 from compute_shim import Client
 from pageserver.index_part import read_index_part
 from pageserver.layers.names import LayerName
-from tests.env import Component, StrataEnv
+from tests.env import Component, StrataEnv, wait_until
 from tests.pageserver.world import RELS, RecordGen, World
 
 SEED = int(os.environ.get("STRATA_KILL9_SEED", "20261122"))
@@ -156,6 +156,8 @@ def test_leftovers_of_a_crashed_write_are_removed_not_read(strata_env: StrataEnv
         main = world.create_root()
         world.append_random(main, RecordGen(rng, 512), 20)
         world.wait_ingested(main)
+        # Layers are flushed in the background after ingest: wait for one to be indexed.
+        wait_until("a flushed layer in the index", lambda: bool(timeline_dirs(ps) and read_index_part(timeline_dirs(ps)[0]).layers))
         ps.kill()
 
         tl_dir = timeline_dirs(ps)[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -35,19 +35,12 @@ from pageserver.generation import GenerationTaken, claim_generation, list_genera
 from pageserver.remote_timeline import download_index, remote_index_generations
 from strata.remote_storage.layout import index_key, timeline_key
 from strata.remote_storage.local_fs import LocalFsStorage
-from tests.env import Component, StrataEnv
+from tests.env import Component, StrataEnv, wait_until
 from tests.pageserver.test_kill9 import TINY_LAYERS, Appender
 from tests.strata.remote_storage.harness import MotoServer, aws_env, free_port, moto_server  # noqa: F401 - fixtures
 from tests.pageserver.world import RecordGen, World
 
 SEED = 20261205
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def uploaded(client: Client, world: World, timeline_id: str) -> bool:
