@@ -13,7 +13,10 @@ checksum, another version, a field this build does not know, a missing
 required field or a malformed one is CorruptionError with a message naming the
 file (decode never drops what it does not understand).
 `LayerEntry.remote_checksum` is optional (absent reads as None), so adding it
-kept version 1 readable both ways.
+kept version 1 readable both ways. `commit_times`, `relations` and `truncations`
+are stored as arrays of arrays (`[[lsn, time_us], ...]`, `[[rel, exists,
+nblocks], ...]`, `[[rel, lsn, nblocks], ...]`) and read into the frozen
+dataclasses `CommitTime`, `RelationEntry` and `Truncation`.
 
 Remote copy (docs/design/0003-remote-storage.md): the upload queue
 (remote_timeline.py) uploads the same IndexPart, with `remote_checksum` filled
@@ -24,12 +27,13 @@ readers take the highest generation's index.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from strata import checksummed_json
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
+from strata.ids import Lsn, TenantId, TimelineId
 
 FORMAT_VERSION = 1
 FILE_NAME = "index_part.json"
@@ -48,36 +52,64 @@ class LayerEntry:
 
 
 @dataclass(frozen=True)
+class CommitTime:
+    """A commit-time sample: the batch ending at `lsn` committed at `time_us`."""
+
+    lsn: Lsn
+    time_us: int
+
+
+@dataclass(frozen=True)
+class RelationEntry:
+    """One relation of the relation directory: whether it exists, and its size."""
+
+    rel: int
+    exists: bool
+    nblocks: int
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """A RelSize that shrank relation `rel` at `lsn` to `nblocks` (0: a drop):
+    reconstruction drops a block's values older than a truncation that cut it."""
+
+    rel: int
+    lsn: Lsn
+    nblocks: int
+
+
+@dataclass(frozen=True)
 class IndexPart:
-    tenant_id: str
-    timeline_id: str
-    ancestor_timeline_id: str
-    ancestor_lsn: int
+    tenant_id: TenantId
+    timeline_id: TimelineId
+    ancestor_timeline_id: str  # "" for a root timeline
+    ancestor_lsn: Lsn
     # Records with LSN <= disk_consistent_lsn are all in the listed layers.
-    disk_consistent_lsn: int
+    disk_consistent_lsn: Lsn
     layers: tuple[LayerEntry, ...] = ()
-    gc_cutoff_lsn: int = 0
+    gc_cutoff_lsn: Lsn = Lsn(0)
     created_at_us: int = 0
     expires_at_us: int = 0
     generation: int = 0
-    # (lsn, commit_time_us) samples, for GetLsnByTimestamp.
-    commit_times: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # Commit time samples, ascending, for GetLsnByTimestamp.
+    commit_times: tuple[CommitTime, ...] = ()
     # The relation directory at disk_consistent_lsn: every relation this
-    # timeline (or its ancestor up to the branch point) ever had, as
-    # (rel, exists, nblocks), so sizes and listings never scan layer files.
-    relations: tuple[tuple[int, bool, int], ...] = field(default_factory=tuple)
-    # Every truncation (a RelSize that shrank a relation) and drop (nblocks 0) of
-    # this timeline up to disk_consistent_lsn, as (rel, lsn, nblocks):
-    # reconstruction drops a block's values older than one that cut it.
-    truncations: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
+    # timeline (or its ancestor up to the branch point) ever had, ascending, so
+    # sizes and listings never scan layer files.
+    relations: tuple[RelationEntry, ...] = ()
+    # Every truncation and drop of this timeline up to disk_consistent_lsn.
+    truncations: tuple[Truncation, ...] = ()
     format_version: int = FORMAT_VERSION
 
-    def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: int) -> IndexPart:
+    def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: Lsn) -> IndexPart:
         return replace(self, layers=tuple(layers), disk_consistent_lsn=disk_consistent_lsn)
 
     def encode(self) -> bytes:
         body = asdict(self)
         del body["format_version"]
+        body["commit_times"] = [[c.lsn, c.time_us] for c in self.commit_times]
+        body["relations"] = [[r.rel, r.exists, r.nblocks] for r in self.relations]
+        body["truncations"] = [[t.rel, t.lsn, t.nblocks] for t in self.truncations]
         return checksummed_json.encode(body, FORMAT_VERSION)
 
     @classmethod
@@ -100,9 +132,9 @@ class IndexPart:
                 )
                 layers.append(LayerEntry(**entry))
             body["layers"] = tuple(layers)
-            body["commit_times"] = tuple((int(l), int(t)) for l, t in body.get("commit_times", ()))
-            body["relations"] = tuple((int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
-            body["truncations"] = tuple((int(r), int(l), int(n)) for r, l, n in body.get("truncations", ()))
+            body["commit_times"] = tuple(CommitTime(Lsn(int(l)), int(t)) for l, t in body.get("commit_times", ()))
+            body["relations"] = tuple(RelationEntry(int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
+            body["truncations"] = tuple(Truncation(int(r), Lsn(int(l)), int(n)) for r, l, n in body.get("truncations", ()))
         except (TypeError, ValueError) as exc:
             raise CorruptionError(f"{where}: a field has the wrong shape: {exc}") from exc
         return cls(**body)

@@ -14,7 +14,7 @@ from typing import NewType
 Key = NewType("Key", int)
 
 META_BLKNO = 0xFFFFFFFF
-KEY_SPACE_END = 1 << 64  # exclusive end of the whole key space
+KEY_SPACE_END = Key(1 << 64)  # exclusive end of the whole key space (one past the last u64)
 
 
 def page_key(rel: int, blkno: int) -> Key:
@@ -25,15 +25,15 @@ def rel_meta_key(rel: int) -> Key:
     return Key(rel << 32 | META_BLKNO)
 
 
-def key_rel(key: int) -> int:
+def key_rel(key: Key) -> int:
     return key >> 32
 
 
-def key_blkno(key: int) -> int:
+def key_blkno(key: Key) -> int:
     return key & 0xFFFFFFFF
 
 
-def is_meta_key(key: int) -> bool:
+def is_meta_key(key: Key) -> bool:
     return key & 0xFFFFFFFF == META_BLKNO
 
 

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING
 
 from pageserver import reconstruct
 from pageserver.index_part import IndexPart
-from pageserver.keys import KEY_SPACE_END
+from pageserver.keys import KEY_SPACE_END, Key
 from pageserver.layer_map import HistoricLayer, LayerMap
 from pageserver.layers.block_cache import BlockCache
 from pageserver.layers.names import LayerName
 from pageserver.remote_timeline import download_index, remote_objects_of
 from strata.errors import FailedPrecondition
+from strata.ids import Lsn, TenantId, TimelineId
 
 if TYPE_CHECKING:
     from strata.remote_storage.interface import RemoteObject, RemoteStorage
@@ -78,12 +79,13 @@ def index_layers(
     return layers
 
 
-def index_truncations(index: IndexPart) -> dict[int, list[tuple[int, int]]]:
+def index_truncations(index: IndexPart) -> dict[int, list[tuple[Lsn, int]]]:
     """rel -> [(lsn, nblocks after)] of the timeline's own shrinks and drops,
-    ascending LSN (see reconstruct.last_cut)."""
-    truncations: dict[int, list[tuple[int, int]]] = {}
-    for rel, lsn, nblocks in index.truncations:
-        truncations.setdefault(rel, []).append((lsn, nblocks))
+    ascending LSN (see reconstruct.last_cut: the per-relation lists are what
+    reconstruction walks on every page read, so they stay plain pairs)."""
+    truncations: dict[int, list[tuple[Lsn, int]]] = {}
+    for t in index.truncations:
+        truncations.setdefault(t.rel, []).append((t.lsn, t.nblocks))
     return truncations
 
 
@@ -91,11 +93,11 @@ def index_truncations(index: IndexPart) -> dict[int, list[tuple[int, int]]]:
 class SnapshotTimeline:
     """One timeline of the chain, as reconstruct.TimelineChain wants it."""
 
-    timeline_id: str
+    timeline_id: TimelineId
     layer_map: LayerMap
     ancestor: SnapshotTimeline | None
-    ancestor_lsn: int
-    truncations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    ancestor_lsn: Lsn
+    truncations: dict[int, list[tuple[Lsn, int]]] = field(default_factory=dict)
     layer_bytes: int = 0
 
     def chain(self) -> Iterator[SnapshotTimeline]:
@@ -105,12 +107,12 @@ class SnapshotTimeline:
             yield tl
             tl = tl.ancestor
 
-    def rel_nblocks(self, rel: int, lsn: int) -> int | None:
+    def rel_nblocks(self, rel: int, lsn: Lsn) -> int | None:
         """The relation's size at `lsn`, or None if it does not exist."""
         state, _ = reconstruct.rel_state(self, rel, lsn)
         return state.nblocks if state.exists else None
 
-    def get_page(self, rel: int, blkno: int, lsn: int, page_size: int) -> bytes:
+    def get_page(self, rel: int, blkno: int, lsn: Lsn, page_size: int) -> bytes:
         return reconstruct.get_page(self, rel, blkno, lsn, page_size)
 
     def close(self) -> None:
@@ -120,12 +122,12 @@ class SnapshotTimeline:
 
 def open_timeline(
     storage: RemoteStorage,
-    tenant_id: str,
-    timeline_id: str,
-    lsn: int,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+    lsn: Lsn,
     workdir: Path,
     cache: BlockCache,
-    key_range: tuple[int, int] = (0, KEY_SPACE_END),
+    key_range: tuple[Key, Key] = (Key(0), KEY_SPACE_END),
     branch_point: bool = False,
 ) -> SnapshotTimeline:
     """The timeline at `lsn` from remote storage alone, its layer files (those
@@ -156,7 +158,7 @@ def open_timeline(
     ancestor = None
     if index.ancestor_timeline_id:
         ancestor = open_timeline(
-            storage, tenant_id, index.ancestor_timeline_id, index.ancestor_lsn, workdir, cache, key_range, branch_point=True
+            storage, tenant_id, TimelineId(index.ancestor_timeline_id), index.ancestor_lsn, workdir, cache, key_range, branch_point=True
         )
     total = sum(layer.file_size for layer in layer_map.historic)
     return SnapshotTimeline(timeline_id, layer_map, ancestor, index.ancestor_lsn, index_truncations(index), total)

@@ -50,7 +50,7 @@ from pathlib import Path
 import grpc
 
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
-from pageserver.index_part import IndexPart, read_index_part, write_index_part
+from pageserver.index_part import IndexPart, RelationEntry, read_index_part, write_index_part
 from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
 from pageserver import gc, remote_timeline
@@ -62,7 +62,7 @@ from pageserver.page_cache import MaterializedPageCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from pageserver.timeline_deletion import DeletionMark, TimelineDeletions, local_mark
 from strata import checksummed_json, ids
-from strata.ids import TenantId, TimelineId
+from strata.ids import Lsn, TenantId, TimelineId
 from strata.durable_file import fsync_dir, write_durably
 from strata.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StrataError, Unavailable
 from strata.logs import EventLogger
@@ -143,8 +143,8 @@ class Tenant:
         self.deletions = TimelineDeletions(self)
 
     @property
-    def tenant_id(self) -> str:
-        return self.config.tenant_id
+    def tenant_id(self) -> TenantId:
+        return TenantId(self.config.tenant_id)
 
     @property
     def timelines_dir(self) -> Path:
@@ -332,7 +332,7 @@ class Tenant:
             raise NotFound(f"tenant_id={self.tenant_id} timeline_id={timeline_id}: no such timeline") from None
 
     async def create_timeline(
-        self, timeline_id: str, ancestor_timeline_id: str, ancestor_lsn: int, ttl_seconds: int, timeout: float | None
+        self, timeline_id: str, ancestor_timeline_id: str, ancestor_lsn: Lsn, ttl_seconds: int, timeout: float | None
     ) -> Timeline:
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
         if timeline_id in self.timelines:
@@ -366,10 +366,10 @@ class Tenant:
         return await self._create_timeline(timeline_id, None, 0, ttl_seconds)
 
     async def _create_timeline(
-        self, timeline_id: str, ancestor: Timeline | None, ancestor_lsn: int, ttl_seconds: int
+        self, timeline_id: TimelineId, ancestor: Timeline | None, ancestor_lsn: Lsn, ttl_seconds: int
     ) -> Timeline:
         ancestor_timeline_id = ancestor.timeline_id if ancestor is not None else ""
-        relations: tuple[tuple[int, bool, int], ...] = ()
+        relations: tuple[RelationEntry, ...] = ()
         if ancestor is not None:
             # The relation directory at the branch point: one lookup per relation
             # the ancestor ever had, independent of how much data it holds.
@@ -446,7 +446,7 @@ class Tenant:
                 f"timeline's index {key}: {exc!r}"
             ) from exc
 
-    async def _register_with_walservice(self, timeline_id: str, start_lsn: int) -> None:
+    async def _register_with_walservice(self, timeline_id: TimelineId, start_lsn: Lsn) -> None:
         request = wal_pb2.WalTimeline(
             tenant_id=self.tenant_id, timeline_id=timeline_id, start_lsn=start_lsn, page_size=self.config.page_size
         )

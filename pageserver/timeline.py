@@ -43,7 +43,7 @@ from pathlib import Path
 
 from pageserver import compaction, gc, reconstruct
 from pageserver.layers.in_memory_layer import InMemoryLayer
-from pageserver.index_part import IndexPart, LayerEntry, write_index_part
+from pageserver.index_part import CommitTime, IndexPart, LayerEntry, RelationEntry, Truncation, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
 from pageserver.page_cache import MaterializedPageCache
 from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded, LayerMap
@@ -53,6 +53,7 @@ from pageserver.layers.names import LayerName
 from pageserver.snapshot_reader import index_layers, index_truncations
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
 from strata.errors import CorruptionError, DeadlineExceeded, FailedPrecondition, Unavailable
+from strata.ids import Lsn, TenantId, TimelineId
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
 
@@ -83,7 +84,7 @@ _CACHE_TOKENS = itertools.count(1)
 MAX_COMMIT_SAMPLES = 4096
 
 
-def thin_commit_times(times: list[tuple[int, int]], limit: int = MAX_COMMIT_SAMPLES) -> list[tuple[int, int]]:
+def thin_commit_times(times: list[CommitTime], limit: int = MAX_COMMIT_SAMPLES) -> list[CommitTime]:
     """Every other sample of the older half once there are more than 2 * limit
     (the first and the newest half are always kept)."""
     if len(times) <= 2 * limit:
@@ -92,22 +93,22 @@ def thin_commit_times(times: list[tuple[int, int]], limit: int = MAX_COMMIT_SAMP
     return times[:half:2] + times[half:]
 
 
-def truncation_list(truncations: dict[int, list[tuple[int, int]]]) -> tuple[tuple[int, int, int], ...]:
+def truncation_list(truncations: dict[int, list[tuple[Lsn, int]]]) -> tuple[Truncation, ...]:
     """Truncations as index_part.json stores them."""
-    return tuple((rel, lsn, nblocks) for rel, cuts in sorted(truncations.items()) for lsn, nblocks in cuts)
+    return tuple(Truncation(rel, lsn, nblocks) for rel, cuts in sorted(truncations.items()) for lsn, nblocks in cuts)
 
 
-def relation_directory(states: dict[int, RelState]) -> tuple[tuple[int, bool, int], ...]:
+def relation_directory(states: dict[int, RelState]) -> tuple[RelationEntry, ...]:
     """The relation directory as index_part.json stores it."""
-    return tuple((rel, s.exists, s.nblocks) for rel, s in sorted(states.items()))
+    return tuple(RelationEntry(rel, s.exists, s.nblocks) for rel, s in sorted(states.items()))
 
 
 class Timeline:
     def __init__(
         self,
         *,
-        tenant_id: str,
-        timeline_id: str,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
         page_size: int,
         directory: Path,
         index: IndexPart,
@@ -141,28 +142,28 @@ class Timeline:
         # Set by the tenant when remote storage is configured.
         self.remote: RemoteTimelineClient | None = None
         self.on_index_changed: Callable[[Timeline], None] | None = None
-        self.disk_consistent_lsn = index.disk_consistent_lsn
-        self.last_record_lsn = index.disk_consistent_lsn
+        self.disk_consistent_lsn: Lsn = index.disk_consistent_lsn
+        self.last_record_lsn: Lsn = index.disk_consistent_lsn
         # Child timelines: id -> its branch point (ancestor_lsn), which GC keeps.
-        self.children: dict[str, int] = {}
+        self.children: dict[TimelineId, Lsn] = {}
         self.deleted = False
         self.on_persisted: Callable[[Timeline], None] | None = None
         self._lsn_event = asyncio.Event()
         # The relation directory at last_record_lsn: every relation ever seen
         # here or inherited at the branch point (dropped ones with exists=False).
-        self.rel_states: dict[int, RelState] = {r: RelState(e, n) for r, e, n in index.relations}
+        self.rel_states: dict[int, RelState] = {r.rel: RelState(r.exists, r.nblocks) for r in index.relations}
         # rel -> [(lsn, nblocks after)] of this timeline's shrinks and drops,
         # ascending LSN (see reconstruct.last_cut).
-        self.truncations: dict[int, list[tuple[int, int]]] = index_truncations(index)
+        self.truncations: dict[int, list[tuple[Lsn, int]]] = index_truncations(index)
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
-        # (lsn, commit_time_us) of ingested batches, ascending in both.
-        self._commit_times: list[tuple[int, int]] = list(index.commit_times)
+        # Commit times of ingested batches, ascending in both LSN and time.
+        self._commit_times: list[CommitTime] = list(index.commit_times)
         # Reads and branches below this are refused; raised (only) by gc().
         self.gc_cutoff_lsn = index.gc_cutoff_lsn
         # Branch points of CreateTimeline calls in flight (lsn -> count): GC
         # keeps them like children's until the child is added.
-        self.branch_reservations: dict[int, int] = {}
+        self.branch_reservations: dict[Lsn, int] = {}
         # Set (by the WAL receiver, on the loop) when this timeline is ahead of the WAL
         # it streams from: it holds records the walservice lost, so nothing of it is
         # served from then on (DATA_LOSS) until an operator looks.
@@ -177,7 +178,7 @@ class Timeline:
         return f"Timeline({self.tenant_id}/{self.timeline_id})"
 
     @property
-    def start_lsn(self) -> int:
+    def start_lsn(self) -> Lsn:
         return self.ancestor_lsn
 
     # -- ingest (event loop) ------------------------------------------------------
@@ -191,7 +192,7 @@ class Timeline:
         layer.put(rel_meta_key(rel), lsn, encode_rel_state(state))
         self.rel_states[rel] = state
 
-    def ingest(self, lsn: int, record: records_pb2.Record, record_bytes: bytes) -> None:
+    def ingest(self, lsn: Lsn, record: records_pb2.Record, record_bytes: bytes) -> None:
         """Apply one record (LSN order, each once) to the open in-memory layer."""
         if lsn <= self.last_record_lsn:
             raise ValueError(f"{self}: record lsn={lsn} is not past last_record_lsn={self.last_record_lsn}")
@@ -234,13 +235,13 @@ class Timeline:
         """After a batch of records: wake readers, note the commit time, maybe freeze."""
         self._lsn_event.set()
         self._lsn_event = asyncio.Event()
-        if commit_time_us and (not self._commit_times or self._commit_times[-1][1] < commit_time_us):
-            self._commit_times.append((self.last_record_lsn, commit_time_us))
+        if commit_time_us and (not self._commit_times or self._commit_times[-1].time_us < commit_time_us):
+            self._commit_times.append(CommitTime(self.last_record_lsn, commit_time_us))
             self._commit_times = thin_commit_times(self._commit_times)
-        elif commit_time_us and self._commit_times[-1][1] == commit_time_us:
+        elif commit_time_us and self._commit_times[-1].time_us == commit_time_us:
             # The same commit round, streamed in more than one message (a large Append is cut
             # into chunks): the sample moves to its end, so it never names an LSN inside a batch.
-            self._commit_times[-1] = (self.last_record_lsn, commit_time_us)
+            self._commit_times[-1] = CommitTime(self.last_record_lsn, commit_time_us)
         self.maybe_freeze()
 
     def maybe_freeze(self, force: bool = False) -> bool:
@@ -345,10 +346,10 @@ class Timeline:
         return None
 
     @property
-    def remote_consistent_lsn(self) -> int:
-        return self.remote.remote_consistent_lsn if self.remote is not None else 0
+    def remote_consistent_lsn(self) -> Lsn:
+        return self.remote.remote_consistent_lsn if self.remote is not None else Lsn(0)
 
-    def persisted_lsn(self) -> int:
+    def persisted_lsn(self) -> Lsn:
         """What the walservice may trim below: remote_consistent_lsn with remote
         storage, else disk_consistent_lsn."""
         return self.remote.remote_consistent_lsn if self.remote is not None else self.disk_consistent_lsn
@@ -454,7 +455,7 @@ class Timeline:
 
     # -- GC (docs/design/0003-remote-storage.md) ------------------------------------
 
-    def pitr_cutoff(self, now_us: int, pitr_seconds: int) -> int:
+    def pitr_cutoff(self, now_us: int, pitr_seconds: int) -> Lsn:
         """The cutoff the PITR window allows now: the LSN of the last commit at or
         before now - pitr_seconds, at most disk_consistent_lsn (GC works on layer
         files), never below the current cutoff."""
@@ -463,7 +464,7 @@ class Timeline:
             return self.gc_cutoff_lsn
         return max(self.gc_cutoff_lsn, min(lsn, self.disk_consistent_lsn))
 
-    def retained_branch_points(self) -> list[int]:
+    def retained_branch_points(self) -> list[Lsn]:
         """Branch points of children (set by the tenant) and of branches being created."""
         return sorted({*self.children.values(), *self.branch_reservations})
 
@@ -491,8 +492,8 @@ class Timeline:
             names = [l.name for l in self.layer_map.historic] + [l.name for l in images]
             doomed = set(gc.garbage(names, cutoff, self.retained_branch_points()))
             remove = [l for l in self.layer_map.historic if l.name in doomed]
-            kept_times = [(l, t) for l, t in self._commit_times if l >= cutoff]
-            older = [(l, t) for l, t in self._commit_times if l < cutoff]
+            kept_times = [c for c in self._commit_times if c.lsn >= cutoff]
+            older = [c for c in self._commit_times if c.lsn < cutoff]
             self._commit_times = older[-1:] + kept_times  # the newest at or below the cutoff answers for it
             if remove or images or raised:
                 await self.commit_layers(remove, images, gc_cutoff_lsn=cutoff, commit_times=tuple(self._commit_times))
@@ -510,7 +511,7 @@ class Timeline:
         )
         return result
 
-    def check_readable(self, lsn: int, what: str = "read") -> None:
+    def check_readable(self, lsn: Lsn, what: str = "read") -> None:
         """FAILED_PRECONDITION for a read or a branch below the GC cutoff, except
         at a child's branch point (GC keeps what it reads there). A read of a
         branch at or below its branch point reads the ancestor: its cutoff counts.
@@ -544,7 +545,7 @@ class Timeline:
             tl = tl.ancestor
         return True
 
-    async def wait_for_lsn(self, lsn: int, timeout: float | None) -> None:
+    async def wait_for_lsn(self, lsn: Lsn, timeout: float | None) -> None:
         """Wait until this timeline has ingested `lsn` and every ancestor its
         branch point: a read of a branch falls through to the ancestor at
         ancestor_lsn, which after a restart may still be re-ingesting."""
@@ -569,17 +570,17 @@ class Timeline:
             except TimeoutError:
                 pass
 
-    def read_lsn(self, lsn: int) -> int:
+    def read_lsn(self, lsn: Lsn) -> Lsn:
         """The LSN a read at `lsn` uses (0 = the latest ingested)."""
         return lsn or self.last_record_lsn
 
-    def cached_page(self, rel: int, blkno: int, lsn: int) -> bytes | None:
+    def cached_page(self, rel: int, blkno: int, lsn: Lsn) -> bytes | None:
         """The page from the materialized page cache, if it holds it for `lsn`."""
         if self.page_cache is None:
             return None
         return self.page_cache.get(self._cache_token, rel, blkno, lsn)
 
-    def get_page(self, rel: int, blkno: int, lsn: int) -> bytes:
+    def get_page(self, rel: int, blkno: int, lsn: Lsn) -> bytes:
         page = self.cached_page(rel, blkno, lsn)
         if page is None:
             page = reconstruct.get_page(self, rel, blkno, lsn, self.page_size)
@@ -589,16 +590,16 @@ class Timeline:
                 self.page_cache.put(self._cache_token, rel, blkno, lsn, page)
         return page
 
-    def get_rel_state(self, rel: int, lsn: int) -> RelState:
+    def get_rel_state(self, rel: int, lsn: Lsn) -> RelState:
         return reconstruct.rel_state(self, rel, lsn)[0]
 
-    def commit_lsn_at(self, timestamp_us: int) -> int | None:
+    def commit_lsn_at(self, timestamp_us: int) -> Lsn | None:
         """The LSN of the last commit at or before `timestamp_us` (None: none known)."""
         times = self._commit_times
-        i = bisect.bisect_right([t for _, t in times], timestamp_us)
-        return times[i - 1][0] if i else None
+        i = bisect.bisect_right([c.time_us for c in times], timestamp_us)
+        return times[i - 1].lsn if i else None
 
-    def lsn_by_timestamp(self, timestamp_us: int) -> tuple[int, str]:
+    def lsn_by_timestamp(self, timestamp_us: int) -> tuple[Lsn, str]:
         """The LSN at which the timeline stood at `timestamp_us`, and its kind:
         "present": the LSN of the last commit at or before it, inside the
         retained history; "past": the time is before the retained history (before
@@ -618,7 +619,7 @@ class Timeline:
             return self.ancestor_lsn, "future" if not self._commit_times else "present"
         if lsn is None or lsn < oldest:
             return oldest, "past"
-        if timestamp_us > self._commit_times[-1][1]:
+        if timestamp_us > self._commit_times[-1].time_us:
             return lsn, "future"
         return lsn, "present"
 

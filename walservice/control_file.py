@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import xxhash
 
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
+from strata.ids import Lsn, TenantId, Term, TimelineId
+from walservice.term_history import TermHistory, history_from_json, history_to_json, last_log_term
 
 MAGIC = b"SWCF"
 FORMAT_VERSION = 4
@@ -53,49 +55,48 @@ CONTROL_FILE_NAME = "control"
 
 @dataclass(frozen=True)
 class TimelineControl:
-    tenant_id: str
-    timeline_id: str
-    start_lsn: int
+    tenant_id: TenantId
+    timeline_id: TimelineId
+    start_lsn: Lsn
     page_size: int
     # The highest term this node has voted in or accepted appends under.
-    term: int = 1
-    # (term, start LSN of that term) pairs, oldest first: the log's term history;
-    # records with LSN > start (to the next entry's start) were sequenced in that term.
-    term_history: list[tuple[int, int]] = field(default_factory=list)
-    remote_consistent_lsn: int = 0
-    backup_lsn: int = 0
+    term: Term = Term(1)
+    # Oldest first: records with LSN > an entry's start_lsn (to the next entry's)
+    # were sequenced in its term (walservice/term_history.py). Stored in the JSON
+    # body as [[term, start_lsn], ...].
+    term_history: TermHistory = ()
+    remote_consistent_lsn: Lsn = Lsn(0)
+    backup_lsn: Lsn = Lsn(0)
     # The node id this node voted for in `term` (NO_VOTE, ABSTAIN).
     voted_for: int = NO_VOTE
     # A lower bound of the cluster's commit_lsn (persisted lazily: at sync with a
     # leader, at each new segment, at shutdown). WAL recovered short of it was lost.
-    commit_lsn: int = 0
+    commit_lsn: Lsn = Lsn(0)
     # None, or: this node lost WAL its peers hold (a wiped disk, deleted segments)
     # and neither votes nor serves until its log reaches this LSN and the
     # commit_lsn a leader sent it (docs/design/0005-replication.md, "Catch-up").
-    catchup_lsn: int | None = None
+    catchup_lsn: Lsn | None = None
     # WAL below this LSN was streamed to a reader or acknowledged to a writer, so
     # recovery never cuts it as a torn tail: damage below it is DATA_LOSS (or, with
     # an offloaded copy, repaired). Raised before a Stream sends WAL past it, and in
     # the background after acknowledgements (walservice/sequencer.py, "Floor").
-    floor_lsn: int = 0
+    floor_lsn: Lsn = Lsn(0)
 
     @property
-    def recovery_floor(self) -> int:
+    def recovery_floor(self) -> Lsn:
         """WAL below this LSN was durable and seen (floor_lsn, commit_lsn) or is
         counted on by others (backup_lsn, remote_consistent_lsn): recovery never
         cuts it, and WAL ending below it was lost."""
         return max(self.floor_lsn, self.commit_lsn, self.backup_lsn, self.remote_consistent_lsn)
 
-    def last_log_term(self, flush_lsn: int) -> int:
+    def last_log_term(self, flush_lsn: Lsn) -> Term:
         """The term of the last history entry starting at or below flush_lsn."""
-        term = 0
-        for t, start in self.term_history:
-            if start <= flush_lsn:
-                term = t
-        return term
+        return last_log_term(self.term_history, flush_lsn)
 
     def encode(self) -> bytes:
-        body = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        fields["term_history"] = history_to_json(self.term_history)
+        body = json.dumps(fields, sort_keys=True).encode()
         return _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), xxhash.xxh64_intdigest(body)) + body
 
     @classmethod
@@ -111,8 +112,11 @@ class TimelineControl:
         if len(body) != n or xxhash.xxh64_intdigest(body) != checksum:
             raise CorruptionError(f"{where}: body checksum mismatch")
         fields = json.loads(body)
-        fields["term_history"] = [tuple(x) for x in fields.get("term_history", [])]
-        return cls(**fields)
+        try:
+            fields["term_history"] = history_from_json(fields.get("term_history", []))
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise CorruptionError(f"{where}: a field has the wrong shape: {exc}") from exc
 
 
 def write_control(timeline_dir: Path, control: TimelineControl) -> None:

@@ -1,8 +1,8 @@
 """Election and terms: one timeline's leader, elected by a majority of votes for a
 term (section Election of docs/design/0005-replication.md; the names here match it).
 
-- `TermHistory` and its helpers: which term wrote which part of the log, and where
-  two logs stop agreeing.
+- The term history itself (which term wrote which part of the log, where two logs
+  stop agreeing) is walservice/term_history.py.
 - `TimelineElection`: one timeline's term state on this node (the leader it knows,
   the term it leads), running for leader (`ensure_leader`, `elect`), stepping down
   (`step_down`) and the RequestVote handler (`on_vote_request`). Its subclass
@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from strata.errors import Unavailable
+from strata.ids import Term
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
 from walservice.control_file import ABSTAIN, NO_VOTE
 from walservice.peers import ClusterConfig, PeerClients
 from walservice.sequencer import Timeline
+from walservice.term_history import TermStart, history_up_to
 
 HEARTBEAT_S = 0.25
 LEADER_LEASE_S = 1.0
@@ -35,9 +37,6 @@ VOTE_TIMEOUT_S = 0.5
 # How long one Append keeps running for leader (lost or split votes) before UNAVAILABLE.
 ELECTION_PATIENCE_S = 1.5
 LEADER_METADATA_KEY = "strata-leader"
-
-TermHistory = list[tuple[int, int]]
-
 
 class NotLeader(Unavailable):
     """This node does not lead the timeline: UNAVAILABLE, with the leader's address
@@ -50,34 +49,6 @@ class NotLeader(Unavailable):
     @property
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return ((LEADER_METADATA_KEY, self.leader_address or ""),)
-
-
-def history_to_proto(history: TermHistory) -> list[peer_pb2.TermEntry]:
-    return [peer_pb2.TermEntry(term=t, start_lsn=lsn) for t, lsn in history]
-
-
-def history_from_proto(entries: object) -> TermHistory:
-    return [(e.term, e.start_lsn) for e in entries]  # type: ignore[attr-defined]
-
-
-def history_up_to(history: TermHistory, lsn: int) -> TermHistory:
-    """The entries that start at or below `lsn` (what a log ending at `lsn` holds)."""
-    return [(t, start) for t, start in history if start <= lsn]
-
-
-def divergence_lsn(mine: TermHistory, my_end: int, theirs: TermHistory, their_end: int) -> int:
-    """The highest LSN up to which two logs agree, from their term histories: the
-    last common entry's term ends (next entry's start, or the log's end) at
-    possibly different points in each; the smaller one."""
-    a, b = history_up_to(mine, my_end), history_up_to(theirs, their_end)
-    i = 0
-    while i < len(a) and i < len(b) and a[i] == b[i]:
-        i += 1
-    if i == 0:
-        return min(a[0][1] if a else my_end, b[0][1] if b else their_end)
-    end_a = a[i][1] if i < len(a) else my_end
-    end_b = b[i][1] if i < len(b) else their_end
-    return min(end_a, end_b)
 
 
 class TimelineElection:
@@ -99,7 +70,7 @@ class TimelineElection:
         self.election_lock = asyncio.Lock()
         self.started = time.monotonic()
 
-    def _start_leading(self, term: int) -> None:
+    def _start_leading(self, term: Term) -> None:
         """This node now leads `term` (leader_term and epoch_start_lsn are set)."""
         raise NotImplementedError
 
@@ -115,7 +86,7 @@ class TimelineElection:
         tl = self.timeline
         emit(event, tenant=tl.tenant_id, timeline=tl.timeline_id, term=tl.term, node=self.config.node_id, **fields)
 
-    def last_log_term(self) -> int:
+    def last_log_term(self) -> Term:
         return self.timeline.control.last_log_term(self.timeline.flush_lsn)
 
     @property
@@ -146,7 +117,7 @@ class TimelineElection:
 
     # -- the leader's side -----------------------------------------------------------
 
-    def leader_term_or_raise(self) -> int:
+    def leader_term_or_raise(self) -> Term:
         if not self.leader_term or self.leader_term != self.timeline.term:
             raise self.not_leader("it stepped down")
         return self.leader_term
@@ -222,16 +193,16 @@ class TimelineElection:
             await self._become_leader(term)
             return True
 
-    async def _become_leader(self, term: int) -> None:
+    async def _become_leader(self, term: Term) -> None:
         tl = self.timeline
         flush = tl.flush_lsn
-        history = history_up_to(tl.control.term_history, flush) + [(term, flush)]
+        history = history_up_to(tl.control.term_history, flush) + (TermStart(term, flush),)
         await tl.set_control(term_history=history)
         self.leader_term, self.leader_id, self.epoch_start_lsn = term, self.config.node_id, flush
         self._start_leading(term)
         self._event(self.log.info, "leader_elected", lsn=flush, epoch_start_lsn=flush)
 
-    async def step_down(self, term: int, why: str) -> None:
+    async def step_down(self, term: Term, why: str) -> None:
         """Adopt a higher term (persisted) and stop leading. Caller holds state_lock or
         is a Replicator (which must not take it: the handlers may be waiting on it)."""
         tl = self.timeline

@@ -28,21 +28,16 @@ from typing import TYPE_CHECKING
 import grpc
 
 from strata.errors import CorruptionError, InvalidArgument, StrataError, Unavailable
+from strata.ids import Term
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2, wal_pb2
 from walservice.control_file import NO_VOTE
-from walservice.election import (
-    HEARTBEAT_S,
-    TimelineElection,
-    divergence_lsn,
-    history_from_proto,
-    history_to_proto,
-    history_up_to,
-)
+from walservice.election import HEARTBEAT_S, TimelineElection
 from walservice.peer_stream import PeerAppendConnection, PeerStreamRefused
 from walservice.peers import PEER_APPEND_TIMEOUT_S, ClusterConfig, PeerClients, PeerUnreachable
 from walservice.segment import iter_frames
 from walservice.sequencer import Timeline
+from walservice.term_history import divergence_lsn, history_from_proto, history_to_proto, history_up_to
 
 if TYPE_CHECKING:
     from walservice.timelines import TimelineSet
@@ -238,7 +233,7 @@ class TimelineReplica(TimelineElection):
 
     # -- the leader's side -----------------------------------------------------------
 
-    def _start_leading(self, term: int) -> None:
+    def _start_leading(self, term: Term) -> None:
         self.recent, self.recent_bytes = [], 0
         self.replicators = {n: Replicator(self, n, term) for n in self.config.others}
 
@@ -532,7 +527,7 @@ class Cluster:
         tl = await timelines.create(
             req.tenant_id, req.timeline_id, req.start_lsn, req.page_size,
             abstain_term=req.term, first_lsn=req.first_lsn or req.start_lsn,
-            term_history=history_from_proto(req.term_history) or None,
+            term_history=history_from_proto(req.term_history),
             remote_consistent_lsn=req.remote_consistent_lsn, backup_lsn=req.backup_lsn,
         )
         return peer_pb2.PeerTimelineResponse(existed=existed, term=tl.term, flush_lsn=tl.flush_lsn)

@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from strata.errors import CorruptionError, EndLsnMismatch, StrataError, Unavailable
+from strata.ids import Lsn, TenantId, Term, TimelineId
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
 from walservice.append_codec import native as native_codec
@@ -72,10 +73,10 @@ STREAM_CHUNK_BYTES = 1024 * 1024
 # (a frozen one costs about four times as much to construct).
 @dataclass(slots=True)
 class AppendResult:
-    start_lsn: int
-    end_lsn: int
-    record_lsns: list[int]
-    term: int
+    start_lsn: Lsn
+    end_lsn: Lsn
+    record_lsns: list[Lsn]
+    term: Term
 
 
 @dataclass(slots=True)
@@ -83,9 +84,9 @@ class _Round:
     """Batches sequenced at [start_lsn, end_lsn) under `term`, to be written together:
     `data` their encoded frames, `acks` each batch's caller and result."""
 
-    start_lsn: int
-    end_lsn: int
-    term: int
+    start_lsn: Lsn
+    end_lsn: Lsn
+    term: Term
     data: bytearray
     acks: list[tuple[asyncio.Future[AppendResult], AppendResult]]
 
@@ -107,9 +108,10 @@ class Timeline:
         self.executor = executor
         self.log = log
         self.clock_us = clock_us
-        self.end_lsn = wal.end_lsn
-        self.flush_lsn = wal.end_lsn
-        self.commit_lsn = wal.end_lsn
+        # Sequenced / written and fsync'd here / acknowledged (on a majority).
+        self.end_lsn: Lsn = wal.end_lsn
+        self.flush_lsn: Lsn = wal.end_lsn
+        self.commit_lsn: Lsn = wal.end_lsn
         self.broken: StrataError | None = None
         self.closing = False
         # Rounds sequenced and not yet written, oldest first; the last one takes new appends.
@@ -130,15 +132,15 @@ class Timeline:
         self._floor_task: asyncio.Task[None] | None = None
 
     @property
-    def tenant_id(self) -> str:
+    def tenant_id(self) -> TenantId:
         return self.control.tenant_id
 
     @property
-    def timeline_id(self) -> str:
+    def timeline_id(self) -> TimelineId:
         return self.control.timeline_id
 
     @property
-    def term(self) -> int:
+    def term(self) -> Term:
         return self.control.term
 
     def check_usable(self) -> None:
@@ -149,7 +151,7 @@ class Timeline:
 
     # -- appends ----------------------------------------------------------------
 
-    def submit(self, payloads: list[bytes], expected_end_lsn: int = 0) -> asyncio.Future[AppendResult]:
+    def submit(self, payloads: list[bytes], expected_end_lsn: Lsn = Lsn(0)) -> asyncio.Future[AppendResult]:
         """Sequence one batch of serialized records onto the open round. The future
         settles once the batch is durable, or with the reason it was refused.
         Callers that stop waiting do not withdraw the batch: it may still be
@@ -167,7 +169,7 @@ class Timeline:
             lsns.append(position)
         return self._sequenced(rnd, future, AppendResult(start, position, lsns, term))
 
-    def submit_spans(self, message: bytes, spans: bytes, expected_end_lsn: int = 0) -> asyncio.Future[AppendResult]:
+    def submit_spans(self, message: bytes, spans: bytes, expected_end_lsn: Lsn = Lsn(0)) -> asyncio.Future[AppendResult]:
         """`submit` for records still in their wire bytes: each (offset, length)
         pair of `spans` is one serialized Record in `message`, already validated
         (walservice/append_codec.py; the C codec encodes the frames)."""
@@ -178,7 +180,7 @@ class Timeline:
         lsns = native_codec.encode_frames(rnd.data, message, spans, start, rnd.term, self.clock_us())  # type: ignore[union-attr]
         return self._sequenced(rnd, future, AppendResult(start, lsns[-1], lsns, rnd.term))
 
-    def _sequence(self, expected_end_lsn: int) -> tuple[asyncio.Future[AppendResult], _Round | None]:
+    def _sequence(self, expected_end_lsn: Lsn) -> tuple[asyncio.Future[AppendResult], _Round | None]:
         """A new append's future and the open round it goes on (a new one when there
         is none or it is full); no round when the append is refused already (the
         future holds why: not the leader, or `expected_end_lsn` is not the end)."""
@@ -218,7 +220,7 @@ class Timeline:
         if self.replica is not None:
             await self.replica.ensure_leader()
 
-    async def append(self, payloads: list[bytes], expected_end_lsn: int = 0) -> AppendResult:
+    async def append(self, payloads: list[bytes], expected_end_lsn: Lsn = Lsn(0)) -> AppendResult:
         """Sequence and durably store one batch of serialized records."""
         await self.ready_for_appends()
         return await self.submit(payloads, expected_end_lsn)
@@ -341,7 +343,7 @@ class Timeline:
         self._commit_event.set()
         self._commit_event = asyncio.Event()
 
-    async def stream(self, after_lsn: int) -> AsyncIterator[list[Frame]]:
+    async def stream(self, after_lsn: Lsn) -> AsyncIterator[list[Frame]]:
         """Committed frames with LSN > after_lsn, then new commits as they happen.
         Ends when the timeline closes."""
         self.check_usable()
@@ -398,12 +400,12 @@ class Timeline:
 
     # -- state -------------------------------------------------------------------
 
-    async def report_persisted(self, remote_consistent_lsn: int) -> None:
+    async def report_persisted(self, remote_consistent_lsn: Lsn) -> None:
         """Record the pageserver's remote_consistent_lsn (it only moves forward)."""
         self.check_usable()
         await self._advance_control("remote_consistent_lsn", remote_consistent_lsn)
 
-    async def record_backup(self, backup_lsn: int) -> None:
+    async def record_backup(self, backup_lsn: Lsn) -> None:
         """Record that remote storage durably holds this timeline's WAL up to
         `backup_lsn` (walservice/offload.py; it only moves forward)."""
         await self._advance_control("backup_lsn", backup_lsn)
@@ -421,7 +423,7 @@ class Timeline:
 
     # -- replicated writes (a follower; walservice/replication.py) ------------------
 
-    async def write_replicated(self, start_lsn: int, data: bytes, end_lsn: int, new_segment: bool) -> None:
+    async def write_replicated(self, start_lsn: Lsn, data: bytes, end_lsn: Lsn, new_segment: bool) -> None:
         """Append frames received from the leader (whole batches, already checked)
         at `start_lsn` == end_lsn and fsync, in a new segment when the leader started
         one there (so segment files match the leader's); flush_lsn follows.
@@ -442,7 +444,7 @@ class Timeline:
         if new_segment_at is not None:
             self._persist_commit_floor()
 
-    async def truncate_wal_locked(self, lsn: int) -> None:
+    async def truncate_wal_locked(self, lsn: Lsn) -> None:
         """Cut the WAL back to `lsn` (a divergent suffix from an older term; never
         below commit_lsn, which the caller checked). The caller holds `wal_lock` and
         must not be cancelled midway (PeerAppend runs shielded)."""
@@ -451,7 +453,7 @@ class Timeline:
         self.end_lsn = self.flush_lsn = lsn
         await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.truncate_to, lsn)
 
-    async def _advance_control(self, field_name: str, lsn: int) -> None:
+    async def _advance_control(self, field_name: str, lsn: Lsn) -> None:
         """Durably raise one LSN field of the control file; `_control_lock` makes
         concurrent rewrites (ReportPersisted, offload) serial, so none is lost."""
         async with self._control_lock:

@@ -55,6 +55,7 @@ from walservice.control_file import ABSTAIN, CONTROL_FILE_NAME, NO_VOTE, Timelin
 from walservice.open_segments import OpenSegmentFiles, default_capacity
 from walservice.sequencer import Timeline
 from walservice.segment import parse_segment_file_name, segment_file_name
+from walservice.term_history import TermHistory, history
 from walservice.wal_restore import OffloadedWal
 from walservice.wal_storage import DEFAULT_SEGMENT_BYTES, MissingWal, RecoveryReport, TimelineWal
 
@@ -242,7 +243,7 @@ class TimelineSet:
         *,
         abstain_term: int = 0,
         first_lsn: int | None = None,
-        term_history: list[tuple[int, int]] | None = None,
+        term_history: TermHistory = (),
         remote_consistent_lsn: int = 0,
         backup_lsn: int = 0,
     ) -> Timeline:
@@ -277,7 +278,7 @@ class TimelineSet:
             control = TimelineControl(
                 key[0], key[1], start_lsn, size,
                 term=max(1, abstain_term),
-                term_history=term_history or [(1, start_lsn)],
+                term_history=term_history or history((1, start_lsn)),
                 voted_for=ABSTAIN if abstain_term else NO_VOTE,
                 remote_consistent_lsn=remote_consistent_lsn,
                 backup_lsn=backup_lsn,

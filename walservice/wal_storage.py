@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 
 from strata.durable_file import fsync_dir
 from strata.errors import CorruptionError, FailedPrecondition, OutOfRange
+from strata.ids import Lsn
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl
 from walservice.open_segments import OpenSegmentFiles
@@ -226,8 +227,8 @@ class TimelineWal:
             )
 
     @property
-    def end_lsn(self) -> int:
-        return self.segments[-1].end_lsn
+    def end_lsn(self) -> Lsn:
+        return Lsn(self.segments[-1].end_lsn)
 
     # -- writing (flush thread) -------------------------------------------------
 

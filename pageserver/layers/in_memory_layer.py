@@ -15,11 +15,14 @@ import bisect
 import time
 from collections.abc import Iterator
 
+from pageserver.index_part import Truncation
+from pageserver.keys import Key
 from pageserver.value import will_init
+from strata.ids import Lsn
 
 
 class InMemoryLayer:
-    def __init__(self, start_lsn: int) -> None:
+    def __init__(self, start_lsn: Lsn) -> None:
         self.start_lsn = start_lsn
         self.end_lsn = start_lsn  # exclusive: one past the last LSN put
         self.frozen = False
@@ -28,11 +31,11 @@ class InMemoryLayer:
         # The timeline's relation directory as of end_lsn - 1, taken at freeze:
         # what index_part.json records once this layer is on disk.
         self.relations_at_end: dict[int, object] = {}
-        self.truncations_at_end: tuple[tuple[int, int, int], ...] = ()
+        self.truncations_at_end: tuple[Truncation, ...] = ()
         # key -> ([lsn, ...], [value, ...]) in ascending LSN
         self._entries: dict[int, tuple[list[int], list[bytes]]] = {}
 
-    def put(self, key: int, lsn: int, value: bytes) -> None:
+    def put(self, key: Key, lsn: Lsn, value: bytes) -> None:
         if self.frozen:
             raise RuntimeError("put into a frozen in-memory layer")
         if lsn < self.start_lsn:

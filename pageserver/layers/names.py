@@ -21,11 +21,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from strata.ids import MAX_U64
+from pageserver.keys import KEY_SPACE_END, Key
+from strata.ids import MAX_U64, Lsn
 
 LayerKind = Literal["delta", "image"]
 
-KEY_SPACE_END = 1 << 64  # the exclusive end of the whole key space
 MAX_GENERATION = 0xFFFFFFFF
 
 _NAME_RE = re.compile(r"([0-9A-F]{17})-([0-9A-F]{17})__([0-9A-F]{16})-([0-9A-F]{16})-([0-9a-f]{8})\.(delta|image)")
@@ -49,10 +49,10 @@ class LayerName:
     """A layer's identity: its kind, key range, LSN range and generation."""
 
     kind: LayerKind
-    key_start: int
-    key_end: int  # exclusive, up to 2**64
-    lsn_start: int
-    lsn_end: int  # exclusive; lsn_start + 1 for an image layer
+    key_start: Key
+    key_end: Key  # exclusive, up to KEY_SPACE_END (2**64)
+    lsn_start: Lsn
+    lsn_end: Lsn  # exclusive; lsn_start + 1 for an image layer
     generation: int = 0
 
     def __post_init__(self) -> None:
@@ -68,8 +68,8 @@ class LayerName:
             raise ValueError(f"generation={self.generation} is invalid: expected a u32")
 
     @classmethod
-    def image(cls, key_start: int, key_end: int, lsn: int, generation: int = 0) -> LayerName:
-        return cls("image", key_start, key_end, lsn, lsn + 1, generation)
+    def image(cls, key_start: Key, key_end: Key, lsn: Lsn, generation: int = 0) -> LayerName:
+        return cls("image", key_start, key_end, lsn, Lsn(lsn + 1), generation)
 
     @property
     def file_name(self) -> str:
@@ -89,7 +89,7 @@ class LayerName:
             )
         key_start, key_end, lsn_start, lsn_end, generation = (int(g, 16) for g in match.groups()[:5])
         kind: LayerKind = "delta" if match.group(6) == "delta" else "image"
-        return cls(kind, key_start, key_end, lsn_start, lsn_end, generation)
+        return cls(kind, Key(key_start), Key(key_end), Lsn(lsn_start), Lsn(lsn_end), generation)
 
     def __str__(self) -> str:
         return self.file_name

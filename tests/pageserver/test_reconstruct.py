@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pageserver import reconstruct
-from pageserver.index_part import IndexPart
+from pageserver.index_part import IndexPart, RelationEntry
 from pageserver.layers.block_cache import BlockCache
 from pageserver.timeline import Timeline, TimelineConfig, relation_directory
 from strata.errors import NotFound, OutOfRange
@@ -53,7 +53,7 @@ class Harness:
         timeline_id = new_id()
         directory = self.root / timeline_id
         directory.mkdir()
-        relations: tuple[tuple[int, bool, int], ...] = ()
+        relations: tuple[RelationEntry, ...] = ()
         if ancestor is not None:
             # What Tenant.create_timeline records: the directory at the branch point.
             relations = relation_directory(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pageserver.index_part import IndexPart, LayerEntry
+from pageserver.index_part import IndexPart, LayerEntry, Truncation
 from pageserver.layers.block_cache import BlockCache
 from pageserver.layers.names import LayerName
 from strata.remote_storage.interface import RemoteObject
@@ -39,7 +39,7 @@ def test_index_layers_names_files_under_the_directory(tmp_path: Path) -> None:
 
 
 def test_index_truncations_group_by_relation_in_lsn_order() -> None:
-    index = _index(truncations=((5, 10, 3), (5, 20, 0), (7, 15, 1)))
+    index = _index(truncations=(Truncation(5, 10, 3), Truncation(5, 20, 0), Truncation(7, 15, 1)))
     assert index_truncations(index) == {5: [(10, 3), (20, 0)], 7: [(15, 1)]}
 
 

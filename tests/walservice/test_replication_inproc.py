@@ -17,11 +17,12 @@ from strata.errors import Unavailable
 from strata.logs import event_logger
 from strata.remote_storage.local_fs import LocalFsStorage
 from strata.v1 import peer_pb2
-from walservice.election import NotLeader, history_to_proto
+from walservice.election import NotLeader
 from walservice.offload import WalOffloader
 from walservice.peers import ClusterConfig
 from walservice.replication import Cluster
 from walservice.sequencer import Timeline
+from walservice.term_history import history, history_to_proto
 from walservice.timelines import TimelineSet
 
 T, TL = "a" * 32, "b" * 32
@@ -87,7 +88,7 @@ def test_a_follower_answers_its_durable_flush_lsn(tmp_path: Path) -> None:
             response = await tl.replica.on_peer_append(
                 peer_pb2.PeerAppendRequest(
                     tenant_id=T, timeline_id=TL, term=2, leader_id=2,
-                    term_history=history_to_proto([(1, 0), (2, 0)]), start_lsn=0, commit_lsn=0,
+                    term_history=history_to_proto(history((1, 0), (2, 0))), start_lsn=0, commit_lsn=0,
                 )
             )
             assert response.flush_lsn == tl.flush_lsn == 0
@@ -169,7 +170,7 @@ def test_a_catching_up_node_neither_votes_nor_leads_nor_serves(tmp_path: Path) -
             timelines.load()
             await cluster.on_peer_create(
                 timelines, peer_pb2.PeerTimeline(tenant_id=T, timeline_id=TL, start_lsn=0, page_size=8192, first_lsn=0, term=4,
-                                                 term_history=history_to_proto([(1, 0), (4, 0)]))
+                                                 term_history=history_to_proto(history((1, 0), (4, 0))))
             )
             tl = timelines.get(T, TL)
             replica = tl.replica
@@ -185,8 +186,8 @@ def test_a_catching_up_node_neither_votes_nor_leads_nor_serves(tmp_path: Path) -
             # The leader of term 5 sends its log: the frames, then (nothing more to
             # send) a heartbeat at this node's end, carrying the commit_lsn.
             leader = await _leader_frames(data_dir / "leader")
-            history = history_to_proto([(1, 0), (5, 0)])
-            base = dict(tenant_id=T, timeline_id=TL, term=5, leader_id=1, term_history=history)
+            entries = history_to_proto(history((1, 0), (5, 0)))
+            base = dict(tenant_id=T, timeline_id=TL, term=5, leader_id=1, term_history=entries)
             r = await replica.on_peer_append(peer_pb2.PeerAppendRequest(**base, start_lsn=0, commit_lsn=leader[0]))
             assert r.ok and replica.catching_up  # the first message: the leader committed more
             r = await replica.on_peer_append(peer_pb2.PeerAppendRequest(**base, start_lsn=0, frames=leader[1], commit_lsn=leader[0]))

@@ -13,8 +13,8 @@ import xxhash
 from strata.errors import CorruptionError
 
 from walservice.control_file import ABSTAIN, NO_VOTE, TimelineControl
-from walservice.election import divergence_lsn, history_up_to
 from walservice.peers import ClusterConfig
+from walservice.term_history import TermStart, divergence_lsn, history, history_up_to
 
 T, TL = "a" * 32, "b" * 32
 UNBOUNDED = 1 << 64
@@ -22,28 +22,28 @@ UNBOUNDED = 1 << 64
 
 def test_divergence_cuts_an_older_terms_suffix() -> None:
     # The follower holds term-2 records up to 400; the leader's term 3 began at 250.
-    follower = [(1, 0), (2, 100)]
-    leader = [(1, 0), (2, 100), (3, 250)]
+    follower = history((1, 0), (2, 100))
+    leader = history((1, 0), (2, 100), (3, 250))
     assert divergence_lsn(follower, 400, leader, UNBOUNDED) == 250
 
 
 def test_divergence_keeps_a_prefix_of_the_leaders_log() -> None:
     # Behind in the same term: nothing to cut.
-    assert divergence_lsn([(1, 0), (2, 100)], 180, [(1, 0), (2, 100), (3, 250)], UNBOUNDED) == 180
+    assert divergence_lsn(history((1, 0), (2, 100)), 180, history((1, 0), (2, 100), (3, 250)), UNBOUNDED) == 180
     # Synced with this leader before a restart, records of its term past its epoch start.
-    assert divergence_lsn([(1, 0), (3, 250)], 900, [(1, 0), (3, 250)], UNBOUNDED) == 900
+    assert divergence_lsn(history((1, 0), (3, 250)), 900, history((1, 0), (3, 250)), UNBOUNDED) == 900
 
 
 def test_divergence_at_a_term_the_leader_never_had() -> None:
     # The follower's term 2 (started at 100) lost: the leader went from term 1 to term 4 at 150.
-    assert divergence_lsn([(1, 0), (2, 100)], 400, [(1, 0), (4, 150)], UNBOUNDED) == 100
+    assert divergence_lsn(history((1, 0), (2, 100)), 400, history((1, 0), (4, 150)), UNBOUNDED) == 100
 
 
 def test_history_entries_past_the_flush_do_not_count() -> None:
-    c = TimelineControl(T, TL, 0, 8192, term=5, term_history=[(1, 0), (3, 250)])
+    c = TimelineControl(T, TL, 0, 8192, term=5, term_history=history((1, 0), (3, 250)))
     assert c.last_log_term(200) == 1
     assert c.last_log_term(250) == 3
-    assert history_up_to(c.term_history, 249) == [(1, 0)]
+    assert history_up_to(c.term_history, 249) == history((1, 0))
 
 
 def test_control_file_reads_version_1_and_writes_the_current_version() -> None:
@@ -53,11 +53,14 @@ def test_control_file_reads_version_1_and_writes_the_current_version() -> None:
     ).encode()
     v1 = struct.pack("<4sB3xIQ", b"SWCF", 1, len(body), xxhash.xxh64_intdigest(body)) + body
     old = TimelineControl.decode(v1)
-    assert (old.voted_for, old.commit_lsn, old.remote_consistent_lsn, old.term_history) == (NO_VOTE, 0, 7, [(1, 0)])
-    new = TimelineControl(T, TL, 0, 8192, term=9, term_history=[(1, 0), (9, 80)], voted_for=ABSTAIN, commit_lsn=80)
+    assert (old.voted_for, old.commit_lsn, old.remote_consistent_lsn, old.term_history) == (NO_VOTE, 0, 7, history((1, 0)))
+    new = TimelineControl(T, TL, 0, 8192, term=9, term_history=history((1, 0), (9, 80)), voted_for=ABSTAIN, commit_lsn=80)
     data = new.encode()
     assert data[4] == 4
     assert TimelineControl.decode(data) == new
+    # The history is stored as [[term, start_lsn], ...], as every version wrote it.
+    assert json.loads(data[20:])["term_history"] == [[1, 0], [9, 80]]
+    assert new.term_history[1] == TermStart(9, 80)
 
 
 def test_control_file_reads_version_2_and_writes_catchup_lsn() -> None:
@@ -94,3 +97,12 @@ def test_cluster_config() -> None:
     assert ClusterConfig.parse(1, "") is None
     c = ClusterConfig.parse(2, "h:1,h:2,h:3")
     assert c is not None and c.majority == 2 and c.others == [1, 3] and c.address(3) == "h:3"
+
+
+def test_control_file_with_a_malformed_history_is_corruption() -> None:
+    body = json.dumps(
+        {"tenant_id": T, "timeline_id": TL, "start_lsn": 0, "page_size": 8192, "term": 2, "term_history": [[1, 0, 5]]}
+    ).encode()
+    data = struct.pack("<4sB3xIQ", b"SWCF", 4, len(body), xxhash.xxh64_intdigest(body)) + body
+    with pytest.raises(CorruptionError, match="wrong shape"):
+        TimelineControl.decode(data, "ctl")

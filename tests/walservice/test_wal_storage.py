@@ -23,6 +23,7 @@ from walservice.segment import (
     scan_segment,
     segment_file_name,
 )
+from walservice.term_history import history
 from walservice.wal_storage import TimelineWal
 
 TENANT = "0123456789abcdef0123456789abcdef"
@@ -32,7 +33,7 @@ LOG = EventLogger("walservice")
 
 def new_wal(directory: Path, start_lsn: int = 0, segment_bytes: int = 1 << 20) -> TimelineWal:
     directory.mkdir(parents=True, exist_ok=True)
-    control = TimelineControl(TENANT, TIMELINE, start_lsn, 8192, term=1, term_history=[(1, start_lsn)])
+    control = TimelineControl(TENANT, TIMELINE, start_lsn, 8192, term=1, term_history=history((1, start_lsn)))
     write_control(directory, control)
     wal = TimelineWal(directory, control, segment_bytes)
     wal.recover(LOG)
