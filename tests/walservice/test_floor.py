@@ -67,6 +67,7 @@ def write_version_3_control(directory: Path) -> None:
     """Rewrite the control file as a walservice before the floor wrote it."""
     fields = {k: v for k, v in vars(read_control(directory)).items() if k != "floor_lsn"}
     fields["commit_lsn"] = 0
+    fields["term_history"] = [[e.term, e.start_lsn] for e in fields["term_history"]]  # as version 3 stored it
     body = json.dumps(fields, sort_keys=True).encode()
     (directory / "control").write_bytes(struct.pack("<4sB3xIQ", b"SWCF", 3, len(body), xxhash.xxh64_intdigest(body)) + body)
 
