@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from strata.errors import Unavailable
+from strata.errors import StrataError, Unavailable
 from strata.ids import Term
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2
@@ -56,8 +56,20 @@ class TimelineElection:
     subclass starts and stops the replicators (`_start_leading`, `_stop_leading`)
     and says when each follower last answered (`_followers_heard`)."""
 
-    def __init__(self, timeline: Timeline, config: ClusterConfig, peers: PeerClients, log: EventLogger) -> None:
+    def __init__(
+        self,
+        timeline: Timeline,
+        config: ClusterConfig,
+        peers: PeerClients,
+        log: EventLogger,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.timeline = timeline
+        # The seam for simulations: every timeout here reads `clock` (monotonic
+        # seconds) and every random choice comes from `rng`.
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
         self.config = config
         self.peers = peers
         self.log = log
@@ -68,7 +80,7 @@ class TimelineElection:
         self.better_candidate = 0  # a voter whose log is ahead of ours (last election)
         self.state_lock = asyncio.Lock()
         self.election_lock = asyncio.Lock()
-        self.started = time.monotonic()
+        self.started = clock()
 
     def _start_leading(self, term: Term) -> None:
         """This node now leads `term` (leader_term and epoch_start_lsn are set)."""
@@ -99,12 +111,12 @@ class TimelineElection:
         """The leader of the current term if heard from within LEADER_LEASE_S, else 0."""
         if self.leader_term:
             return self.config.node_id
-        if self.leader_id and time.monotonic() - self.leader_heard < LEADER_LEASE_S:
+        if self.leader_id and self.clock() - self.leader_heard < LEADER_LEASE_S:
             return self.leader_id
         return 0
 
     def leading_with_quorum(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         live = 1 + sum(1 for heard in self._followers_heard() if now - heard < LEADER_LEASE_S)
         return bool(self.leader_term) and live >= self.config.majority
 
@@ -122,6 +134,31 @@ class TimelineElection:
             raise self.not_leader("it stepped down")
         return self.leader_term
 
+    def wants_leader(self) -> bool:
+        """Whether this node should run for leader with no client write: no live
+        leader is known, and either its log extends past its known commit_lsn
+        (records that may be committed and are served to nobody until a leader
+        advances commit_lsn) or a reader is waiting for WAL (section "Elections
+        without writes" of docs/design/0005-replication.md)."""
+        tl = self.timeline
+        if self.leader_term or self.catching_up or tl.closing or tl.broken is not None or self.live_leader():
+            return False
+        return tl.flush_lsn > tl.commit_lsn or tl.stream_waiters > 0
+
+    async def campaign(self) -> bool:
+        """Run for leader in the background (the Cluster's election watch): after a
+        random delay of up to one lease (so nodes seldom run at once), if a leader
+        is still wanted. True when this node leads; losing is logged, not raised."""
+        await asyncio.sleep(self.rng.random() * LEADER_LEASE_S)
+        if not self.wants_leader():
+            return bool(self.leader_term)
+        try:
+            await self.ensure_leader()
+        except (StrataError, OSError) as exc:
+            self._event(self.log.info, "election_deferred", lsn=self.timeline.flush_lsn, reason=exc)
+            return False
+        return True
+
     async def ensure_leader(self) -> None:
         """Return when this node leads the timeline; else redirect (NotLeader with
         the live leader) or run for leader until a vote round is lost."""
@@ -131,13 +168,13 @@ class TimelineElection:
             raise self.not_leader("it lost WAL and is catching up from its peers, so it cannot lead")
         # A node that just started first listens for a leader for one lease, so that
         # it does not bump the term under a healthy leader.
-        while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - time.monotonic()) > 0:
+        while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - self.clock()) > 0:
             await asyncio.sleep(min(wait, HEARTBEAT_S / 2))
         if self.live_leader():
             raise self.not_leader("a live leader exists")
         async with self.election_lock:
-            give_up = time.monotonic() + ELECTION_PATIENCE_S
-            while time.monotonic() < give_up:
+            give_up = self.clock() + ELECTION_PATIENCE_S
+            while self.clock() < give_up:
                 if self.leader_term:
                     return
                 if self.live_leader():
@@ -154,7 +191,7 @@ class TimelineElection:
                         address,
                     )
                 # Lower node ids retry first: the tie-break between simultaneous candidates.
-                await asyncio.sleep((0.05 + 0.25 * random.random()) * self.config.node_id / len(self.config.nodes))
+                await asyncio.sleep((0.05 + 0.25 * self.rng.random()) * self.config.node_id / len(self.config.nodes))
         if self.live_leader():
             raise self.not_leader("another node won the election")
         tl = self.timeline
@@ -233,7 +270,7 @@ class TimelineElection:
                 reason = f"term {req.term} is below this node's term {c.term}"
             elif self.leader_term and self.leading_with_quorum():
                 reason = "this node leads with a live quorum"
-            elif self.leader_id and self.leader_id != req.candidate_id and time.monotonic() - self.leader_heard < LEADER_LEASE_S:
+            elif self.leader_id and self.leader_id != req.candidate_id and self.clock() - self.leader_heard < LEADER_LEASE_S:
                 reason = f"node {self.leader_id} leads and was heard from within {LEADER_LEASE_S}s"
             if reason:
                 return peer_pb2.VoteResponse(term=c.term, granted=False, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason)
@@ -247,6 +284,6 @@ class TimelineElection:
             granted = not reason
             if granted:
                 await tl.set_control(voted_for=req.candidate_id)
-                self.leader_id, self.leader_heard = 0, time.monotonic()
+                self.leader_id, self.leader_heard = 0, self.clock()
             self._event(self.log.info, "vote", candidate=req.candidate_id, vote_term=req.term, granted=granted, reason=reason or None)
             return peer_pb2.VoteResponse(term=tl.term, granted=granted, flush_lsn=tl.flush_lsn, last_log_term=mine[0], reason=reason)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from strata.ids import Term
 from strata.logs import EventLogger
 from strata.v1 import peer_pb2, wal_pb2
 from walservice.control_file import NO_VOTE
-from walservice.election import HEARTBEAT_S, TimelineElection
+from walservice.election import HEARTBEAT_S, LEADER_LEASE_S, VOTE_TIMEOUT_S, TimelineElection
 from walservice.peer_stream import PeerAppendConnection, PeerStreamRefused
 from walservice.peers import PEER_APPEND_TIMEOUT_S, ClusterConfig, PeerClients, PeerUnreachable
 from walservice.segment import iter_frames
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 
 QUORUM_TIMEOUT_S = 2.0
+# How often the Cluster looks for timelines that want a leader and have none.
+ELECTION_WATCH_S = HEARTBEAT_S
 CREATE_TIMEOUT_S = 2.0
 # A follower's ReportPersisted sent on to the leader.
 FORWARD_TIMEOUT_S = 5.0
@@ -102,7 +104,7 @@ class Replicator:
                 request = r.append_request(self.term, start, data, new_segment)
                 response = await self._exchange(request)
             except PeerUnreachable:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(backoff * (0.5 + r.rng.random()))
                 continue
             except PeerLacksTimeline:  # its disk was wiped
                 await r.send_create(self.node_id)
@@ -116,7 +118,7 @@ class Replicator:
                 async with r.state_lock:
                     await r.step_down(response.term, f"node {self.node_id} is at term {response.term}")
                 return
-            self.last_ok = time.monotonic()
+            self.last_ok = r.clock()
             self.next_lsn = response.flush_lsn
             if response.ok:
                 self.match_lsn = response.flush_lsn
@@ -194,8 +196,17 @@ class Replicator:
 class TimelineReplica(TimelineElection):
     """One timeline's replication state on this node (owned by the event loop)."""
 
-    def __init__(self, timeline: Timeline, config: ClusterConfig, peers: PeerClients, log: EventLogger) -> None:
-        super().__init__(timeline, config, peers, log)
+    def __init__(
+        self,
+        timeline: Timeline,
+        config: ClusterConfig,
+        peers: PeerClients,
+        log: EventLogger,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(timeline, config, peers, log, clock, rng)
+        self.closed = False
         self.synced_term = 0  # the term whose leader's history this follower adopted
         self.replicators: dict[int, Replicator] = {}
         self.recent: list[_Round] = []
@@ -296,7 +307,7 @@ class TimelineReplica(TimelineElection):
         tl = self.timeline
         term = self.leader_term
         self.advance_commit()
-        deadline = time.monotonic() + QUORUM_TIMEOUT_S
+        deadline = self.clock() + QUORUM_TIMEOUT_S
         while tl.commit_lsn < lsn:
             if self.leader_term != term or not term:
                 # Not NotLeader: the batch is written here and its fate is unknown, so
@@ -305,7 +316,7 @@ class TimelineReplica(TimelineElection):
                     f"tenant={tl.tenant_id} timeline={tl.timeline_id}: this node stopped leading term {term} before a "
                     f"majority flushed lsn={lsn}; not acknowledged (the batch may or may not survive)"
                 )
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 async with self.state_lock:
                     await self.step_down(tl.term, "no majority flushed a round in time")
@@ -381,7 +392,7 @@ class TimelineReplica(TimelineElection):
                 await self.step_down(req.term, f"node {req.leader_id} leads term {req.term}")
             if tl.control.voted_for == NO_VOTE:
                 await tl.set_control(voted_for=req.leader_id)  # never vote for another leader of this term
-            self.leader_id, self.leader_heard = req.leader_id, time.monotonic()
+            self.leader_id, self.leader_heard = req.leader_id, self.clock()
             if self.synced_term != req.term:
                 await self._sync_with_leader(req)
             ok, why = True, ""
@@ -452,6 +463,7 @@ class TimelineReplica(TimelineElection):
         )
 
     async def close(self) -> None:
+        self.closed = True
         for rep in self.replicators.values():
             rep.stop()
         self.leader_term = 0
@@ -470,13 +482,75 @@ class Cluster:
     """This node's part of a cluster: attaches a TimelineReplica to every timeline
     and replicates timeline creation (owned by the event loop)."""
 
-    def __init__(self, config: ClusterConfig, log: EventLogger) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        log: EventLogger,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.log = log
         self.peers = PeerClients(config, log)
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        # Every attached timeline's replica (closed ones are dropped by the watch),
+        # the background election running for each, and when a lost one may retry.
+        self.replicas: set[TimelineReplica] = set()
+        self._campaigns: dict[TimelineReplica, asyncio.Task[bool]] = {}
+        self._retry_at: dict[TimelineReplica, float] = {}
+        self._watch: asyncio.Task[None] | None = None
 
     def attach(self, timeline: Timeline) -> TimelineReplica:
-        return timeline.replica or TimelineReplica(timeline, self.config, self.peers, self.log)
+        replica = timeline.replica or TimelineReplica(timeline, self.config, self.peers, self.log, self.clock, self.rng)
+        self.replicas.add(replica)
+        return replica
+
+    # -- elections without writes (section "Elections without writes" of 0005) --------
+
+    def start_election_watch(self) -> None:
+        """Start the background watch that gets a leader elected for every timeline
+        that wants one (TimelineElection.wants_leader) with no client write."""
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_elections())
+
+    async def stop_election_watch(self) -> None:
+        tasks = [t for t in (self._watch, *self._campaigns.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watch = None
+        self._campaigns.clear()
+
+    async def _watch_elections(self) -> None:
+        while True:
+            await asyncio.sleep(ELECTION_WATCH_S)
+            now = self.clock()
+            wanting = []
+            for replica in list(self.replicas):
+                if replica.closed:
+                    self.replicas.discard(replica)
+                    self._retry_at.pop(replica, None)
+                elif replica not in self._campaigns and now >= self._retry_at.get(replica, 0.0) and replica.wants_leader():
+                    wanting.append(replica)
+            # A node that cannot reach a majority would only raise terms (and write
+            # control files) in vain: one cheap probe of the peers per round decides.
+            if wanting and await self._majority_reachable():
+                for replica in wanting:
+                    self._campaigns[replica] = task = asyncio.create_task(replica.campaign())
+                    task.add_done_callback(lambda t, r=replica: self._campaign_done(r, t))
+
+    def _campaign_done(self, replica: TimelineReplica, task: asyncio.Task[bool]) -> None:
+        self._campaigns.pop(replica, None)
+        won = not task.cancelled() and task.exception() is None and task.result()
+        if won:
+            self._retry_at.pop(replica, None)
+        else:  # lost or deferred: another node may be winning; look again after a lease or two
+            self._retry_at[replica] = self.clock() + LEADER_LEASE_S * (1 + self.rng.random())
+
+    async def _majority_reachable(self) -> bool:
+        answers = await self.peers.ask_all("PeerStreamPort", peer_pb2.PeerStreamPortRequest(), VOTE_TIMEOUT_S)
+        return 1 + len(answers) >= self.config.majority
 
     async def create_timeline(self, timelines: TimelineSet, tenant_id: str, timeline_id: str, start_lsn: int, page_size: int) -> Timeline:
         """CreateTimeline on a cluster: on every peer and here; answered once a
@@ -533,4 +607,5 @@ class Cluster:
         return peer_pb2.PeerTimelineResponse(existed=existed, term=tl.term, flush_lsn=tl.flush_lsn)
 
     async def close(self) -> None:
+        await self.stop_election_watch()
         await self.peers.close()

@@ -114,6 +114,8 @@ class Timeline:
         self.commit_lsn: Lsn = wal.end_lsn
         self.broken: StrataError | None = None
         self.closing = False
+        # Streams waiting for commit_lsn to move (a cluster elects a leader for them).
+        self.stream_waiters = 0
         # Rounds sequenced and not yet written, oldest first; the last one takes new appends.
         self._rounds: deque[_Round] = deque()
         self._flush_task: asyncio.Task[None] | None = None
@@ -396,7 +398,11 @@ class Timeline:
                 continue
             if self.closing:
                 return
-            await self._commit_event.wait()
+            self.stream_waiters += 1
+            try:
+                await self._commit_event.wait()
+            finally:
+                self.stream_waiters -= 1
 
     # -- state -------------------------------------------------------------------
 

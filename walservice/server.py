@@ -103,12 +103,16 @@ async def run(args: argparse.Namespace) -> None:
                 raise SystemExit(f"--peer-port={args.peer_port}: cannot listen: {exc}") from exc
             registers.append(peer_servicer.register)
             log.info("cluster_node", node=config.node_id, nodes=",".join(config.nodes), majority=config.majority)  # type: ignore[union-attr]
+        if cluster is not None:
+            cluster.start_election_watch()
         offloader = None
         if storage is not None:
             offloader = WalOffloader(storage, args.remote_storage, timelines, log, interval_s=args.offload_interval)
             offloader.start()
 
         async def stopping() -> None:
+            if cluster is not None:
+                await cluster.stop_election_watch()  # no new elections on the way down
             if offloader is not None:
                 await offloader.stop()
             for tl in timelines:

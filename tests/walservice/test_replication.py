@@ -114,8 +114,24 @@ class Writer(threading.Thread):
         self.key, self.writer, self.ledger = key, writer, ledger
         self.rng = random.Random(seed)
         self.stopping = threading.Event()
+        self.failure: BaseException | None = None  # what ended run(), re-raised by join_checked
 
     def run(self) -> None:
+        try:
+            self._append_until_stopped()
+        except BaseException as exc:  # an assertion here must fail the test, not warn
+            self.failure = exc
+        finally:
+            self.client.close()
+
+    def join_checked(self, timeout: float) -> None:
+        """Join; raise what failed inside the thread, or that it did not stop."""
+        self.join(timeout)
+        assert not self.is_alive(), f"writer {self.writer} did not stop within {timeout}s"
+        if self.failure is not None:
+            raise AssertionError(f"writer {self.writer} failed: {self.failure!r}") from self.failure
+
+    def _append_until_stopped(self) -> None:
         batch = 0
         while not self.stopping.is_set():
             batch += 1
@@ -135,7 +151,6 @@ class Writer(threading.Thread):
             )
             with self.ledger.lock:
                 self.ledger.acked.append(acked)
-        self.client.close()
 
 
 def check_cluster(nodes: list[Component], key: TimelineKey, acked: list[Acked]) -> int:
@@ -334,7 +349,7 @@ def _fault_run(strata_env: StrataEnv, monkeypatch: pytest.MonkeyPatch, seconds: 
     for w in writers:
         w.stopping.set()
     for w in writers:
-        w.join(30)
+        w.join_checked(30)
     acked = list(ledger.acked)
     assert kills > 0 and len(acked) > 20, f"too little happened: {kills} kills, {len(acked)} acked"
     without_majority = [a for a in acked if a.sent >= majority_down_at and a.done <= majority_back_at]
