@@ -81,6 +81,9 @@ class TimelineElection:
         self.state_lock = asyncio.Lock()
         self.election_lock = asyncio.Lock()
         self.started = clock()
+        # When a peer last ran for leader here while this node knew no live leader: a
+        # node that wants a leader (and may be unable to win) makes every node want one.
+        self.peer_wanted_leader = float("-inf")
 
     def _start_leading(self, term: Term) -> None:
         """This node now leads `term` (leader_term and epoch_start_lsn are set)."""
@@ -138,26 +141,35 @@ class TimelineElection:
         """Whether this node should run for leader with no client write: no live
         leader is known, and either its log extends past its known commit_lsn
         (records that may be committed and are served to nobody until a leader
-        advances commit_lsn) or a reader is waiting for WAL (section "Elections
-        without writes" of docs/design/0005-replication.md)."""
+        advances commit_lsn), or a reader is waiting for WAL, or a peer asked for
+        its vote within two leases (it wants a leader and, if its log is behind,
+        cannot win: a node whose log is ahead must run; section "Elections without
+        writes" of docs/design/0005-replication.md)."""
         tl = self.timeline
         if self.leader_term or self.catching_up or tl.closing or tl.broken is not None or self.live_leader():
             return False
+        if self.clock() - self.peer_wanted_leader < 2 * LEADER_LEASE_S:
+            return True  # a peer runs and may lose to this node's log: this node must run too
         return tl.flush_lsn > tl.commit_lsn or tl.stream_waiters > 0
 
     async def campaign(self) -> bool:
         """Run for leader in the background (the Cluster's election watch): after a
-        random delay of up to one lease (so nodes seldom run at once), if a leader
-        is still wanted. True when this node leads; losing is logged, not raised."""
+        random delay of up to one lease (so nodes seldom run at once), one vote
+        round if a leader is still wanted (not ensure_leader's retries: each round
+        raises the term, and a node whose log is behind would only depose the
+        winner-to-be again). True when this node leads; a loss is logged."""
         await asyncio.sleep(self.rng.random() * LEADER_LEASE_S)
-        if not self.wants_leader():
-            return bool(self.leader_term)
-        try:
-            await self.ensure_leader()
-        except (StrataError, OSError) as exc:
-            self._event(self.log.info, "election_deferred", lsn=self.timeline.flush_lsn, reason=exc)
-            return False
-        return True
+        async with self.election_lock:
+            if not self.wants_leader() or self.clock() < self.started + LEADER_LEASE_S:
+                return bool(self.leader_term)
+            try:
+                won = await asyncio.shield(self.elect())
+            except (StrataError, OSError) as exc:
+                self._event(self.log.info, "election_deferred", lsn=self.timeline.flush_lsn, reason=exc)
+                return False
+        if not won and self.better_candidate:
+            self._event(self.log.info, "election_deferred", lsn=self.timeline.flush_lsn, better_candidate=self.better_candidate)
+        return won
 
     async def ensure_leader(self) -> None:
         """Return when this node leads the timeline; else redirect (NotLeader with
@@ -258,6 +270,8 @@ class TimelineElection:
             c = tl.control
             mine = (self.last_log_term(), tl.flush_lsn)
             reason = ""
+            if not self.live_leader():
+                self.peer_wanted_leader = self.clock()
             if self.catching_up:
                 # Its log lacks records its peers committed: a vote judged on it
                 # could elect a leader without them (section Catch-up of 0005).

@@ -1,9 +1,12 @@
 """The cluster's members and how this node reaches them (docs/design/0005-replication.md).
 
 - `ClusterConfig`: `--node-id N --peers A,B,C` (node N is the Nth address).
-- `PeerClients`: the gRPC stubs to the other nodes, with the test-only fault layer
-  (`STRATA_PEER_FAULTS`), and `ask_all`, one RPC to every other node at once (a
-  vote round, a timeline created or deleted on the cluster).
+- `PeerTransport`: how this node reaches the others (the seam simulations and the
+  test fault layer, walservice/peer_faults.py, plug into); `GrpcPeerTransport` is
+  the production one (gRPC stubs, PeerAppend TCP connections).
+- `PeerClients`: the other nodes through a transport, and `ask_all`, one RPC to
+  every other node at once (a vote round, a timeline created or deleted on the
+  cluster).
 
 Owned by the process's one event loop.
 """
@@ -11,21 +14,17 @@ Owned by the process's one event loop.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 
 from strata.grpc_channels import channel_options
-from strata.logs import EventLogger
-from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2_grpc
+from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.peer_stream import VERSION as PEER_STREAM_VERSION
 from walservice.peer_stream import PeerAppendConnection
 
 PEER_APPEND_TIMEOUT_S = 2.0
-FAULTS_ENV = "STRATA_PEER_FAULTS"
 
 
 class PeerUnreachable(Exception):
@@ -59,32 +58,38 @@ class ClusterConfig:
         return self.nodes[node_id - 1]
 
 
-@dataclass
-class PeerFaults:
-    """Test-only: drop or delay outgoing peer RPCs (`STRATA_PEER_FAULTS=drop=P,delay_ms=D,seed=S`)."""
+class AppendConnection(Protocol):
+    """One open PeerAppend connection to a follower: requests answered in order."""
 
-    drop: float = 0.0
-    delay_ms: float = 0.0
-    rng: random.Random = field(default_factory=random.Random)
+    async def exchange(self, request: peer_pb2.PeerAppendRequest) -> peer_pb2.PeerAppendResponse: ...
 
-    @classmethod
-    def from_env(cls) -> PeerFaults | None:
-        spec = os.environ.get(FAULTS_ENV, "")
-        if not spec:
-            return None
-        fields = dict(part.split("=", 1) for part in spec.split(",") if part)
-        return cls(float(fields.get("drop", 0)), float(fields.get("delay_ms", 0)), random.Random(int(fields.get("seed", 0))))
+    def close(self) -> None: ...
 
 
-class PeerClients:
-    """Stubs to the other nodes, created on the loop."""
+class PeerTransport(Protocol):
+    """How this node's replication reaches the others: the seam a simulation (an
+    in-memory network that drops, delays, reorders and partitions) or the test
+    fault layer (walservice/peer_faults.py) plugs into. Every failure to reach a
+    peer is PeerUnreachable; a peer's NOT_FOUND is grpc.aio.AioRpcError (gRPC) or
+    PeerStreamRefused (a PeerAppend connection)."""
 
-    def __init__(self, config: ClusterConfig, log: EventLogger) -> None:
+    async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any: ...
+
+    async def open_append_connection(self, node_id: int) -> AppendConnection: ...
+
+    async def report_persisted(
+        self, node_id: int, request: wal_pb2.PersistedRequest, timeout: float
+    ) -> wal_pb2.WalStatus: ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcPeerTransport:
+    """The production transport: gRPC stubs to the other nodes (created on the
+    loop) and PeerAppend's own TCP connections (walservice/peer_stream.py)."""
+
+    def __init__(self, config: ClusterConfig) -> None:
         self.config = config
-        self.log = log
-        self.faults = PeerFaults.from_env()
-        if self.faults is not None:
-            log.warning("peer_faults_enabled", drop=self.faults.drop, delay_ms=self.faults.delay_ms)
         self._stubs: dict[int, peer_pb2_grpc.WalPeerStub] = {}
         self._wal_stubs: dict[int, wal_pb2_grpc.WalServiceStub] = {}
         self._channels: dict[int, grpc.aio.Channel] = {}
@@ -95,13 +100,6 @@ class PeerClients:
             stub = self._stubs[node_id] = peer_pb2_grpc.WalPeerStub(self._channel(node_id))
         return stub
 
-    def wal_stub(self, node_id: int) -> wal_pb2_grpc.WalServiceStub:
-        """The client-facing service of another node (ReportPersisted forwarded to the leader)."""
-        stub = self._wal_stubs.get(node_id)
-        if stub is None:
-            stub = self._wal_stubs[node_id] = wal_pb2_grpc.WalServiceStub(self._channel(node_id))
-        return stub
-
     def _channel(self, node_id: int) -> grpc.aio.Channel:
         channel = self._channels.get(node_id)
         if channel is None:
@@ -110,14 +108,6 @@ class PeerClients:
                 options=channel_options(),
             )
         return channel
-
-    async def inject_faults(self, node_id: int) -> None:
-        """The test fault layer (STRATA_PEER_FAULTS): maybe drop (PeerUnreachable), maybe delay."""
-        if self.faults is not None:
-            if self.faults.rng.random() < self.faults.drop:
-                raise PeerUnreachable(f"node {node_id}: dropped by the fault layer")
-            if self.faults.delay_ms:
-                await asyncio.sleep(self.faults.rng.random() * self.faults.delay_ms / 1000)
 
     async def open_append_connection(self, node_id: int) -> PeerAppendConnection:
         """A new PeerAppend connection to a node: its port is asked over gRPC
@@ -135,14 +125,43 @@ class PeerClients:
             raise PeerUnreachable(f"node {node_id}: cannot connect to its PeerAppend port {host}:{answer.port}: {exc}") from exc
 
     async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
-        """One unary peer RPC; PeerUnreachable on any transport failure (or injected fault)."""
-        await self.inject_faults(node_id)
+        """One unary peer RPC; PeerUnreachable on any transport failure."""
         try:
             return await getattr(self.stub(node_id), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise
             raise PeerUnreachable(f"node {node_id} {method}: {exc.code().name} {exc.details()}") from exc
+
+    async def report_persisted(self, node_id: int, request: wal_pb2.PersistedRequest, timeout: float) -> wal_pb2.WalStatus:
+        """ReportPersisted on another node's client-facing service (a follower
+        forwarding to the leader); its gRPC errors pass through."""
+        stub = self._wal_stubs.get(node_id)
+        if stub is None:
+            stub = self._wal_stubs[node_id] = wal_pb2_grpc.WalServiceStub(self._channel(node_id))
+        return await stub.ReportPersisted(request, timeout=timeout)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+class PeerClients:
+    """The other nodes, through a PeerTransport (owned by the loop): one call, a
+    PeerAppend connection, and `ask_all`, one RPC to every other node at once."""
+
+    def __init__(self, config: ClusterConfig, transport: PeerTransport) -> None:
+        self.config = config
+        self.transport = transport
+
+    async def call(self, node_id: int, method: str, request: object, timeout: float) -> Any:
+        return await self.transport.call(node_id, method, request, timeout)
+
+    async def open_append_connection(self, node_id: int) -> AppendConnection:
+        return await self.transport.open_append_connection(node_id)
+
+    async def report_persisted(self, node_id: int, request: wal_pb2.PersistedRequest, timeout: float) -> wal_pb2.WalStatus:
+        return await self.transport.report_persisted(node_id, request, timeout)
 
     async def ask_all(self, method: str, request: object, timeout: float) -> list[tuple[int, Any]]:
         """The same unary RPC to every other node at once: (node id, answer) of each
@@ -160,5 +179,4 @@ class PeerClients:
         return [(n, a) for n, a in zip(self.config.others, answers) if a is not None]
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        await self.transport.close()

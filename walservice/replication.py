@@ -34,7 +34,14 @@ from strata.v1 import peer_pb2, wal_pb2
 from walservice.control_file import NO_VOTE
 from walservice.election import HEARTBEAT_S, LEADER_LEASE_S, VOTE_TIMEOUT_S, TimelineElection
 from walservice.peer_stream import PeerAppendConnection, PeerStreamRefused
-from walservice.peers import PEER_APPEND_TIMEOUT_S, ClusterConfig, PeerClients, PeerUnreachable
+from walservice.peers import (
+    PEER_APPEND_TIMEOUT_S,
+    ClusterConfig,
+    GrpcPeerTransport,
+    PeerClients,
+    PeerTransport,
+    PeerUnreachable,
+)
 from walservice.segment import iter_frames
 from walservice.sequencer import Timeline
 from walservice.term_history import divergence_lsn, history_from_proto, history_to_proto, history_up_to
@@ -162,7 +169,6 @@ class Replicator:
         follower without the timeline; the next call opens a new connection."""
         peers = self.replica.peers
         try:
-            await peers.inject_faults(self.node_id)
             async with asyncio.timeout(PEER_APPEND_TIMEOUT_S):
                 if self._connection is None:
                     self._connection = await peers.open_append_connection(self.node_id)
@@ -369,13 +375,15 @@ class TimelineReplica(TimelineElection):
         if not leader or leader == self.config.node_id:
             return None
         try:
-            status = await self.peers.wal_stub(leader).ReportPersisted(request, timeout=FORWARD_TIMEOUT_S)
+            status = await self.peers.report_persisted(leader, request, FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"the leader (node {leader}) refused it: {exc.details()}") from exc
             raise Unavailable(
                 f"could not forward ReportPersisted to the leader (node {leader}): {exc.code().name} {exc.details()}; retry"
             ) from exc
+        except PeerUnreachable as exc:
+            raise Unavailable(f"could not forward ReportPersisted to the leader (node {leader}): {exc}; retry") from exc
         self._event(self.log.info, "report_persisted_forwarded", leader=leader, lsn=request.remote_consistent_lsn)
         return status
 
@@ -488,10 +496,11 @@ class Cluster:
         log: EventLogger,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        transport: PeerTransport | None = None,
     ) -> None:
         self.config = config
         self.log = log
-        self.peers = PeerClients(config, log)
+        self.peers = PeerClients(config, transport if transport is not None else GrpcPeerTransport(config))
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         # Every attached timeline's replica (closed ones are dropped by the watch),

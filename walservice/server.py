@@ -12,7 +12,8 @@ from strata.remote_storage.url import open_remote_storage
 from walservice.append_codec import native as native_codec
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
 from walservice.peer_service import PeerServicer
-from walservice.peers import ClusterConfig
+from walservice.peer_faults import with_faults_from_env
+from walservice.peers import ClusterConfig, GrpcPeerTransport
 from walservice.replication import Cluster
 from walservice.service import DEFAULT_MAX_BATCH_BYTES, WalServicer
 from walservice.timelines import TimelineSet
@@ -85,7 +86,9 @@ async def run(args: argparse.Namespace) -> None:
     max_message_bytes = 2 * args.max_batch_bytes + (1 << 20)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wal-flush") as executor:
         timelines = TimelineSet(data_dir, executor, log, segment_bytes=args.segment_bytes, max_open_segments=args.max_open_segments or None)
-        cluster = Cluster(config, log) if config is not None else None
+        cluster = None
+        if config is not None:
+            cluster = Cluster(config, log, transport=with_faults_from_env(GrpcPeerTransport(config), log))
         timelines.cluster = cluster
         if storage is not None:
             timelines.offloaded = OffloadedWal(storage, args.remote_storage)
