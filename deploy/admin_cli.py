@@ -27,7 +27,7 @@ import grpc
 
 from compute_shim import Client
 from deploy.cli_checks import CheckFailed, check_branch_point, find_tenant, find_timeline, non_negative, tenant_arg, timeline_arg
-from deploy.cli_output import data_dir_flag, message_dict, print_json
+from deploy.cli_output import data_dir_flag, message_dict, print_json, strata_command
 from deploy.local_stack import DEFAULT_DATA_DIR, STATE_FILE, _alive, _read_state, walservice_address
 from strata.v1 import timeline_pb2
 
@@ -48,14 +48,14 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str | None]:
     if "pageserver" not in processes:
         raise AdminError(
             f"no Strata stack is running under {data_dir} (no pageserver in {data_dir / STATE_FILE}): "
-            f"start one with `strata up{data_dir_flag(data_dir) or ' --data-dir ' + str(data_dir)}`, or pass --pageserver HOST:PORT"
+            f"start one with `{strata_command()} up{data_dir_flag(data_dir)}`, or pass --pageserver HOST:PORT"
         )
     pageserver = processes["pageserver"]
     if not _alive(pageserver.pid):
         raise AdminError(
             f"the pageserver recorded in {data_dir / STATE_FILE} (pid {pageserver.pid}, {pageserver.address}) is not running: "
-            f"`strata status --data-dir {data_dir}` says what runs; `strata down{data_dir_flag(data_dir)}` "
-            f"then `strata up{data_dir_flag(data_dir)}` restarts the stack"
+            f"`{strata_command()} status{data_dir_flag(data_dir)}` says what runs; `{strata_command()} down{data_dir_flag(data_dir)}` "
+            f"then `{strata_command()} up{data_dir_flag(data_dir)}` restarts the stack"
         )
     return pageserver.address, args.walservice or walservice_address(records)
 

@@ -311,7 +311,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"Strata is already running under {data_dir}:")
         _print_processes(running)
         if args.s3 != any(p.name == "s3" for p in running):
-            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `strata down` first to restart it the other way")
+            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `{strata_command()} down{data_dir_flag(data_dir)}` first to restart it the other way")
         nodes = sum(1 for p in running if p.name.startswith("walservice"))
         if args.replicas is not None and args.replicas != nodes:
             print(f"note: it runs {nodes} walservice node(s), not --replicas {args.replicas}")
@@ -427,7 +427,7 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"data_dir": str(args.data_dir), "running": False, "processes": [], "tenants": []})
         else:
-            print(f"Nothing is running under {args.data_dir} (start it with `strata up{data_dir_flag(args.data_dir)}`).")
+            print(f"Nothing is running under {args.data_dir} (start it with `{strata_command()} up{data_dir_flag(args.data_dir)}`).")
         return 1
     health = {}
     for p in processes:

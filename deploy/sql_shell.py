@@ -31,7 +31,7 @@ import grpc
 from compute_shim.client import Client
 from compute_shim.sqlite import CommitRefused, CommitUncertain, connect_sqlite
 from deploy.cli_checks import CheckFailed, find_timeline, non_negative, tenant_arg, timeline_arg
-from deploy.cli_output import data_dir_flag
+from deploy.cli_output import data_dir_flag, strata_command
 from deploy.local_stack import DEFAULT_DATA_DIR, endpoints
 
 # A command-line tool fails fast when the stack is down: one resend, not the
@@ -51,7 +51,7 @@ def stack_endpoints(data_dir: Path, pageserver: str | None, walservice: str | No
         walservice = walservice or running.get("walservice")
         if not (pageserver and walservice):
             raise CliError(
-                f"no running local stack under {data_dir} (start it with `strata up{data_dir_flag(data_dir)}`, "
+                f"no running local stack under {data_dir} (start it with `{strata_command()} up{data_dir_flag(data_dir)}`, "
                 "or pass --pageserver HOST:PORT --walservice HOST:PORT)"
             )
     return pageserver, walservice
