@@ -25,7 +25,8 @@ ever slows a round down; the notes say how far apart the rounds were):
   Requests are serialized once up front, so the client spends its CPU on gRPC,
   not on protobuf. The benchmark starts its own
   walservice (data dir under the work directory) unless `--target` names one;
-  each configuration gets a fresh timeline.
+  each configuration gets a fresh timeline. On a `--target` (someone's own
+  stack) each timeline is deleted (DeleteTimeline) right after it is measured.
 - **PostgreSQL 15**: a throwaway cluster (initdb as the unprivileged `postgres`
   OS user when run as root, random loopback port, `fsync=on`,
   `synchronous_commit=on`, everything else default but a large `max_wal_size`)
@@ -460,6 +461,15 @@ def create_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
         create(wal_pb2.WalTimeline(tenant_id=tenant_id, timeline_id=timeline_id, start_lsn=0, page_size=PAGE_SIZE), timeout=30)
 
 
+def delete_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
+    """DeleteTimeline on `address` (one node, or every node of a cluster `A,B,C`):
+    its segments, and its offloaded WAL, go."""
+    from compute_shim import Client
+
+    with Client(walservice=address, timeout=60) as client:
+        client.wal_delete_timeline(tenant_id=tenant_id, timeline_id=timeline_id)
+
+
 class WalserviceProcess:
     """A walservice started by the bench, on a free loopback port; its log next to its data."""
 
@@ -798,9 +808,14 @@ def run_benchmark(
                 create_timeline(address, tenant_id, timeline_id)
                 if log:
                     print(f"round {round_index + 1}/{rounds} strata: {writers} writers x {batch} records/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
-                strata_rounds.append(
-                    measure_strata(address, tenant_id, timeline_id, writers, batch, duration_s, warmup_s, client_processes, server_pid)
-                )
+                try:
+                    strata_rounds.append(
+                        measure_strata(address, tenant_id, timeline_id, writers, batch, duration_s, warmup_s, client_processes, server_pid)
+                    )
+                finally:
+                    if target is not None:
+                        # Someone's own walservice: leave nothing of the bench's WAL in it.
+                        delete_timeline(address, tenant_id, timeline_id)
                 if peer is not None:
                     if log:
                         print(f"round {round_index + 1}/{rounds} postgres: {writers} clients x {batch} rows/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
@@ -977,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=_positive_ints, default=",".join(map(str, BATCH_SIZES)), help="records per Append / rows per INSERT, comma-separated (default 1,16)")
     parser.add_argument("--rounds", type=int, default=None, help="run every configuration this many times, keeping each system's best (default 2; 1 with --quick)")
     parser.add_argument("--client-processes", type=int, default=1, help="client processes the Strata writers are spread over (default 1)")
-    parser.add_argument("--target", metavar="HOST:PORT[,HOST:PORT...]", type=target_arg, default=None, help="use this running walservice, or cluster A,B,C (every node; appends follow the leader), instead of starting one (the bench creates its own timelines)")
+    parser.add_argument("--target", metavar="HOST:PORT[,HOST:PORT...]", type=target_arg, default=None, help="use this running walservice, or cluster A,B,C (every node; appends follow the leader), instead of starting one (the bench creates its own timelines and deletes each after measuring it)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
     parser.add_argument("--replication", action="store_true", help="instead: 1 node vs a 3-node cluster at --writers, and the stall when the leader is killed (section wal_append_replication)")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write the table into BENCHMARKS.md (default: only for a full default run: "

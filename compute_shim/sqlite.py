@@ -161,6 +161,7 @@ class _DbConfig:
     rel: int
     page_size: int
     read_lsn: int | None  # None: read-write at the timeline's end
+    on_commit: Callable[[int], None] | None = None  # called with each commit's end LSN
 
 
 @dataclass
@@ -533,6 +534,8 @@ class StrataDbFile(_FileDefaults):
         self.read_lsn = resp.end_lsn
         self.committed_nblocks = self.floor = final
         self.dirty.clear()
+        if self.cfg.on_commit is not None:
+            self.cfg.on_commit(resp.end_lsn)
         self._forget_read_ahead()
 
     def _append_failure(self, exc: grpc.RpcError, n_records: int) -> Exception:
@@ -709,12 +712,14 @@ def connect_sqlite(
     lsn: int | None = None,
     *,
     rel: int = SQLITE_REL,
+    on_commit: Callable[[int], None] | None = None,
 ) -> apsw.Connection:
     """An apsw.Connection on the timeline's SQLite database: read-write (lsn=None),
     reading at the timeline's end as of opening and then at the end of each of its
     own commits (another writer's commits show after a `WriteConflict`); or
     read-only at LSN `lsn` (0: the current end), which should be the end of a
-    commit (see the module's docstring)."""
+    commit (see the module's docstring). `on_commit(end_lsn)` is called after each
+    commit this connection makes (the LSN to read it at later, e.g. `lsn=`)."""
     status = client.status(tenant_id=tenant, timeline_id=timeline)
     page_size = status.page_size
     if lsn is not None:
@@ -736,7 +741,7 @@ def connect_sqlite(
     _ensure_vfs()
     name = f"strata-{tenant}-{timeline}-{'rw' if lsn is None else lsn}-{next(_registry.counter)}.db"
     with _registry.lock:
-        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn)
+        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn, on_commit)
     flags = apsw.SQLITE_OPEN_READONLY if lsn is not None else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     try:
         db = apsw.Connection(name, flags=flags, vfs=VFS_NAME)

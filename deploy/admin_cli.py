@@ -1,11 +1,17 @@
 """`strata tenants`, `strata timelines`, `strata branch`: the TimelineService from a shell.
 
+    strata tenants [--json] | tenants create [--page-size N] [--pitr-seconds S] | tenants delete TENANT
+    strata timelines TENANT [--json] | timelines TENANT delete TIMELINE
+    strata branch TENANT [--from TIMELINE [--at LSN]] [--ttl SECONDS]
+
 They talk to the running local stack (the pageserver recorded in
 `<data dir>/stack.json`, written by `strata up`) or to the address given with
 `--pageserver`. Ids that a command creates go to stdout alone (so
-`T=$(strata tenants create)` works); what happened goes to stderr. Exit codes:
-0 done, 1 the server refused or could not be reached (its message is printed),
-2 bad usage.
+`T=$(strata tenants create)` works); what happened goes to stderr. Ids are
+checked before anything is sent (deploy/cli_checks.py): an unknown one is refused
+naming the ones there are, a branch point past the end at once. Exit codes:
+0 done, 1 refused (by those checks, or by the server: its message is printed) or
+unreachable, 2 bad usage (a malformed id, a negative LSN, a flag out of place).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from pathlib import Path
 import grpc
 
 from compute_shim import Client
-from deploy.local_stack import DEFAULT_DATA_DIR, STATE_FILE, _alive, _read_state
+from deploy.cli_checks import CheckFailed, check_branch_point, find_tenant, find_timeline, non_negative, tenant_arg, timeline_arg
+from deploy.cli_output import data_dir_flag, message_dict, print_json, strata_command
+from deploy.local_stack import DEFAULT_DATA_DIR, STATE_FILE, _alive, _read_state, walservice_address
 from strata.v1 import timeline_pb2
 
 COMMANDS = ("tenants", "timelines", "branch")
@@ -35,20 +43,21 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.pageserver:
         return args.pageserver, args.walservice
     data_dir: Path = args.data_dir
-    processes = {p.name: p for p in _read_state(data_dir)}
+    records = _read_state(data_dir)
+    processes = {p.name: p for p in records}
     if "pageserver" not in processes:
         raise AdminError(
             f"no Strata stack is running under {data_dir} (no pageserver in {data_dir / STATE_FILE}): "
-            f"start one with `strata up --data-dir {data_dir}`, or pass --pageserver HOST:PORT"
+            f"start one with `{strata_command()} up{data_dir_flag(data_dir)}`, or pass --pageserver HOST:PORT"
         )
     pageserver = processes["pageserver"]
     if not _alive(pageserver.pid):
         raise AdminError(
             f"the pageserver recorded in {data_dir / STATE_FILE} (pid {pageserver.pid}, {pageserver.address}) is not running: "
-            f"`strata status --data-dir {data_dir}` says what runs; `strata down` then `strata up` restarts the stack"
+            f"`{strata_command()} status{data_dir_flag(data_dir)}` says what runs; `{strata_command()} down{data_dir_flag(data_dir)}` "
+            f"then `{strata_command()} up{data_dir_flag(data_dir)}` restarts the stack"
         )
-    walservice = args.walservice or (processes["walservice"].address if "walservice" in processes else None)
-    return pageserver.address, walservice
+    return pageserver.address, args.walservice or walservice_address(records)
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> AdminError:
@@ -100,7 +109,15 @@ def _tenants(c: Client, args: argparse.Namespace) -> None:
         )
         print(info.tenant_id)
         return
+    if args.action == "delete":
+        find_tenant(c, args.tenant)
+        c.delete_tenant(tenant_id=args.tenant)
+        print(f"deleted tenant {args.tenant}: its timelines, their layers and WAL", file=sys.stderr)
+        return
     tenants = sorted(c.list_tenants().tenants, key=lambda t: t.tenant_id)
+    if args.json:
+        print_json([message_dict(t) for t in tenants])
+        return
     if not tenants:
         print("No tenants yet (create one with `strata tenants create`).")
         return
@@ -134,7 +151,16 @@ def _tree_order(timelines: Sequence[timeline_pb2.TimelineInfo]) -> list[tuple[in
 
 
 def _timelines(c: Client, args: argparse.Namespace) -> None:
+    find_tenant(c, args.tenant)
+    if args.action == "delete":
+        find_timeline(c, args.tenant, args.timeline)
+        c.delete_timeline(tenant_id=args.tenant, timeline_id=args.timeline)
+        print(f"deleted timeline {args.timeline} of tenant {args.tenant}: its layers and WAL", file=sys.stderr)
+        return
     timelines = list(c.list_timelines(tenant_id=args.tenant).timelines)
+    if args.json:
+        print_json([message_dict(tl) for _, tl in _tree_order(timelines)])
+        return
     if not timelines:
         print(f"Tenant {args.tenant} has no timelines yet (create one with `strata branch {args.tenant}`).")
         return
@@ -154,6 +180,10 @@ def _timelines(c: Client, args: argparse.Namespace) -> None:
 
 
 def _branch(c: Client, args: argparse.Namespace) -> None:
+    find_tenant(c, args.tenant)
+    if args.from_timeline:
+        ancestor = find_timeline(c, args.tenant, args.from_timeline)
+        check_branch_point(c, ancestor, args.at, walservice=bool(args.walservice))
     info = c.create_timeline(
         tenant_id=args.tenant, ancestor_timeline_id=args.from_timeline or "", ancestor_lsn=args.at, ttl_seconds=args.ttl
     )
@@ -166,20 +196,10 @@ def _branch(c: Client, args: argparse.Namespace) -> None:
     print(info.timeline_id)
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: expected 0 or more")
-    return value
-
-
 def build_parser(command: str) -> argparse.ArgumentParser:
     descriptions = {
-        "tenants": "List the tenants, or `create` one (its id is printed).",
-        "timelines": "List a tenant's timelines, each branch under its ancestor.",
+        "tenants": "List the tenants, `create` one (its id is printed), or `delete TENANT` (all its timelines).",
+        "timelines": "List a tenant's timelines, each branch under its ancestor, or `delete TIMELINE` (one without branches).",
         "branch": "Create a root timeline, or with --from a branch of one (O(1): nothing is copied); prints its id.",
     }
     parser = argparse.ArgumentParser(prog=f"strata {command}", description=descriptions[command])
@@ -187,16 +207,21 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--pageserver", default="", help="HOST:PORT of the pageserver (default: the one in <data dir>/stack.json)")
     parser.add_argument("--walservice", default="", help="A[,B,C]: the walservice node(s) (default: from stack.json)")
     if command == "tenants":
-        parser.add_argument("action", nargs="?", choices=["list", "create"], default="list")
-        parser.add_argument("--page-size", type=_non_negative, default=0, help="with create: bytes per page, a power of two from 512 to 65536 (default 8192)")
-        parser.add_argument("--pitr-seconds", type=_non_negative, default=0, help="with create: the time-travel window (default: the server's, 7 days)")
+        parser.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
+        parser.add_argument("tenant", nargs="?", type=tenant_arg, help="with delete: the tenant id")
+        parser.add_argument("--page-size", type=non_negative, default=0, help="with create: bytes per page, a power of two from 512 to 65536 (default 8192)")
+        parser.add_argument("--pitr-seconds", type=non_negative, default=0, help="with create: the time-travel window (default: the server's, 7 days)")
     elif command == "timelines":
-        parser.add_argument("tenant", help="the tenant id (32 hex characters)")
+        parser.add_argument("tenant", type=tenant_arg, help="the tenant id (32 hex characters)")
+        parser.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+        parser.add_argument("timeline", nargs="?", type=timeline_arg, help="with delete: the timeline id")
     else:
-        parser.add_argument("tenant", help="the tenant id (32 hex characters)")
-        parser.add_argument("--from", dest="from_timeline", default="", help="the ancestor timeline (omit for a new root timeline)")
-        parser.add_argument("--at", type=_non_negative, default=0, help="with --from: the branch point LSN (default 0: the ancestor's latest)")
-        parser.add_argument("--ttl", type=_non_negative, default=0, help="delete the timeline this many seconds after creation (default 0: never)")
+        parser.add_argument("tenant", type=tenant_arg, help="the tenant id (32 hex characters)")
+        parser.add_argument("--from", dest="from_timeline", type=timeline_arg, default=None, help="the ancestor timeline (omit for a new root timeline)")
+        parser.add_argument("--at", type=non_negative, default=0, help="with --from: the branch point LSN (default 0: the ancestor's latest)")
+        parser.add_argument("--ttl", type=non_negative, default=0, help="delete the timeline this many seconds after creation (default 0: never)")
+    if command in ("tenants", "timelines"):
+        parser.add_argument("--json", action="store_true", help="print the list as JSON (every field of each entry)")
     return parser
 
 
@@ -207,15 +232,22 @@ def main(command: str, argv: list[str]) -> int:
         parser.error("--page-size and --pitr-seconds go with `strata tenants create`")
     if command == "branch" and args.at and not args.from_timeline:
         parser.error("--at LSN needs --from TIMELINE (a root timeline has no branch point)")
+    if command in ("tenants", "timelines"):
+        target = "tenant" if command == "tenants" else "timeline"
+        if (args.action == "delete") != (getattr(args, target) is not None):
+            parser.error(f"`strata {command} ... delete` takes one {target} id, and only delete does")
+        if args.json and args.action != "list":
+            parser.error("--json goes with the listing")
     run: Callable[[Client, argparse.Namespace], None] = {"tenants": _tenants, "timelines": _timelines, "branch": _branch}[command]
     try:
         pageserver, walservice = _endpoints(args)
+        args.walservice = walservice or ""
         with Client(pageserver=pageserver, walservice=walservice, timeout=10.0, retries=1) as client:
             try:
                 run(client, args)
             except grpc.RpcError as exc:
                 raise _rpc_error(exc, pageserver) from None
-    except AdminError as exc:
+    except (AdminError, CheckFailed) as exc:
         print(f"strata {command}: {exc}", file=sys.stderr)
         return 1
     return 0

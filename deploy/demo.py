@@ -32,7 +32,7 @@ import apsw
 
 from compute_shim.client import Client
 from compute_shim.sqlite import connect_sqlite
-from deploy.local_stack import DEFAULT_DATA_DIR
+from deploy.cli_output import data_dir_flag, strata_command
 from deploy.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
 
 LOAD_SQL = """
@@ -220,9 +220,10 @@ class Demo:
             db.close()
 
         print(f"\ndone in {time.monotonic() - total:.2f} s. Look around:")
-        print(f"  strata sql {tenant} {main}{self.sql_args}")
-        print(f"  strata sql {tenant} {main} --at {loaded_lsn}{self.sql_args}")
-        print(f"  strata sql {tenant} {bad.timeline}{self.sql_args}          # agent {bad.index}, after its mistake")
+        sql = f"{strata_command()} sql"  # run as this `strata` was, so that the lines work when pasted
+        print(f"  {sql} {tenant} {main}{self.sql_args}")
+        print(f"  {sql} {tenant} {main} --at {loaded_lsn}{self.sql_args}")
+        print(f"  {sql} {tenant} {bad.timeline}{self.sql_args}          # agent {bad.index}, after its mistake")
         if self.failures:
             print(f"\n{len(self.failures)} check(s) failed: " + "; ".join(self.failures))
             return 1
@@ -262,8 +263,7 @@ def main(argv: list[str]) -> int:
                 for flag, value in (("--pageserver", args.pageserver), ("--walservice", args.walservice))
                 if value
             )
-            if not sql_args and args.data_dir != DEFAULT_DATA_DIR:
-                sql_args = f" --data-dir {args.data_dir}"
+            sql_args = sql_args or data_dir_flag(args.data_dir)
             return Demo(client, args.agents, args.customers, args.orders, sql_args).run()
     except REPORTED as exc:
         print(f"strata demo: {describe_error(exc, stack)}", file=sys.stderr)

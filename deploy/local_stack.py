@@ -3,9 +3,11 @@
 `up` starts each component as a background process under the data dir
 (default ./.strata), logging to `<data dir>/logs/<name>.log`, waits until each
 answers its health check, records what it started in `<data dir>/stack.json`
-and prints the endpoints. The default ports are the ones in DESIGN.md; a busy
-default port is replaced by a free one (and said so). `down` sends SIGTERM
-(SIGKILL after a grace period); `status` says what runs and where.
+and prints where each one listens. The ports are the ones in DESIGN.md (the
+walservice on 7676, the pageserver on 6400): a busy one stops `up` with what to do,
+before anything starts; with `--free-ports` every component takes a free port
+instead. `down` sends SIGTERM (SIGKILL after a grace period); `status` says what
+runs and where (`--json` for a program).
 
 With `--s3` an S3-compatible server (MinIO or moto_server, see deploy/local_s3.py)
 starts first, as the component "s3", and is the stack's remote storage.
@@ -25,11 +27,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy import local_s3
+from deploy.cli_output import DEFAULT_DATA_DIR, data_dir_flag, message_dict, print_json, python_command, strata_command
 from strata.durable_file import write_durably
 from strata.local_process import NotListening, free_port, start_logged, wait_listening
 
@@ -39,7 +43,8 @@ STATE_VERSION = 1
 CLUSTER_FILE = "cluster.json"
 CLUSTER_VERSION = 1
 REPLICA_CHOICES = (1, 3, 5)
-DEFAULT_DATA_DIR = Path(".strata")
+WALSERVICE_PORT = 7676
+PAGESERVER_PORT = 6400
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 
@@ -103,7 +108,7 @@ def replicas_arg(text: str) -> int:
     return n
 
 
-def cluster_layout(data_dir: Path, requested: int | None) -> ClusterLayout:
+def cluster_layout(data_dir: Path, requested: int | None, free_ports: bool = False) -> ClusterLayout:
     """The data dir's recorded layout, or a new one (recorded) on its first `up`."""
     layout = ClusterLayout.read(data_dir)
     if layout is not None:
@@ -114,7 +119,7 @@ def cluster_layout(data_dir: Path, requested: int | None) -> ClusterLayout:
             )
         return layout
     replicas = requested or 1
-    layout = ClusterLayout(replicas, cluster_ports(replicas) if replicas > 1 else [])
+    layout = ClusterLayout(replicas, cluster_ports(replicas, free_ports) if replicas > 1 else [])
     write_durably(data_dir / CLUSTER_FILE, layout.encode())
     return layout
 
@@ -163,9 +168,21 @@ def _read_state(data_dir: Path) -> list[ProcessRecord]:
     return [ProcessRecord(**p) for p in state["processes"]]
 
 
+def walservice_address(processes: list[ProcessRecord]) -> str | None:
+    """The walservice as a client names it: `A` for one node, `A,B,C` for a cluster's
+    nodes `walservice1..N` (every node recorded, so a client can follow the leader)."""
+    nodes = [p.address for p in processes if p.name == "walservice" or p.name.removeprefix("walservice").isdigit()]
+    return ",".join(nodes) or None
+
+
 def endpoints(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, str]:
-    """The running local stack's addresses by component name ("walservice", "pageserver"), from stack.json."""
-    return {p.name: p.address for p in _read_state(data_dir) if _alive(p.pid)}
+    """The running local stack's addresses by component name ("walservice": every node,
+    comma-separated on a cluster; "pageserver"; "s3"), from stack.json."""
+    running = [p for p in _read_state(data_dir) if _alive(p.pid)]
+    found = {p.name: p.address for p in running if not p.name.startswith("walservice")}
+    if (walservice := walservice_address(running)) is not None:
+        found["walservice"] = walservice
+    return found
 
 
 def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
@@ -173,16 +190,47 @@ def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
     write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
 
 
-def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = None) -> ProcessRecord:
+def _busy_port_error(port: int, name: str) -> SystemExit:
+    return SystemExit(
+        f"strata up: port {port} of the {name} is busy (another stack? `strata status --data-dir DIR` says what runs "
+        "under DIR): free it, or pass --free-ports to put every component on a free port (`up` prints them all)"
+    )
+
+
+def _wal_on_disk(wal_dir: Path) -> tuple[int, int]:
+    """(timelines, bytes of WAL) under a walservice data dir: what it checks before it listens."""
+    root = wal_dir / "timelines"
+    timelines = [d for d in root.glob("*/*") if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
+    size = sum(f.stat().st_size for tl in timelines for f in tl.rglob("*") if f.is_file())
+    return len(timelines), size
+
+
+def _say_recovery(spec: ComponentSpec) -> None:
+    """Before a walservice starts on existing WAL: what it is about to check (it reads every segment first)."""
+    if not spec.name.startswith("walservice"):
+        return
+    timelines, size = _wal_on_disk(Path(spec.args[spec.args.index("--data-dir") + 1]))
+    if timelines:
+        print(
+            f"{spec.name}: checking {timelines} timeline(s), {size / 1e6:.1f} MB of WAL, before it listens "
+            "(every segment's checksums) ...",
+            flush=True,
+        )
+
+
+def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = None, free_ports: bool = False) -> ProcessRecord:
     port = spec.default_port
-    if not _port_free(port):
-        if spec.fixed_port:
+    if spec.fixed_port:
+        if not _port_free(port):
             raise SystemExit(
                 f"port {port} of {spec.name} is busy; the cluster's nodes name each other by the ports in "
                 f"{data_dir / CLUSTER_FILE}: free it (or use a fresh --data-dir)"
             )
-        print(f"note: port {port} is busy; {spec.name} takes a free port instead")
+    elif free_ports:
         port = 0
+    elif not _port_free(port):
+        raise _busy_port_error(port, spec.name)
+    _say_recovery(spec)
     logs_dir = data_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"{spec.name}.log"
@@ -199,16 +247,16 @@ def _start(spec: ComponentSpec, data_dir: Path, env: dict[str, str] | None = Non
     return ProcessRecord(spec.name, started.proc.pid, address, str(log_path), argv)
 
 
-def cluster_ports(replicas: int) -> list[int]:
+def cluster_ports(replicas: int, free_ports: bool = False) -> list[int]:
     """Ports for a walservice cluster, fixed before any node starts (each node's
-    --peers names them all): 7676, 7677, ... where free, else free ones."""
-    ports = []
-    for i in range(replicas):
-        port = 7676 + i
+    --peers names them all): 7676, 7677, ... (a busy one stops `up`), or with
+    `free_ports` free ones."""
+    if free_ports:
+        return [free_port() for _ in range(replicas)]
+    ports = [WALSERVICE_PORT + i for i in range(replicas)]
+    for i, port in enumerate(ports):
         if not _port_free(port):
-            port = free_port()
-            print(f"note: port {7676 + i} is busy; walservice{i + 1} takes {port} instead")
-        ports.append(port)
+            raise _busy_port_error(port, f"walservice{i + 1}")
     return ports
 
 
@@ -238,7 +286,7 @@ def components(
     if "walservice" not in addresses:
         return [
             ComponentSpec(
-                "walservice", "walservice", 7676, ["--data-dir", str(data_dir / "walservice"), "--remote-storage", remote]
+                "walservice", "walservice", WALSERVICE_PORT, ["--data-dir", str(data_dir / "walservice"), "--remote-storage", remote]
             )
         ]
     if "pageserver" not in addresses:
@@ -246,7 +294,7 @@ def components(
             ComponentSpec(
                 "pageserver",
                 "pageserver",
-                6400,
+                PAGESERVER_PORT,
                 [
                     "--data-dir", str(data_dir / "pageserver"), "--walservice", addresses["walservice"],
                     "--remote-storage", remote,
@@ -263,24 +311,32 @@ def up(args: argparse.Namespace) -> int:
         print(f"Strata is already running under {data_dir}:")
         _print_processes(running)
         if args.s3 != any(p.name == "s3" for p in running):
-            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `strata down` first to restart it the other way")
+            print(f"note: it runs {'without' if args.s3 else 'with'} --s3; `{strata_command()} down{data_dir_flag(data_dir)}` first to restart it the other way")
         nodes = sum(1 for p in running if p.name.startswith("walservice"))
         if args.replicas is not None and args.replicas != nodes:
             print(f"note: it runs {nodes} walservice node(s), not --replicas {args.replicas}")
-        _print_try(running)
+        _print_try(running, data_dir)
         return 0
+    if not args.free_ports:
+        # Both default ports or neither: a client that names one names the other (README, DESIGN.md).
+        recorded = ClusterLayout.read(data_dir)
+        replicas = recorded.replicas if recorded else (args.replicas or 1)
+        defaults = [(WALSERVICE_PORT, "walservice")] if replicas == 1 else []  # a cluster's ports: cluster_ports
+        for port, name in [*defaults, (PAGESERVER_PORT, "pageserver")]:
+            if not _port_free(port):
+                raise _busy_port_error(port, name)
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[ProcessRecord] = []
     remote, env = "", None
     try:
         if args.s3:
-            remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started)
+            remote, env = local_s3.REMOTE_URL, _start_s3(data_dir.resolve(), started, args.free_ports)
         else:
             local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
-        layout = cluster_layout(data_dir, args.replicas)
+        layout = cluster_layout(data_dir, args.replicas, args.free_ports)
         ports = layout.ports if layout.replicas > 1 else None
         while specs := components(data_dir.resolve(), started, remote, layout.replicas, ports):
-            started.append(_start(specs[0], data_dir.resolve(), env))
+            started.append(_start(specs[0], data_dir.resolve(), env, args.free_ports))
             _write_state(data_dir, started)
     except SystemExit:
         for p in started:
@@ -293,27 +349,31 @@ def up(args: argparse.Namespace) -> int:
         s3 = started[0]
         print(f"\nRemote storage: {remote} on {s3.note}.")
         print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
-    _print_try(started)
+    _print_try(started, data_dir)
     return 0
 
 
-def _print_try(processes: list[ProcessRecord]) -> None:
-    """What to do next with a running stack (after `up`, and after an `up` that found it running)."""
-    wal = ",".join(p.address for p in processes if p.name.startswith("walservice"))
-    print(
-        "\nTry:\n"
-        "  .venv/bin/strata status                          # what runs, tenants, timelines and their LSNs\n"
-        f"  .venv/bin/python -m bench.wal_append --quick --target {wal}   # durable appends/s against it\n"
-        "  .venv/bin/strata down                            # stop it\n"
-        "\nSee the agent workflow on it (20 branches, migrations, an undo, time travel): .venv/bin/strata demo"
-    )
+def _print_try(processes: list[ProcessRecord], data_dir: Path) -> None:
+    """What to do next with a running stack (after `up`, and after an `up` that found it running):
+    command lines that act on this stack when pasted, run the way this `strata` was."""
+    wal = walservice_address(processes)
+    strata, flag = strata_command(), data_dir_flag(data_dir)
+    lines = [
+        (f"{strata} status{flag}", "what runs, tenants, timelines and their LSNs"),
+        (f"{python_command()} -m bench.wal_append --quick --target {wal}", "durable appends/s against it (deletes its timelines after)"),
+        (f"{strata} down{flag}", "stop it"),
+    ]
+    width = max(len(line) for line, _ in lines)
+    print("\nTry:\n" + "\n".join(f"  {line:<{width}}   # {what}" for line, what in lines))
+    print(f"\nSee the agent workflow on it (20 branches, migrations, an undo, time travel): {strata} demo{flag}")
 
 
-def _start_s3(data_dir: Path, started: list[ProcessRecord]) -> dict[str, str]:
-    """Start the S3 server and make the bucket; returns the environment for the other components."""
+def _start_s3(data_dir: Path, started: list[ProcessRecord], free_ports: bool = False) -> dict[str, str]:
+    """Start the S3 server and make the bucket; returns the environment for the other components
+    (a busy port 9000 is replaced by a free one: only those components and the printed settings name it)."""
     local_s3.check_reuse(data_dir, local_s3.REMOTE_URL, local_s3.server_kind())
-    port = local_s3.DEFAULT_PORT if _port_free(local_s3.DEFAULT_PORT) else free_port()
-    if port != local_s3.DEFAULT_PORT:
+    port = local_s3.DEFAULT_PORT if not free_ports and _port_free(local_s3.DEFAULT_PORT) else free_port()
+    if port != local_s3.DEFAULT_PORT and not free_ports:
         print(f"note: port {local_s3.DEFAULT_PORT} is busy; the S3 server takes port {port} instead")
     server = local_s3.choose_server(data_dir, port)
     logs_dir = data_dir / "logs"
@@ -359,45 +419,70 @@ def _print_processes(processes: list[ProcessRecord]) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
+    """What runs and where, and (when all of it is healthy) its tenants and timelines.
+    `--json`: {"data_dir", "running", "processes": [{name, address, pid, log, note, health}],
+    "tenants": [TenantInfo's fields + "timelines": [TimelineInfo's fields]]}."""
     processes = _read_state(args.data_dir)
     if not processes:
-        print(f"Nothing is running under {args.data_dir} (start it with `strata up`).")
+        if args.json:
+            print_json({"data_dir": str(args.data_dir), "running": False, "processes": [], "tenants": []})
+        else:
+            print(f"Nothing is running under {args.data_dir} (start it with `{strata_command()} up{data_dir_flag(args.data_dir)}`).")
         return 1
-    healthy = True
-    print(f"{'component':<12} {'address':<22} {'pid':<8} health")
+    health = {}
     for p in processes:
         check = local_s3.health if p.name == "s3" else _health
-        state = check(p.address) if _alive(p.pid) else "not running"
-        healthy &= state == "SERVING"
-        print(f"{p.name:<12} {p.address:<22} {p.pid:<8} {state}")
+        health[p.name] = check(p.address) if _alive(p.pid) else "not running"
+    healthy = all(state == "SERVING" for state in health.values())
+    pageserver = next((p for p in processes if p.name == "pageserver"), None)
+    tenants = _timelines(pageserver.address) if pageserver is not None and healthy else []
+    if args.json:
+        print_json({
+            "data_dir": str(args.data_dir),
+            "running": healthy,
+            "processes": [{**asdict(p), "health": health[p.name]} for p in processes],
+            "tenants": [{**message_dict(tenant), "timelines": [message_dict(tl) for tl in timelines]} for tenant, timelines in tenants],
+        })
+        return 0 if healthy else 1
+    print(f"{'component':<12} {'address':<22} {'pid':<8} health")
+    for p in processes:
+        print(f"{p.name:<12} {p.address:<22} {p.pid:<8} {health[p.name]}")
     for p in processes:
         if p.note:
             print(f"{p.name}: {p.note}")
-    pageserver = next((p for p in processes if p.name == "pageserver"), None)
     if pageserver is not None and healthy:
-        _print_timelines(pageserver.address)
+        print(f"\n{len(tenants)} tenant(s)")
+        for tenant, timelines in tenants:
+            print(f"tenant {tenant.tenant_id}  page_size={tenant.page_size}  timelines={tenant.timeline_count}")
+            for tl in timelines:
+                parent = f"  branch of {tl.ancestor_timeline_id}@{tl.ancestor_lsn}" if tl.ancestor_timeline_id else ""
+                print(f"  timeline {tl.timeline_id}  last_record_lsn={tl.last_record_lsn}  disk_consistent_lsn={tl.disk_consistent_lsn}{parent}")
     return 0 if healthy else 1
 
 
-def _print_timelines(address: str) -> None:
+def _timelines(address: str) -> list[tuple[Any, list[Any]]]:
+    """(TenantInfo, its TimelineInfos) for every tenant of the pageserver at `address`."""
     from strata.v1 import timeline_pb2, timeline_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
         stub = timeline_pb2_grpc.TimelineServiceStub(channel)
         tenants = stub.ListTenants(timeline_pb2.ListTenantsRequest(), timeout=5).tenants
-        print(f"\n{len(tenants)} tenant(s)")
-        for tenant in tenants:
-            print(f"tenant {tenant.tenant_id}  page_size={tenant.page_size}  timelines={tenant.timeline_count}")
-            timelines = stub.ListTimelines(timeline_pb2.TenantRef(tenant_id=tenant.tenant_id), timeout=5).timelines
-            for tl in timelines:
-                parent = f"  branch of {tl.ancestor_timeline_id}@{tl.ancestor_lsn}" if tl.ancestor_timeline_id else ""
-                print(f"  timeline {tl.timeline_id}  last_record_lsn={tl.last_record_lsn}  disk_consistent_lsn={tl.disk_consistent_lsn}{parent}")
+        return [
+            (tenant, list(stub.ListTimelines(timeline_pb2.TenantRef(tenant_id=tenant.tenant_id), timeout=5).timelines))
+            for tenant in tenants
+        ]
 
 
 def main(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"strata {command}")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the stack keeps its data (default ./.strata)")
+    if command == "status":
+        parser.add_argument("--json", action="store_true", help="print it as one JSON object (exit code as without)")
     if command == "up":
+        parser.add_argument(
+            "--free-ports", action="store_true",
+            help="put every component on a free port instead of 7676/6400 (`up` prints where each listens)",
+        )
         parser.add_argument(
             "--s3", action="store_true",
             help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",

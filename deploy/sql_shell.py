@@ -7,9 +7,14 @@ written by `strata up`) unless `--pageserver` / `--walservice` name them. With
 `-c SQL` it runs the SQL, prints the rows and exits; otherwise it is apsw's
 interactive shell (`.help` lists its dot-commands).
 
-Errors (an unknown tenant or timeline, an LSN below the GC cutoff or past the
+Each commit it makes is said on stderr with its LSN (`committed at lsn N`: the
+`--at` that reads the database as that commit left it).
+
+Errors (an unknown tenant or timeline, or the two swapped: said naming what
+exists, before anything else is sent; an LSN below the GC cutoff or past the
 end, a stack that is not running, a refused commit) are one line on stderr,
-`strata sql: ...`, and exit code 1; usage errors exit 2.
+`strata sql: ...`, and exit code 1; usage errors (a malformed id, a negative
+LSN) exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import grpc
 
 from compute_shim.client import Client
 from compute_shim.sqlite import CommitRefused, CommitUncertain, connect_sqlite
+from deploy.cli_checks import CheckFailed, find_timeline, non_negative, tenant_arg, timeline_arg
+from deploy.cli_output import data_dir_flag, strata_command
 from deploy.local_stack import DEFAULT_DATA_DIR, endpoints
 
 # A command-line tool fails fast when the stack is down: one resend, not the
@@ -44,7 +51,7 @@ def stack_endpoints(data_dir: Path, pageserver: str | None, walservice: str | No
         walservice = walservice or running.get("walservice")
         if not (pageserver and walservice):
             raise CliError(
-                f"no running local stack under {data_dir} (start it with `strata up`, "
+                f"no running local stack under {data_dir} (start it with `{strata_command()} up{data_dir_flag(data_dir)}`, "
                 "or pass --pageserver HOST:PORT --walservice HOST:PORT)"
             )
     return pageserver, walservice
@@ -77,7 +84,7 @@ def describe_error(exc: BaseException, stack: tuple[str, str] | None = None) -> 
 
 
 # What a command-line tool reports without a traceback.
-REPORTED = (CliError, grpc.RpcError, apsw.Error, CommitRefused, CommitUncertain, ValueError, OSError)
+REPORTED = (CliError, CheckFailed, grpc.RpcError, apsw.Error, CommitRefused, CommitUncertain, ValueError, OSError)
 
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -109,12 +116,16 @@ def resolve_lsn(client: Client, tenant: str, timeline: str, at: int | None, at_t
     return resp.lsn
 
 
+def _say_commit(end_lsn: int) -> None:
+    print(f"committed at lsn {end_lsn}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="strata sql", description="An SQL shell (SQLite) on a Strata timeline.")
-    parser.add_argument("tenant")
-    parser.add_argument("timeline")
+    parser.add_argument("tenant", type=tenant_arg)
+    parser.add_argument("timeline", type=timeline_arg)
     at = parser.add_mutually_exclusive_group()
-    at.add_argument("--at", type=int, metavar="LSN", help="open read-only at this LSN (time travel; the end LSN of a commit)")
+    at.add_argument("--at", type=non_negative, metavar="LSN", help="open read-only at this LSN (time travel; the end LSN of a commit)")
     at.add_argument("--at-time", metavar="ISO-TIME", help="open read-only at the last commit at or before this time")
     parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
     add_endpoint_args(parser)
@@ -125,8 +136,9 @@ def main(argv: list[str]) -> int:
     try:
         stack = stack_endpoints(args.data_dir, args.pageserver, args.walservice)
         client = Client(pageserver=stack[0], walservice=stack[1], retries=CLI_RETRIES)
+        find_timeline(client, args.tenant, args.timeline)
         lsn = resolve_lsn(client, args.tenant, args.timeline, args.at, args.at_time)
-        db = connect_sqlite(client, args.tenant, args.timeline, lsn=lsn)
+        db = connect_sqlite(client, args.tenant, args.timeline, lsn=lsn, on_commit=_say_commit)
         mode = "read-write" if lsn is None else f"read-only at lsn {lsn}"
         if args.command is not None:
             for row in db.execute(args.command):

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; a reader that stops reading (`strata status | head -3`) ends it quietly."""
+    try:
+        try:
+            _run(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # Python's advice (signal docs, "Note on SIGPIPE"): point stdout at /dev/null so the
+        # interpreter's own flush at exit finds nothing to fail on; exit as a SIGPIPE'd command would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _run(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="strata", description="Strata: storage for agent-era databases.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("walservice", help="run one walservice node", add_help=False)

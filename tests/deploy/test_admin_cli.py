@@ -22,7 +22,7 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = tmp_path_factory.mktemp("admin") / "stack"
-    up = strata("up", "--data-dir", str(data), cwd=data.parent)
+    up = strata("up", "--data-dir", str(data), "--free-ports", cwd=data.parent)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         yield data
@@ -84,22 +84,56 @@ def test_tenants_timelines_and_branches(stack: Path) -> None:
     assert child_row[1:3] == [main, str(first)] and "(in " in lines[2]
 
 
-def test_errors_are_the_servers_and_exit_nonzero(stack: Path) -> None:
+def test_errors_are_refused_at_once_naming_what_exists(stack: Path) -> None:
     d = ("--data-dir", str(stack))
     unknown = "0123456789abcdef0123456789abcdef"
+    tenant = strata("tenants", "create", *d, cwd=stack).stdout.strip()
+    main = strata("branch", tenant, *d, cwd=stack).stdout.strip()
     result = strata("timelines", unknown, *d, cwd=stack)
-    assert result.returncode == 1 and "NOT_FOUND" in result.stderr and unknown in result.stderr, result.stderr
+    assert result.returncode == 1 and f"strata timelines: no tenant {unknown}" in result.stderr and tenant in result.stderr, result.stderr
+    # A malformed id is bad usage, said before anything is sent.
     bad = strata("branch", "not-a-tenant", *d, cwd=stack)
-    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "'not-a-tenant' is not a tenant id" in bad.stderr, bad.stderr
     usage = strata("branch", unknown, "--at", "5", *d, cwd=stack)
     assert usage.returncode == 2 and "--at LSN needs --from" in usage.stderr
+    negative = strata("branch", tenant, "--from", main, "--at", "-5", *d, cwd=stack)
+    assert negative.returncode == 2 and "-5 is negative" in negative.stderr, negative.stderr
     page = strata("tenants", "create", "--page-size", "1000", *d, cwd=stack)
     assert page.returncode == 1 and "INVALID_ARGUMENT" in page.stderr and page.stdout == "", page.stderr
-    tenant = strata("tenants", "create", *d, cwd=stack).stdout.strip()
     no_parent = strata("branch", tenant, "--from", unknown, *d, cwd=stack)
-    assert no_parent.returncode == 1 and "NOT_FOUND" in no_parent.stderr and unknown in no_parent.stderr, no_parent.stderr
-    for result in (result, bad, page, no_parent):
+    assert no_parent.returncode == 1 and f"strata branch: tenant {tenant} has no timeline {unknown}" in no_parent.stderr, no_parent.stderr
+    assert main in no_parent.stderr, "it names the timelines there are"
+    # Past the end: refused at once (it was a wait for the pageserver's 10 s deadline), naming the end.
+    past = strata("branch", tenant, "--from", main, "--at", "5000", *d, cwd=stack)
+    assert past.returncode == 1 and "--at 5000 is past the end of timeline" in past.stderr and "its last LSN is 0" in past.stderr, past.stderr
+    # The two ids the wrong way round.
+    swapped = strata("timelines", main, *d, cwd=stack)
+    assert swapped.returncode == 1 and f"{main} is a timeline of tenant {tenant}, not a tenant" in swapped.stderr, swapped.stderr
+    for result in (result, page, no_parent, past, swapped):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_json_listings_and_deletion(stack: Path) -> None:
+    d = ("--data-dir", str(stack))
+    tenant = strata("tenants", "create", "--page-size", "512", *d, cwd=stack).stdout.strip()
+    main = strata("branch", tenant, *d, cwd=stack).stdout.strip()
+    child = strata("branch", tenant, "--from", main, *d, cwd=stack).stdout.strip()
+    tenants = json.loads(strata("tenants", "--json", *d, cwd=stack).stdout)
+    assert {"tenant_id": tenant, "page_size": 512, "timeline_count": 2}.items() <= next(t for t in tenants if t["tenant_id"] == tenant).items()
+    timelines = json.loads(strata("timelines", tenant, "--json", *d, cwd=stack).stdout)
+    assert [(tl["timeline_id"], tl["ancestor_timeline_id"]) for tl in timelines] == [(main, ""), (child, main)]
+    # A timeline with a branch stays (the server's refusal); its branch goes, then it, then the tenant.
+    refused = strata("timelines", tenant, "delete", main, *d, cwd=stack)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr, refused.stderr
+    for args in (("timelines", tenant, "delete", child), ("timelines", tenant, "delete", main)):
+        deleted = strata(*args, *d, cwd=stack)
+        assert deleted.returncode == 0 and f"deleted timeline {args[-1]}" in deleted.stderr, deleted.stderr
+    assert json.loads(strata("timelines", tenant, "--json", *d, cwd=stack).stdout) == []
+    gone = strata("tenants", "delete", tenant, *d, cwd=stack)
+    assert gone.returncode == 0 and f"deleted tenant {tenant}" in gone.stderr, gone.stderr
+    assert tenant not in {t["tenant_id"] for t in json.loads(strata("tenants", "--json", *d, cwd=stack).stdout)}
+    usage = strata("tenants", "delete", *d, cwd=stack)
+    assert usage.returncode == 2 and "takes one tenant id" in usage.stderr, usage.stderr
 
 
 def test_without_a_running_stack(tmp_path: Path) -> None:
@@ -125,6 +159,7 @@ def test_demo_on_the_started_stack(stack: Path) -> None:
     """`strata demo` against the stack `strata up` started (found through its data dir):
     every check passes, and they are the exact ones, each step timed."""
     out = strata("demo", "--data-dir", str(stack), cwd=stack)
+    demo_as = str(Path(sys.executable).parent / "strata")
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "CHECK FAILED" not in text, text
@@ -143,8 +178,10 @@ def test_demo_on_the_started_stack(stack: Path) -> None:
     digests = re.findall(r"sha256 ([0-9a-f]{12})", text)
     loaded, main_now, undone, before_mistake, past = digests
     assert loaded == main_now == past and undone == before_mistake and undone != loaded, text
-    # The `strata sql` lines it prints reach the same stack.
-    line = next(line.strip() for line in text.splitlines() if line.strip().startswith("strata sql ") and "--at" not in line)
-    args = line.split()[2:]
-    count = strata("sql", *args, "-c", "SELECT count(*) FROM orders", cwd=stack)
+    # The `strata sql` lines it prints reach the same stack when pasted, run as the demo was.
+    line = next(line.strip() for line in text.splitlines() if " sql " in line and "--at" not in line)
+    assert line.startswith(demo_as.split()[0]) or line.startswith("strata "), line
+    count = subprocess.run(
+        f"{line} -c 'SELECT count(*) FROM orders'", shell=True, cwd=stack, capture_output=True, text=True, timeout=60
+    )
     assert count.returncode == 0 and int(count.stdout) > 0, count.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ def strata(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_up_status_down(tmp_path: Path) -> None:
     data = tmp_path / "stack"
-    up = strata("up", "--data-dir", str(data), cwd=tmp_path)
+    up = strata("up", "--data-dir", str(data), "--free-ports", cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "walservice" in up.stdout and "pageserver" in up.stdout and "Try:" in up.stdout
@@ -46,6 +48,19 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("SERVING") == 2
         assert tenant in status.stdout and timeline in status.stdout
+        as_json = json.loads(strata("status", "--data-dir", str(data), "--json", cwd=tmp_path).stdout)
+        assert {p["name"]: p["health"] for p in as_json["processes"]} == {"walservice": "SERVING", "pageserver": "SERVING"}
+        [listed] = [t for t in as_json["tenants"] if t["tenant_id"] == tenant]
+        assert [tl["timeline_id"] for tl in listed["timelines"]] == [timeline]
+        assert listed["timelines"][0]["last_record_lsn"] >= lsn  # a number, as the table prints it
+
+        # Every "Try:" line acts on this stack when pasted in the same directory, as `up` was run.
+        tries = dict(re.findall(r"^  (.+?)\s+# (.+)$", up.stdout, re.M))
+        paste = {what.split(",")[0]: line for line, what in tries.items()}
+        assert all(f"--data-dir {data}" in line for line in tries if " status" in line or " down" in line), up.stdout
+        pasted = subprocess.run(paste["what runs"], shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert pasted.returncode == 0 and pasted.stdout.count("SERVING") == 2, pasted.stdout + pasted.stderr
+        assert f"demo --data-dir {data}" in up.stdout
 
         again = strata("up", "--data-dir", str(data), cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout
@@ -65,7 +80,7 @@ def test_up_status_down(tmp_path: Path) -> None:
 
 def test_up_s3_runs_a_local_s3_server_as_remote_storage(tmp_path: Path) -> None:
     data = tmp_path / "s3stack"
-    up = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+    up = strata("up", "--data-dir", str(data), "--s3", "--free-ports", cwd=tmp_path)
     state = json.loads((data / "stack.json").read_text()) if (data / "stack.json").exists() else {"processes": []}
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -119,7 +134,7 @@ def test_up_s3_runs_a_local_s3_server_as_remote_storage(tmp_path: Path) -> None:
     for p in state["processes"]:
         assert not _running(p["pid"]), p
     # moto_server's objects are gone with it: this data dir's state cannot start against a new, empty one.
-    again = strata("up", "--data-dir", str(data), "--s3", cwd=tmp_path)
+    again = strata("up", "--data-dir", str(data), "--s3", "--free-ports", cwd=tmp_path)
     assert again.returncode == 1 and "use a fresh --data-dir" in again.stderr, again.stdout + again.stderr
     assert not (data / "stack.json").exists()
 
@@ -151,7 +166,7 @@ def test_cluster_ports_are_recorded_and_reused(tmp_path: Path) -> None:
 
     from deploy import local_stack
 
-    layout = local_stack.cluster_layout(tmp_path, 3)
+    layout = local_stack.cluster_layout(tmp_path, 3, free_ports=True)
     assert layout.replicas == 3 and len(set(layout.ports)) == 3
     assert local_stack.cluster_layout(tmp_path, None) == layout == local_stack.cluster_layout(tmp_path, 3)
     with pytest.raises(SystemExit, match="--replicas 3"):
@@ -164,3 +179,61 @@ def test_cluster_ports_are_recorded_and_reused(tmp_path: Path) -> None:
         busy.listen()
         with pytest.raises(SystemExit, match="is busy"):
             local_stack._start(specs[0], tmp_path)
+
+
+def test_a_busy_default_port_stops_up_before_anything_starts(tmp_path: Path) -> None:
+    """The walservice and the pageserver are on 7676 and 6400 or `up` says why not (a client
+    that names one names the other); --free-ports is the way out, and `up` prints each address."""
+    data = tmp_path / "stack"
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 7676))
+            holder.listen()
+        except OSError:
+            pass  # busy already: as good
+        up = strata("up", "--data-dir", str(data), cwd=tmp_path)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "port 7676 of the walservice is busy" in up.stderr and "--free-ports" in up.stderr, up.stderr
+    assert not (data / "stack.json").exists() and "Traceback" not in up.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path: Path) -> None:
+    """`strata status | head -3`: the reader is gone before the output is written."""
+    script = Path(sys.executable).parent / "strata"
+    proc = subprocess.Popen([str(script), "status", "--data-dir", str(tmp_path / "none")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
+
+
+def test_a_benchmark_run_against_the_stack_leaves_nothing_and_up_says_it_checks_the_wal(tmp_path: Path) -> None:
+    """The "Try:" benchmark deletes the timelines it made in the user's walservice; a later
+    `up` says what the walservice does before it listens (it reads every segment)."""
+    data = tmp_path / "stack"
+    up = strata("up", "--data-dir", str(data), "--free-ports", cwd=tmp_path)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "checking" not in up.stdout, "a fresh walservice has nothing to check"
+        addresses = {p["name"]: p["address"] for p in json.loads((data / "stack.json").read_text())["processes"]}
+        with Client(pageserver=addresses["pageserver"], walservice=addresses["walservice"]) as c:
+            tenant = c.create_tenant(page_size=512).tenant_id
+            timeline = c.create_timeline(tenant_id=tenant).timeline_id
+            c.append(tenant_id=tenant, timeline_id=timeline, records=[
+                records_pb2.Record(image=records_pb2.PageImage(rel=7, blkno=0, page=bytes(512)))
+            ])
+        bench = subprocess.run(
+            [sys.executable, "-m", "bench.wal_append", "--quick", "--no-postgres", "--target", addresses["walservice"],
+             "--duration", "0.3", "--warmup", "0.1", "--writers", "1", "--batches", "1,16", "--work-dir", str(tmp_path)],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+        )
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        on_disk = sorted(p.relative_to(data / "walservice" / "timelines").as_posix() for p in (data / "walservice" / "timelines").glob("*/*"))
+        assert on_disk == [f"{tenant}/{timeline}"], on_disk
+        down = strata("down", "--data-dir", str(data), cwd=tmp_path)
+        assert down.returncode == 0, down.stdout + down.stderr
+        again = strata("up", "--data-dir", str(data), "--free-ports", cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "walservice: checking 1 timeline(s)" in again.stdout and "before it listens" in again.stdout, again.stdout
+    finally:
+        strata("down", "--data-dir", str(data), cwd=tmp_path)

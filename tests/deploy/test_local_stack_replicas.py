@@ -16,7 +16,7 @@ from tests.deploy.test_local_stack import strata
 
 def test_up_replicas_3_survives_a_walservice_kill(tmp_path: Path) -> None:
     data = tmp_path / "stack"
-    up = strata("up", "--data-dir", str(data), "--replicas", "3", cwd=tmp_path)
+    up = strata("up", "--data-dir", str(data), "--replicas", "3", "--free-ports", cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         processes = json.loads((data / "stack.json").read_text())["processes"]
@@ -49,6 +49,12 @@ def test_up_replicas_3_survives_a_walservice_kill(tmp_path: Path) -> None:
             assert c.get_page(tenant_id=tenant, timeline_id=timeline, rel=7, blkno=0, lsn=lsn).page == bytes([2]) * 512
         status = strata("status", "--data-dir", str(data), cwd=tmp_path)
         assert status.stdout.count("SERVING") == 3 and "not running" in status.stdout
+        # The commands that find the stack through its data dir find a cluster's nodes too
+        # (they looked for a node named "walservice": "no running local stack").
+        sql = strata("sql", tenant, timeline, "--data-dir", str(data), "-c", "CREATE TABLE t(x); SELECT 40 + 2", cwd=tmp_path)
+        assert sql.returncode == 0 and sql.stdout == "42\n", sql.stdout + sql.stderr
+        branch = strata("branch", tenant, "--from", timeline, "--data-dir", str(data), cwd=tmp_path)
+        assert branch.returncode == 0, branch.stderr
     finally:
         down = strata("down", "--data-dir", str(data), cwd=tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr

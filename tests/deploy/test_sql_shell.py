@@ -42,6 +42,8 @@ def test_sql_shell_writes_reads_and_time_travels(stack: Stack) -> None:
     time.sleep(0.05)
     more = strata("sql", stack.tenant, main, *endpoint_args(stack), "-c", "INSERT INTO t VALUES ('two')")
     assert more.returncode == 0, more.stderr
+    # It says the LSN of the commit it made: the timeline's end now.
+    assert more.stderr == f"committed at lsn {stack.end_lsn(main)}\n", more.stderr
     now = strata("sql", stack.tenant, main, *endpoint_args(stack), "-c", "SELECT group_concat(x) FROM t")
     assert now.stdout == "one,two\n"
     past = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", str(first), "-c", "SELECT group_concat(x) FROM t")
@@ -118,9 +120,15 @@ def test_sql_errors_are_one_line(stack: Stack, tmp_path: Path) -> None:
     stack.client.status(tenant_id=stack.tenant, timeline_id=main)
     unknown = "0123456789abcdef0123456789abcdef"
     out = strata("sql", unknown, main, *endpoint_args(stack), "-c", "SELECT 1")
-    assert_one_line_error(out, "strata sql: ", "NOT_FOUND", unknown)
+    assert_one_line_error(out, "strata sql: ", f"no tenant {unknown}", stack.tenant)
     out = strata("sql", stack.tenant, unknown, *endpoint_args(stack), "-c", "SELECT 1")
-    assert_one_line_error(out, "strata sql: ", "NOT_FOUND", unknown)
+    assert_one_line_error(out, "strata sql: ", f"tenant {stack.tenant} has no timeline {unknown}; its timelines: ")
+    # Swapped ids: said as such (it was the walservice's "no such timeline ... (CreateTimeline first)").
+    out = strata("sql", main, stack.tenant, *endpoint_args(stack), "-c", "SELECT 1")
+    assert_one_line_error(out, "strata sql: ", "the ids are swapped", f"{stack.tenant} is the tenant")
+    # A negative LSN is bad usage (it was "below the GC cutoff").
+    out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", "-5", "-c", "SELECT 1")
+    assert out.returncode == 2 and "-5 is negative" in out.stderr and "GC cutoff" not in out.stderr, out.stderr
     out = strata("sql", stack.tenant, main, *endpoint_args(stack), "-c", "SELECT * FROM no_such_table")
     assert_one_line_error(out, "strata sql: ", "no such table")
     out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at-time", "yesterday", "-c", "SELECT 1")

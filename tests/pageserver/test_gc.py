@@ -430,7 +430,9 @@ def test_ttl_expiry_deletes_children_first_and_remote_objects(strata_env: Strata
             wait_until(
                 "the deletion to finish", lambda tl=tl: not [p for p in (timelines_dir / tl).rglob("*") if p.is_file()], 20
             )
-            assert not (ps.data_dir / "tenants" / tenant / "timelines" / tl).exists()
+            # The local directory goes after the remote objects, in an executor: wait for it too.
+            local = ps.data_dir / "tenants" / tenant / "timelines" / tl
+            wait_until("the local directory to be removed", lambda local=local: not local.exists(), 20)
             # The walservice's WAL went too.
             with pytest.raises(grpc.RpcError) as info:
                 client.status(tenant_id=tenant, timeline_id=tl)
