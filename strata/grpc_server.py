@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from strata.errors import CorruptionError, StrataError, abort_with
+from strata.errors import CorruptionError, InvalidArgument, StrataError, abort_with
 from strata.logs import EventLogger
 
 Hook = Callable[[], Awaitable[None]]
@@ -78,23 +79,47 @@ async def serve(
     log.info("stopped", address=address)
 
 
-def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataError) -> None:
-    """Client mistakes at info, our own failures (corruption, internal) at error."""
-    ours = isinstance(exc, CorruptionError) or type(exc) is StrataError
-    (log.error if ours else log.info)(
+def is_our_failure(exc: StrataError) -> bool:
+    """Corruption and internal errors are ours; every other StrataError is the client's."""
+    return isinstance(exc, CorruptionError) or type(exc) is StrataError
+
+
+def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataError, **counts: int) -> None:
+    """Client mistakes at info, our own failures (corruption, internal) at error;
+    `counts` (e.g. failed=, pages= for a batch logged once) go on the line too."""
+    (log.error if is_our_failure(exc) else log.info)(
         "rpc_failed",
         method=method,
         tenant=getattr(request, "tenant_id", None),
         timeline=getattr(request, "timeline_id", None),
         code=exc.code.name,
         error=exc,
+        **counts,
     )
 
 
+async def decode_request(request_type: Any, data: bytes, context: grpc.aio.ServicerContext, log: EventLogger | None, method: str) -> Any:
+    """`data` parsed as `request_type`; bytes that are not one answer
+    INVALID_ARGUMENT (left to grpc, a deserializer's DecodeError is UNKNOWN)."""
+    try:
+        return request_type.FromString(data)
+    except DecodeError as exc:
+        error = InvalidArgument(f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {exc}")
+        if log is not None:
+            log_rpc_failure(log, method, None, error)
+        await abort_with(context, error)
+
+
 def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    """A unary-unary method handler for a generic service, (de)serializing with the message types."""
+    """A unary-unary method handler for a generic service, (de)serializing with
+    the message types; undecodable request bytes answer INVALID_ARGUMENT."""
+    log = getattr(getattr(fn, "__self__", None), "log", None)
+
+    async def decoded(data: bytes, context: grpc.aio.ServicerContext) -> object:
+        return await fn(await decode_request(request_type, data, context, log, fn.__name__), context)
+
     return grpc.unary_unary_rpc_method_handler(
-        fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+        decoded, request_deserializer=None, response_serializer=response_type.SerializeToString
     )
 
 

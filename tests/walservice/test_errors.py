@@ -217,6 +217,28 @@ def test_an_append_stream_message_that_is_not_protobuf_ends_the_stream_as_invali
     assert node.state() == before
 
 
+@pytest.mark.parametrize(
+    "method, request_type", [("Append", "AppendRequest"), ("Status", "TimelineRef"), ("Stream", "StreamRequest")]
+)
+def test_request_bytes_that_are_not_protobuf_are_invalid_argument(node: Node, method: str, request_type: str) -> None:
+    """Garbage where a unary (or server-streaming) request belongs: INVALID_ARGUMENT
+    naming the message type, not grpc's UNKNOWN from a failed deserializer."""
+    before = node.state()
+    channel = node.comp.channel()
+    if method == "Stream":
+        rpc = channel.unary_stream(f"/strata.v1.WalService/{method}", request_serializer=None, response_deserializer=None)
+    else:
+        rpc = channel.unary_unary(f"/strata.v1.WalService/{method}", request_serializer=None, response_deserializer=None)
+    for garbage in (b"\x0a\x05ab", b"\xff" * 64):
+        with pytest.raises(grpc.RpcError) as caught:
+            answer = rpc(garbage, timeout=STREAM_TIMEOUT_S)
+            if method == "Stream":
+                list(answer)
+        assert caught.value.code() == INVALID, f"{caught.value.code()}: {caught.value.details()}"
+        assert request_type in caught.value.details()
+    assert node.state() == before
+
+
 def test_an_end_lsn_mismatch_names_the_current_end(node: Node) -> None:
     end = node.status().flush_lsn
     with pytest.raises(grpc.RpcError) as caught:
