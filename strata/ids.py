@@ -65,3 +65,15 @@ def duration_seconds(value: int, field: str) -> int:
     if not 0 <= value <= MAX_DURATION_SECONDS:
         raise InvalidArgument(f"{field}={value} is out of range: at most {MAX_DURATION_SECONDS} seconds (100 years)")
     return value
+
+
+# The highest start_lsn a timeline may be created at: 2^62 leaves 4 EiB of WAL
+# before an LSN could pass uint64 (a start near 2^64 once stored WAL whose LSNs
+# no response could carry).
+MAX_START_LSN = Lsn(1 << 62)
+
+
+def start_lsn(value: int, field: str = "start_lsn") -> Lsn:
+    if not 0 <= value <= MAX_START_LSN:
+        raise InvalidArgument(f"{field}={value} is out of range: at most {MAX_START_LSN} (2^62)")
+    return Lsn(value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from strata import ids
 from strata.errors import InvalidArgument, StrataError, Unavailable, abort_with
 from strata.grpc_server import decode_request, log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
@@ -151,6 +152,7 @@ class WalServicer:
 
     @unary_rpc
     async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
+        ids.start_lsn(request.start_lsn)  # before anything is written, on this node or its peers
         if self.cluster is not None:
             tl = await self.cluster.create_timeline(
                 self.timelines, request.tenant_id, request.timeline_id, request.start_lsn, request.page_size

@@ -163,6 +163,14 @@ BAD_CALLS = [
         BadCall(f"create-page-size-{size}", "CreateTimeline", lambda n, s=size: wal_pb2.WalTimeline(tenant_id=ids.new_id(), timeline_id=ids.new_id(), page_size=s), INVALID, ("page_size", str(size)))
         for size in (1000, 256, 131072, 8191)
     ),
+    *(
+        BadCall(
+            f"create-start-lsn-{lsn}", "CreateTimeline",
+            lambda n, lsn=lsn: wal_pb2.WalTimeline(tenant_id=ids.new_id(), timeline_id=ids.new_id(), start_lsn=lsn, page_size=PAGE_SIZE),
+            INVALID, ("start_lsn", str(lsn), str(ids.MAX_START_LSN)),
+        )
+        for lsn in ((1 << 64) - 10, (1 << 62) + 1)
+    ),
     BadCall(
         "persisted-past-commit",
         "ReportPersisted",
