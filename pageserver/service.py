@@ -28,7 +28,7 @@ from pageserver.tenant_set import TenantSet
 from pageserver.timeline import Timeline
 from strata import ids
 from strata.errors import InvalidArgument, StrataError, abort_with
-from strata.grpc_server import is_our_failure, log_rpc_failure, unary_rpc
+from strata.grpc_server import decoding_service, is_our_failure, log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
 from strata.page_limits import MAX_PAGES_PER_MESSAGE, RESPONSE_MESSAGE_BYTES, RESULT_OVERHEAD_BYTES
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc
@@ -273,6 +273,9 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
 
 
 def register(server: grpc.aio.Server, tenants: TenantSet, log: EventLogger) -> list[str]:
-    page_pb2_grpc.add_PageServiceServicer_to_server(PageServicer(tenants, log), server)
-    timeline_pb2_grpc.add_TimelineServiceServicer_to_server(TimelineServicer(tenants, log), server)
-    return ["strata.v1.PageService", "strata.v1.TimelineService"]
+    services = [
+        (PageServicer(tenants, log), page_pb2.DESCRIPTOR.services_by_name["PageService"]),
+        (TimelineServicer(tenants, log), timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"]),
+    ]
+    server.add_generic_rpc_handlers(tuple(decoding_service(servicer, service, log) for servicer, service in services))
+    return [service.full_name for _, service in services]

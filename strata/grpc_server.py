@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from strata.errors import CorruptionError, InvalidArgument, StrataError, abort_with
@@ -121,6 +123,42 @@ def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, respo
     return grpc.unary_unary_rpc_method_handler(
         decoded, request_deserializer=None, response_serializer=response_type.SerializeToString
     )
+
+
+def decoding_service(servicer: object, service: ServiceDescriptor, log: EventLogger) -> grpc.GenericRpcHandler:
+    """The generic handler of `service` (a protobuf service descriptor) served by
+    `servicer`'s methods of the same names, in place of the generated
+    `add_..._to_server`: each request message is decoded in the handler, so bytes
+    that are not one answer INVALID_ARGUMENT (`decode_request`) and not UNKNOWN."""
+    handlers = {}
+    for method in service.methods:
+        fn = getattr(servicer, method.name)
+        request_type, response_type = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _decoding_stream(fn, request_type, log, method.name),
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = unary_handler(fn, request_type, response_type)
+        else:
+            raise NotImplementedError(f"{service.full_name}.{method.name}: only unary and bidi methods are served here")
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _decoding_stream(fn: Callable[..., AsyncIterator[object]], request_type: Any, log: EventLogger, method: str) -> Callable[..., AsyncIterator[object]]:
+    """A bidi handler taking message bytes: `fn` gets them decoded, one by one."""
+
+    async def handler(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        async def decoded() -> AsyncIterator[object]:
+            async for data in messages:
+                yield await decode_request(request_type, data, context, log, method)
+
+        async for response in fn(decoded(), context):
+            yield response
+
+    return handler
 
 
 def stream_handler(fn: Callable[..., object], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:

@@ -182,3 +182,25 @@ def test_tenant_json_is_read_back_under_the_bounds_it_was_written_with(field: st
     bad = replace(good, **{field: value}).encode()
     with pytest.raises(CorruptionError, match=rf"tenant.json: {field}={value} is out of range"):
         TenantConfig.decode(bad, "tenant.json")
+
+
+# -- undecodable requests -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, request_type",
+    [("PageService/GetPage", "GetPageRequest"), ("TimelineService/CreateTenant", "CreateTenantRequest"), ("PageService/GetPages", "GetPagesRequest")],
+)
+def test_request_bytes_that_are_not_protobuf_are_invalid_argument(cluster: Cluster, method: str, request_type: str) -> None:
+    """Garbage where a request belongs: INVALID_ARGUMENT naming the message type,
+    not grpc's UNKNOWN from a failed deserializer (unary and GetPages alike)."""
+    channel = cluster.ps.channel()
+    path = f"/strata.v1.{method}"
+    for garbage in (b"\x0a\x05ab", b"\xff" * 64):
+        with pytest.raises(grpc.RpcError) as caught:
+            if method.endswith("GetPages"):
+                list(channel.stream_stream(path, request_serializer=None, response_deserializer=None)(iter([garbage]), timeout=10))
+            else:
+                channel.unary_unary(path, request_serializer=None, response_deserializer=None)(garbage, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{caught.value.code()}: {caught.value.details()}"
+        assert request_type in caught.value.details()
