@@ -79,6 +79,7 @@ from bench.branch import (
     work_directory,
 )
 from compute_shim import Client
+from strata.page_limits import MAX_PAGES_PER_MESSAGE
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2
 from tests.env import StrataEnv
 
@@ -274,12 +275,14 @@ def measure_stream(
     call = stub.GetPages(requests(), timeout=duration_s + 120)
     try:
         for response in call:
-            last = time.perf_counter()
-            latencies.append(last - sent_at.popleft())
             for result in response.responses:
                 if result.error_code:
                     raise AssertionError(f"GetPages answered error {result.error_code}: {result.error}")
             pages += len(response.responses)
+            if response.more:  # the message's answers continue in the next response
+                continue
+            last = time.perf_counter()
+            latencies.append(last - sent_at.popleft())
             if not stop.is_set() and last - start >= duration_s and len(latencies) >= min_messages:
                 stop.set()
                 slots.release()  # wake the generator so it ends the stream
@@ -302,11 +305,14 @@ def strata_rows(
         def request(blkno: int) -> page_pb2.GetPageRequest:
             return page_pb2.GetPageRequest(tenant_id=tenant_id, timeline_id=timeline_id, rel=rel, blkno=blkno)
 
-        check = page_pb2.GetPagesRequest(requests=[request(b) for b in range(npages)])
-        for reply in stub.GetPages(iter([check]), timeout=300):
-            for blkno, result in enumerate(reply.responses):
-                if result.error_code or result.page != expected(blkno):
-                    raise AssertionError(f"{workload}: rel={rel} blkno={blkno} read wrong: {result.error or 'different bytes'}")
+        checks = [
+            page_pb2.GetPagesRequest(requests=[request(b) for b in range(i, min(i + MAX_PAGES_PER_MESSAGE, npages))])
+            for i in range(0, npages, MAX_PAGES_PER_MESSAGE)
+        ]
+        results = (result for reply in stub.GetPages(iter(checks), timeout=300) for result in reply.responses)
+        for blkno, result in enumerate(results):
+            if result.error_code or result.page != expected(blkno):
+                raise AssertionError(f"{workload}: rel={rel} blkno={blkno} read wrong: {result.error or 'different bytes'}")
 
         for size, key_sets in access_plan(config, npages):
             if size == UNARY:
@@ -717,6 +723,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     exit_on_sigterm()
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+    if any(b > MAX_PAGES_PER_MESSAGE for b in batches):
+        raise SystemExit(f"--batches: a GetPages message carries at most {MAX_PAGES_PER_MESSAGE} pages")
     config = GetPageConfig(
         hot_pages=args.hot_pages,
         deep_pages=args.deep_pages,

@@ -45,6 +45,7 @@ import grpc
 
 from compute_shim.page_cache import DEFAULT_CACHE_BYTES, PageCache
 from strata.grpc_channels import channel_options
+from strata.page_limits import MAX_PAGES_PER_MESSAGE
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc, wal_pb2, wal_pb2_grpc
 
 T = TypeVar("T")
@@ -273,7 +274,10 @@ class Client:
     def get_pages(
         self, requests: Iterable[page_pb2.GetPagesRequest], *, timeout: float | None = None
     ) -> Iterator[page_pb2.GetPagesResponse]:
-        """The raw bidi stream: one response message per request message, in order."""
+        """The raw bidi stream: each request message's answers in order, in one
+        response message or several (all but the last with `more` set; see
+        strata/page_limits.py). A request message may carry at most
+        MAX_PAGES_PER_MESSAGE page requests."""
         stub = page_pb2_grpc.PageServiceStub(self._pageserver())
         return stub.GetPages(iter(requests), timeout=timeout or self.timeout)
 
@@ -288,8 +292,11 @@ class Client:
         timeout: float | None = None,
     ) -> list[bytes | PageError]:
         """Pages (rel, blkno) at one LSN over one GetPages stream, `batch` per
-        message; the stream is retried whole on UNAVAILABLE (reads are safe to repeat)."""
+        message (at most MAX_PAGES_PER_MESSAGE, the pageserver's cap); answers
+        split over several response messages are joined back in order. The
+        stream is retried whole on UNAVAILABLE (reads are safe to repeat)."""
         keys = list(keys)
+        batch = max(1, min(batch, MAX_PAGES_PER_MESSAGE))
         messages = [
             page_pb2.GetPagesRequest(
                 requests=[

@@ -33,10 +33,12 @@ from pathlib import Path
 from strata import checksummed_json
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
-from strata.ids import Lsn, TenantId, TimelineId
+from strata.ids import MAX_U64, Lsn, TenantId, TimelineId
 
 FORMAT_VERSION = 1
 FILE_NAME = "index_part.json"
+# Read back as the uint64s they are on the wire (TimelineInfo): out of range is CorruptionError.
+U64_FIELDS = ("ancestor_lsn", "disk_consistent_lsn", "gc_cutoff_lsn", "created_at_us", "expires_at_us", "generation")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class IndexPart:
         fields = set(cls.__dataclass_fields__) - {"format_version"}
         required = {"tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "disk_consistent_lsn", "layers"}
         checksummed_json.check_fields(body, fields, where, required)
+        checksummed_json.check_ints(body, where, {name: (0, MAX_U64) for name in U64_FIELDS})
         entry_fields = set(LayerEntry.__dataclass_fields__)
         try:
             layers = []

@@ -16,13 +16,22 @@ from pageserver.page_cache import MaterializedPageCache
 from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext
 from pageserver.tenant_set import TenantSet
 from pageserver.timeline import TimelineConfig
-from strata import grpc_server, logs
+from strata import grpc_server, ids, logs
 from strata.background_tasks import cancel_and_wait
+from strata.errors import InvalidArgument
 from strata.grpc_channels import channel_options
 from strata.remote_storage.url import open_remote_storage
 
 DEFAULT_LISTEN = "127.0.0.1:6400"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def _duration_seconds(text: str) -> int:
+    """--pitr-seconds: the bounds of CreateTenant's pitr_seconds (tenant.json is read back under them)."""
+    try:
+        return ids.duration_seconds(int(text), "--pitr-seconds")
+    except (ValueError, InvalidArgument) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--block-cache-bytes", type=int, default=256 * 1024 * 1024, help="decompressed layer blocks kept in memory")
     parser.add_argument(
-        "--pitr-seconds", type=int, default=DEFAULT_PITR_SECONDS,
+        "--pitr-seconds", type=_duration_seconds, default=DEFAULT_PITR_SECONDS,
         help="the PITR window of a tenant created with pitr_seconds 0: GC keeps every LSN committed within it",
     )
     parser.add_argument("--gc-interval", type=float, default=3600.0, help="seconds between background GC rounds (0: no background GC)")

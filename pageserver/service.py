@@ -6,13 +6,18 @@ the event loop: a read for an LSN not yet ingested waits for it until the call's
 deadline (DEADLINE_EXCEEDED after), and LSN 0 reads the latest ingested state
 and says which LSN that was.
 
-GetPages is the fast path: each request message carries many page requests and
-gets one response message with the answers in order; a request that fails gets
-its status code and message in its PageResult, and the others are served.
+GetPages is the fast path: each request message carries up to
+MAX_PAGES_PER_MESSAGE page requests (more: INVALID_ARGUMENT, and the stream
+ends) and gets its answers in order, in one response message or, past
+RESPONSE_MESSAGE_BYTES, several (all but the last marked `more`), each sent as
+soon as it is full (strata/page_limits.py); a request that fails gets its status
+code and message in its PageResult, and the others are served. A message's
+failed pages are logged as one line with their count.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -22,9 +27,10 @@ from pageserver.tenant import Tenant
 from pageserver.tenant_set import TenantSet
 from pageserver.timeline import Timeline
 from strata import ids
-from strata.errors import StrataError
-from strata.grpc_server import log_rpc_failure, unary_rpc
+from strata.errors import InvalidArgument, StrataError, abort_with
+from strata.grpc_server import decoding_service, is_our_failure, log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
+from strata.page_limits import MAX_PAGES_PER_MESSAGE, RESPONSE_MESSAGE_BYTES, RESULT_OVERHEAD_BYTES
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc
 
 T = TypeVar("T")
@@ -109,28 +115,79 @@ class PageServicer(page_pb2_grpc.PageServiceServicer):
         self, request_iterator: AsyncIterator[page_pb2.GetPagesRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[page_pb2.GetPagesResponse]:
         async for message in request_iterator:
-            # Built in place: each page is copied once into the response, and a
-            # message's timelines are looked up (and their ids checked) once.
-            response = page_pb2.GetPagesResponse()
-            results = response.responses
-            timelines: dict[tuple[str, str], Timeline] = {}
-            for req in message.requests:
-                try:
-                    tl = timelines.get((req.tenant_id, req.timeline_id))
-                    if tl is None:
-                        tl = timelines[(req.tenant_id, req.timeline_id)] = self.tenants.timeline(req.tenant_id, req.timeline_id)
-                    lsn = req.lsn or tl.last_record_lsn
-                    tl.check_readable(lsn)
-                    # Fast path: ingested already, and a hot page in the materialized cache.
-                    page = tl.cached_page(req.rel, req.blkno, lsn) if lsn <= tl.last_record_lsn else None
-                    if page is None:
-                        await tl.wait_for_lsn(lsn, wait_budget(context))
-                        page = await _read_checked(tl, lsn, lambda: tl.get_page(req.rel, req.blkno, lsn))
-                    results.add(page=page, lsn=lsn)
-                except StrataError as exc:
-                    log_rpc_failure(self.log, "GetPages", req, exc)
-                    results.add(error_code=exc.code.value[0], error=str(exc))
-            yield response
+            if len(message.requests) > MAX_PAGES_PER_MESSAGE:
+                exc = InvalidArgument(
+                    f"requests: a GetPages message carries at most {MAX_PAGES_PER_MESSAGE} page requests "
+                    f"(MAX_PAGES_PER_MESSAGE), this one {len(message.requests)}; split it over several messages"
+                )
+                log_rpc_failure(self.log, "GetPages", None, exc)
+                await abort_with(context, exc)
+            async for response in self._answer(message, context):
+                yield response
+                # Each stream lets the others run between its response messages.
+                await asyncio.sleep(0)
+
+    async def _answer(
+        self, message: page_pb2.GetPagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[page_pb2.GetPagesResponse]:
+        """One request message's answers, in order, in response messages of at most
+        RESPONSE_MESSAGE_BYTES (all but the last marked `more`), each handed on
+        as soon as it is full. The pages that failed are logged once, with a count."""
+        # Built in place: each page is copied once into the response, and a
+        # message's timelines are looked up (and their ids checked) once.
+        response = page_pb2.GetPagesResponse()
+        size = 0
+        failures = _Failures()
+        timelines: dict[tuple[str, str], Timeline] = {}
+        for req in message.requests:
+            try:
+                tl = timelines.get((req.tenant_id, req.timeline_id))
+                if tl is None:
+                    tl = timelines[(req.tenant_id, req.timeline_id)] = self.tenants.timeline(req.tenant_id, req.timeline_id)
+                lsn = req.lsn or tl.last_record_lsn
+                tl.check_readable(lsn)
+                # Fast path: ingested already, and a hot page in the materialized cache.
+                page = tl.cached_page(req.rel, req.blkno, lsn) if lsn <= tl.last_record_lsn else None
+                if page is None:
+                    await tl.wait_for_lsn(lsn, wait_budget(context))
+                    page = await _read_checked(tl, lsn, lambda: tl.get_page(req.rel, req.blkno, lsn))
+                cost, error = len(page) + RESULT_OVERHEAD_BYTES, None
+            except StrataError as exc:
+                failures.add(req, exc)
+                page, lsn, error = b"", 0, exc
+                cost = len(str(exc)) + RESULT_OVERHEAD_BYTES
+            if response.responses and size + cost > RESPONSE_MESSAGE_BYTES:
+                response.more = True
+                yield response
+                response, size = page_pb2.GetPagesResponse(), 0
+            size += cost
+            if error is None:
+                response.responses.add(page=page, lsn=lsn)
+            else:
+                response.responses.add(error_code=error.code.value[0], error=str(error))
+        failures.log(self.log, len(message.requests))
+        yield response
+
+
+class _Failures:
+    """The pages of one GetPages message that failed: logged as one line (the
+    first failure's request and error, and how many failed), not one per page."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        # The request and error logged: the first failure, or the first of our
+        # own (corruption, internal: logged at error) if there is one.
+        self.shown: tuple[page_pb2.GetPageRequest, StrataError] | None = None
+
+    def add(self, req: page_pb2.GetPageRequest, exc: StrataError) -> None:
+        self.count += 1
+        if self.shown is None or (is_our_failure(exc) and not is_our_failure(self.shown[1])):
+            self.shown = (req, exc)
+
+    def log(self, log: EventLogger, pages: int) -> None:
+        if self.shown is not None:
+            req, exc = self.shown
+            log_rpc_failure(log, "GetPages", req, exc, failed=self.count, pages=pages)
 
 
 class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
@@ -216,6 +273,9 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
 
 
 def register(server: grpc.aio.Server, tenants: TenantSet, log: EventLogger) -> list[str]:
-    page_pb2_grpc.add_PageServiceServicer_to_server(PageServicer(tenants, log), server)
-    timeline_pb2_grpc.add_TimelineServiceServicer_to_server(TimelineServicer(tenants, log), server)
-    return ["strata.v1.PageService", "strata.v1.TimelineService"]
+    services = [
+        (PageServicer(tenants, log), page_pb2.DESCRIPTOR.services_by_name["PageService"]),
+        (TimelineServicer(tenants, log), timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"]),
+    ]
+    server.add_generic_rpc_handlers(tuple(decoding_service(servicer, service, log) for servicer, service in services))
+    return [service.full_name for _, service in services]

@@ -89,6 +89,13 @@ class TenantConfig:
     def decode(cls, data: bytes, where: str) -> TenantConfig:
         body = checksummed_json.decode(data, where, TENANT_FORMAT_VERSION)
         checksummed_json.check_fields(body, set(cls.__dataclass_fields__), where, {"tenant_id", "page_size", "pitr_seconds"})
+        checksummed_json.check_ints(
+            body, where, {
+                "page_size": (ids.MIN_PAGE_SIZE, ids.MAX_PAGE_SIZE),
+                "pitr_seconds": (0, ids.MAX_DURATION_SECONDS),
+                "generation": (0, ids.MAX_U64),
+            },
+        )
         return cls(**body)
 
 
@@ -335,6 +342,7 @@ class Tenant:
         self, timeline_id: str, ancestor_timeline_id: str, ancestor_lsn: Lsn, ttl_seconds: int, timeout: float | None
     ) -> Timeline:
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
+        ids.duration_seconds(ttl_seconds, "ttl_seconds")
         if timeline_id in self.timelines:
             raise AlreadyExists(f"tenant_id={self.tenant_id} timeline_id={timeline_id} already exists")
         if timeline_id in self.deletions:

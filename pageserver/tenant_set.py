@@ -135,6 +135,7 @@ class TenantSet:
     async def create_tenant(self, tenant_id: str, page_size: int, pitr_seconds: int) -> Tenant:
         tenant_id = ids.tenant_id(tenant_id) if tenant_id else ids.new_id()
         size = ids.page_size(page_size)
+        ids.duration_seconds(pitr_seconds, "pitr_seconds")
         if tenant_id in self.tenants:
             raise AlreadyExists(f"tenant_id={tenant_id} already exists")
         config = TenantConfig(tenant_id, size, pitr_seconds or self.ctx.default_pitr_seconds)

@@ -56,3 +56,14 @@ def check_fields(body: dict[str, Any], known: set[str], where: str, required: se
     missing = sorted((required or set()) - set(body))
     if missing:
         raise CorruptionError(f"{where}: missing fields {missing}")
+
+
+def check_ints(body: dict[str, Any], where: str, bounds: dict[str, tuple[int, int]]) -> None:
+    """CorruptionError unless each field of `bounds` that `body` has is an int in
+    its inclusive (low, high) range: stored values are read back under the same
+    bounds the request that wrote them was validated against."""
+    for name, (low, high) in bounds.items():
+        if name in body:
+            value = body[name]
+            if type(value) is not int or not low <= value <= high:
+                raise CorruptionError(f"{where}: {name}={value!r} is out of range (expected an integer from {low} to {high})")

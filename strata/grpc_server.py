@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from strata.errors import CorruptionError, StrataError, abort_with
+from strata.errors import CorruptionError, InvalidArgument, StrataError, abort_with
 from strata.logs import EventLogger
 
 Hook = Callable[[], Awaitable[None]]
@@ -78,24 +81,84 @@ async def serve(
     log.info("stopped", address=address)
 
 
-def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataError) -> None:
-    """Client mistakes at info, our own failures (corruption, internal) at error."""
-    ours = isinstance(exc, CorruptionError) or type(exc) is StrataError
-    (log.error if ours else log.info)(
+def is_our_failure(exc: StrataError) -> bool:
+    """Corruption and internal errors are ours; every other StrataError is the client's."""
+    return isinstance(exc, CorruptionError) or type(exc) is StrataError
+
+
+def log_rpc_failure(log: EventLogger, method: str, request: object, exc: StrataError, **counts: int) -> None:
+    """Client mistakes at info, our own failures (corruption, internal) at error;
+    `counts` (e.g. failed=, pages= for a batch logged once) go on the line too."""
+    (log.error if is_our_failure(exc) else log.info)(
         "rpc_failed",
         method=method,
         tenant=getattr(request, "tenant_id", None),
         timeline=getattr(request, "timeline_id", None),
         code=exc.code.name,
         error=exc,
+        **counts,
     )
+
+
+async def decode_request(request_type: Any, data: bytes, context: grpc.aio.ServicerContext, log: EventLogger | None, method: str) -> Any:
+    """`data` parsed as `request_type`; bytes that are not one answer
+    INVALID_ARGUMENT (left to grpc, a deserializer's DecodeError is UNKNOWN)."""
+    try:
+        return request_type.FromString(data)
+    except DecodeError as exc:
+        error = InvalidArgument(f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {exc}")
+        if log is not None:
+            log_rpc_failure(log, method, None, error)
+        await abort_with(context, error)
 
 
 def unary_handler(fn: Callable[..., Awaitable[object]], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    """A unary-unary method handler for a generic service, (de)serializing with the message types."""
+    """A unary-unary method handler for a generic service, (de)serializing with
+    the message types; undecodable request bytes answer INVALID_ARGUMENT."""
+    log = getattr(getattr(fn, "__self__", None), "log", None)
+
+    async def decoded(data: bytes, context: grpc.aio.ServicerContext) -> object:
+        return await fn(await decode_request(request_type, data, context, log, fn.__name__), context)
+
     return grpc.unary_unary_rpc_method_handler(
-        fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+        decoded, request_deserializer=None, response_serializer=response_type.SerializeToString
     )
+
+
+def decoding_service(servicer: object, service: ServiceDescriptor, log: EventLogger) -> grpc.GenericRpcHandler:
+    """The generic handler of `service` (a protobuf service descriptor) served by
+    `servicer`'s methods of the same names, in place of the generated
+    `add_..._to_server`: each request message is decoded in the handler, so bytes
+    that are not one answer INVALID_ARGUMENT (`decode_request`) and not UNKNOWN."""
+    handlers = {}
+    for method in service.methods:
+        fn = getattr(servicer, method.name)
+        request_type, response_type = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _decoding_stream(fn, request_type, log, method.name),
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = unary_handler(fn, request_type, response_type)
+        else:
+            raise NotImplementedError(f"{service.full_name}.{method.name}: only unary and bidi methods are served here")
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _decoding_stream(fn: Callable[..., AsyncIterator[object]], request_type: Any, log: EventLogger, method: str) -> Callable[..., AsyncIterator[object]]:
+    """A bidi handler taking message bytes: `fn` gets them decoded, one by one."""
+
+    async def handler(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        async def decoded() -> AsyncIterator[object]:
+            async for data in messages:
+                yield await decode_request(request_type, data, context, log, method)
+
+        async for response in fn(decoded(), context):
+            yield response
+
+    return handler
 
 
 def stream_handler(fn: Callable[..., object], request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:

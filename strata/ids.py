@@ -52,3 +52,28 @@ def page_size(value: int, field: str = "page_size") -> int:
             f"{field}={value} is invalid: expected a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})"
         )
     return value
+
+
+# The longest ttl_seconds / pitr_seconds accepted: 100 years. Times are kept in
+# microseconds (expires_at_us = now + ttl), which must stay well inside uint64.
+MAX_DURATION_SECONDS = 100 * 365 * 24 * 3600
+
+
+def duration_seconds(value: int, field: str) -> int:
+    """A request's duration in seconds (0 has the field's own meaning): 0 to
+    MAX_DURATION_SECONDS, else InvalidArgument naming the field and the bound."""
+    if not 0 <= value <= MAX_DURATION_SECONDS:
+        raise InvalidArgument(f"{field}={value} is out of range: at most {MAX_DURATION_SECONDS} seconds (100 years)")
+    return value
+
+
+# The highest start_lsn a timeline may be created at: 2^62 leaves 4 EiB of WAL
+# before an LSN could pass uint64 (a start near 2^64 once stored WAL whose LSNs
+# no response could carry).
+MAX_START_LSN = Lsn(1 << 62)
+
+
+def start_lsn(value: int, field: str = "start_lsn") -> Lsn:
+    if not 0 <= value <= MAX_START_LSN:
+        raise InvalidArgument(f"{field}={value} is out of range: at most {MAX_START_LSN} (2^62)")
+    return Lsn(value)

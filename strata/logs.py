@@ -4,8 +4,10 @@
     log.info("append", tenant=t, timeline=tl, lsn=end_lsn, records=3)
     -> ts=2026-11-22T22:41:07.123Z level=info component=walservice event=append tenant=... lsn=...
 
-Values with spaces or quotes are quoted. Tests read these lines, and fail on an
-unexpected `level=error`.
+Values with spaces, quotes, `=` or anything unprintable are
+quoted, and inside the quotes every control character is escaped (`\\n`,
+`\\x00`, `\\x1b`, ...): an id or name from a request can never split a line or
+forge a field. Tests read these lines, and fail on an unexpected `level=error`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,28 @@ import time
 from typing import Any
 
 
+# Written as themselves, escaped: backslash, quote, and the usual control characters.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    """One character of a quoted value: the C0/C1 controls (NUL and ESC among
+    them), DEL and the Unicode line and paragraph separators as \\xNN / \\uNNNN,
+    so a value can neither break a line nor drive a terminal."""
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    code = ord(c)
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if c in "\u2028\u2029":
+        return f"\\u{code:04x}"
+    return c
+
+
 def _fmt_value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or not text.isprintable() or any(c in text for c in ' "='):
+        return '"' + "".join(map(_escape_char, text)) + '"'
     return text
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import xxhash
 
+from strata import ids
+from strata.checksummed_json import check_ints
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
 from strata.ids import Lsn, TenantId, Term, TimelineId
@@ -51,6 +53,12 @@ NO_VOTE = 0
 ABSTAIN = -1
 _HEADER = struct.Struct("<4sB3xIQ")
 CONTROL_FILE_NAME = "control"
+# Read back under the bounds CreateTimeline validated them with (CorruptionError past them).
+_BOUNDS = {
+    "start_lsn": (0, ids.MAX_START_LSN),
+    "page_size": (ids.MIN_PAGE_SIZE, ids.MAX_PAGE_SIZE),
+    **{name: (0, ids.MAX_U64) for name in ("term", "remote_consistent_lsn", "backup_lsn", "commit_lsn", "floor_lsn")},
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class TimelineControl:
         if len(body) != n or xxhash.xxh64_intdigest(body) != checksum:
             raise CorruptionError(f"{where}: body checksum mismatch")
         fields = json.loads(body)
+        check_ints(fields, where, _BOUNDS)
         try:
             fields["term_history"] = history_from_json(fields.get("term_history", []))
             return cls(**fields)

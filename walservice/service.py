@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from strata import ids
 from strata.errors import InvalidArgument, StrataError, Unavailable, abort_with
-from strata.grpc_server import log_rpc_failure, stream_handler, unary_handler, unary_rpc
+from strata.grpc_server import decode_request, log_rpc_failure, stream_handler, unary_handler, unary_rpc
 from strata.logs import EventLogger
 from strata.protowire import varint
 from strata.redo import validate_record
@@ -151,6 +152,7 @@ class WalServicer:
 
     @unary_rpc
     async def CreateTimeline(self, request: wal_pb2.WalTimeline, context: grpc.aio.ServicerContext) -> wal_pb2.WalStatus:
+        ids.start_lsn(request.start_lsn)  # before anything is written, on this node or its peers
         if self.cluster is not None:
             tl = await self.cluster.create_timeline(
                 self.timelines, request.tenant_id, request.timeline_id, request.start_lsn, request.page_size
@@ -338,7 +340,8 @@ class WalServicer:
             existed, nodes = await self.timelines.delete(request.tenant_id, request.timeline_id), 1
         return wal_pb2.WalDeleteTimelineResponse(existed=existed, nodes_deleted=nodes)
 
-    async def Stream(self, request: wal_pb2.StreamRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def Stream(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        request = await decode_request(wal_pb2.StreamRequest, data, context, self.log, "Stream")
         try:
             tl = self.timelines.get(request.tenant_id, request.timeline_id)
             self.log.info("stream_opened", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=request.start_lsn, peer=context.peer())
@@ -360,7 +363,7 @@ class WalServicer:
                 self.DeleteTimeline, wal_pb2.WalDeleteTimelineRequest, wal_pb2.WalDeleteTimelineResponse
             ),
             "Stream": grpc.unary_stream_rpc_method_handler(
-                self.Stream, request_deserializer=wal_pb2.StreamRequest.FromString, response_serializer=bytes
+                self.Stream, request_deserializer=None, response_serializer=bytes
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/page.proto\x12\tstrata.v1\"a\n\x0eGetPageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0b\n\x03rel\x18\x03 \x01(\r\x12\r\n\x05\x62lkno\x18\x04 \x01(\r\x12\x0b\n\x03lsn\x18\x05 \x01(\x04\",\n\x0fGetPageResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\">\n\x0fGetPagesRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.strata.v1.GetPageRequest\"J\n\nPageResult\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"<\n\x10GetPagesResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.strata.v1.PageResult\"N\n\nRelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0b\n\x03rel\x18\x03 \x01(\r\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\"?\n\x0fRelSizeResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0f\n\x07nblocks\x18\x02 \x01(\r\x12\x0b\n\x03lsn\x18\x03 \x01(\x04\x32\xd9\x01\n\x0bPageService\x12@\n\x07GetPage\x12\x19.strata.v1.GetPageRequest\x1a\x1a.strata.v1.GetPageResponse\x12G\n\x08GetPages\x12\x1a.strata.v1.GetPagesRequest\x1a\x1b.strata.v1.GetPagesResponse(\x01\x30\x01\x12?\n\nGetRelSize\x12\x15.strata.v1.RelRequest\x1a\x1a.strata.v1.RelSizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14strata/v1/page.proto\x12\tstrata.v1\"a\n\x0eGetPageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0b\n\x03rel\x18\x03 \x01(\r\x12\r\n\x05\x62lkno\x18\x04 \x01(\r\x12\x0b\n\x03lsn\x18\x05 \x01(\x04\",\n\x0fGetPageResponse\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\">\n\x0fGetPagesRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.strata.v1.GetPageRequest\"J\n\nPageResult\x12\x0c\n\x04page\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"J\n\x10GetPagesResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.strata.v1.PageResult\x12\x0c\n\x04more\x18\x02 \x01(\x08\"N\n\nRelRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0btimeline_id\x18\x02 \x01(\t\x12\x0b\n\x03rel\x18\x03 \x01(\r\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\"?\n\x0fRelSizeResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0f\n\x07nblocks\x18\x02 \x01(\r\x12\x0b\n\x03lsn\x18\x03 \x01(\x04\x32\xd9\x01\n\x0bPageService\x12@\n\x07GetPage\x12\x19.strata.v1.GetPageRequest\x1a\x1a.strata.v1.GetPageResponse\x12G\n\x08GetPages\x12\x1a.strata.v1.GetPagesRequest\x1a\x1b.strata.v1.GetPagesResponse(\x01\x30\x01\x12?\n\nGetRelSize\x12\x15.strata.v1.RelRequest\x1a\x1a.strata.v1.RelSizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGERESULT']._serialized_start=244
   _globals['_PAGERESULT']._serialized_end=318
   _globals['_GETPAGESRESPONSE']._serialized_start=320
-  _globals['_GETPAGESRESPONSE']._serialized_end=380
-  _globals['_RELREQUEST']._serialized_start=382
-  _globals['_RELREQUEST']._serialized_end=460
-  _globals['_RELSIZERESPONSE']._serialized_start=462
-  _globals['_RELSIZERESPONSE']._serialized_end=525
-  _globals['_PAGESERVICE']._serialized_start=528
-  _globals['_PAGESERVICE']._serialized_end=745
+  _globals['_GETPAGESRESPONSE']._serialized_end=394
+  _globals['_RELREQUEST']._serialized_start=396
+  _globals['_RELREQUEST']._serialized_end=474
+  _globals['_RELSIZERESPONSE']._serialized_start=476
+  _globals['_RELSIZERESPONSE']._serialized_end=539
+  _globals['_PAGESERVICE']._serialized_start=542
+  _globals['_PAGESERVICE']._serialized_end=759
 # @@protoc_insertion_point(module_scope)

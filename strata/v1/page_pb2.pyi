@@ -47,10 +47,12 @@ class PageResult(_message.Message):
     def __init__(self, page: _Optional[bytes] = ..., lsn: _Optional[int] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetPagesResponse(_message.Message):
-    __slots__ = ("responses",)
+    __slots__ = ("responses", "more")
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[PageResult]
-    def __init__(self, responses: _Optional[_Iterable[_Union[PageResult, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, responses: _Optional[_Iterable[_Union[PageResult, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class RelRequest(_message.Message):
     __slots__ = ("tenant_id", "timeline_id", "rel", "lsn")

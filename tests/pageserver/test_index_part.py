@@ -78,3 +78,16 @@ def test_flipped_byte_is_corruption() -> None:
     data[data.index(b"100")] = ord("2")
     with pytest.raises(CorruptionError, match="checksum mismatch"):
         IndexPart.decode(bytes(data), "where.json")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("expires_at_us", 9_223_372_036_854_775_808 * 1_000_000), ("ancestor_lsn", -1), ("generation", 1 << 64), ("gc_cutoff_lsn", "7"), ("created_at_us", True)],
+)
+def test_a_number_out_of_uint64_is_corruption(field: str, value: object) -> None:
+    """Read back under the bounds it is validated and served with (uint64):
+    a ttl of 2^63 once stored an expires_at_us no TimelineInfo could carry."""
+    data = reencode(sample(), lambda b: b.update({field: value}))
+    with pytest.raises(CorruptionError, match=rf"where.json: {field}=.* is out of range"):
+        IndexPart.decode(data, "where.json")
+    assert IndexPart.decode(reencode(sample(), lambda b: b.update({field: (1 << 64) - 1}))).__dict__[field] == (1 << 64) - 1

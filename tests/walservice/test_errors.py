@@ -167,6 +167,14 @@ BAD_CALLS = [
         BadCall(f"create-page-size-{size}", "CreateTimeline", lambda n, s=size: wal_pb2.WalTimeline(tenant_id=ids.new_id(), timeline_id=ids.new_id(), page_size=s), INVALID, ("page_size", str(size)))
         for size in (1000, 256, 131072, 8191)
     ),
+    *(
+        BadCall(
+            f"create-start-lsn-{lsn}", "CreateTimeline",
+            lambda n, lsn=lsn: wal_pb2.WalTimeline(tenant_id=ids.new_id(), timeline_id=ids.new_id(), start_lsn=lsn, page_size=PAGE_SIZE),
+            INVALID, ("start_lsn", str(lsn), str(ids.MAX_START_LSN)),
+        )
+        for lsn in ((1 << 64) - 10, (1 << 62) + 1)
+    ),
     BadCall(
         "persisted-past-commit",
         "ReportPersisted",
@@ -218,6 +226,28 @@ def test_an_append_stream_message_that_is_not_protobuf_ends_the_stream_as_invali
         list(append_stream(iter([b"\x0a\x05ab"]), timeout=STREAM_TIMEOUT_S))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
     assert "AppendStreamRequest" in caught.value.details()
+    assert node.state() == before
+
+
+@pytest.mark.parametrize(
+    "method, request_type", [("Append", "AppendRequest"), ("Status", "TimelineRef"), ("Stream", "StreamRequest")]
+)
+def test_request_bytes_that_are_not_protobuf_are_invalid_argument(node: Node, method: str, request_type: str) -> None:
+    """Garbage where a unary (or server-streaming) request belongs: INVALID_ARGUMENT
+    naming the message type, not grpc's UNKNOWN from a failed deserializer."""
+    before = node.state()
+    channel = node.comp.channel()
+    if method == "Stream":
+        rpc = channel.unary_stream(f"/strata.v1.WalService/{method}", request_serializer=None, response_deserializer=None)
+    else:
+        rpc = channel.unary_unary(f"/strata.v1.WalService/{method}", request_serializer=None, response_deserializer=None)
+    for garbage in (b"\x0a\x05ab", b"\xff" * 64):
+        with pytest.raises(grpc.RpcError) as caught:
+            answer = rpc(garbage, timeout=STREAM_TIMEOUT_S)
+            if method == "Stream":
+                list(answer)
+        assert caught.value.code() == INVALID, f"{caught.value.code()}: {caught.value.details()}"
+        assert request_type in caught.value.details()
     assert node.state() == before
 
 

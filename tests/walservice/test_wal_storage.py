@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,13 @@ def test_every_read_ends_at_a_batch_end(tmp_path: Path, max_bytes: int) -> None:
         assert chunk[-1].end_of_batch and chunk[-1].lsn in batch_ends
         got += chunk
     assert [(f.lsn, f.payload) for f in got] == written
+
+
+@pytest.mark.parametrize("field, value", [("start_lsn", (1 << 64) - 10), ("commit_lsn", 1 << 64), ("page_size", 3), ("term", -1)])
+def test_a_control_file_number_out_of_bounds_is_corruption(field: str, value: int) -> None:
+    """The control file is read back under the bounds CreateTimeline validates
+    (a start_lsn near 2^64 once made a timeline whose LSNs no response could carry)."""
+    good = TimelineControl(TENANT, TIMELINE, 4096, 8192, term=1, term_history=[(1, 4096)])
+    assert TimelineControl.decode(good.encode()) == good
+    with pytest.raises(CorruptionError, match=rf"control: {field}={value} is out of range"):
+        TimelineControl.decode(replace(good, **{field: value}).encode(), "control")
