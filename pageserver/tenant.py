@@ -276,11 +276,14 @@ class Tenant:
         asyncio.get_running_loop().create_task(self._stop_background())
 
     async def _stop_background(self) -> None:
+        """After fencing: stop ingest and the upload queues, then say so (from
+        that line on no upload or deletion of this tenant runs here)."""
         for receiver in self.receivers.values():
             await receiver.stop()
         for timeline in self.timelines.values():
             if timeline.remote is not None:
                 await timeline.remote.stop()
+        self.ctx.log.info("tenant_background_stopped", tenant=self.tenant_id, reason="fenced")
 
     async def wait_uploaded(self, timeout: float) -> bool:
         """Wait until every timeline's current index is uploaded (True) or `timeout`."""
