@@ -401,8 +401,9 @@ class Tenant:
         # storage) the remote index are independent: do them at once. The
         # answer waits for all three, so an attach elsewhere sees the timeline
         # once CreateTimeline returned. A crash between them leaves a timeline
-        # the walservice may not know (its WalReceiver then registers it:
-        # CreateTimeline is idempotent) or an index that is only remote (the
+        # the walservice may not know (its WalReceiver then registers it,
+        # holding nothing past its start: CreateTimeline is idempotent; see
+        # ingest.py for a timeline the walservice lost) or an index that is only remote (the
         # next attach takes it; a restart here uploads the local one again).
         loop = asyncio.get_running_loop()
         local = loop.run_in_executor(
