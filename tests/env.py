@@ -45,7 +45,6 @@ class Component:
     stop_failures: list[str] = field(default_factory=list)
     stop_timeout_s: float = 15.0  # how long a graceful stop waits after SIGTERM
 
-
     def start(self, extra_args: list[str] | None = None) -> None:
         """Start (or restart) the process; returns once it listens."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
