@@ -16,7 +16,8 @@ end. It opens there (the walservice's `flush_lsn` at that moment; a timeline
 with an empty WAL is claimed first, see `CLAIM_REL`), and whenever SQLite takes
 its SHARED lock, which it does when a transaction starts (each statement in
 autocommit mode, or the first read after BEGIN), the connection asks the
-walservice for the end again: if another writer moved it, the connection drops
+walservice for the end again (one Status call: a transaction's fixed cost, paid
+by a warm point lookup too): if another writer moved it, the connection drops
 the cached pages and reads at the new end (SQLite sees page 1's new change
 counter and drops its own cache and schema), so a table another writer created
 is there. Within a transaction it reads at that one LSN; its own commit moves it
