@@ -11,12 +11,19 @@ the window doubles from 1 up to `MAX_READAHEAD` pages while misses stay
 sequential, and while SQLite works through one window the next is fetched on a
 background thread).
 
-Reads of a read-write connection: it opens at the timeline's end (the
-walservice's `flush_lsn` at that moment; a timeline with an empty WAL is claimed
-first, see `CLAIM_REL`) and reads at that LSN; each of its own commits moves it
-to that Append's `end_lsn`. It does not follow other writers: their commits show
-only after its own next commit is refused (`WriteConflict`, below), when the
-following transaction re-reads at the timeline's new end.
+Reads of a read-write connection: each transaction starts at the timeline's
+end. It opens there (the walservice's `flush_lsn` at that moment; a timeline
+with an empty WAL is claimed first, see `CLAIM_REL`), and whenever SQLite takes
+its SHARED lock, which it does when a transaction starts (each statement in
+autocommit mode, or the first read after BEGIN), the connection asks the
+walservice for the end again (one Status call: a transaction's fixed cost, paid
+by a warm point lookup too): if another writer moved it, the connection drops
+the cached pages and reads at the new end (SQLite sees page 1's new change
+counter and drops its own cache and schema), so a table another writer created
+is there. Within a transaction it reads at that one LSN; its own commit moves it
+to that Append's `end_lsn`. If the walservice cannot be asked at a transaction's
+start, the transaction reads at the connection's last LSN (`sqlite_end_unknown`
+is logged); its commit is conditional on that LSN all the same.
 
 Writes (read-write connections only): SQLite's rollback journal lives in memory
 (`journal_mode=MEMORY` by default; in DELETE, TRUNCATE or PERSIST mode the journal
@@ -37,11 +44,11 @@ again within one transaction reads zeros in between, and its commit starts with
 a `RelSize` to the cut. So a transaction is all-or-nothing on Strata, and
 closing or SIGKILLing a compute leaves only committed transactions.
 
-A second writer: the conditional Append is refused (FAILED_PRECONDITION) and the
+A second writer that commits while a transaction is open (between its start and
+its commit): the conditional Append is refused (FAILED_PRECONDITION) and the
 transaction fails with `WriteConflict` ("another writer moved the timeline");
-nothing of it reached Strata. The next transaction starts by moving the
-connection's read LSN to the timeline's new end, so it sees the other writer's
-commits (SQLite notices the changed file change counter and drops its own cache).
+nothing of it reached Strata. The next transaction starts at the timeline's new
+end, as every transaction does, so it sees the other writer's commits.
 An Append that fails otherwise (UNAVAILABLE, a deadline) may or may not have been
 applied: the transaction fails with `CommitUncertain`, and the next transaction
 re-reads the same way, so it builds on whatever the timeline holds.
@@ -325,9 +332,11 @@ class StrataDbFile(_FileDefaults):
     def _ids(self) -> dict[str, str]:
         return {"tenant_id": self.cfg.tenant_id, "timeline_id": self.cfg.timeline_id}
 
-    def _writer_start(self) -> int:
-        """The timeline's end, claimed with one append if the WAL is still empty; tracked in the cache."""
-        end = self.client.status(**self._ids()).flush_lsn
+    def _writer_start(self, end: int | None = None) -> int:
+        """The timeline's end (`end` if the caller just read it), claimed with one
+        append if the WAL is still empty; tracked in the cache."""
+        if end is None:
+            end = self.client.status(**self._ids()).flush_lsn
         if end == 0:
             claim = records_pb2.Record(rel_size=records_pb2.RelSize(rel=CLAIM_REL, nblocks=0))
             end = self.client.append(records=[claim], **self._ids()).end_lsn
@@ -616,14 +625,27 @@ class StrataDbFile(_FileDefaults):
             self.stale = True  # re-read at the next transaction's start (the services may be down now)
 
     def xLock(self, level: int) -> None:
-        if self.stale and level >= SQLITE_SHARED_LOCK:
-            self._reread()
+        """SQLite takes SHARED (from no lock) when a transaction starts: a read-write
+        connection starts it at the timeline's end (the module docstring)."""
+        if self.readonly or level != SQLITE_SHARED_LOCK:
+            return
+        if self.stale:
+            self._reread()  # after a failed commit, whatever the outcome was
+            return
+        try:
+            end = self.client.status(**self._ids()).flush_lsn
+        except grpc.RpcError as exc:
+            log.warning("sqlite_end_unknown", tenant=self.cfg.tenant_id, timeline=self.cfg.timeline_id,
+                        lsn=self.read_lsn, code=exc.code().name, action="reading at the connection's last LSN")
+            return
+        if end > self.read_lsn:  # another writer committed since: start at the new end
+            self._reread(end)
 
-    def _reread(self) -> None:
-        """After a failed commit: read the timeline's end again. SQLite then sees a new change
-        counter in page 1 (if anything changed) and drops its own cache."""
+    def _reread(self, end: int | None = None) -> None:
+        """Move to the timeline's end (`end` if just read): drop the cached pages of the old
+        read LSN. SQLite then sees a new change counter in page 1 and drops its own cache."""
         self.cache.untrack(self.cfg.tenant_id, self.cfg.timeline_id)
-        self.read_lsn = self._writer_start()
+        self.read_lsn = self._writer_start(end)
         self.committed_nblocks = self.size_blocks = self.floor = self._nblocks_at(self.read_lsn)
         self._forget_read_ahead()
         self.stale = False
@@ -715,8 +737,8 @@ def connect_sqlite(
     on_commit: Callable[[int], None] | None = None,
 ) -> apsw.Connection:
     """An apsw.Connection on the timeline's SQLite database: read-write (lsn=None),
-    reading at the timeline's end as of opening and then at the end of each of its
-    own commits (another writer's commits show after a `WriteConflict`); or
+    each transaction starting at the timeline's end (another writer's commit
+    during a transaction fails it with `WriteConflict`); or
     read-only at LSN `lsn` (0: the current end), which should be the end of a
     commit (see the module's docstring). `on_commit(end_lsn)` is called after each
     commit this connection makes (the LSN to read it at later, e.g. `lsn=`)."""

@@ -20,6 +20,20 @@ is stopped (`event=timeline_ahead_of_wal`, level=error; its reads answer
 DATA_LOSS) and its receiver ends, rather than ingest other records at LSNs it
 already applied.
 
+A Stream answered NOT_FOUND: the walservice does not know the timeline. If this
+timeline holds nothing past its start (`last_record_lsn == start_lsn`: a crash
+between the two halves of CreateTimeline, before any WAL), it is registered
+again at its start, which loses nothing. Otherwise the walservice lost a
+timeline whose WAL this pageserver ingested (deleted there, or its disk gone):
+registering it again would re-create it empty, hand the LSNs already applied
+here to new records and make the database read as it was at its start. Once
+every walservice node says NOT_FOUND, the timeline is stopped instead
+(`event=timeline_lost_by_walservice`, level=error; its reads answer DATA_LOSS
+with a message saying what is gone: the walservice's WAL, and every commit past
+what this pageserver ingested). What this cannot see: WAL ingested and then lost
+here too (a pageserver killed before its first flush, restarted after the loss)
+leaves `last_record_lsn == start_lsn`, and the timeline is registered again.
+
 Concurrency: one asyncio task per timeline, on the pageserver's event loop.
 """
 
@@ -100,6 +114,20 @@ class WalNodes:
         best = order[0] if commits[order[0]] >= 0 else ((after_failure or 0) + 1) % len(self.stubs)
         return best, self.stubs[best]
 
+    async def lost_everywhere(self, tenant_id: str, timeline_id: str) -> bool:
+        """Whether every node answers NOT_FOUND for the timeline (one that cannot be
+        reached, or has it, may still hold its WAL)."""
+        ref = records_pb2.TimelineRef(tenant_id=tenant_id, timeline_id=timeline_id)
+
+        async def not_found(stub: wal_pb2_grpc.WalServiceStub) -> bool:
+            try:
+                await stub.Status(ref, timeout=PICK_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+        return all(await asyncio.gather(*(not_found(stub) for stub in self.stubs)))
+
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
@@ -166,7 +194,11 @@ class WalReceiver:
                     )
                     failing = True
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    await self._register()
+                    if tl.last_record_lsn == tl.start_lsn:
+                        await self._register()
+                    elif await self.stub.lost_everywhere(tl.tenant_id, tl.timeline_id):
+                        self._stop_lost()
+                        return
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     self._stop_ahead(exc)
                     return
@@ -190,6 +222,23 @@ class WalReceiver:
         )
         tl.stop(error)
         self.log.error("timeline_ahead_of_wal", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn, error=exc.details())
+
+    def _stop_lost(self) -> None:
+        """The walservice lost this timeline after this pageserver ingested its WAL
+        (the module docstring): stop it loudly rather than re-create it empty."""
+        tl = self.timeline
+        error = CorruptionError(
+            f"tenant_id={tl.tenant_id} timeline_id={tl.timeline_id} is stopped: the walservice no longer has this "
+            f"timeline, whose WAL this pageserver ingested up to lsn={tl.last_record_lsn} (durable here: "
+            f"lsn={tl.disk_consistent_lsn}). Gone: the walservice's WAL of it, and every commit it acknowledged past "
+            f"lsn={tl.last_record_lsn}; it is not registered again, since an empty WAL would hand the LSNs already "
+            "applied here to other records"
+        )
+        tl.stop(error)
+        self.log.error(
+            "timeline_lost_by_walservice", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn,
+            disk_consistent_lsn=tl.disk_consistent_lsn, start_lsn=tl.start_lsn,
+        )
 
     async def _register(self) -> None:
         """The walservice does not know this timeline (a crash between the two

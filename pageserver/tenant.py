@@ -283,11 +283,14 @@ class Tenant:
         asyncio.get_running_loop().create_task(self._stop_background())
 
     async def _stop_background(self) -> None:
+        """After fencing: stop ingest and the upload queues, then say so (from
+        that line on no upload or deletion of this tenant runs here)."""
         for receiver in self.receivers.values():
             await receiver.stop()
         for timeline in self.timelines.values():
             if timeline.remote is not None:
                 await timeline.remote.stop()
+        self.ctx.log.info("tenant_background_stopped", tenant=self.tenant_id, reason="fenced")
 
     async def wait_uploaded(self, timeout: float) -> bool:
         """Wait until every timeline's current index is uploaded (True) or `timeout`."""
@@ -406,8 +409,9 @@ class Tenant:
         # storage) the remote index are independent: do them at once. The
         # answer waits for all three, so an attach elsewhere sees the timeline
         # once CreateTimeline returned. A crash between them leaves a timeline
-        # the walservice may not know (its WalReceiver then registers it:
-        # CreateTimeline is idempotent) or an index that is only remote (the
+        # the walservice may not know (its WalReceiver then registers it,
+        # holding nothing past its start: CreateTimeline is idempotent; see
+        # ingest.py for a timeline the walservice lost) or an index that is only remote (the
         # next attach takes it; a restart here uploads the local one again).
         loop = asyncio.get_running_loop()
         local = loop.run_in_executor(

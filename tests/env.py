@@ -4,7 +4,10 @@
 free port and the env reads it from the `event=listening` log line), each in its
 own directory under the test's tmp dir, and tears them down at the end. The
 `strata_env` fixture fails the test when a process logged an unexpected
-`level=error` line (pass `allowed_errors` patterns for the expected ones).
+`level=error` line (pass `allowed_errors` patterns for the expected ones), and
+when a graceful stop went wrong: a component that did not exit within its
+timeout of SIGTERM, or exited with a code other than 0 (at teardown, or in a
+`stop()` the test called and did not check).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Component:
     _log_offset: int = 0
     channels: list[grpc.Channel] = field(default_factory=list)
     env: dict[str, str] | None = None  # added to this process's environment
+    # Graceful stops that went wrong (a hang, a non-zero exit): teardown fails the test on them.
+    stop_failures: list[str] = field(default_factory=list)
+    stop_timeout_s: float = 15.0  # how long a graceful stop waits after SIGTERM
 
     def start(self, extra_args: list[str] | None = None) -> None:
         """Start (or restart) the process; returns once it listens."""
@@ -68,18 +74,25 @@ class Component:
             self.proc.wait()
         self._close_channels()
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait: the graceful path. Returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM and wait: the graceful path. Returns the exit code; a hang
+        raises, and either (or a non-zero code) is kept in `stop_failures`."""
         self._close_channels()
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        timeout = self.stop_timeout_s if timeout is None else timeout
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} did not exit within {timeout}s of SIGTERM")
+            failure = f"{self.name} did not exit within {timeout}s of SIGTERM"
+            self.stop_failures.append(failure)
+            raise AssertionError(failure) from None
+        if code != 0:
+            self.stop_failures.append(f"{self.name} exited with {code} on SIGTERM:\n{self.new_log_text()[-3000:]}")
+        return code
 
     def channel(self) -> grpc.Channel:
         ch = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)])
@@ -171,11 +184,15 @@ class StrataEnv:
         return bad
 
     def teardown(self) -> None:
+        """Stop every component (all of them, whatever fails), then fail on any
+        graceful stop that hung or exited non-zero during the test or now."""
         for comp in reversed(self.components):
             try:
                 comp.stop()
             except AssertionError:
-                pass
+                pass  # in stop_failures
+        failures = [failure for comp in self.components for failure in comp.stop_failures]
+        assert not failures, "components did not shut down cleanly:\n" + "\n".join(failures)
 
 
 def env_flag(name: str, default: float) -> float:

@@ -138,34 +138,37 @@ def test_branch_is_isolated_both_ways(stack: Stack) -> None:
 
 
 def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
+    """A commit by another writer while a transaction is open fails that transaction
+    with WriteConflict, and nothing of it reaches Strata; the retry starts at the new end."""
     main = stack.new_timeline()
     first = connect_sqlite(stack.client, stack.tenant, main)
     first.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('first')")
     other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)  # its own page cache
     second = connect_sqlite(other_compute, stack.tenant, main)
-    first.execute("INSERT INTO t(who) VALUES ('first again')")
+    second.execute("BEGIN")
+    assert second.execute("SELECT count(*) FROM t").fetchall() == [(1,)]  # its transaction reads at this end
+    first.execute("INSERT INTO t(who) VALUES ('first again')")  # ... which moves meanwhile
     end = stack.end_lsn(main)
+    second.execute("INSERT INTO t(who) VALUES ('second')")
     with pytest.raises(WriteConflict, match="another writer moved the timeline"):
-        second.execute("INSERT INTO t(who) VALUES ('second')")
+        second.execute("COMMIT")
     assert stack.end_lsn(main) == end, "the refused transaction must not reach Strata"
-    # The refused connection re-reads the timeline's end and its retry commits on top.
+    assert not second.in_transaction, "SQLite rolls the failed commit back"
+    # The refused connection's retry starts at the timeline's end and commits on top.
     second.execute("INSERT INTO t(who) VALUES ('second, retried')")
     check = connect_sqlite(stack.client, stack.tenant, main, lsn=0)
     assert check.execute("SELECT who FROM t ORDER BY id").fetchall() == [("first",), ("first again",), ("second, retried",)]
     assert integrity(check) == [("ok",)]
-    # And now the first writer is the stale one.
-    with pytest.raises(WriteConflict):
-        first.execute("DELETE FROM t")
-    assert check.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
-    # ... and after its refusal it reads what the second wrote.
-    assert first.execute("SELECT who FROM t ORDER BY id").fetchall()[-1] == ("second, retried",)
+    # Between transactions nobody is stale: the first writer's next one starts at the second's commit.
+    first.execute("DELETE FROM t WHERE who = 'first'")
+    assert second.execute("SELECT who FROM t ORDER BY id").fetchall() == [("first again",), ("second, retried",)]
     other_compute.close()
 
 
-def test_read_write_connection_reads_at_its_open_lsn_then_at_its_commits(stack: Stack) -> None:
-    """What the module docstring says: a read-write connection reads at the timeline's
-    end as of opening, then at its own commits' ends; another writer's commits show
-    only after its next commit is refused."""
+def test_each_transaction_of_a_read_write_connection_starts_at_the_end(stack: Stack) -> None:
+    """What the module docstring says: a read-write connection starts each transaction
+    at the timeline's end, reads at that one LSN until it ends, and its own commit
+    moves it to that commit's end."""
     main = stack.new_timeline()
     a = connect_sqlite(stack.client, stack.tenant, main)
     a.execute("CREATE TABLE t(who TEXT); INSERT INTO t VALUES ('a1')")
@@ -174,10 +177,32 @@ def test_read_write_connection_reads_at_its_open_lsn_then_at_its_commits(stack: 
     assert b.execute("SELECT who FROM t").fetchall() == [("a1",)], "b opened at the end: a's commit is in"
     a.execute("INSERT INTO t VALUES ('a2')")
     assert a.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "a reads at its own commit's end"
-    assert b.execute("SELECT who FROM t").fetchall() == [("a1",)], "b still reads at the LSN it opened at"
-    with pytest.raises(WriteConflict):
-        b.execute("INSERT INTO t VALUES ('b1')")
-    assert b.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "after the refusal, the new end"
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "b's next transaction starts at the end"
+    b.execute("BEGIN")
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)]
+    a.execute("INSERT INTO t VALUES ('a3')")
+    assert b.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "within a transaction: one LSN"
+    b.execute("COMMIT")  # read-only: nothing to ship, nothing refused
+    assert b.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+    b.execute("INSERT INTO t VALUES ('b1')")
+    assert a.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",), ("a3",), ("b1",)]
+    other_compute.close()
+
+
+def test_a_writer_opened_before_another_s_create_table_sees_the_table(stack: Stack) -> None:
+    """Issue 16.7: a read-write connection whose snapshot predates another writer's
+    CREATE TABLE used to fail `no such table` on every try, never reaching the
+    conflict that would have refreshed it."""
+    main = stack.new_timeline()
+    early = connect_sqlite(stack.client, stack.tenant, main)
+    assert early.execute("SELECT count(*) FROM sqlite_schema").fetchall() == [(0,)]
+    other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
+    creator = connect_sqlite(other_compute, stack.tenant, main)
+    creator.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('creator')")
+    early.execute("INSERT INTO t(who) VALUES ('early')")
+    assert early.execute("SELECT who FROM t ORDER BY id").fetchall() == [("creator",), ("early",)]
+    assert creator.execute("SELECT who FROM t ORDER BY id").fetchall() == [("creator",), ("early",)]
+    assert integrity(connect_sqlite(stack.client, stack.tenant, main, lsn=0)) == [("ok",)]
     other_compute.close()
 
 

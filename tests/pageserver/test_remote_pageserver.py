@@ -316,7 +316,8 @@ def test_generation_fencing(strata_env: StrataEnv, tmp_path: Path) -> None:
             c1.get_rel_size(tenant_id=world.tenant_id, timeline_id=main, rel=1, lsn=0, timeout=10)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "attached elsewhere" in err.value.details()
-        time.sleep(1)
+        # Once its background work has ended nothing of the first can go up any more.
+        wait_until("the first's uploads to stop", lambda: "event=tenant_background_stopped" in first.log_text())
         # Refused: the first's index never moved after the attach (or went away with the second's cleanup).
         assert not storage.exists(index_key(world.tenant_id, main, 1)) or storage.download_bytes(index_key(world.tenant_id, main, 1)) == index_1
         assert "event=index_uploaded" not in first.log_text().split(fenced[0])[1]

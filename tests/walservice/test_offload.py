@@ -80,6 +80,20 @@ def wait_backed_up(stub: wal_pb2_grpc.WalServiceStub, key: TimelineKey) -> int:
     return status(stub, key).commit_lsn
 
 
+def wait_full_round(stub: wal_pb2_grpc.WalServiceStub, key: TimelineKey, first: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Instead of sleeping "for a few rounds": three commits, each waited until it
+    is backed up. The round that uploaded the first ran after the call and trims
+    after its uploads; a timeline has one round at a time and a round records at
+    most two backups (sealed, then partial), so the third needs a later round:
+    by then a whole round, trim included, ran after the call. Returns the new
+    records (batches first, first+1, first+2) and the commit_lsn."""
+    written: list[tuple[int, bytes]] = []
+    for b in range(first, first + 3):
+        written += append_batches(stub, key, 1, first=b)
+        commit_lsn = wait_backed_up(stub, key)
+    return written, commit_lsn
+
+
 def local_segment_starts(node: Component, key: TimelineKey) -> list[int]:
     directory = node.data_dir / "timelines" / key.tenant_id / key.timeline_id
     return sorted(s for s in (parse_segment_file_name(p.name) for p in directory.iterdir()) if s is not None)
@@ -175,15 +189,19 @@ def test_trimming_waits_for_backup_and_remote_consistent_lsn(strata_env: StrataE
     assert len(starts) >= 4
 
     # Backed up but not persisted by the pageserver: nothing goes.
-    time.sleep(1.0)  # several offload rounds
-    assert local_segment_starts(node, key) == starts
+    more, commit_lsn = wait_full_round(stub, key, first=150)
+    written += more
+    assert local_segment_starts(node, key)[: len(starts)] == starts
+    starts = local_segment_starts(node, key)
 
     # remote_consistent_lsn inside segment 2: segments 0 and 1 (ending at or below it) go.
     mid = (starts[2] + starts[3]) // 2
     report_persisted(stub, key, mid)
     wait_until(lambda: local_segment_starts(node, key) == starts[2:], "segments 0 and 1 to be trimmed")
-    time.sleep(0.6)
-    assert local_segment_starts(node, key) == starts[2:]
+    more, commit_lsn = wait_full_round(stub, key, first=153)
+    written += more
+    assert local_segment_starts(node, key)[: len(starts) - 2] == starts[2:]
+    starts = starts[:2] + local_segment_starts(node, key)
     trimmed = log_events(node, "wal_segment_trimmed", key)
     assert len(trimmed) == 2 and all(f"tenant={key.tenant_id}" in line for line in trimmed)
 
@@ -206,7 +224,7 @@ def test_trimming_waits_for_backup_and_remote_consistent_lsn(strata_env: StrataE
     s = status(stub, key)
     assert (s.commit_lsn, s.backup_lsn, s.remote_consistent_lsn) == (commit_lsn, commit_lsn, commit_lsn)
     assert streamed(read_stream(stub, key, commit_lsn, start_lsn=oldest)) == tail
-    written += append_batches(stub, key, 60, first=150)
+    written += append_batches(stub, key, 60, first=160)
     new_commit = wait_backed_up(stub, key)
     # remote_consistent_lsn is still commit_lsn, so trimming can reach it but not pass it.
     assert streamed(read_stream(stub, key, new_commit, start_lsn=commit_lsn)) == [r for r in written if r[0] > commit_lsn]
@@ -325,8 +343,10 @@ def test_delete_timeline_removes_local_and_offloaded_wal(strata_env: StrataEnv, 
     # A restart does not bring it back, and the offloader does not upload it again.
     node.stop()
     node.start()
+    stub = strata_env.wal_stub(node)
     with pytest.raises(grpc.RpcError) as err:
-        status(strata_env.wal_stub(node), key)
+        status(stub, key)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    time.sleep(0.5)
+    # The other timeline as the witness: whole rounds ran after the restart.
+    wait_full_round(stub, other, first=5)
     assert remote_names(storage, key) == []

@@ -505,13 +505,20 @@ def test_sigterm_answers_the_appends_in_flight(strata_env: StrataEnv) -> None:
 def test_delete_timeline_on_every_node(strata_env: StrataEnv) -> None:
     nodes = strata_env.walservice_cluster(3)
     client = cluster_client(nodes)
-    key = create(client)
+    key, witness = create(client), create(client)
     for b in range(1, 6):
         client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, b, 2))
+        client.append(tenant_id=witness.tenant_id, timeline_id=witness.timeline_id, records=tagged_batch(1, b, 2))
     # Asked on any node, the timeline goes on all of them.
     done = Client(walservice=nodes[2].address).wal_delete_timeline(tenant_id=key.tenant_id, timeline_id=key.timeline_id)
     assert done.existed and done.nodes_deleted == 3
-    time.sleep(1.0)  # no replicator or election brings it back
+    # No replicator or election brings it back: the witness timeline's appends
+    # reached every node after the deletion, so the peer streams ran rounds since.
+    end = 0
+    for b in range(6, 9):
+        end = client.append(tenant_id=witness.tenant_id, timeline_id=witness.timeline_id, records=tagged_batch(1, b, 2)).end_lsn
+    client.close()
+    wait_converged(nodes, witness, end)
     for node in nodes:
         with pytest.raises(grpc.RpcError) as err:
             node_status(node, key)
