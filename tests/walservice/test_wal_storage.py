@@ -329,7 +329,7 @@ def test_every_read_ends_at_a_batch_end(tmp_path: Path, max_bytes: int) -> None:
 def test_a_control_file_number_out_of_bounds_is_corruption(field: str, value: int) -> None:
     """The control file is read back under the bounds CreateTimeline validates
     (a start_lsn near 2^64 once made a timeline whose LSNs no response could carry)."""
-    good = TimelineControl(TENANT, TIMELINE, 4096, 8192, term=1, term_history=[(1, 4096)])
+    good = TimelineControl(TENANT, TIMELINE, 4096, 8192, term=1, term_history=history((1, 4096)))
     assert TimelineControl.decode(good.encode()) == good
     with pytest.raises(CorruptionError, match=rf"control: {field}={value} is out of range"):
         TimelineControl.decode(replace(good, **{field: value}).encode(), "control")
