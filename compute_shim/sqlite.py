@@ -16,12 +16,18 @@ end. It opens there (the walservice's `flush_lsn` at that moment; a timeline
 with an empty WAL is claimed first, see `CLAIM_REL`), and whenever SQLite takes
 its SHARED lock, which it does when a transaction starts (each statement in
 autocommit mode, or the first read after BEGIN), the connection asks the
-walservice for the end again (one Status call: a transaction's fixed cost, paid
-by a warm point lookup too): if another writer moved it, the connection drops
-the cached pages and reads at the new end (SQLite sees page 1's new change
-counter and drops its own cache and schema), so a table another writer created
-is there. Within a transaction it reads at that one LSN; its own commit moves it
-to that Append's `end_lsn`. If the walservice cannot be asked at a transaction's
+walservice for the end again (one Status call, ~0.5 ms) unless it last learned
+the end less than `end_check_s` ago (`DEFAULT_END_CHECK_S`, 50 ms: so a burst of
+autocommit statements pays one call, not one each; `end_check_s=0` asks at every
+transaction): if another writer moved it, the connection drops the cached pages
+and reads at the new end (SQLite sees page 1's new change counter and drops its
+own cache and schema), so a table another writer created is there. The rule: a
+transaction starts at the timeline's end as it was at most `end_check_s` before
+the transaction began; a commit stays conditional on the LSN the transaction
+read at, so a transaction that started on a stale end can never commit over
+another writer's work (it fails with `WriteConflict`, and the next transaction
+asks again). Within a transaction it reads at that one LSN; its own commit moves
+it to that Append's `end_lsn` (and counts as learning the end). If the walservice cannot be asked at a transaction's
 start, the transaction reads at the connection's last LSN (`sqlite_end_unknown`
 is logged); its commit is conditional on that LSN all the same.
 
@@ -92,6 +98,7 @@ SQLITE_REL = 1  # the relation holding the main database file
 # every later append of that writer is conditional. It touches no other relation.
 CLAIM_REL = 0xFFFF_FFF0
 MAX_READAHEAD = 128  # pages per GetPages read-ahead
+DEFAULT_END_CHECK_S = 0.05  # seconds a read-write transaction may start on an end learned earlier (module doc)
 SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, lengths, offset)
 # Unchanged runs up to this many bytes are carried inside one splice. Measured on
 # bench/sqlite_workload.py (20,000 users, 6,888 changed pages): 16 bytes gives 65,566
@@ -169,6 +176,7 @@ class _DbConfig:
     page_size: int
     read_lsn: int | None  # None: read-write at the timeline's end
     on_commit: Callable[[int], None] | None = None  # called with each commit's end LSN
+    end_check_s: float = 0.0  # a read-write transaction re-asks the end if it last learned it longer ago
 
 
 @dataclass
@@ -322,6 +330,7 @@ class StrataDbFile(_FileDefaults):
         # rollback is not shipped; cleared when SQLite ends the transaction (then `stale`).
         self.failed: Exception | None = None
         self.stale = False  # a failed commit ended: re-read the timeline's end before the next transaction
+        self._end_learned = time.monotonic()  # when read_lsn was last known to be the timeline's end
         self._next_sequential = -1  # the block after the last read-ahead
         self._window = 1  # read-ahead pages for the next sequential miss
         self._ahead: list[_ReadAhead] = []  # windows fetched in the background, oldest first (at most 2)
@@ -541,6 +550,7 @@ class StrataDbFile(_FileDefaults):
             ms=round((time.monotonic() - started) * 1000, 2),
         )
         self.read_lsn = resp.end_lsn
+        self._end_learned = time.monotonic()
         self.committed_nblocks = self.floor = final
         self.dirty.clear()
         if self.cfg.on_commit is not None:
@@ -632,6 +642,9 @@ class StrataDbFile(_FileDefaults):
         if self.stale:
             self._reread()  # after a failed commit, whatever the outcome was
             return
+        asked_at = time.monotonic()
+        if asked_at - self._end_learned < self.cfg.end_check_s:
+            return  # the end was learned recently enough (the module docstring's rule)
         try:
             end = self.client.status(**self._ids()).flush_lsn
         except grpc.RpcError as exc:
@@ -640,6 +653,7 @@ class StrataDbFile(_FileDefaults):
             return
         if end > self.read_lsn:  # another writer committed since: start at the new end
             self._reread(end)
+        self._end_learned = asked_at
 
     def _reread(self, end: int | None = None) -> None:
         """Move to the timeline's end (`end` if just read): drop the cached pages of the old
@@ -735,13 +749,18 @@ def connect_sqlite(
     *,
     rel: int = SQLITE_REL,
     on_commit: Callable[[int], None] | None = None,
+    end_check_s: float = DEFAULT_END_CHECK_S,
 ) -> apsw.Connection:
     """An apsw.Connection on the timeline's SQLite database: read-write (lsn=None),
     each transaction starting at the timeline's end (another writer's commit
     during a transaction fails it with `WriteConflict`); or
     read-only at LSN `lsn` (0: the current end), which should be the end of a
     commit (see the module's docstring). `on_commit(end_lsn)` is called after each
-    commit this connection makes (the LSN to read it at later, e.g. `lsn=`)."""
+    commit this connection makes (the LSN to read it at later, e.g. `lsn=`).
+    `end_check_s`: a read-write transaction starts at the timeline's end as known
+    at most this many seconds ago (0: asks the walservice at every transaction)."""
+    if not end_check_s >= 0:
+        raise ValueError(f"end_check_s={end_check_s!r}: give a number of seconds >= 0")
     status = client.status(tenant_id=tenant, timeline_id=timeline)
     page_size = status.page_size
     if lsn is not None:
@@ -763,7 +782,7 @@ def connect_sqlite(
     _ensure_vfs()
     name = f"strata-{tenant}-{timeline}-{'rw' if lsn is None else lsn}-{next(_registry.counter)}.db"
     with _registry.lock:
-        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn, on_commit)
+        _registry.configs[name] = _DbConfig(client, tenant, timeline, rel, page_size, lsn, on_commit, end_check_s)
     flags = apsw.SQLITE_OPEN_READONLY if lsn is not None else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     try:
         db = apsw.Connection(name, flags=flags, vfs=VFS_NAME)

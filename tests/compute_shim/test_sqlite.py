@@ -141,10 +141,10 @@ def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
     """A commit by another writer while a transaction is open fails that transaction
     with WriteConflict, and nothing of it reaches Strata; the retry starts at the new end."""
     main = stack.new_timeline()
-    first = connect_sqlite(stack.client, stack.tenant, main)
+    first = connect_sqlite(stack.client, stack.tenant, main, end_check_s=0)
     first.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('first')")
     other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)  # its own page cache
-    second = connect_sqlite(other_compute, stack.tenant, main)
+    second = connect_sqlite(other_compute, stack.tenant, main, end_check_s=0)
     second.execute("BEGIN")
     assert second.execute("SELECT count(*) FROM t").fetchall() == [(1,)]  # its transaction reads at this end
     first.execute("INSERT INTO t(who) VALUES ('first again')")  # ... which moves meanwhile
@@ -167,13 +167,13 @@ def test_second_writer_is_refused_cleanly(stack: Stack) -> None:
 
 def test_each_transaction_of_a_read_write_connection_starts_at_the_end(stack: Stack) -> None:
     """What the module docstring says: a read-write connection starts each transaction
-    at the timeline's end, reads at that one LSN until it ends, and its own commit
+    at the timeline's end (`end_check_s=0`: asked at every transaction), reads at that one LSN until it ends, and its own commit
     moves it to that commit's end."""
     main = stack.new_timeline()
-    a = connect_sqlite(stack.client, stack.tenant, main)
+    a = connect_sqlite(stack.client, stack.tenant, main, end_check_s=0)
     a.execute("CREATE TABLE t(who TEXT); INSERT INTO t VALUES ('a1')")
     other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
-    b = connect_sqlite(other_compute, stack.tenant, main)
+    b = connect_sqlite(other_compute, stack.tenant, main, end_check_s=0)
     assert b.execute("SELECT who FROM t").fetchall() == [("a1",)], "b opened at the end: a's commit is in"
     a.execute("INSERT INTO t VALUES ('a2')")
     assert a.execute("SELECT who FROM t").fetchall() == [("a1",), ("a2",)], "a reads at its own commit's end"
@@ -194,16 +194,55 @@ def test_a_writer_opened_before_another_s_create_table_sees_the_table(stack: Sta
     CREATE TABLE used to fail `no such table` on every try, never reaching the
     conflict that would have refreshed it."""
     main = stack.new_timeline()
-    early = connect_sqlite(stack.client, stack.tenant, main)
+    early = connect_sqlite(stack.client, stack.tenant, main, end_check_s=0)
     assert early.execute("SELECT count(*) FROM sqlite_schema").fetchall() == [(0,)]
     other_compute = Client(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
-    creator = connect_sqlite(other_compute, stack.tenant, main)
+    creator = connect_sqlite(other_compute, stack.tenant, main, end_check_s=0)
     creator.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT); INSERT INTO t(who) VALUES ('creator')")
     early.execute("INSERT INTO t(who) VALUES ('early')")
     assert early.execute("SELECT who FROM t ORDER BY id").fetchall() == [("creator",), ("early",)]
     assert creator.execute("SELECT who FROM t ORDER BY id").fetchall() == [("creator",), ("early",)]
     assert integrity(connect_sqlite(stack.client, stack.tenant, main, lsn=0)) == [("ok",)]
     other_compute.close()
+
+class CountingClient(Client):
+    """A real Client that counts its Status calls."""
+
+    status_calls = 0
+
+    def status(self, **kwargs):  # type: ignore[override]
+        self.status_calls += 1
+        return super().status(**kwargs)
+
+
+def test_end_check_s_bounds_how_often_a_writer_asks_for_the_end(stack: Stack) -> None:
+    """The rule's knob: `end_check_s=0` asks the walservice at every transaction; a
+    long one asks none within it, and a transaction started on that stale end cannot
+    commit over another writer's work (WriteConflict), after which it asks again."""
+    main = stack.new_timeline()
+    every = CountingClient(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
+    db = connect_sqlite(every, stack.tenant, main, end_check_s=0)
+    db.execute("CREATE TABLE t(who TEXT); INSERT INTO t VALUES ('a')")
+    before = every.status_calls
+    for _ in range(20):
+        db.execute("SELECT count(*) FROM t").fetchall()
+    assert every.status_calls - before == 20, "end_check_s=0: one Status call per transaction"
+    lazy_client = CountingClient(pageserver=stack.pageserver.address, walservice=stack.walservice.address)
+    lazy = connect_sqlite(lazy_client, stack.tenant, main, end_check_s=3600)
+    before = lazy_client.status_calls
+    for _ in range(20):
+        assert lazy.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
+    assert lazy_client.status_calls == before, "within end_check_s no transaction asks"
+    db.execute("INSERT INTO t VALUES ('b')")
+    assert lazy.execute("SELECT count(*) FROM t").fetchall() == [(1,)], "a stale start, as the rule allows"
+    with pytest.raises(WriteConflict):
+        lazy.execute("INSERT INTO t VALUES ('lazy')")
+    lazy.execute("INSERT INTO t VALUES ('lazy, retried')")  # a failed commit re-reads the end first
+    assert db.execute("SELECT who FROM t ORDER BY rowid").fetchall() == [("a",), ("b",), ("lazy, retried",)]
+    with pytest.raises(ValueError, match="end_check_s"):
+        connect_sqlite(every, stack.tenant, main, end_check_s=-1)
+    every.close()
+    lazy_client.close()
 
 
 CHILD = textwrap.dedent(
