@@ -339,6 +339,9 @@ class Client:
     def get_timeline(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.TimelineInfo:
         return self._timeline_call("GetTimeline", records_pb2.TimelineRef(**fields), timeout)
 
+    def get_timeline_by_name(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.TimelineInfo:
+        return self._timeline_call("GetTimelineByName", timeline_pb2.TimelineNameRef(**fields), timeout)
+
     def list_timelines(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.ListTimelinesResponse:
         return self._timeline_call("ListTimelines", timeline_pb2.TenantRef(**fields), timeout)
 

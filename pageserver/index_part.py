@@ -16,7 +16,10 @@ file (decode never drops what it does not understand).
 kept version 1 readable both ways. `commit_times`, `relations` and `truncations`
 are stored as arrays of arrays (`[[lsn, time_us], ...]`, `[[rel, exists,
 nblocks], ...]`, `[[rel, lsn, nblocks], ...]`) and read into the frozen
-dataclasses `CommitTime`, `RelationEntry` and `Truncation`.
+dataclasses `CommitTime`, `RelationEntry` and `Truncation`. `name` (the
+database name, strata/ids.py `database_name`; "" for an unnamed timeline) is
+optional too (absent reads as ""), so version 1 indexes written before names
+read as unnamed timelines; a name that is not a database name is CorruptionError.
 
 Remote copy (docs/design/0003-remote-storage.md): the upload queue
 (remote_timeline.py) uploads the same IndexPart, with `remote_checksum` filled
@@ -32,8 +35,8 @@ from pathlib import Path
 
 from strata import checksummed_json
 from strata.durable_file import write_durably
-from strata.errors import CorruptionError
-from strata.ids import MAX_U64, Lsn, TenantId, TimelineId
+from strata.errors import CorruptionError, InvalidArgument
+from strata.ids import MAX_U64, Lsn, TenantId, TimelineId, database_name
 
 FORMAT_VERSION = 1
 FILE_NAME = "index_part.json"
@@ -101,6 +104,8 @@ class IndexPart:
     relations: tuple[RelationEntry, ...] = ()
     # Every truncation and drop of this timeline up to disk_consistent_lsn.
     truncations: tuple[Truncation, ...] = ()
+    # The database name, unique within the tenant ("" = unnamed).
+    name: str = ""
     format_version: int = FORMAT_VERSION
 
     def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: Lsn) -> IndexPart:
@@ -112,6 +117,8 @@ class IndexPart:
         body["commit_times"] = [[c.lsn, c.time_us] for c in self.commit_times]
         body["relations"] = [[r.rel, r.exists, r.nblocks] for r in self.relations]
         body["truncations"] = [[t.rel, t.lsn, t.nblocks] for t in self.truncations]
+        if not self.name:
+            del body["name"]  # an unnamed timeline's index reads the same in builds from before names
         return checksummed_json.encode(body, FORMAT_VERSION)
 
     @classmethod
@@ -140,6 +147,12 @@ class IndexPart:
             body["truncations"] = tuple(Truncation(int(r), Lsn(int(l)), int(n)) for r, l, n in body.get("truncations", ()))
         except (TypeError, ValueError) as exc:
             raise CorruptionError(f"{where}: a field has the wrong shape: {exc}") from exc
+        name = body.get("name", "")
+        if name != "":
+            try:
+                database_name(name)
+            except InvalidArgument as exc:
+                raise CorruptionError(f"{where}: {exc}") from None
         return cls(**body)
 
 

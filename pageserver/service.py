@@ -50,6 +50,7 @@ def timeline_info(tl: Timeline, with_sizes: bool = True) -> timeline_pb2.Timelin
         physical_size=tl.physical_size(),
         expires_at_us=tl.index.expires_at_us,
         state="deleted" if tl.deleted else "active",
+        name=tl.index.name,
     )
 
 
@@ -212,13 +213,18 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
     async def CreateTimeline(self, request: timeline_pb2.CreateTimelineRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
         tenant = self.tenants.get(request.tenant_id)
         tl = await tenant.create_timeline(
-            request.timeline_id, request.ancestor_timeline_id, request.ancestor_lsn, request.ttl_seconds, wait_budget(context)
+            request.timeline_id, request.ancestor_timeline_id, request.ancestor_lsn, request.ttl_seconds, wait_budget(context),
+            name=request.name,
         )
         return timeline_info(tl, with_sizes=False)
 
     @unary_rpc
     async def GetTimeline(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
         return timeline_info(self.tenants.timeline(request.tenant_id, request.timeline_id))
+
+    @unary_rpc
+    async def GetTimelineByName(self, request: timeline_pb2.TimelineNameRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:
+        return timeline_info(self.tenants.get(request.tenant_id).timeline_by_name(request.name))
 
     @unary_rpc
     async def ListTimelines(self, request: timeline_pb2.TenantRef, context: grpc.aio.ServicerContext) -> timeline_pb2.ListTimelinesResponse:

@@ -137,6 +137,11 @@ class Tenant:
         self.directory = directory
         self.ctx = ctx
         self.timelines: dict[str, Timeline] = {}
+        # Database names (all state here is the tenant's asyncio loop's: no lock):
+        # name -> timeline_id of a loaded timeline, and names a CreateTimeline in
+        # flight holds (so two concurrent creates cannot both take one).
+        self.names: dict[str, TimelineId] = {}
+        self._names_reserved: dict[str, TimelineId] = {}
         self.receivers: dict[str, WalReceiver] = {}
         self.compaction_lock = asyncio.Lock()
         self._compaction_tasks: dict[str, asyncio.Task[None]] = {}
@@ -231,6 +236,13 @@ class Tenant:
         if ancestor is not None:
             ancestor.children[timeline.timeline_id] = timeline.ancestor_lsn
         self.timelines[timeline.timeline_id] = timeline
+        if index.name:
+            holder = self.names.setdefault(index.name, TimelineId(timeline.timeline_id))
+            if holder != timeline.timeline_id:  # only a bug or a hand-edited index gets here
+                self.ctx.log.error(
+                    "database_name_duplicate", tenant=self.tenant_id, timeline=timeline.timeline_id, name=index.name,
+                    holder=holder, action="the name stays with the timeline loaded first",
+                )
         receiver = WalReceiver(timeline, self.ctx.wal_stub, self.ctx.log, self._backpressure)
         self.receivers[timeline.timeline_id] = receiver
         if self.fenced is None:
@@ -341,17 +353,51 @@ class Tenant:
         except KeyError:
             raise NotFound(f"tenant_id={self.tenant_id} timeline_id={timeline_id}: no such timeline") from None
 
+    def timeline_by_name(self, name: str) -> Timeline:
+        """The timeline of database `name`; NotFound naming the databases there are."""
+        ids.database_name(name)
+        timeline_id = self.names.get(name)
+        if timeline_id is None or timeline_id not in self.timelines:
+            names = sorted(self.names)
+            there = (", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")) or "none"
+            raise NotFound(f"tenant_id={self.tenant_id} has no database named {name!r}; its databases: {there}")
+        return self.timelines[timeline_id]
+
     async def create_timeline(
-        self, timeline_id: str, ancestor_timeline_id: str, ancestor_lsn: Lsn, ttl_seconds: int, timeout: float | None
+        self, timeline_id: str, ancestor_timeline_id: str, ancestor_lsn: Lsn, ttl_seconds: int, timeout: float | None,
+        name: str = "",
     ) -> Timeline:
+        """A new timeline (a branch of `ancestor_timeline_id` at `ancestor_lsn`), named
+        `name` if given: the name is held from here until the timeline is added (or
+        the create fails), so two creates cannot both take it."""
         timeline_id = ids.timeline_id(timeline_id, "timeline_id") if timeline_id else ids.new_id()
         ids.duration_seconds(ttl_seconds, "ttl_seconds")
+        if name:
+            ids.database_name(name)
         if timeline_id in self.timelines:
             raise AlreadyExists(f"tenant_id={self.tenant_id} timeline_id={timeline_id} already exists")
         if timeline_id in self.deletions:
             raise FailedPrecondition(
                 f"tenant_id={self.tenant_id} timeline_id={timeline_id} is being deleted; retry once the deletion finished"
             )
+        if not name:
+            return await self._create_checked(timeline_id, ancestor_timeline_id, ancestor_lsn, ttl_seconds, timeout, "")
+        holder = self.names.get(name) or self._names_reserved.get(name)
+        if holder is not None:
+            raise AlreadyExists(
+                f"tenant_id={self.tenant_id} already has a database named {name!r} (timeline_id={holder}): "
+                "pick another name, or delete that one first"
+            )
+        self._names_reserved[name] = TimelineId(timeline_id)
+        try:
+            return await self._create_checked(timeline_id, ancestor_timeline_id, ancestor_lsn, ttl_seconds, timeout, name)
+        finally:
+            del self._names_reserved[name]
+
+    async def _create_checked(
+        self, timeline_id: TimelineId, ancestor_timeline_id: str, ancestor_lsn: Lsn, ttl_seconds: int,
+        timeout: float | None, name: str,
+    ) -> Timeline:
         ancestor: Timeline | None = None
         if ancestor_timeline_id:
             ids.timeline_id(ancestor_timeline_id, "ancestor_timeline_id")
@@ -367,17 +413,17 @@ class Tenant:
             ancestor.check_readable(ancestor_lsn, "branch")
             ancestor.branch_reservations[ancestor_lsn] = ancestor.branch_reservations.get(ancestor_lsn, 0) + 1
             try:
-                return await self._create_timeline(timeline_id, ancestor, ancestor_lsn, ttl_seconds)
+                return await self._create_timeline(timeline_id, ancestor, ancestor_lsn, ttl_seconds, name)
             finally:
                 left = ancestor.branch_reservations.pop(ancestor_lsn) - 1
                 if left:
                     ancestor.branch_reservations[ancestor_lsn] = left
         elif ancestor_lsn:
             raise InvalidArgument(f"ancestor_lsn={ancestor_lsn} needs an ancestor_timeline_id")
-        return await self._create_timeline(timeline_id, None, 0, ttl_seconds)
+        return await self._create_timeline(timeline_id, None, 0, ttl_seconds, name)
 
     async def _create_timeline(
-        self, timeline_id: TimelineId, ancestor: Timeline | None, ancestor_lsn: Lsn, ttl_seconds: int
+        self, timeline_id: TimelineId, ancestor: Timeline | None, ancestor_lsn: Lsn, ttl_seconds: int, name: str
     ) -> Timeline:
         ancestor_timeline_id = ancestor.timeline_id if ancestor is not None else ""
         relations: tuple[RelationEntry, ...] = ()
@@ -404,6 +450,7 @@ class Tenant:
             expires_at_us=now_us + ttl_seconds * 1_000_000 if ttl_seconds else 0,
             generation=self.config.generation,
             relations=relations,
+            name=name,
         )
         # The walservice registration, the local directory and (with remote
         # storage) the remote index are independent: do them at once. The
@@ -431,7 +478,7 @@ class Tenant:
         timeline = self._add_timeline(index)
         self.ctx.log.info(
             "timeline_created", tenant=self.tenant_id, timeline=timeline_id,
-            ancestor=ancestor_timeline_id or None, lsn=ancestor_lsn,
+            ancestor=ancestor_timeline_id or None, lsn=ancestor_lsn, name=name or None,
         )
         return timeline
 
@@ -497,6 +544,8 @@ class Tenant:
             if task is not None:
                 task.cancel()
         del self.timelines[timeline_id]
+        if self.names.get(timeline.index.name) == timeline_id:
+            del self.names[timeline.index.name]  # the name is free from here on
         if timeline.ancestor is not None:
             timeline.ancestor.children.pop(timeline_id, None)
         if timeline.remote is not None:

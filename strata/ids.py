@@ -1,7 +1,8 @@
 """Domain types at module boundaries: ids, LSNs, keys.
 
 Ids are 32 lowercase hex characters (DESIGN.md, "Words"). LSNs are uint64 WAL
-byte positions; a record's LSN is the position just past its frame.
+byte positions; a record's LSN is the position just past its frame. A database
+name is a DNS label, `[a-z][a-z0-9-]{0,62}` (DESIGN.md, "Databases").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ TenantId = NewType("TenantId", str)
 TimelineId = NewType("TimelineId", str)
 Lsn = NewType("Lsn", int)
 Term = NewType("Term", int)
+DatabaseName = NewType("DatabaseName", str)
 
 MAX_U64 = (1 << 64) - 1
 DEFAULT_PAGE_SIZE = 8192
@@ -23,6 +25,7 @@ MIN_PAGE_SIZE = 512
 MAX_PAGE_SIZE = 65536
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
+_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
 def new_id() -> str:
@@ -33,6 +36,16 @@ def _check_id(value: str, field: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidArgument(f"{field}={value!r} is malformed: expected 32 lowercase hex characters")
     return value
+
+
+def database_name(value: str, field: str = "name") -> DatabaseName:
+    """A database name, else InvalidArgument saying what a name may be."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"{field}={value!r} is not a database name: 1 to 63 characters, lowercase letters, digits and '-', "
+            "starting with a letter (a DNS label)"
+        )
+    return DatabaseName(value)
 
 
 def tenant_id(value: str, field: str = "tenant_id") -> TenantId:

@@ -30,6 +30,7 @@ def test_contract_names_exist() -> None:
     assert {
         "CreateTenant", "ListTenants", "DeleteTenant", "CreateTimeline", "GetTimeline", "ListTimelines",
         "DeleteTimeline", "GetLsnByTimestamp", "Compact", "Gc", "AttachTenant", "DetachTenant",
+        "GetTimelineByName",  # issue 18: databases by name
     } == set(timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"].methods_by_name)
 
 

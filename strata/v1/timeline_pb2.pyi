@@ -52,21 +52,23 @@ class ListTenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[TenantInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateTimelineRequest(_message.Message):
-    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "ttl_seconds")
+    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "ttl_seconds", "name")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
     ANCESTOR_TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
     ANCESTOR_LSN_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     timeline_id: str
     ancestor_timeline_id: str
     ancestor_lsn: int
     ttl_seconds: int
-    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class TimelineInfo(_message.Message):
-    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "last_record_lsn", "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn", "logical_size", "physical_size", "expires_at_us", "state")
+    __slots__ = ("tenant_id", "timeline_id", "ancestor_timeline_id", "ancestor_lsn", "last_record_lsn", "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn", "logical_size", "physical_size", "expires_at_us", "state", "name")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
     ANCESTOR_TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class TimelineInfo(_message.Message):
     PHYSICAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_US_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     timeline_id: str
     ancestor_timeline_id: str
@@ -91,7 +94,16 @@ class TimelineInfo(_message.Message):
     physical_size: int
     expires_at_us: int
     state: str
-    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., last_record_lsn: _Optional[int] = ..., disk_consistent_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., gc_cutoff_lsn: _Optional[int] = ..., logical_size: _Optional[int] = ..., physical_size: _Optional[int] = ..., expires_at_us: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., ancestor_timeline_id: _Optional[str] = ..., ancestor_lsn: _Optional[int] = ..., last_record_lsn: _Optional[int] = ..., disk_consistent_lsn: _Optional[int] = ..., remote_consistent_lsn: _Optional[int] = ..., gc_cutoff_lsn: _Optional[int] = ..., logical_size: _Optional[int] = ..., physical_size: _Optional[int] = ..., expires_at_us: _Optional[int] = ..., state: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class TimelineNameRef(_message.Message):
+    __slots__ = ("tenant_id", "name")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListTimelinesResponse(_message.Message):
     __slots__ = ("timelines",)

@@ -60,6 +60,11 @@ class TimelineServiceStub:
                 request_serializer=strata_dot_v1_dot_records__pb2.TimelineRef.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_timeline__pb2.TimelineInfo.FromString,
                 _registered_method=True)
+        self.GetTimelineByName = channel.unary_unary(
+                '/strata.v1.TimelineService/GetTimelineByName',
+                request_serializer=strata_dot_v1_dot_timeline__pb2.TimelineNameRef.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_timeline__pb2.TimelineInfo.FromString,
+                _registered_method=True)
         self.ListTimelines = channel.unary_unary(
                 '/strata.v1.TimelineService/ListTimelines',
                 request_serializer=strata_dot_v1_dot_timeline__pb2.TenantRef.SerializeToString,
@@ -125,6 +130,12 @@ class TimelineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTimeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTimelineByName(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +209,11 @@ def add_TimelineServiceServicer_to_server(servicer, server):
             'GetTimeline': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTimeline,
                     request_deserializer=strata_dot_v1_dot_records__pb2.TimelineRef.FromString,
+                    response_serializer=strata_dot_v1_dot_timeline__pb2.TimelineInfo.SerializeToString,
+            ),
+            'GetTimelineByName': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTimelineByName,
+                    request_deserializer=strata_dot_v1_dot_timeline__pb2.TimelineNameRef.FromString,
                     response_serializer=strata_dot_v1_dot_timeline__pb2.TimelineInfo.SerializeToString,
             ),
             'ListTimelines': grpc.unary_unary_rpc_method_handler(
@@ -370,6 +386,33 @@ class TimelineService:
             target,
             '/strata.v1.TimelineService/GetTimeline',
             strata_dot_v1_dot_records__pb2.TimelineRef.SerializeToString,
+            strata_dot_v1_dot_timeline__pb2.TimelineInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTimelineByName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.TimelineService/GetTimelineByName',
+            strata_dot_v1_dot_timeline__pb2.TimelineNameRef.SerializeToString,
             strata_dot_v1_dot_timeline__pb2.TimelineInfo.FromString,
             options,
             channel_credentials,

@@ -91,3 +91,17 @@ def test_a_number_out_of_uint64_is_corruption(field: str, value: object) -> None
     with pytest.raises(CorruptionError, match=rf"where.json: {field}=.* is out of range"):
         IndexPart.decode(data, "where.json")
     assert IndexPart.decode(reencode(sample(), lambda b: b.update({field: (1 << 64) - 1}))).__dict__[field] == (1 << 64) - 1
+
+
+def test_database_name_round_trips_and_an_unnamed_index_has_no_name_field() -> None:
+    """`name` is optional: an unnamed timeline's index is written without it (as
+    before names, so older builds read it), a named one round-trips, and a
+    name that is not a DNS label reads as corruption."""
+    from dataclasses import replace
+
+    assert "name" not in json.loads(sample().encode())
+    named = replace(sample(), name="agent-7")
+    assert json.loads(named.encode())["name"] == "agent-7"
+    assert IndexPart.decode(named.encode()) == named
+    with pytest.raises(CorruptionError, match="not a database name"):
+        IndexPart.decode(reencode(sample(), lambda body: body.update(name="Bad Name")))
