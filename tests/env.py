@@ -131,15 +131,22 @@ class StrataEnv:
         """A walservice cluster of `nodes` nodes (`--node-id N --peers A,B,C` on
         ports chosen up front), all started; node N is element N-1 and gets
         `node_args(N)` after `extra`."""
-        addresses = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+        # Every port (each node's --listen and --peer-port) picked up front and distinct:
+        # a node left to take any free peer port (0) could take one reserved for a
+        # node that has not bound its --listen yet ("Address already in use").
+        ports: list[int] = []
+        while len(ports) < 2 * nodes:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        addresses = [f"127.0.0.1:{port}" for port in ports[:nodes]]
         comps = []
         for i, address in enumerate(addresses, start=1):
             data_dir = self.root / f"{name}{i}"
             data_dir.mkdir(parents=True, exist_ok=True)
             comp = Component(
                 f"{name}{i}",
-                [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), "--node-id", str(i), "--peers", ",".join(addresses), *extra,
-                 *(node_args(i) if node_args else [])],
+                [sys.executable, "-m", "walservice", "--data-dir", str(data_dir), "--node-id", str(i), "--peers", ",".join(addresses),
+                 "--peer-port", str(ports[nodes + i - 1]), *extra, *(node_args(i) if node_args else [])],  # a later --peer-port wins
                 data_dir,
                 self.root / f"{name}{i}.log",
                 address=address,
