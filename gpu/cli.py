@@ -2,7 +2,9 @@
 
 Reads the collection from the layer files in remote storage, builds its
 IVF-Flat index and uploads it (gpu/build.py); prints one line with the key.
-The endpoints default to the local stack's (`strata up`).
+The endpoints default to the local stack's default ports (6400, 7676); pass
+`--pageserver`/`--walservice` for a stack on other ports (`strata status` says
+where each listens).
 """
 
 from __future__ import annotations
