@@ -67,7 +67,7 @@ WAL does not mark batch ends in what it serves, so this cannot be checked here).
 
 Limits: one transaction must fit one Append (the walservice's
 `--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`).
-PRAGMAs that would break this are refused (`refused_pragma`, values read the way
+PRAGMAs that would break this are refused (`sqlite_pragmas.py`, values read the way
 SQLite reads them): journal_mode=OFF or WAL, locking_mode=EXCLUSIVE.
 """
 
@@ -82,10 +82,10 @@ from dataclasses import dataclass, field
 
 import apsw
 import grpc
-import numpy as np
-
 from compute_shim.client import Client, PageError
 from compute_shim.page_cache import PageCache
+from compute_shim.page_records import page_records
+from compute_shim.sqlite_pragmas import refused_pragma
 from strata.logs import event_logger
 from strata.v1 import records_pb2
 
@@ -99,12 +99,6 @@ SQLITE_REL = 1  # the relation holding the main database file
 CLAIM_REL = 0xFFFF_FFF0
 MAX_READAHEAD = 128  # pages per GetPages read-ahead
 DEFAULT_END_CHECK_S = 0.05  # seconds a read-write transaction may start on an end learned earlier (module doc)
-SPLICE_OVERHEAD = 8  # bytes a splice costs beyond its data (protobuf tags, lengths, offset)
-# Unchanged runs up to this many bytes are carried inside one splice. Measured on
-# bench/sqlite_workload.py (20,000 users, 6,888 changed pages): 16 bytes gives 65,566
-# splices and 19.4 MB of records, 64 bytes 46,066 splices and 20.0 MB (+3%) for 30% less
-# commit CPU (building splices is the cost); 128 bytes costs +15% bytes.
-MERGE_GAP = 64
 SQLITE_SHARED_LOCK = 1
 # Append errors that mean the batch was not applied (other than FAILED_PRECONDITION, a
 # conflict); anything else (UNAVAILABLE without a leader hint, a deadline) may have been.
@@ -116,37 +110,6 @@ REFUSALS = frozenset({
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.DATA_LOSS,
 })
-
-# SQLite's journal modes in the order its PRAGMA journal_mode parser tries them
-# (sqlite3JournalModename): the value is compared case-insensitively with the first
-# len(value) characters of each, so "W" or "wA" mean WAL; no match is a query.
-JOURNAL_MODES = ("delete", "persist", "off", "truncate", "memory", "wal")
-REFUSED_JOURNAL_MODES: dict[str, str] = {
-    "off": "transactions must be able to roll back; keep journal_mode=MEMORY (or DELETE, TRUNCATE, PERSIST: journals live in memory)",
-    "wal": "each commit is already one atomic Append; keep journal_mode=MEMORY",
-}
-_NO_EXCLUSIVE = (
-    "a failed commit is cleaned up when SQLite ends its transaction, which it never does in exclusive locking mode; "
-    "keep NORMAL"
-)
-
-
-def refused_pragma(name: str, value: str | None) -> str | None:
-    """Why PRAGMA `name`=`value` is refused on a Strata database, or None. Values are
-    read the way SQLite's own parser reads them (SQLite hands them over dequoted):
-    journal_mode by case-insensitive prefix in SQLite's order, locking_mode by
-    case-insensitive name. Any synchronous level is fine: commits ship at
-    SQLITE_FCNTL_SYNC, which SQLite sends under synchronous=OFF too."""
-    if value is None:
-        return None  # a query
-    name = name.lower()
-    if name == "journal_mode" and value:
-        mode = next((m for m in JOURNAL_MODES if m[: len(value)] == value.lower()), None)
-        return REFUSED_JOURNAL_MODES.get(mode) if mode is not None else None
-    if name == "locking_mode" and value.lower() == "exclusive":
-        return _NO_EXCLUSIVE
-    return None
-
 
 class CommitRefused(Exception):
     """The walservice refused the commit's Append: nothing of the transaction was written."""
@@ -189,50 +152,6 @@ class _Registry:
 _registry = _Registry()
 _vfs: StrataVFS | None = None
 _vfs_lock = threading.Lock()  # guards _vfs
-
-
-def page_records(rel: int, pages: list[tuple[int, bytes, bytes]]) -> list[tuple[int, records_pb2.Record]]:
-    """For each changed (blkno, old, new), the smaller of a PagePatch and a PageImage.
-
-    A patch holds the changed 8-byte words of `old` (runs closer than `MERGE_GAP` bytes
-    merged into one splice); unchanged pages get no record. Pages are at least 512
-    bytes, a multiple of 8, so whole words tile them. All pages are compared in one
-    vectorised pass: a commit is CPU-bound on this when it writes thousands of pages."""
-    if not pages:
-        return []
-    page_size = len(pages[0][2])
-    words = page_size // 8  # pages are at least 512 bytes, a multiple of 8
-    olds = np.frombuffer(b"".join(old for _, old, _ in pages), dtype=np.uint64).reshape(len(pages), words)
-    news = np.frombuffer(b"".join(new for _, _, new in pages), dtype=np.uint64).reshape(len(pages), words)
-    rows, cols = np.nonzero(olds != news)  # changed words, by page then offset
-    if len(rows) == 0:
-        return []
-    # A run of changed words ends at a new page or a gap of more than MERGE_GAP bytes.
-    starts = np.flatnonzero(np.concatenate(([True], (rows[1:] != rows[:-1]) | (np.diff(cols) > MERGE_GAP // 8))))
-    ends = np.concatenate((starts[1:] - 1, [len(rows) - 1]))
-    run_page = rows[starts]
-    run_lo, run_hi = cols[starts] * 8, (cols[ends] + 1) * 8
-    patch_bytes = np.bincount(run_page, weights=run_hi - run_lo + SPLICE_OVERHEAD, minlength=len(pages))
-    changed = np.bincount(rows, minlength=len(pages)) > 0
-    out: list[tuple[int, records_pb2.Record]] = []
-    splices: dict[int, list[records_pb2.Splice]] = {}
-    as_patch = (patch_bytes < page_size).tolist()
-    for i, lo, hi in zip(run_page.tolist(), run_lo.tolist(), run_hi.tolist()):
-        if as_patch[i]:
-            splices.setdefault(i, []).append(records_pb2.Splice(offset=lo, data=pages[i][2][lo:hi]))
-    for i in np.flatnonzero(changed).tolist():
-        blkno, _, new = pages[i]
-        if as_patch[i]:
-            out.append((blkno, records_pb2.Record(patch=records_pb2.PagePatch(rel=rel, blkno=blkno, splices=splices[i]))))
-        else:
-            out.append((blkno, records_pb2.Record(image=records_pb2.PageImage(rel=rel, blkno=blkno, page=new))))
-    return out
-
-
-def _patch_or_image(rel: int, blkno: int, old: bytes, new: bytes) -> records_pb2.Record | None:
-    """One page's record (see `page_records`); None if the pages are equal."""
-    records = page_records(rel, [(blkno, old, new)])
-    return records[0][1] if records else None
 
 
 class _FileDefaults:

@@ -18,15 +18,9 @@ from hypothesis import strategies as st
 from bench import sqlite_workload as wl
 from compute_shim import Client, CommitRefused, CommitUncertain, PageError, WriteConflict, connect_sqlite
 from compute_shim import sqlite as strata_sqlite
-from compute_shim.sqlite import (
-    SPLICE_OVERHEAD,
-    SQLITE_REL,
-    StrataDbFile,
-    _DbConfig,
-    _patch_or_image,
-    page_records,
-    refused_pragma,
-)
+from compute_shim.page_records import SPLICE_OVERHEAD, page_records, patch_or_image
+from compute_shim.sqlite import SQLITE_REL, StrataDbFile, _DbConfig
+from compute_shim.sqlite_pragmas import refused_pragma
 from strata.redo import apply_to_page, validate_record
 from strata.v1 import records_pb2
 from tests.compute_shim.conftest import Stack
@@ -302,24 +296,24 @@ def test_patch_when_smaller_than_image() -> None:
     small = bytearray(old)
     small[100:104] = b"abcd"
     small[4000:4002] = b"xy"
-    record = _patch_or_image(1, 7, old, bytes(small))
+    record = patch_or_image(1, 7, old, bytes(small))
     assert record is not None and record.WhichOneof("kind") == "patch"
     # Splices cover the changed 8-byte words.
     assert [(s.offset, len(s.data)) for s in record.patch.splices] == [(96, 8), (4000, 8)]
     assert all(s.data == bytes(small)[s.offset : s.offset + len(s.data)] for s in record.patch.splices)
     whole = bytes(range(256)) * 16
-    assert _patch_or_image(1, 7, old, whole).WhichOneof("kind") == "image"
-    assert _patch_or_image(1, 7, old, old) is None
+    assert patch_or_image(1, 7, old, whole).WhichOneof("kind") == "image"
+    assert patch_or_image(1, 7, old, old) is None
     # Nearby changes share one splice rather than paying a splice's overhead twice.
     near = bytearray(old)
     near[10] = 1
     near[70] = 1
-    merged = _patch_or_image(1, 7, old, bytes(near))
+    merged = patch_or_image(1, 7, old, bytes(near))
     assert [(s.offset, len(s.data)) for s in merged.patch.splices] == [(8, 64)]
     # Changes in every word: the image is smaller than a patch.
     scattered = bytearray(old)
     scattered[::8] = b"\x01" * len(scattered[::8])
-    assert _patch_or_image(1, 7, old, bytes(scattered)).WhichOneof("kind") == "image"
+    assert patch_or_image(1, 7, old, bytes(scattered)).WhichOneof("kind") == "image"
     assert isinstance(merged, records_pb2.Record)
 
 
