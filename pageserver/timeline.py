@@ -343,10 +343,17 @@ class Timeline:
     async def wait_for_flush_room(self) -> None:
         """Back-pressure: wait while `max_frozen_layers` frozen layers wait for
         their flush (a full disk), so ingest does not grow memory without bound."""
+        if len(self.layer_map.frozen) < self.config.max_frozen_layers or self.deleted:
+            return
+        self.log.info(
+            "ingest_paused", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.last_record_lsn,
+            frozen_layers=len(self.layer_map.frozen), reason="flush_behind",
+        )
         while len(self.layer_map.frozen) >= self.config.max_frozen_layers and not self.deleted:
             if self._flush_task is None:
                 self._flush_task = asyncio.create_task(self._flush_frozen())
             await self._flush_progress.wait()
+        self.log.info("ingest_resumed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.last_record_lsn)
 
     async def _flush_one(self, mem: InMemoryLayer) -> None:
         name = LayerName("delta", 0, KEY_SPACE_END, mem.start_lsn, mem.end_lsn, self.index.generation)

@@ -73,10 +73,22 @@ def test_flush_retried_once_space_is_back_and_reads_served_meanwhile(small_disk,
     pages.check()  # served from memory (and the layer files still local)
     assert "layer_flush_failed" in ps.log_text() and "reason=disk_full" in ps.log_text()
 
+    # Back-pressure: each batch below is one freeze; once max_frozen_layers (2) wait
+    # for their flush, ingest stops taking WAL instead of growing memory.
+    for first in range(16, 48, 8):
+        end = pages.write(range(first, first + 8))
+        wait_until(
+            "the batch to be ingested, or ingest to pause",
+            lambda: pages.info().last_record_lsn == end or "event=ingest_paused" in ps.log_text(),
+        )
+    assert "event=ingest_paused" in ps.log_text()
+    assert pages.info().last_record_lsn < pages.end_lsn
+
     disk.free()
-    # No new freeze happens (nothing more is written): the retry alone flushes it.
+    # No new freeze is forced: the retries alone flush the frozen layers, and ingest resumes.
     wait_until("the retried flush to go through", lambda: pages.info().disk_consistent_lsn == pages.end_lsn)
     assert "event=disk_space_back" in ps.log_text() and "event=layer_flush_recovered" in ps.log_text()
+    assert "event=ingest_resumed" in ps.log_text()
     pages.check()
     ps.stop()
     ps.start()
