@@ -57,6 +57,8 @@ expose anything above commit_lsn.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -417,6 +419,12 @@ class Timeline:
                 if cursor.position >= self.control.floor_lsn:
                     await asyncio.shield(self._raise_floor())
                     if cursor.position >= self.control.floor_lsn:
+                        if self.disk.full:
+                            raise disk_full_error(
+                                "walservice", self.wal.directory,
+                                f"floor_lsn was not recorded in the control file, so no WAL past lsn={self.control.floor_lsn} is served",
+                                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                            )
                         raise Unavailable(
                             f"tenant={self.tenant_id} timeline={self.timeline_id}: cannot record floor_lsn in the "
                             "control file, so no WAL past it is served (see the control_write_failed log line)"
@@ -539,8 +547,11 @@ class Timeline:
             try:
                 await self._advance_control("floor_lsn", lsn)
             except OSError as exc:
+                if is_disk_full(exc):
+                    self.disk.failed("control_file", exc, tenant=self.tenant_id, timeline=self.timeline_id)
                 self.log.warning("control_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=lsn, error=exc)
                 return
+            self.disk.succeeded()
 
     def _persist_commit_floor(self) -> None:
         """At each new segment, record commit_lsn in the control file (in the
