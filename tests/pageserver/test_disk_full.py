@@ -10,6 +10,7 @@ import random
 import re
 
 import grpc
+import pytest
 
 from compute_shim import Client
 from strata.v1 import records_pb2
@@ -83,18 +84,30 @@ def test_flush_retried_once_space_is_back_and_reads_served_meanwhile(small_disk,
         )
     assert "event=ingest_paused" in ps.log_text()
     assert pages.info().last_record_lsn < pages.end_lsn
+    # Other calls that need the disk say why they cannot go on, never UNKNOWN.
+    with pytest.raises(grpc.RpcError) as refused:
+        pages.client.create_timeline(tenant_id=pages.tenant_id, ancestor_timeline_id=pages.timeline_id)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (refused.value.code(), refused.value.details())
+    assert "is full" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        pages.client.compact(tenant_id=pages.tenant_id, timeline_id=pages.timeline_id)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (refused.value.code(), refused.value.details())
 
     disk.free()
     # No new freeze is forced: the retries alone flush the frozen layers, and ingest resumes.
     wait_until("the retried flush to go through", lambda: pages.info().disk_consistent_lsn == pages.end_lsn)
     assert "event=disk_space_back" in ps.log_text() and "event=layer_flush_recovered" in ps.log_text()
     assert "event=ingest_resumed" in ps.log_text()
+    listed = pages.client.list_timelines(tenant_id=pages.tenant_id).timelines
+    assert [t.timeline_id for t in listed] == [pages.timeline_id], "the refused branch was left behind"
     pages.check()
     ps.stop()
     ps.start()
     pages.client.close()
     pages.client = Client(pageserver=ps.address, walservice=strata_env.components[0].address)
     pages.check()
+    listed = pages.client.list_timelines(tenant_id=pages.tenant_id).timelines
+    assert [t.timeline_id for t in listed] == [pages.timeline_id], "the refused branch came back at the restart"
     pages.client.close()
 
 
