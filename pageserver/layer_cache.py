@@ -14,6 +14,16 @@ local file is a cache entry. `LayerCache` (one per pageserver):
   evicted; eviction runs on the event loop, and reads of layer files run on the
   event loop synchronously, so no read is ever in the middle of an evicted file.
 
+Only a layer named by an uploaded index has `remote` set (remote_timeline.py
+sets it once that index is up), so an evicted layer can always be downloaded
+again, after a restart too.
+
+Disk full (strata/disk_space.py): `evict_for_space(n)` evicts uploaded,
+unpinned layers (least recently used first), whatever the budget, until about
+`n` bytes are freed: a layer flush that ran out of space calls it before its
+retry (pageserver/timeline.py). A download that runs out of space evicts the
+same way and tries once more, then answers RESOURCE_EXHAUSTED (DiskFull).
+
 Without remote storage nothing is evicted (no layer has `remote`).
 
 Concurrency: `download`/`evict` run on the event loop; `touch` may be called
@@ -28,6 +38,9 @@ from collections import OrderedDict
 from concurrent.futures import Executor
 
 from pageserver.layer_map import HistoricLayer, LayerDownloadNeeded
+from pathlib import Path
+
+from strata.disk_space import DiskSpaceWatch, disk_full_error, is_disk_full
 from strata.errors import Unavailable
 from strata.logs import EventLogger
 from strata.remote_storage.interface import RemoteStorage
@@ -36,8 +49,14 @@ DEFAULT_LOCAL_CACHE_BYTES = 10 * 1024**3
 
 
 class LayerCache:
-    def __init__(self, storage: RemoteStorage | None, executor: Executor, log: EventLogger, budget_bytes: int) -> None:
+    def __init__(
+        self, storage: RemoteStorage | None, executor: Executor, log: EventLogger, budget_bytes: int,
+        data_dir: Path | None = None,
+    ) -> None:
         self.storage = storage
+        self.data_dir = data_dir or Path(".")
+        # The pageserver's disk-full state, shared by its timelines (`disk_full` / `disk_space_back`).
+        self.disk = DiskSpaceWatch(log, self.data_dir)
         self.executor = executor
         self.log = log
         self.budget_bytes = budget_bytes
@@ -93,9 +112,22 @@ class LayerCache:
                     self.local_bytes -= layer.file_size
             layer.local = False
             storage, remote = self.storage, layer.remote
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, lambda: storage.download_file(remote.key, layer.path, expected=remote)
-            )
+            fetch = lambda: storage.download_file(remote.key, layer.path, expected=remote)  # noqa: E731
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, fetch)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self.disk.failed("layer_download", exc, layer=layer.name.file_name)
+                if not self.evict_for_space(remote.size):
+                    raise disk_full_error("pageserver", self.data_dir, f"layer {layer.name.file_name} was not downloaded", exc) from exc
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self.executor, fetch)
+                except OSError as again:
+                    if not is_disk_full(again):
+                        raise
+                    raise disk_full_error("pageserver", self.data_dir, f"layer {layer.name.file_name} was not downloaded", again) from again
+            self.disk.succeeded()
             layer.local = True
             self.adopt(layer)
             self.log.info("layer_downloaded", layer=layer.name.file_name, key=remote.key, bytes=remote.size)
@@ -117,11 +149,17 @@ class LayerCache:
 
     def evict(self) -> None:
         """Evict LRU layers (uploaded, unpinned) until local bytes fit the budget."""
-        if self.local_bytes <= self.budget_bytes:
-            return
+        if self.local_bytes > self.budget_bytes:
+            self._evict(self.local_bytes - self.budget_bytes, "budget")
+
+    def evict_for_space(self, need_bytes: int) -> int:
+        """The disk is full: evict LRU layers (uploaded, unpinned) until about
+        `need_bytes` are freed, whatever the budget. Returns the bytes freed."""
+        return self._evict(max(1, need_bytes), "disk_full")
+
+    def _evict(self, over: int, reason: str) -> int:
         with self._lock:
             victims = []
-            over = self.local_bytes - self.budget_bytes
             for layer in self._lru.values():
                 if over <= 0:
                     break
@@ -136,4 +174,7 @@ class LayerCache:
             layer.close()
             layer.local = False
             layer.path.unlink(missing_ok=True)
-            self.log.info("layer_evicted", layer=layer.name.file_name, bytes=layer.file_size, local_bytes=self.local_bytes)
+            self.log.info(
+                "layer_evicted", layer=layer.name.file_name, bytes=layer.file_size, local_bytes=self.local_bytes, reason=reason,
+            )
+        return sum(layer.file_size for layer in victims)

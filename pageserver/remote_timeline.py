@@ -335,6 +335,7 @@ class RemoteTimelineClient:
         index = tl.index
         tenant, timeline = TenantId(tl.tenant_id), TimelineId(tl.timeline_id)
         entries = []
+        uploaded: list[tuple[Any, RemoteObject]] = []  # (layer, object): `remote` is set once the index is up
         for entry in index.layers:
             obj = self.remote_objects.get(entry.file_name)
             if obj is None:
@@ -364,12 +365,12 @@ class RemoteTimelineClient:
                         raise _Superseded() from None  # compaction removed it meanwhile
                     raise
                 self.remote_objects[entry.file_name] = obj
-                layer.remote = obj
+                uploaded.append((layer, obj))
                 self.log.info("layer_uploaded", tenant=tl.tenant_id, timeline=tl.timeline_id, layer=entry.file_name, bytes=obj.size)
             else:
                 layer = tl.layer_by_name(entry.file_name)
                 if layer is not None and layer.remote is None:
-                    layer.remote = obj
+                    uploaded.append((layer, obj))
             entries.append(replace(entry, remote_checksum=obj.checksum))
         remote_index = replace(index, layers=tuple(entries))
         await self.check_generation()  # step 2
@@ -379,6 +380,10 @@ class RemoteTimelineClient:
         await self._blocking(lambda: self.storage.upload_bytes(data, key, overwrite=True))
         await self.check_generation()  # step 4: an attach that landed during the PUT fences us here
         self.remote_index = remote_index
+        for layer, obj in uploaded:
+            # Named by an uploaded index now: the local file may be evicted (layer_cache.py),
+            # since a read after a restart finds the layer through that index.
+            layer.remote = obj
         self._synced = index
         advanced = index.disk_consistent_lsn != self.remote_consistent_lsn
         self.remote_consistent_lsn = index.disk_consistent_lsn

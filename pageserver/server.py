@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace) -> None:
         ctx = PageserverContext(
             remote=remote,
             remote_url=args.remote_storage or "",
-            layer_cache=LayerCache(remote, executor, log, args.local_cache_bytes),
+            layer_cache=LayerCache(remote, executor, log, args.local_cache_bytes, args.data_dir),
             data_dir=args.data_dir,
             executor=executor,
             block_cache=BlockCache(args.block_cache_bytes),

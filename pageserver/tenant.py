@@ -335,7 +335,9 @@ class Tenant:
             self.ctx.log.error("compaction_failed", tenant=self.tenant_id, timeline=timeline.timeline_id, error=repr(exc))
 
     async def _backpressure(self, timeline: Timeline) -> None:
-        """Slow ingest while L0 layers pile up past the stall threshold."""
+        """Slow ingest while L0 layers pile up past the stall threshold, or while
+        frozen layers wait for a flush that fails (a full disk: Timeline.wait_for_flush_room)."""
+        await timeline.wait_for_flush_room()
         while len(timeline.layer_map.l0_deltas()) >= timeline.config.l0_stall_threshold and not timeline.deleted:
             await self.schedule_compaction(timeline)
 

@@ -20,6 +20,21 @@ locally) and retries; compaction pins the layers it reads and makes them local
 first (layer_cache.py). The layer map and truncation lists come from the
 index through snapshot_reader.py, as for readers of an uploaded index (gpu/).
 
+Disk full (strata/disk_space.py): a flush that fails (out of space, or any
+other error) leaves the frozen layer in memory, where reads keep finding it,
+and is retried by the same flush task with backoff (FLUSH_RETRY_S, doubling
+up to FLUSH_RETRY_MAX_S), not only at the next freeze; a half-written layer
+file is removed first (its temp file by the writer, an unindexed one here).
+Out of space, it first evicts local layer files that an uploaded index names
+(layer_cache.evict_for_space; read again on demand), so with remote storage
+the flush usually goes through at once. Meanwhile ingest is held back
+(`wait_for_flush_room`, called by the tenant's back-pressure): it stops
+taking WAL while `max_frozen_layers` frozen layers wait, so memory stays
+bounded by about (max_frozen_layers + 1) x checkpoint_bytes, and the
+walservice keeps the WAL. `checkpoint()` (Compact, Gc, shutdown) answers
+RESOURCE_EXHAUSTED instead of waiting for space; the log says `disk_full` once
+and `disk_space_back` when a write succeeds again.
+
 Concurrency: a Timeline is owned by the event loop. `_index_lock` (asyncio)
 serializes index_part changes (flush, compaction); file writing and compaction
 run on the executor and touch only frozen or immutable layers. Compaction and
@@ -52,7 +67,8 @@ from pageserver.layer_cache import LayerCache
 from pageserver.layers.names import LayerName
 from pageserver.snapshot_reader import index_layers, index_truncations
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
-from strata.errors import CorruptionError, DeadlineExceeded, FailedPrecondition, Unavailable
+from strata.disk_space import DiskSpaceWatch, disk_full_error, is_disk_full
+from strata.errors import CorruptionError, DeadlineExceeded, FailedPrecondition, StrataError, Unavailable
 from strata.ids import Lsn, TenantId, TimelineId
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
@@ -75,6 +91,12 @@ class TimelineConfig:
     l1_target_bytes: int = 64 * 1024 * 1024  # cut L1 delta files at about this size
     l0_stall_threshold: int = 30  # ingest waits for compaction past this many L0 layers
     max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
+    max_frozen_layers: int = 2  # ingest waits while this many frozen layers wait for their flush
+
+
+# A failed layer flush is retried after this, doubling up to the max.
+FLUSH_RETRY_S = 0.1
+FLUSH_RETRY_MAX_S = 2.0
 
 
 _CACHE_TOKENS = itertools.count(1)
@@ -157,6 +179,12 @@ class Timeline:
         self.truncations: dict[int, list[tuple[Lsn, int]]] = index_truncations(index)
         self._index_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
+        # Why the last flush attempt failed (None after a success), and an event
+        # pulsed after every attempt; both owned by the loop (see "Disk full").
+        self.flush_error: Exception | None = None
+        self._flush_progress = asyncio.Event()
+        # The pageserver's disk-full state (shared through the layer cache).
+        self.disk = layer_cache.disk if layer_cache is not None else DiskSpaceWatch(log, directory)
         # Commit times of ingested batches, ascending in both LSN and time.
         self._commit_times: list[CommitTime] = list(index.commit_times)
         # Reads and branches below this are refused; raised (only) by gc().
@@ -261,13 +289,71 @@ class Timeline:
         return True
 
     async def _flush_frozen(self) -> None:
+        """Flush the frozen layers oldest first; a failure is retried with backoff
+        until it goes through (see "Disk full")."""
+        backoff = FLUSH_RETRY_S
         try:
             while self.layer_map.frozen and not self.deleted:
-                await self._flush_one(self.layer_map.frozen[0])
-        except Exception as exc:  # noqa: BLE001 - logged; the layer stays in memory and is retried
-            self.log.error("layer_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, error=repr(exc))
+                mem = self.layer_map.frozen[0]
+                try:
+                    await self._flush_one(mem)
+                except Exception as exc:  # noqa: BLE001 - logged; the layer stays in memory and is retried
+                    self._flush_failed(mem, exc)
+                    self._pulse_flush_progress()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, FLUSH_RETRY_MAX_S)
+                    continue
+                backoff = FLUSH_RETRY_S
+                if self.flush_error is not None:
+                    self.log.info("layer_flush_recovered", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.disk_consistent_lsn)
+                    self.flush_error = None
+                self.disk.succeeded()
+                self._pulse_flush_progress()
         finally:
             self._flush_task = None
+            self._pulse_flush_progress()
+
+    def _flush_failed(self, mem: InMemoryLayer, exc: Exception) -> None:
+        """Log a failed flush (once per outage) and, out of space, evict uploaded
+        layer files to make room for the retry."""
+        first = self.flush_error is None
+        if is_disk_full(exc):
+            self.flush_error = disk_full_error(
+                "pageserver", self.directory, f"the in-memory layer up to lsn={mem.end_lsn - 1} was not flushed", exc
+            )
+            self.disk.failed("layer_flush", exc, tenant=self.tenant_id, timeline=self.timeline_id)
+            freed = self.layer_cache.evict_for_space(mem.bytes) if self.layer_cache is not None else 0
+            if first:
+                self.log.warning(
+                    "layer_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.disk_consistent_lsn,
+                    reason="disk_full", evicted_bytes=freed, error=self.flush_error, action="retrying",
+                )
+            return
+        self.flush_error = exc
+        if first:
+            self.log.error(
+                "layer_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.disk_consistent_lsn,
+                error=repr(exc), action="retrying",
+            )
+
+    def _pulse_flush_progress(self) -> None:
+        self._flush_progress.set()
+        self._flush_progress = asyncio.Event()
+
+    async def wait_for_flush_room(self) -> None:
+        """Back-pressure: wait while `max_frozen_layers` frozen layers wait for
+        their flush (a full disk), so ingest does not grow memory without bound."""
+        if len(self.layer_map.frozen) < self.config.max_frozen_layers or self.deleted:
+            return
+        self.log.info(
+            "ingest_paused", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.last_record_lsn,
+            frozen_layers=len(self.layer_map.frozen), reason="flush_behind",
+        )
+        while len(self.layer_map.frozen) >= self.config.max_frozen_layers and not self.deleted:
+            if self._flush_task is None:
+                self._flush_task = asyncio.create_task(self._flush_frozen())
+            await self._flush_progress.wait()
+        self.log.info("ingest_resumed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.last_record_lsn)
 
     async def _flush_one(self, mem: InMemoryLayer) -> None:
         name = LayerName("delta", 0, KEY_SPACE_END, mem.start_lsn, mem.end_lsn, self.index.generation)
@@ -283,7 +369,12 @@ class Timeline:
                 relations=relation_directory(mem.relations_at_end),
                 truncations=mem.truncations_at_end,
             )
-            await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
+            try:
+                await loop.run_in_executor(self.executor, write_index_part, self.directory, index)
+            except BaseException:
+                # No index names the file: remove it now (it holds space a retry needs).
+                path.unlink(missing_ok=True)
+                raise
             self.index = index
             self.layer_map.historic.append(layer)
             self.layer_map.frozen.remove(mem)
@@ -303,13 +394,20 @@ class Timeline:
             self.on_persisted(self)
 
     async def checkpoint(self) -> None:
-        """Freeze the open layer and wait until everything ingested is in layer files."""
+        """Freeze the open layer and wait until everything ingested is in layer
+        files; a flush that fails meanwhile raises (DiskFull when out of space:
+        it goes on retrying in the background)."""
         self.maybe_freeze(force=True)
-        while self._flush_task is not None:
-            await self._flush_task
-        if self.layer_map.frozen and not self.deleted:
-            self._flush_task = asyncio.create_task(self._flush_frozen())
-            await self._flush_task
+        while self.layer_map.frozen and not self.deleted:
+            if self._flush_task is None:
+                self._flush_task = asyncio.create_task(self._flush_frozen())
+            progress = self._flush_progress
+            await progress.wait()
+            if self.layer_map.frozen and self.flush_error is not None:
+                error = self.flush_error
+                if isinstance(error, StrataError):
+                    raise error
+                raise Unavailable(f"{self}: the layer flush failed: {error!r}; it is retried") from error
 
     async def commit_layers(self, remove: list[HistoricLayer], add: list[HistoricLayer], **index_fields) -> None:
         """Swap layers in the index and the map (compaction, GC), then delete the
@@ -638,4 +736,6 @@ class Timeline:
                 await self.checkpoint()
             except Exception as exc:  # noqa: BLE001 - shutdown goes on; the WAL still has it
                 self.log.warning("shutdown_flush_failed", tenant=self.tenant_id, timeline=self.timeline_id, error=repr(exc))
+        if self._flush_task is not None:
+            self._flush_task.cancel()  # (retrying a failed flush: the WAL still has what it held)
         self.layer_map.close()

@@ -13,6 +13,8 @@ message; each service maps them onto gRPC status codes in one place
     ├── AlreadyExists               -> ALREADY_EXISTS
     ├── DeadlineExceeded            -> DEADLINE_EXCEEDED (an LSN not reached in time)
     ├── Unavailable                 -> UNAVAILABLE       (shutting down, no quorum, not leader)
+    ├── ResourceExhausted           -> RESOURCE_EXHAUSTED
+    │   └── DiskFull                (ENOSPC/EDQUOT: nothing was written; retry once space is back)
     └── CorruptionError             -> DATA_LOSS         (bytes on disk failed their checksum)
 
 Shutdown and cancellation are not errors and are not raised as these.
@@ -67,6 +69,16 @@ class DeadlineExceeded(StrataError):
 
 class Unavailable(StrataError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(StrataError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DiskFull(ResourceExhausted):
+    """A write found the data directory full (ENOSPC, or EDQUOT): what was being
+    written was not (or was rolled back); the same call succeeds once space is
+    back, with no restart (strata/disk_space.py builds these)."""
 
 
 class CorruptionError(StrataError):

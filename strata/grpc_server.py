@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from strata.disk_space import disk_full_error, is_disk_full
 from strata.errors import CorruptionError, InvalidArgument, StrataError, abort_with
 from strata.logs import EventLogger
 
@@ -181,5 +183,14 @@ def unary_rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except StrataError as exc:
             log_rpc_failure(self.log, fn.__name__, request, exc)
             await abort_with(context, exc)
+        except OSError as exc:
+            # A write that ran out of space where no component turned it into DiskFull:
+            # still RESOURCE_EXHAUSTED with the directory, never UNKNOWN.
+            if not is_disk_full(exc):
+                raise
+            where = Path(exc.filename).parent if exc.filename else Path(".")
+            error = disk_full_error(self.log.component, where, f"{fn.__name__} did not complete", exc)
+            log_rpc_failure(self.log, fn.__name__, request, error)
+            await abort_with(context, error)
 
     return handler

@@ -202,6 +202,71 @@ class StrataEnv:
         assert not failures, "components did not shut down cleanly:\n" + "\n".join(failures)
 
 
+class SmallDisk:
+    """A really full filesystem for disk-full tests: a tmpfs of `size_bytes`
+    mounted at `path` (root only), which `fill` fills to the last byte with a
+    filler file and `free` empties again. Writes there fail with ENOSPC as on
+    any full disk."""
+
+    FILLER = ".filler"
+
+    def __init__(self, path: Path, size_bytes: int) -> None:
+        self.path = path
+        self.size_bytes = size_bytes
+        self.mounted = False
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes},mode=0755", "tmpfs", str(self.path)],
+            check=True, capture_output=True,
+        )
+        self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False, capture_output=True)
+            self.mounted = False
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self) -> None:
+        """Write the filler until a write fails for want of space, whatever the size."""
+        chunk = 1 << 20
+        fd = os.open(self.path / self.FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while chunk:
+                try:
+                    os.write(fd, b"\xff" * chunk)
+                except OSError:
+                    chunk //= 2
+        finally:
+            os.close(fd)
+        assert self.free_bytes() == 0, f"{self.path} still has {self.free_bytes()} bytes free"
+
+    def free(self) -> None:
+        (self.path / self.FILLER).unlink(missing_ok=True)
+
+
+def can_mount_tmpfs() -> str | None:
+    """None when this process may mount a tmpfs (root, with mount available), else why not."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs for a really full disk needs root"
+    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"strata-mount-probe-{os.getpid()}"
+    disk = SmallDisk(probe, 64 * 1024)
+    try:
+        disk.mount()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        return f"cannot mount a tmpfs here: {exc} {detail.decode(errors='replace').strip()}"
+    finally:
+        disk.unmount()
+        probe.rmdir() if probe.exists() else None
+    return None
+
+
 def env_flag(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 

@@ -35,6 +35,18 @@ waiting on it), so no reader ever sees WAL that a restart could hand out again.
 Each answered round raises it too, in the background (acknowledged WAL is
 protected once that write lands, one control write later; streamed WAL always).
 
+Out of disk space (walservice/wal_storage.py, "Out of disk space"): a round
+whose write ran out of space was rolled back by `write_and_sync`, so its callers
+and those of every round queued behind it (their LSNs follow its) are answered
+RESOURCE_EXHAUSTED, `end_lsn` goes back to `flush_lsn`, and the timeline takes
+the next append as usual: once space is back it is written, with no restart.
+A follower does the same with replicated frames: it refuses them (the leader
+counts it as not acked and sends them again, with backoff, until it takes
+them). A leader of a cluster whose own write runs out of space has handed the
+round to its replicators already, so it cannot take it back: it stops the
+timeline as for any other write error (a known limit: a restart, with space,
+recovers it; the other nodes go on without it).
+
 Invariants: floor_lsn <= commit_lsn <= flush_lsn <= end_lsn <= the sequenced end (the end of
 the last queued round). `end_lsn` counts what is written or being written but
 maybe not yet durable; `flush_lsn` what is fsync'd here; `commit_lsn` what is
@@ -45,6 +57,8 @@ expose anything above commit_lsn.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -52,7 +66,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from strata.errors import CorruptionError, EndLsnMismatch, StrataError, Unavailable
+from strata.disk_space import DiskSpaceWatch, disk_full_error, is_disk_full
+from strata.errors import CorruptionError, DiskFull, EndLsnMismatch, StrataError, Unavailable
 from strata.ids import Lsn, TenantId, Term, TimelineId
 from strata.logs import EventLogger
 from walservice.control_file import TimelineControl, write_control
@@ -102,8 +117,11 @@ class Timeline:
         executor: Executor,
         log: EventLogger,
         clock_us: Callable[[], int] = wall_clock_us,
+        disk: DiskSpaceWatch | None = None,
     ) -> None:
         self.wal = wal
+        # The node's disk-full state (`disk_full` / `disk_space_back` log lines).
+        self.disk = disk if disk is not None else DiskSpaceWatch(log, wal.directory)
         self.control: TimelineControl = wal.control
         self.executor = executor
         self.log = log
@@ -274,11 +292,18 @@ class Timeline:
         """Wait for the round's write, then release `wal_lock` (None: it failed)."""
         try:
             await write
+        except DiskFull as exc:
+            if self.replica is not None:
+                self._stop_after_write_error(exc, rnd)  # sent to the followers already (see the docstring)
+            else:
+                self._refuse_after_disk_full(exc, rnd)
+            return None
         except OSError as exc:
             self._stop_after_write_error(exc, rnd)
             return None
         finally:
             self.wal_lock.release()
+        self.disk.succeeded()
         self.wal.committed(rnd.end_lsn, new_segment_at)
         self.flush_lsn = rnd.end_lsn
         if new_segment_at is not None:
@@ -328,7 +353,18 @@ class Timeline:
                 _settle(future, exc=exc)
         self._rounds.clear()
 
-    def _stop_after_write_error(self, exc: OSError, rnd: _Round) -> None:
+    def _refuse_after_disk_full(self, exc: DiskFull, rnd: _Round) -> None:
+        """The round's write ran out of space and was rolled back: refuse it and
+        every round behind it, and sequence the next append where the WAL ends."""
+        self.end_lsn = self.flush_lsn
+        self.disk.failed("wal_append", exc, tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn)
+        self.log.info(
+            "wal_append_refused", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn,
+            reason="disk_full", batches=len(rnd.acks) + sum(len(r.acks) for r in self._rounds),
+        )
+        self._refuse_queued(rnd, exc)
+
+    def _stop_after_write_error(self, exc: OSError | StrataError, rnd: _Round | None) -> None:
         """A failed write or fsync leaves the file's state unknown: stop the timeline
         (a restart recovers the tail) and acknowledge nothing."""
         self.broken = StrataError(
@@ -336,7 +372,8 @@ class Timeline:
             "the timeline is stopped until the walservice restarts and recovers it"
         )
         self.log.error("wal_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn, error=exc)
-        self._refuse_queued(rnd, self.broken)
+        if rnd is not None:
+            self._refuse_queued(rnd, self.broken)
         self._wake_streams()
 
     # -- streams -----------------------------------------------------------------
@@ -382,6 +419,12 @@ class Timeline:
                 if cursor.position >= self.control.floor_lsn:
                     await asyncio.shield(self._raise_floor())
                     if cursor.position >= self.control.floor_lsn:
+                        if self.disk.full:
+                            raise disk_full_error(
+                                "walservice", self.wal.directory,
+                                f"floor_lsn was not recorded in the control file, so no WAL past lsn={self.control.floor_lsn} is served",
+                                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                            )
                         raise Unavailable(
                             f"tenant={self.tenant_id} timeline={self.timeline_id}: cannot record floor_lsn in the "
                             "control file, so no WAL past it is served (see the control_write_failed log line)"
@@ -407,9 +450,18 @@ class Timeline:
     # -- state -------------------------------------------------------------------
 
     async def report_persisted(self, remote_consistent_lsn: Lsn) -> None:
-        """Record the pageserver's remote_consistent_lsn (it only moves forward)."""
+        """Record the pageserver's remote_consistent_lsn (it only moves forward);
+        RESOURCE_EXHAUSTED when the control file cannot be written for want of space."""
         self.check_usable()
-        await self._advance_control("remote_consistent_lsn", remote_consistent_lsn)
+        try:
+            await self._advance_control("remote_consistent_lsn", remote_consistent_lsn)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.disk.failed("control_file", exc, tenant=self.tenant_id, timeline=self.timeline_id)
+            raise disk_full_error(
+                "walservice", self.wal.directory, f"remote_consistent_lsn={remote_consistent_lsn} was not recorded", exc
+            ) from exc
 
     async def record_backup(self, backup_lsn: Lsn) -> None:
         """Record that remote storage durably holds this timeline's WAL up to
@@ -441,10 +493,18 @@ class Timeline:
             # (An empty segment already starting there, e.g. a rejoining node's first one, is used as it is.)
             new_segment_at = start_lsn if new_segment and self.wal.segments[-1].start_lsn != start_lsn else None
             try:
-                await asyncio.get_running_loop().run_in_executor(self.executor, self.wal.write_and_sync, data, new_segment_at)
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.wal.write_and_sync, data, new_segment_at,
+                    "the replicated frames were not written (the leader sends them again)",
+                )
+            except DiskFull as exc:
+                # Rolled back: refused whole, end_lsn unchanged; the leader retries.
+                self.disk.failed("wal_replicated_write", exc, tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn)
+                raise
             except OSError as exc:
-                self._stop_after_write_error(exc, [])
+                self._stop_after_write_error(exc, None)
                 raise self.broken from exc  # type: ignore[misc]
+            self.disk.succeeded()
             self.wal.committed(end_lsn, new_segment_at)
             self.end_lsn = self.flush_lsn = end_lsn
         if new_segment_at is not None:
@@ -487,8 +547,11 @@ class Timeline:
             try:
                 await self._advance_control("floor_lsn", lsn)
             except OSError as exc:
+                if is_disk_full(exc):
+                    self.disk.failed("control_file", exc, tenant=self.tenant_id, timeline=self.timeline_id)
                 self.log.warning("control_write_failed", tenant=self.tenant_id, timeline=self.timeline_id, lsn=lsn, error=exc)
                 return
+            self.disk.succeeded()
 
     def _persist_commit_floor(self) -> None:
         """At each new segment, record commit_lsn in the control file (in the

@@ -8,7 +8,9 @@ Layout under the data dir::
 Creation is crash-safe: the directory is built as `.<timeline_id>.tmp` (control
 file and first segment, fsync'd), then renamed into place and the parent fsync'd;
 a creation that fails (out of disk, out of file descriptors) removes its `.tmp`
-directory at once, and what a crash left is removed on start.
+directory (and a tenant directory it made) at once, and what a crash left is
+removed on start. Out of space (ENOSPC, EDQUOT) it answers RESOURCE_EXHAUSTED
+naming the data dir and its free bytes; the same call succeeds once space is back.
 
 Open files: each timeline keeps its open segment's write descriptor between
 appends, in one LRU for the node of at most `max_open_segments` idle descriptors
@@ -48,6 +50,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from strata import ids
+from strata.disk_space import DiskSpaceWatch, disk_full_error, is_disk_full
 from strata.durable_file import fsync_dir
 from strata.errors import AlreadyExists, CorruptionError, NotFound, StrataError
 from strata.logs import EventLogger
@@ -87,6 +90,8 @@ class TimelineSet:
         # file, until the peers recreate them here. Owned by the event loop.
         self._lost: dict[tuple[str, str], TimelineControl] = {}
         self._create_lock = asyncio.Lock()
+        # The node's disk-full state, shared by its timelines (strata/disk_space.py).
+        self.disk = DiskSpaceWatch(log, data_dir)
         # Set before `load` on a node of a cluster: every timeline gets a replica.
         self.cluster: Cluster | None = None
         # Run by `delete` after the timeline stopped, before its files go (the
@@ -95,7 +100,7 @@ class TimelineSet:
 
     def _new_timeline(self, wal: TimelineWal) -> Timeline:
         wal.offloaded = self.offloaded
-        timeline = Timeline(wal, self.executor, self.log)
+        timeline = Timeline(wal, self.executor, self.log, disk=self.disk)
         if self.cluster is not None:
             self.cluster.attach(timeline)
         return timeline
@@ -286,7 +291,16 @@ class TimelineSet:
                 # The peers hold it already: catch up before voting or serving.
                 catchup_lsn=catchup_lsn if abstain_term else None,
             )
-            wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control, first)
+            try:
+                wal = await asyncio.get_running_loop().run_in_executor(self.executor, self._create_files, control, first)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self.disk.failed("create_timeline", exc, tenant=key[0], timeline=key[1])
+                raise disk_full_error(
+                    "walservice", self.root.parent, f"timeline {key[0]}/{key[1]} was not created (nothing of it is left)", exc
+                ) from exc
+            self.disk.succeeded()
             timeline = self._new_timeline(wal)
             self._timelines[key] = timeline
             self._lost.pop(key, None)
@@ -308,7 +322,12 @@ class TimelineSet:
         tmp = tenant_dir / f".{control.timeline_id}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except BaseException:
+            if new_tenant:
+                _remove_empty_dir(tenant_dir)
+            raise
         try:
             wal = TimelineWal(tmp, control, self.segment_bytes)
             _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
@@ -317,6 +336,8 @@ class TimelineSet:
             tmp.rename(final)
         except BaseException:
             _remove_half_made(tmp, [CONTROL_FILE_NAME, segment_file_name(first_lsn)])
+            if new_tenant:
+                _remove_empty_dir(tenant_dir)
             raise
         fsync_dir(tenant_dir)
         if new_tenant:
@@ -360,6 +381,14 @@ def _remove_half_made(tmp: Path, names: list[str]) -> None:
         tmp.rmdir()
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_empty_dir(directory: Path) -> None:
+    """Remove a tenant directory a failed creation made, if nothing else is in it."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -19,6 +19,19 @@ Crash consistency:
   not a torn write: `DamagedBelowFloor` (DATA_LOSS), and nothing is cut, so the
   LSNs it held are never handed out again.
 
+Out of disk space (ENOSPC, EDQUOT; strata/disk_space.py): a write that runs out
+of space is rolled back before `write_and_sync` raises `DiskFull`
+(RESOURCE_EXHAUSTED): the open segment is cut back to its last whole batch (the
+`end_lsn` the loop knows, never what the file's size says) and that cut is
+fsync'd; a segment the write had just started is deleted. Nothing of the batch
+is acknowledged, and neither recovery nor the next append can misread it: the
+next write starts at the same position, on a fresh descriptor, and writes its
+bytes anew (after a failed fsync the page cache's state is unknown, so, as
+PostgreSQL learnt in "fsyncgate", nothing is retried as if it were durable).
+The timeline keeps serving and takes the next append once space is back. If the
+rollback itself fails, the error is raised as it is and the timeline stops
+(recovery at the next start cuts the torn tail).
+
 Trimming (walservice/offload.py): once a sealed segment is offloaded to remote
 storage and the pageserver's remote_consistent_lsn has passed its end, it is
 detached from `segments` (`detach_segments_below`, on the loop) and its file
@@ -46,11 +59,13 @@ only reads bytes below the commit LSN it is given.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from strata.disk_space import disk_full_error, is_disk_full
 from strata.durable_file import fsync_dir
 from strata.errors import CorruptionError, FailedPrecondition, OutOfRange
 from strata.ids import Lsn
@@ -141,13 +156,18 @@ class TimelineWal:
         return SegmentHeader(start_lsn, c.tenant_id, c.timeline_id, c.page_size)
 
     def create_segment_file(self, start_lsn: int) -> Path:
-        """Durably create an empty segment starting at `start_lsn`."""
+        """Durably create an empty segment starting at `start_lsn` (on a failure
+        the temp file is removed, so a full disk keeps no half-made header)."""
         path = self.directory / segment_file_name(start_lsn)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(self.segment_header(start_lsn).encode())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self.segment_header(start_lsn).encode())
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
         fsync_dir(self.directory)
         return path
@@ -236,27 +256,57 @@ class TimelineWal:
         seg = self.segments[-1]
         return seg.end_lsn - seg.start_lsn >= self.segment_bytes
 
-    def write_and_sync(self, data: bytes, new_segment_at: int | None) -> None:
+    def write_and_sync(self, data: bytes, new_segment_at: int | None, what: str = "the append was not written") -> None:
         """Append whole frames to the open segment (or to a new one starting at
-        `new_segment_at`) and fdatasync. Raises OSError; then nothing may be
-        acknowledged and the caller stops the timeline."""
+        `new_segment_at`) and fdatasync. Out of space: rolled back, then
+        `DiskFull` (see "Out of disk space"; `what` ends its message). Any other
+        OSError: nothing may be acknowledged and the caller stops the timeline."""
         if new_segment_at is not None:
             self.close()
-            path = self.create_segment_file(new_segment_at)
+            offset = SEGMENT_HEADER_SIZE
+            try:
+                path = self.create_segment_file(new_segment_at)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._roll_back(self.directory / segment_file_name(new_segment_at), None, exc)
+                raise disk_full_error("walservice", self.directory, what, exc) from exc
         else:
-            path = self.segments[-1].path
+            seg = self.segments[-1]  # (appended to only on the loop after this returns)
+            path, offset = seg.path, SEGMENT_HEADER_SIZE + seg.end_lsn - seg.start_lsn
+        valid_end = offset
         fd = self.open_files.checkout(self, path)
         try:
-            offset = os.lseek(fd, 0, os.SEEK_END)
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, offset)
                 view, offset = view[n:], offset + n
             os.fdatasync(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                self._roll_back(path, None if new_segment_at is not None else valid_end, exc)
+                raise disk_full_error("walservice", self.directory, what, exc) from exc
             raise
         self.open_files.give_back(self, path, fd)
+
+    def _roll_back(self, path: Path, valid_end: int | None, exc: OSError) -> None:
+        """Undo a write that ran out of space: cut `path` back to `valid_end` bytes
+        and fsync the cut, or (None) delete the segment it had just created.
+        Raises the original error when the rollback fails (the timeline stops)."""
+        try:
+            if valid_end is None:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+                fsync_dir(self.directory)
+                return
+            with open(path, "r+b") as f:
+                f.truncate(valid_end)
+                os.fsync(f.fileno())
+        except OSError as rollback_exc:
+            raise OSError(  # EIO, not ENOSPC: the file is not known to be whole, so the timeline stops
+                errno.EIO, f"{exc.strerror}; and rolling back {path.name} to {valid_end} bytes failed: {rollback_exc}"
+            ) from rollback_exc
 
     def committed(self, end_lsn: int, new_segment_at: int | None) -> None:
         """On the loop, after `write_and_sync` returned: make the bytes readable."""

@@ -569,8 +569,12 @@ class BlockFileWriter:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            self._file.close()  # (flushing what is buffered may fail too, e.g. out of space)
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
