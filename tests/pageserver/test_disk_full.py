@@ -128,15 +128,16 @@ def test_full_disk_evicts_uploaded_layers_so_the_flush_proceeds(small_disk, stra
     assert "event=disk_full" in log
     assert re.search(r"event=layer_evicted .*reason=disk_full", log), "no uploaded layer was evicted for space"
     assert disk.path.joinpath(".filler").exists()
-    # Still full: a page the new (local) layer holds reads as ever; one in an
-    # evicted layer is downloaded again if it fits, else RESOURCE_EXHAUSTED
-    # saying so (never a wrong page, never UNKNOWN).
+    # Still full: a page whose layer is local reads as ever; one in an evicted
+    # layer is downloaded again if it fits, else RESOURCE_EXHAUSTED saying so
+    # (never a wrong page, never UNKNOWN). Which layers are local is not fixed:
+    # a compaction may have folded the new writes into a layer that was then
+    # uploaded and evicted.
     refused = 0
     for blkno, page in pages.pages.items():
         try:
             got = pages.client.get_page(tenant_id=pages.tenant_id, timeline_id=pages.timeline_id, rel=1, blkno=blkno, lsn=pages.end_lsn)
         except grpc.RpcError as exc:
-            assert blkno >= 6, f"block {blkno} is in the new local layer, yet: {exc.code()} {exc.details()}"
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "is full" in exc.details(), (exc.code(), exc.details())
             refused += 1
             continue
