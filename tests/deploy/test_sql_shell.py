@@ -112,6 +112,11 @@ def test_at_inside_a_transaction_opens_at_the_commit_before_it_and_says_so(stack
     assert out.stderr == f"--at {inside}: the last commit at or below is lsn {before}\n", out.stderr
     exact = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", str(before), "-c", "SELECT count(*) FROM t")
     assert exact.stdout == "1\n" and exact.stderr == "", exact.stderr
+    branch = strata("branch", stack.tenant, "--from", main, "--at", str(inside), *endpoint_args(stack))
+    assert branch.returncode == 0, branch.stderr
+    assert f"--at {inside}: the last commit at or below is lsn {before}\n" in branch.stderr
+    info = stack.client.get_timeline(tenant_id=stack.tenant, timeline_id=branch.stdout.strip())
+    assert info.ancestor_lsn == before
 
 
 def dead_pid() -> int:
