@@ -479,11 +479,13 @@ class Timeline:
     def pitr_cutoff(self, now_us: int, pitr_seconds: int) -> Lsn:
         """The cutoff the PITR window allows now: the LSN of the last commit at or
         before now - pitr_seconds, at most disk_consistent_lsn (GC works on layer
-        files), never below the current cutoff."""
+        files; rounded down to a commit), never below the current cutoff."""
         lsn = self.commit_lsn_at(now_us - pitr_seconds * 1_000_000)
         if lsn is None:
             return self.gc_cutoff_lsn
-        return max(self.gc_cutoff_lsn, min(lsn, self.disk_consistent_lsn))
+        # A commit point, so that a read or branch rounded down from above it stays readable.
+        commit = self.commit_log.last_at_or_below(min(lsn, self.disk_consistent_lsn))
+        return max(self.gc_cutoff_lsn, commit.end_lsn if commit is not None else self.gc_cutoff_lsn)
 
     def retained_branch_points(self) -> list[Lsn]:
         """Branch points of children (set by the tenant) and of branches being created."""
