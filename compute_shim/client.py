@@ -351,6 +351,9 @@ class Client:
     def get_lsn_by_timestamp(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.LsnByTimestampResponse:
         return self._timeline_call("GetLsnByTimestamp", timeline_pb2.LsnByTimestampRequest(**fields), timeout)
 
+    def list_commits(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.ListCommitsResponse:
+        return self._timeline_call("ListCommits", timeline_pb2.ListCommitsRequest(**fields), timeout)
+
     def compact(self, *, timeout: float | None = None, **fields: Any) -> timeline_pb2.TimelineInfo:
         return self._timeline_call("Compact", records_pb2.TimelineRef(**fields), timeout)
 

@@ -59,11 +59,9 @@ An Append that fails otherwise (UNAVAILABLE, a deadline) may or may not have bee
 applied: the transaction fails with `CommitUncertain`, and the next transaction
 re-reads the same way, so it builds on whatever the timeline holds.
 
-`lsn=N` opens read-only at LSN N: time travel with plain SQL. N should be a
-transaction boundary: the end LSN of a commit (what `status().flush_lsn`, a
-timeline's `last_record_lsn`, a branch's `ancestor_lsn` or `GetLsnByTimestamp`
-give); an LSN inside one commit's Append shows part of that transaction (the
-WAL does not mark batch ends in what it serves, so this cannot be checked here).
+`lsn=N` opens read-only at the last commit at or below LSN N: time travel with
+plain SQL, never half a transaction (compute_shim/commits.py; `read_lsn_of(db)`
+says which LSN it opened at; N before the first commit is `NoCommitAtLsn`).
 
 Limits: one transaction must fit one Append (the walservice's
 `--max-batch-bytes`, 64 MiB by default; a larger one fails with `CommitRefused`).
@@ -83,6 +81,7 @@ from dataclasses import dataclass, field
 import apsw
 import grpc
 from compute_shim.client import Client, PageError
+from compute_shim.commits import commit_lsn_at_or_below, remember_read_lsn
 from compute_shim.page_cache import PageCache
 from compute_shim.page_records import page_records
 from compute_shim.sqlite_pragmas import refused_pragma
@@ -673,8 +672,8 @@ def connect_sqlite(
     """An apsw.Connection on the timeline's SQLite database: read-write (lsn=None),
     each transaction starting at the timeline's end (another writer's commit
     during a transaction fails it with `WriteConflict`); or
-    read-only at LSN `lsn` (0: the current end), which should be the end of a
-    commit (see the module's docstring). `on_commit(end_lsn)` is called after each
+    read-only at the last commit at or below LSN `lsn` (0: the current end; which
+    LSN: `read_lsn_of(db)`, see the module's docstring). `on_commit(end_lsn)` is called after each
     commit this connection makes (the LSN to read it at later, e.g. `lsn=`).
     `end_check_s`: a read-write transaction starts at the timeline's end as known
     at most this many seconds ago (0: asks the walservice at every transaction)."""
@@ -690,14 +689,10 @@ def connect_sqlite(
                 f"tenant={tenant} timeline={timeline}: lsn={lsn} is past the timeline's end {status.flush_lsn}; "
                 f"pass an LSN at or below it"
             )
-        info = client.get_timeline(tenant_id=tenant, timeline_id=timeline)
-        if lsn < info.gc_cutoff_lsn:
-            raise ValueError(
-                f"tenant={tenant} timeline={timeline}: lsn={lsn} is below the GC cutoff {info.gc_cutoff_lsn}; "
-                "only LSNs at or above it are retained"
-            )
         if lsn == 0:
             raise ValueError(f"tenant={tenant} timeline={timeline} has no records yet: there is nothing to read")
+        info = client.get_timeline(tenant_id=tenant, timeline_id=timeline)
+        lsn = commit_lsn_at_or_below(client, tenant, timeline, lsn, info.gc_cutoff_lsn)
     _ensure_vfs()
     name = f"strata-{tenant}-{timeline}-{'rw' if lsn is None else lsn}-{next(_registry.counter)}.db"
     with _registry.lock:
@@ -713,6 +708,8 @@ def connect_sqlite(
     except Exception:
         db.close()
         raise
+    if lsn is not None:
+        remember_read_lsn(db, lsn)
     return db
 
 

@@ -190,6 +190,8 @@ def _branch(c: Client, args: argparse.Namespace) -> None:
     expiry = f", expires {_expiry(info.expires_at_us, time.time())}" if info.expires_at_us else ""
     if info.ancestor_timeline_id:
         what = f"branch {info.timeline_id} of {info.ancestor_timeline_id} at LSN {info.ancestor_lsn}"
+        if args.at and info.ancestor_lsn != args.at:
+            print(f"--at {args.at}: the last commit at or below is lsn {info.ancestor_lsn}", file=sys.stderr)
     else:
         what = f"root timeline {info.timeline_id}"
     print(f"created {what} in tenant {info.tenant_id}{expiry}", file=sys.stderr)

@@ -8,7 +8,10 @@ written by `strata up`) unless `--pageserver` / `--walservice` name them. With
 interactive shell (`.help` lists its dot-commands).
 
 Each commit it makes is said on stderr with its LSN (`committed at lsn N`: the
-`--at` that reads the database as that commit left it).
+`--at` that reads the database as that commit left it). `--at N` opens at the
+last commit at or below N, saying so on stderr when that is not N (`--at N: the
+last commit at or below is lsn M`); an N before the first commit is refused
+naming the nearest commits.
 
 Errors (an unknown tenant or timeline, or the two swapped: said naming what
 exists, before anything else is sent; an LSN below the GC cutoff or past the
@@ -29,6 +32,7 @@ import apsw.shell
 import grpc
 
 from compute_shim.client import Client
+from compute_shim.commits import read_lsn_of
 from compute_shim.sqlite import CommitRefused, CommitUncertain, connect_sqlite
 from deploy.cli_checks import CheckFailed, find_timeline, non_negative, tenant_arg, timeline_arg
 from deploy.cli_output import data_dir_flag, strata_command
@@ -125,7 +129,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("tenant", type=tenant_arg)
     parser.add_argument("timeline", type=timeline_arg)
     at = parser.add_mutually_exclusive_group()
-    at.add_argument("--at", type=non_negative, metavar="LSN", help="open read-only at this LSN (time travel; the end LSN of a commit)")
+    at.add_argument("--at", type=non_negative, metavar="LSN", help="open read-only at the last commit at or below this LSN (time travel)")
     at.add_argument("--at-time", metavar="ISO-TIME", help="open read-only at the last commit at or before this time")
     parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
     add_endpoint_args(parser)
@@ -139,7 +143,10 @@ def main(argv: list[str]) -> int:
         find_timeline(client, args.tenant, args.timeline)
         lsn = resolve_lsn(client, args.tenant, args.timeline, args.at, args.at_time)
         db = connect_sqlite(client, args.tenant, args.timeline, lsn=lsn, on_commit=_say_commit)
-        mode = "read-write" if lsn is None else f"read-only at lsn {lsn}"
+        opened = read_lsn_of(db)
+        if args.at and opened != args.at:
+            print(f"--at {args.at}: the last commit at or below is lsn {opened}", file=sys.stderr)
+        mode = "read-write" if opened is None else f"read-only at lsn {opened}"
         if args.command is not None:
             for row in db.execute(args.command):
                 print("|".join("" if v is None else str(v) for v in row))

@@ -16,9 +16,13 @@ file (decode never drops what it does not understand).
 kept version 1 readable both ways. `commit_times`, `relations` and `truncations`
 are stored as arrays of arrays (`[[lsn, time_us], ...]`, `[[rel, exists,
 nblocks], ...]`, `[[rel, lsn, nblocks], ...]`) and read into the frozen
-dataclasses `CommitTime`, `RelationEntry` and `Truncation`. `name` (the
-database name, strata/ids.py `database_name`; "" for an unnamed timeline) is
-optional too (absent reads as ""), so version 1 indexes written before names
+dataclasses `CommitTime`, `RelationEntry` and `Truncation`.
+`commits` (every commit point at or below disk_consistent_lsn, pageserver/commit_log.py)
+is optional: stored as `[[end_lsn, start_lsn, time_us, records, bytes], ...]`,
+absent in indexes written before commit points existed (read as None: such a
+timeline falls back to its commit-time samples, see commit_log.legacy_commits), so
+version 1 stays readable both ways. `name` (the database name, strata/ids.py
+`database_name`; "" for an unnamed timeline) is optional too (absent reads as ""), so version 1 indexes written before names
 read as unnamed timelines; a name that is not a database name is CorruptionError.
 
 Remote copy (docs/design/0003-remote-storage.md): the upload queue
@@ -33,6 +37,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pageserver.commit_log import CommitPoint
 from strata import checksummed_json
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError, InvalidArgument
@@ -106,6 +111,9 @@ class IndexPart:
     truncations: tuple[Truncation, ...] = ()
     # The database name, unique within the tenant ("" = unnamed).
     name: str = ""
+    # Every commit point at or below disk_consistent_lsn (above the GC cutoff but
+    # the newest at or below it), ascending; None: an index from before they were kept.
+    commits: tuple[CommitPoint, ...] | None = None
     format_version: int = FORMAT_VERSION
 
     def with_layers(self, layers: list[LayerEntry], disk_consistent_lsn: Lsn) -> IndexPart:
@@ -119,6 +127,10 @@ class IndexPart:
         body["truncations"] = [[t.rel, t.lsn, t.nblocks] for t in self.truncations]
         if not self.name:
             del body["name"]  # an unnamed timeline's index reads the same in builds from before names
+        if self.commits is None:
+            del body["commits"]
+        else:
+            body["commits"] = [[c.end_lsn, c.start_lsn, c.time_us, c.records, c.bytes] for c in self.commits]
         return checksummed_json.encode(body, FORMAT_VERSION)
 
     @classmethod
@@ -145,6 +157,10 @@ class IndexPart:
             body["commit_times"] = tuple(CommitTime(Lsn(int(l)), int(t)) for l, t in body.get("commit_times", ()))
             body["relations"] = tuple(RelationEntry(int(r), bool(e), int(n)) for r, e, n in body.get("relations", ()))
             body["truncations"] = tuple(Truncation(int(r), Lsn(int(l)), int(n)) for r, l, n in body.get("truncations", ()))
+            if "commits" in body:
+                body["commits"] = tuple(
+                    CommitPoint(Lsn(int(e)), Lsn(int(s)), int(t), int(r), int(b)) for e, s, t, r, b in body["commits"]
+                )
         except (TypeError, ValueError) as exc:
             raise CorruptionError(f"{where}: a field has the wrong shape: {exc}") from exc
         name = body.get("name", "")

@@ -178,7 +178,10 @@ class WalReceiver:
                         if rec.lsn <= tl.last_record_lsn:
                             continue
                         record_bytes = rec.record.SerializeToString() if rec.record.HasField("patch") else b""
-                        tl.ingest(rec.lsn, rec.record, record_bytes)
+                        tl.ingest(
+                            rec.lsn, rec.record, record_bytes, payload_bytes=rec.record.ByteSize(),
+                            end_of_batch=rec.end_of_batch, commit_time_us=rec.commit_time_us,
+                        )
                         commit_time = rec.commit_time_us
                     tl.ingested(commit_time)
                     await self.backpressure(tl)

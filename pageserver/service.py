@@ -27,6 +27,7 @@ from pageserver.tenant import Tenant
 from pageserver.tenant_set import TenantSet
 from pageserver.timeline import Timeline
 from strata import ids
+from strata.ids import Lsn
 from strata.errors import InvalidArgument, StrataError, abort_with
 from strata.grpc_server import decoding_service, is_our_failure, log_rpc_failure, unary_rpc
 from strata.logs import EventLogger
@@ -93,6 +94,11 @@ async def _read_checked(tl: Timeline, lsn: int, fn: Callable[[], T]) -> T:
     out = await tl.read(fn)
     tl.check_readable(lsn)
     return out
+
+
+# ListCommits: the answer's size without a limit, and the most one call may ask for.
+DEFAULT_COMMITS_LIMIT = 100
+MAX_COMMITS_LIMIT = 10_000
 
 
 class PageServicer(page_pb2_grpc.PageServiceServicer):
@@ -240,7 +246,34 @@ class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):
     async def GetLsnByTimestamp(self, request: timeline_pb2.LsnByTimestampRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.LsnByTimestampResponse:
         tl = self.tenants.timeline(request.tenant_id, request.timeline_id)
         lsn, kind = tl.lsn_by_timestamp(request.timestamp_us)
+        if kind != "past":  # a sample is a batch end already; this makes sure it is a commit point
+            lsn = tl.commit_at_or_below(lsn)
         return timeline_pb2.LsnByTimestampResponse(lsn=lsn, kind=kind)
+
+    @unary_rpc
+    async def ListCommits(self, request: timeline_pb2.ListCommitsRequest, context: grpc.aio.ServicerContext) -> timeline_pb2.ListCommitsResponse:
+        """Commits with start_lsn <= end_lsn <= end_lsn (pageserver/commit_log.py), at
+        most `limit`, oldest first (or the newest ones, newest first). Waits until
+        `end_lsn` is ingested, so no commit at or below it is missing."""
+        limit = request.limit or DEFAULT_COMMITS_LIMIT
+        if limit > MAX_COMMITS_LIMIT:
+            raise InvalidArgument(f"limit={request.limit} is past the cap {MAX_COMMITS_LIMIT}; page with start_lsn/end_lsn")
+        if request.end_lsn and request.start_lsn > request.end_lsn:
+            raise InvalidArgument(f"start_lsn={request.start_lsn} is past end_lsn={request.end_lsn}; give start_lsn <= end_lsn")
+        tl = self.tenants.timeline(request.tenant_id, request.timeline_id)
+        tl.check_readable(Lsn(0))  # DATA_LOSS for a stopped timeline
+        if request.end_lsn:
+            await tl.wait_for_lsn(Lsn(request.end_lsn), wait_budget(context))
+        found = tl.list_commits(Lsn(request.start_lsn), Lsn(request.end_lsn), request.include_ancestors)
+        found = found[::-1][:limit] if request.newest_first else found[:limit]
+        commits = [
+            timeline_pb2.Commit(
+                end_lsn=c.end_lsn, start_lsn=c.start_lsn, commit_time_us=c.time_us, records=c.records, bytes=c.bytes,
+                timeline_id=owner,
+            )
+            for owner, c in found
+        ]
+        return timeline_pb2.ListCommitsResponse(commits=commits, gc_cutoff_lsn=tl.gc_cutoff_lsn)
 
     @unary_rpc
     async def Compact(self, request: records_pb2.TimelineRef, context: grpc.aio.ServicerContext) -> timeline_pb2.TimelineInfo:

@@ -410,6 +410,13 @@ class Tenant:
                 ancestor_lsn = ancestor.last_record_lsn
             ancestor.check_readable(ancestor_lsn, "branch")
             await ancestor.wait_for_lsn(ancestor_lsn, timeout)
+            # A branch point inside a commit is rounded down to the last commit at
+            # or below it (docs/design/0006-commit-points.md); TimelineInfo says which.
+            asked, ancestor_lsn = ancestor_lsn, ancestor.commit_at_or_below(ancestor_lsn, "branch")
+            if asked != ancestor_lsn:
+                self.ctx.log.info(
+                    "branch_point_rounded", tenant=self.tenant_id, timeline=timeline_id, asked=asked, lsn=ancestor_lsn
+                )
             # Checked again after the wait, and reserved at once (no await in
             # between): GC keeps this branch point until the child is added.
             ancestor.check_readable(ancestor_lsn, "branch")
@@ -453,6 +460,7 @@ class Tenant:
             generation=self.config.generation,
             relations=relations,
             name=name,
+            commits=(),
         )
         # The walservice registration, the local directory and (with remote
         # storage) the remote index are independent: do them at once. The

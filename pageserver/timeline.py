@@ -56,7 +56,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
-from pageserver import compaction, gc, reconstruct
+from pageserver import commit_log, compaction, gc, reconstruct
+from pageserver.commit_log import CommitLog, CommitPoint, legacy_commits
 from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.index_part import CommitTime, IndexPart, LayerEntry, RelationEntry, Truncation, write_index_part
 from pageserver.keys import KEY_SPACE_END, page_key, rel_meta_key
@@ -100,21 +101,6 @@ FLUSH_RETRY_MAX_S = 2.0
 
 
 _CACHE_TOKENS = itertools.count(1)
-# Commit time samples kept per timeline (memory and index_part.json): past
-# twice this many the older half is thinned to every other sample, so the
-# samples always span the whole retained history, coarser for older times.
-MAX_COMMIT_SAMPLES = 4096
-
-
-def thin_commit_times(times: list[CommitTime], limit: int = MAX_COMMIT_SAMPLES) -> list[CommitTime]:
-    """Every other sample of the older half once there are more than 2 * limit
-    (the first and the newest half are always kept)."""
-    if len(times) <= 2 * limit:
-        return times
-    half = len(times) // 2
-    return times[:half:2] + times[half:]
-
-
 def truncation_list(truncations: dict[int, list[tuple[Lsn, int]]]) -> tuple[Truncation, ...]:
     """Truncations as index_part.json stores them."""
     return tuple(Truncation(rel, lsn, nblocks) for rel, cuts in sorted(truncations.items()) for lsn, nblocks in cuts)
@@ -187,6 +173,14 @@ class Timeline:
         self.disk = layer_cache.disk if layer_cache is not None else DiskSpaceWatch(log, directory)
         # Commit times of ingested batches, ascending in both LSN and time.
         self._commit_times: list[CommitTime] = list(index.commit_times)
+        # Every commit point (batch end) in the retained history (commit_log.py).
+        if index.commits is not None:
+            commits = list(index.commits)
+        else:  # an index from before commit points were kept: its samples stand in
+            commits = legacy_commits(
+                [(c.lsn, c.time_us) for c in index.commit_times], index.ancestor_lsn, index.disk_consistent_lsn
+            )
+        self.commit_log = CommitLog(commits, index.ancestor_lsn)
         # Reads and branches below this are refused; raised (only) by gc().
         self.gc_cutoff_lsn = index.gc_cutoff_lsn
         # Branch points of CreateTimeline calls in flight (lsn -> count): GC
@@ -220,10 +214,21 @@ class Timeline:
         layer.put(rel_meta_key(rel), lsn, encode_rel_state(state))
         self.rel_states[rel] = state
 
-    def ingest(self, lsn: Lsn, record: records_pb2.Record, record_bytes: bytes) -> None:
-        """Apply one record (LSN order, each once) to the open in-memory layer."""
+    def ingest(
+        self, lsn: Lsn, record: records_pb2.Record, record_bytes: bytes, *, payload_bytes: int = 0,
+        end_of_batch: bool = False, commit_time_us: int = 0,
+    ) -> None:
+        """Apply one record (LSN order, each once) to the open in-memory layer;
+        `end_of_batch`: it is its Append's last record (a commit point, committed
+        at `commit_time_us`), `payload_bytes` its serialized size."""
         if lsn <= self.last_record_lsn:
             raise ValueError(f"{self}: record lsn={lsn} is not past last_record_lsn={self.last_record_lsn}")
+        self.commit_log.record(payload_bytes)
+        self._apply(lsn, record, record_bytes)
+        if end_of_batch:
+            self.commit_log.end_batch(lsn, commit_time_us)
+
+    def _apply(self, lsn: Lsn, record: records_pb2.Record, record_bytes: bytes) -> None:
         layer = self._open_layer()
         kind = record.WhichOneof("kind")
         if kind in ("image", "patch"):
@@ -265,7 +270,7 @@ class Timeline:
         self._lsn_event = asyncio.Event()
         if commit_time_us and (not self._commit_times or self._commit_times[-1].time_us < commit_time_us):
             self._commit_times.append(CommitTime(self.last_record_lsn, commit_time_us))
-            self._commit_times = thin_commit_times(self._commit_times)
+            self._commit_times = commit_log.thin_commit_times(self._commit_times)
         elif commit_time_us and self._commit_times[-1].time_us == commit_time_us:
             # The same commit round, streamed in more than one message (a large Append is cut
             # into chunks): the sample moves to its end, so it never names an LSN inside a batch.
@@ -366,6 +371,7 @@ class Timeline:
             index = replace(
                 self.index.with_layers([*self.index.layers, entry], mem.end_lsn - 1),
                 commit_times=tuple(self._commit_times),
+                commits=self.commit_log.durable(Lsn(mem.end_lsn - 1)),
                 relations=relation_directory(mem.relations_at_end),
                 truncations=mem.truncations_at_end,
             )
@@ -556,11 +562,13 @@ class Timeline:
     def pitr_cutoff(self, now_us: int, pitr_seconds: int) -> Lsn:
         """The cutoff the PITR window allows now: the LSN of the last commit at or
         before now - pitr_seconds, at most disk_consistent_lsn (GC works on layer
-        files), never below the current cutoff."""
+        files; rounded down to a commit), never below the current cutoff."""
         lsn = self.commit_lsn_at(now_us - pitr_seconds * 1_000_000)
         if lsn is None:
             return self.gc_cutoff_lsn
-        return max(self.gc_cutoff_lsn, min(lsn, self.disk_consistent_lsn))
+        # A commit point, so that a read or branch rounded down from above it stays readable.
+        commit = self.commit_log.last_at_or_below(min(lsn, self.disk_consistent_lsn))
+        return max(self.gc_cutoff_lsn, commit.end_lsn if commit is not None else self.gc_cutoff_lsn)
 
     def retained_branch_points(self) -> list[Lsn]:
         """Branch points of children (set by the tenant) and of branches being created."""
@@ -593,8 +601,12 @@ class Timeline:
             kept_times = [c for c in self._commit_times if c.lsn >= cutoff]
             older = [c for c in self._commit_times if c.lsn < cutoff]
             self._commit_times = older[-1:] + kept_times  # the newest at or below the cutoff answers for it
+            self.commit_log.gc(cutoff)
             if remove or images or raised:
-                await self.commit_layers(remove, images, gc_cutoff_lsn=cutoff, commit_times=tuple(self._commit_times))
+                await self.commit_layers(
+                    remove, images, gc_cutoff_lsn=cutoff, commit_times=tuple(self._commit_times),
+                    commits=self.commit_log.durable(self.index.disk_consistent_lsn),
+                )
         leaked = vectors = 0
         if self.remote is not None:
             leaked = await self.remote.sweep_unindexed()
@@ -690,6 +702,42 @@ class Timeline:
 
     def get_rel_state(self, rel: int, lsn: Lsn) -> RelState:
         return reconstruct.rel_state(self, rel, lsn)[0]
+
+    def commit_at_or_below(self, lsn: Lsn, what: str = "read") -> Lsn:
+        """The end LSN of the last commit at or below `lsn` (0: the latest ingested):
+        this timeline's own, or at or below the branch point its ancestor's.
+        FAILED_PRECONDITION naming the nearest commits when there is none (an LSN
+        inside the first commit, or whose commits GC removed); an empty root
+        timeline's latest is its start, 0."""
+        lsn = lsn or self.last_record_lsn
+        tl: Timeline = self
+        while True:
+            commit = tl.commit_log.last_at_or_below(lsn)
+            if commit is not None:  # a branch's own commits all lie past its branch point
+                return commit.end_lsn
+            if tl.ancestor is None:
+                if lsn == 0:  # an empty root timeline: its start is the one state there is
+                    return Lsn(0)
+                break
+            if lsn >= tl.ancestor_lsn:  # a branch point is a commit of the ancestor (or was taken as one)
+                return tl.ancestor_lsn
+            tl = tl.ancestor
+        after = self.commit_log.first_above(lsn)
+        raise FailedPrecondition(
+            f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: cannot {what} at lsn={lsn}: no commit at or "
+            f"below it is retained (gc_cutoff_lsn={self.gc_cutoff_lsn}); the nearest commit after it is "
+            + (f"lsn={after.end_lsn}" if after is not None else "not ingested yet")
+        )
+
+    def list_commits(self, start_lsn: Lsn, end_lsn: Lsn, include_ancestors: bool) -> list[tuple[TimelineId, CommitPoint]]:
+        """Commits with start_lsn <= end_lsn <= end_lsn (0: no bound), ascending:
+        this timeline's own (all past its branch point), and with include_ancestors
+        its ancestors' at or below the branch point before them."""
+        out = [(self.timeline_id, c) for c in self.commit_log.in_range(start_lsn, end_lsn)]
+        if include_ancestors and self.ancestor is not None and start_lsn <= self.ancestor_lsn:
+            up_to = min(end_lsn, self.ancestor_lsn) if end_lsn else self.ancestor_lsn
+            out = self.ancestor.list_commits(start_lsn, up_to, True) + out
+        return out
 
     def commit_lsn_at(self, timestamp_us: int) -> Lsn | None:
         """The LSN of the last commit at or before `timestamp_us` (None: none known)."""

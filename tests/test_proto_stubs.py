@@ -29,7 +29,7 @@ def test_contract_names_exist() -> None:
     assert set(page_pb2.DESCRIPTOR.services_by_name["PageService"].methods_by_name) == {"GetPage", "GetPages", "GetRelSize"}
     assert {
         "CreateTenant", "ListTenants", "DeleteTenant", "CreateTimeline", "GetTimeline", "ListTimelines",
-        "DeleteTimeline", "GetLsnByTimestamp", "Compact", "Gc", "AttachTenant", "DetachTenant",
+        "DeleteTimeline", "GetLsnByTimestamp", "ListCommits", "Compact", "Gc", "AttachTenant", "DetachTenant",
         "GetTimelineByName",  # issue 18: databases by name
     } == set(timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"].methods_by_name)
 

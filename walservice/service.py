@@ -43,13 +43,15 @@ STREAM_QUIET_END_S = 1.0
 
 
 def encode_sequenced_record(frame: Frame) -> bytes:
-    """strata.v1.SequencedRecord{lsn=1, record=2, commit_time_us=3, term=4} in wire format."""
+    """strata.v1.SequencedRecord{lsn=1, record=2, commit_time_us=3, term=4,
+    end_of_batch=5} in wire format (end_of_batch only when set, as proto3 does)."""
     return b"".join(
         (
             b"\x08", varint(frame.lsn),
             b"\x12", varint(len(frame.payload)), frame.payload,
             b"\x18", varint(frame.commit_time_us),
             b"\x20", varint(frame.term),
+            b"\x28\x01" if frame.end_of_batch else b"",
         )
     )
 

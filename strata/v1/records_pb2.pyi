@@ -69,13 +69,15 @@ class TimelineRef(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ...) -> None: ...
 
 class SequencedRecord(_message.Message):
-    __slots__ = ("lsn", "record", "commit_time_us", "term")
+    __slots__ = ("lsn", "record", "commit_time_us", "term", "end_of_batch")
     LSN_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIME_US_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    END_OF_BATCH_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     record: Record
     commit_time_us: int
     term: int
-    def __init__(self, lsn: _Optional[int] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., commit_time_us: _Optional[int] = ..., term: _Optional[int] = ...) -> None: ...
+    end_of_batch: bool
+    def __init__(self, lsn: _Optional[int] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., commit_time_us: _Optional[int] = ..., term: _Optional[int] = ..., end_of_batch: _Optional[bool] = ...) -> None: ...

@@ -128,3 +128,45 @@ class LsnByTimestampResponse(_message.Message):
     lsn: int
     kind: str
     def __init__(self, lsn: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class ListCommitsRequest(_message.Message):
+    __slots__ = ("tenant_id", "timeline_id", "start_lsn", "end_lsn", "limit", "newest_first", "include_ancestors")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    START_LSN_FIELD_NUMBER: _ClassVar[int]
+    END_LSN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    timeline_id: str
+    start_lsn: int
+    end_lsn: int
+    limit: int
+    newest_first: bool
+    include_ancestors: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., timeline_id: _Optional[str] = ..., start_lsn: _Optional[int] = ..., end_lsn: _Optional[int] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ..., include_ancestors: _Optional[bool] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ("end_lsn", "start_lsn", "commit_time_us", "records", "bytes", "timeline_id")
+    END_LSN_FIELD_NUMBER: _ClassVar[int]
+    START_LSN_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    end_lsn: int
+    start_lsn: int
+    commit_time_us: int
+    records: int
+    bytes: int
+    timeline_id: str
+    def __init__(self, end_lsn: _Optional[int] = ..., start_lsn: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., records: _Optional[int] = ..., bytes: _Optional[int] = ..., timeline_id: _Optional[str] = ...) -> None: ...
+
+class ListCommitsResponse(_message.Message):
+    __slots__ = ("commits", "gc_cutoff_lsn")
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    GC_CUTOFF_LSN_FIELD_NUMBER: _ClassVar[int]
+    commits: _containers.RepeatedCompositeFieldContainer[Commit]
+    gc_cutoff_lsn: int
+    def __init__(self, commits: _Optional[_Iterable[_Union[Commit, _Mapping]]] = ..., gc_cutoff_lsn: _Optional[int] = ...) -> None: ...

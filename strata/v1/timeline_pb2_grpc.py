@@ -80,6 +80,11 @@ class TimelineServiceStub:
                 request_serializer=strata_dot_v1_dot_timeline__pb2.LsnByTimestampRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_timeline__pb2.LsnByTimestampResponse.FromString,
                 _registered_method=True)
+        self.ListCommits = channel.unary_unary(
+                '/strata.v1.TimelineService/ListCommits',
+                request_serializer=strata_dot_v1_dot_timeline__pb2.ListCommitsRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_timeline__pb2.ListCommitsResponse.FromString,
+                _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/strata.v1.TimelineService/Compact',
                 request_serializer=strata_dot_v1_dot_records__pb2.TimelineRef.SerializeToString,
@@ -159,6 +164,12 @@ class TimelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCommits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Compact(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -230,6 +241,11 @@ def add_TimelineServiceServicer_to_server(servicer, server):
                     servicer.GetLsnByTimestamp,
                     request_deserializer=strata_dot_v1_dot_timeline__pb2.LsnByTimestampRequest.FromString,
                     response_serializer=strata_dot_v1_dot_timeline__pb2.LsnByTimestampResponse.SerializeToString,
+            ),
+            'ListCommits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCommits,
+                    request_deserializer=strata_dot_v1_dot_timeline__pb2.ListCommitsRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_timeline__pb2.ListCommitsResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
@@ -495,6 +511,33 @@ class TimelineService:
             '/strata.v1.TimelineService/GetLsnByTimestamp',
             strata_dot_v1_dot_timeline__pb2.LsnByTimestampRequest.SerializeToString,
             strata_dot_v1_dot_timeline__pb2.LsnByTimestampResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCommits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.TimelineService/ListCommits',
+            strata_dot_v1_dot_timeline__pb2.ListCommitsRequest.SerializeToString,
+            strata_dot_v1_dot_timeline__pb2.ListCommitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

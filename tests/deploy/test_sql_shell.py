@@ -99,6 +99,26 @@ def test_at_time_after_a_large_commit_reads_all_of_it(stack: Stack) -> None:
     assert f"lsn {end}" in out.stderr and out.stdout == "10000\n"
 
 
+def test_at_inside_a_transaction_opens_at_the_commit_before_it_and_says_so(stack: Stack) -> None:
+    main = stack.new_timeline()
+    db = connect_sqlite(stack.client, stack.tenant, main)
+    db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    before = stack.end_lsn(main)
+    db.execute("BEGIN; " + "".join(f"INSERT INTO t VALUES (randomblob(3000)); " for _ in range(300)) + "COMMIT")
+    inside = (before + stack.end_lsn(main)) // 2
+    out = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", str(inside), "-c", "SELECT count(*) FROM t")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "1\n"
+    assert out.stderr == f"--at {inside}: the last commit at or below is lsn {before}\n", out.stderr
+    exact = strata("sql", stack.tenant, main, *endpoint_args(stack), "--at", str(before), "-c", "SELECT count(*) FROM t")
+    assert exact.stdout == "1\n" and exact.stderr == "", exact.stderr
+    branch = strata("branch", stack.tenant, "--from", main, "--at", str(inside), *endpoint_args(stack))
+    assert branch.returncode == 0, branch.stderr
+    assert f"--at {inside}: the last commit at or below is lsn {before}\n" in branch.stderr
+    info = stack.client.get_timeline(tenant_id=stack.tenant, timeline_id=branch.stdout.strip())
+    assert info.ancestor_lsn == before
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

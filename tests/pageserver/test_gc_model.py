@@ -86,8 +86,9 @@ def test_gc_keeps_every_retained_lsn(strata_env: StrataEnv, layers: str) -> None
                 lsns = [l for l in world.read_lsns(parent) if l >= client.get_timeline(
                     tenant_id=world.tenant_id, timeline_id=parent).gc_cutoff_lsn]
                 if lsns:
-                    child = world.branch(parent, rng.choice(lsns))
-                    world.append_random(child, gen, 10)
+                    child = world.branch(parent, rng.choice(lsns))  # rounded down to a commit
+                    if child is not None:  # None: inside the first commit, refused
+                        world.append_random(child, gen, 10)
             for tl in sorted(world.timelines):
                 world.append_random(tl, gen, 30)
                 if rng.random() < 0.5:

@@ -135,6 +135,9 @@ class World:
     page_size: int
     timelines: dict[str, ModelTimeline] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # timeline id -> "main", "main/b1", ...
+    # timeline id -> the end LSNs of its own Appends (its commit points), ascending
+    commit_ends: dict[str, list[int]] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)  # branch id -> its ancestor's id
 
     @classmethod
     def create(cls, client: Client, page_size: int) -> World:
@@ -150,21 +153,48 @@ class World:
         self.names[timeline_id] = name
         return timeline_id
 
-    def branch(self, parent: str, lsn: int) -> str:
+    def commit_at_or_below(self, timeline_id: str, lsn: int) -> int | None:
+        """The model's last commit at or below `lsn` (docs/design/0006-commit-points.md):
+        the timeline's own, else its branch point, else its ancestor's; None: none."""
+        while True:
+            own = [end for end in self.commit_ends.get(timeline_id, []) if end <= lsn]
+            if own:
+                return own[-1]
+            model = self.timelines[timeline_id]
+            if timeline_id not in self.parents:
+                return None
+            if lsn >= model.ancestor_lsn:
+                return model.ancestor_lsn
+            timeline_id = self.parents[timeline_id]
+
+    def branch(self, parent: str, lsn: int) -> str | None:
         """A branch of `parent` at `lsn` (0: the parent's latest, as the
-        pageserver answers it)."""
+        pageserver answers it), rounded down to the last commit at or below it;
+        None (checked: FAILED_PRECONDITION) when there is none."""
         timeline_id = new_id()
+        expected = self.commit_at_or_below(parent, lsn) if lsn else None
+        if lsn and expected is None:
+            try:
+                self.client.create_timeline(
+                    tenant_id=self.tenant_id, timeline_id=timeline_id, ancestor_timeline_id=parent, ancestor_lsn=lsn,
+                    timeout=READ_TIMEOUT_S,
+                )
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+                return None
+            raise AssertionError(f"a branch at lsn={lsn}, before the first commit, was not refused")
         info = self.client.create_timeline(
             tenant_id=self.tenant_id, timeline_id=timeline_id, ancestor_timeline_id=parent, ancestor_lsn=lsn,
             timeout=READ_TIMEOUT_S,
         )
         assert info.ancestor_timeline_id == parent
         if lsn:
-            assert info.ancestor_lsn == lsn, f"asked for ancestor_lsn={lsn}, got {info.ancestor_lsn}"
+            assert info.ancestor_lsn == expected, f"asked for ancestor_lsn={lsn}, expected {expected}, got {info.ancestor_lsn}"
         else:
             parent_model = self.timelines[parent]
             assert parent_model.ancestor_lsn <= info.ancestor_lsn <= parent_model.last_lsn, info
         self.timelines[timeline_id] = ModelTimeline(self.page_size, self.timelines[parent], info.ancestor_lsn)
+        self.parents[timeline_id] = parent
         self.names[timeline_id] = f"{self.names[parent]}/b{len(self.timelines)}"
         return timeline_id
 
@@ -176,6 +206,7 @@ class World:
         for lsn, record in zip(resp.record_lsns, records):
             model.add(lsn, record)
         assert resp.end_lsn == resp.record_lsns[-1]
+        self.commit_ends.setdefault(timeline_id, []).append(resp.end_lsn)
         return resp.end_lsn
 
     def append_random(self, timeline_id: str, gen: RecordGen, batches: int, max_records: int = 6) -> int:

@@ -89,6 +89,19 @@ def test_stream_of_records_bigger_than_a_stream_message(stub: wal_pb2_grpc.WalSe
     assert streamed(read_stream(stub, key, written[-1][0], start_lsn=written[10][0])) == written[11:]
 
 
+def test_streamed_records_mark_each_batch_end(stub: wal_pb2_grpc.WalServiceStub) -> None:
+    # end_of_batch is set on each Append's last record only, also for a batch the
+    # stream cuts into several messages (24 x 64 KiB images).
+    key = create_timeline(stub, page_size=65536)
+    ends = []
+    for n in (1, 3, 24, 2):
+        records = [image_record(1, b, bytes([b]) * 65536) for b in range(n)]
+        ends.append(stub.Append(key.append(records), timeout=STREAM_TIMEOUT_S).end_lsn)
+    got = read_stream(stub, key, ends[-1])
+    assert [r.lsn for r in got if r.end_of_batch] == ends
+    assert len(got) == 30
+
+
 def test_stream_of_a_timeline_with_a_start_lsn(stub: wal_pb2_grpc.WalServiceStub) -> None:
     key = create_timeline(stub, start_lsn=70_000)
     written = append_batches(stub, key, 5)
