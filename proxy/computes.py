@@ -234,8 +234,8 @@ class ComputeManager:
 
     async def suspend(self, handle: ComputeHandle, reason: str) -> None:
         self._forget(handle, died=False)
-        await handle.stop()
         self.metrics.suspends.labels(reason).inc()
+        await handle.stop()
         log.info("suspend", database=handle.key, pid=handle.pid, reason=reason)
 
     async def reap(self) -> None:
