@@ -12,8 +12,13 @@ runs and where (`--json` for a program).
 With `--s3` an S3-compatible server (MinIO or moto_server, see deploy/local_s3.py)
 starts first, as the component "s3", and is the stack's remote storage.
 
+The first `up` of a data dir also makes the stack's default tenant (what the
+`strata db` commands use unless given `--tenant`), recorded in
+`<data dir>/default_tenant.json` (deploy/default_tenant.py), which outlives `down`.
+
 stack.json (written with write_durably):
-    {"version": 1, "processes": [{"name", "pid", "address", "log", "argv", "note"}]}
+    {"version": 1, "processes": [{"name", "pid", "address", "log", "argv", "note"}],
+     "default_tenant": "<tenant id>"}  (the latter once the pageserver is up)
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy import local_s3
+from deploy import default_tenant, local_s3
 from deploy.cli_output import DEFAULT_DATA_DIR, data_dir_flag, message_dict, print_json, python_command, strata_command
 from strata.durable_file import write_durably
+from strata.errors import CorruptionError
 from strata.local_process import NotListening, free_port, start_logged, wait_listening
 
 STATE_FILE = "stack.json"
@@ -185,8 +191,10 @@ def endpoints(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, str]:
     return found
 
 
-def _write_state(data_dir: Path, processes: list[ProcessRecord]) -> None:
-    body = {"version": STATE_VERSION, "processes": [asdict(p) for p in processes]}
+def _write_state(data_dir: Path, processes: list[ProcessRecord], default_tenant: str = "") -> None:
+    body: dict[str, Any] = {"version": STATE_VERSION, "processes": [asdict(p) for p in processes]}
+    if default_tenant:
+        body["default_tenant"] = default_tenant
     write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
 
 
@@ -335,9 +343,12 @@ def up(args: argparse.Namespace) -> int:
             local_s3.check_reuse(data_dir, f"file://{(data_dir / 'remote').resolve()}", "embedded")
         layout = cluster_layout(data_dir, args.replicas, args.free_ports)
         ports = layout.ports if layout.replicas > 1 else None
+        tenant = ""
         while specs := components(data_dir.resolve(), started, remote, layout.replicas, ports):
             started.append(_start(specs[0], data_dir.resolve(), env, args.free_ports))
-            _write_state(data_dir, started)
+            if started[-1].name == "pageserver":
+                tenant = _default_tenant(data_dir, started)
+            _write_state(data_dir, started, tenant)
     except SystemExit:
         for p in started:
             _stop(p)
@@ -353,12 +364,24 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_tenant(data_dir: Path, started: list[ProcessRecord]) -> str:
+    """The default tenant (made on the first start), once the pageserver answers."""
+    pageserver = next(p for p in started if p.name == "pageserver")
+    try:
+        return default_tenant.ensure(data_dir, pageserver.address, walservice_address(started) or "")
+    except (grpc.RpcError, CorruptionError) as exc:
+        detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+        raise SystemExit(f"strata up: could not set up the default tenant on the pageserver at {pageserver.address}: {detail}") from None
+
+
 def _print_try(processes: list[ProcessRecord], data_dir: Path) -> None:
     """What to do next with a running stack (after `up`, and after an `up` that found it running):
     command lines that act on this stack when pasted, run the way this `strata` was."""
     wal = walservice_address(processes)
     strata, flag = strata_command(), data_dir_flag(data_dir)
     lines = [
+        (f"{strata} db create notes{flag}", "a database (a named timeline of the default tenant)"),
+        (f"{strata} db list{flag}", "the databases, with their LSNs"),
         (f"{strata} status{flag}", "what runs, tenants, timelines and their LSNs"),
         (f"{python_command()} -m bench.wal_append --quick --target {wal}", "durable appends/s against it (deletes its timelines after)"),
         (f"{strata} down{flag}", "stop it"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from compute_shim import Client
+from deploy import default_tenant
 from deploy.local_stack import ProcessRecord, _write_state
 from strata.v1 import records_pb2
 from tests.deploy.test_local_stack import strata
@@ -37,8 +38,9 @@ def addresses(data: Path) -> dict[str, str]:
 
 def test_tenants_timelines_and_branches(stack: Path) -> None:
     d = ("--data-dir", str(stack))
-    empty = strata("tenants", *d, cwd=stack)
-    assert empty.returncode == 0 and "No tenants yet" in empty.stdout, empty.stdout + empty.stderr
+    first = strata("tenants", *d, cwd=stack)
+    made_by_up = default_tenant.read(stack)
+    assert first.returncode == 0 and made_by_up and made_by_up in first.stdout, first.stdout + first.stderr
 
     created = strata("tenants", "create", "--page-size", "512", "--pitr-seconds", "5400", *d, cwd=stack)
     assert created.returncode == 0, created.stderr
