@@ -4,7 +4,7 @@
 (default ./.strata), logging to `<data dir>/logs/<name>.log`, waits until each
 answers its health check, records what it started in `<data dir>/stack.json`
 and prints where each one listens. The ports are the ones in DESIGN.md (the
-walservice on 7676, the pageserver on 6400): a busy one stops `up` with what to do,
+walservice on 7676, the pageserver on 6400, the proxy on 8080: deploy/stack_proxy.py): a busy one stops `up` with what to do,
 before anything starts; with `--free-ports` every component takes a free port
 instead. `down` sends SIGTERM (SIGKILL after a grace period); `status` says what
 runs and where (`--json` for a program).
@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy import default_tenant, local_s3
+from deploy import default_tenant, local_s3, stack_proxy
 from deploy.cli_output import DEFAULT_DATA_DIR, data_dir_flag, message_dict, print_json, python_command, strata_command
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
@@ -330,7 +330,7 @@ def up(args: argparse.Namespace) -> int:
         recorded = ClusterLayout.read(data_dir)
         replicas = recorded.replicas if recorded else (args.replicas or 1)
         defaults = [(WALSERVICE_PORT, "walservice")] if replicas == 1 else []  # a cluster's ports: cluster_ports
-        for port, name in [*defaults, (PAGESERVER_PORT, "pageserver")]:
+        for port, name in [*defaults, (PAGESERVER_PORT, "pageserver"), (stack_proxy.PROXY_PORT, "proxy")]:
             if not _port_free(port):
                 raise _busy_port_error(port, name)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -349,6 +349,8 @@ def up(args: argparse.Namespace) -> int:
             if started[-1].name == "pageserver":
                 tenant = _default_tenant(data_dir, started)
             _write_state(data_dir, started, tenant)
+        started.append(_start_proxy(data_dir.resolve(), started, tenant, args, env))
+        _write_state(data_dir, started, tenant)
     except SystemExit:
         for p in started:
             _stop(p)
@@ -360,8 +362,17 @@ def up(args: argparse.Namespace) -> int:
         s3 = started[0]
         print(f"\nRemote storage: {remote} on {s3.note}.")
         print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
+    print("\n" + stack_proxy.describe(started[-1].address))
     _print_try(started, data_dir)
     return 0
+
+
+def _start_proxy(data_dir: Path, started: list[ProcessRecord], tenant: str, args: argparse.Namespace, env: dict[str, str] | None) -> ProcessRecord:
+    """The proxy, serving the default tenant, once the pageserver is up."""
+    pageserver = next(p for p in started if p.name == "pageserver")
+    spec = ComponentSpec("proxy", "proxy", stack_proxy.PROXY_PORT,
+                         stack_proxy.proxy_args(pageserver.address, walservice_address(started) or "", tenant, args))
+    return _start(spec, data_dir, env, args.free_ports)
 
 
 def _default_tenant(data_dir: Path, started: list[ProcessRecord]) -> str:
@@ -454,7 +465,7 @@ def status(args: argparse.Namespace) -> int:
         return 1
     health = {}
     for p in processes:
-        check = local_s3.health if p.name == "s3" else _health
+        check = local_s3.health if p.name == "s3" else stack_proxy.health if p.name == "proxy" else _health
         health[p.name] = check(p.address) if _alive(p.pid) else "not running"
     healthy = all(state == "SERVING" for state in health.values())
     pageserver = next((p for p in processes if p.name == "pageserver"), None)
@@ -464,6 +475,7 @@ def status(args: argparse.Namespace) -> int:
             "data_dir": str(args.data_dir),
             "running": healthy,
             "processes": [{**asdict(p), "health": health[p.name]} for p in processes],
+            "computes": _proxy_computes(processes, health),
             "tenants": [{**message_dict(tenant), "timelines": [message_dict(tl) for tl in timelines]} for tenant, timelines in tenants],
         })
         return 0 if healthy else 1
@@ -473,6 +485,7 @@ def status(args: argparse.Namespace) -> int:
     for p in processes:
         if p.note:
             print(f"{p.name}: {p.note}")
+    _print_computes(processes, health)
     if pageserver is not None and healthy:
         print(f"\n{len(tenants)} tenant(s)")
         for tenant, timelines in tenants:
@@ -481,6 +494,23 @@ def status(args: argparse.Namespace) -> int:
                 parent = f"  branch of {tl.ancestor_timeline_id}@{tl.ancestor_lsn}" if tl.ancestor_timeline_id else ""
                 print(f"  timeline {tl.timeline_id}  last_record_lsn={tl.last_record_lsn}  disk_consistent_lsn={tl.disk_consistent_lsn}{parent}")
     return 0 if healthy else 1
+
+
+def _proxy_computes(processes: list[ProcessRecord], health: dict[str, str]) -> list[dict[str, Any]]:
+    """The proxy's running computes (none when no proxy runs or it does not answer)."""
+    proxy = next((p for p in processes if p.name == "proxy"), None)
+    return stack_proxy.computes(proxy.address) if proxy is not None and health.get("proxy") == "SERVING" else []
+
+
+def _print_computes(processes: list[ProcessRecord], health: dict[str, str]) -> None:
+    proxy = next((p for p in processes if p.name == "proxy"), None)
+    if proxy is None:
+        return
+    running = _proxy_computes(processes, health)
+    print(f"\n{stack_proxy.describe(proxy.address)}\n{len(running)} compute(s) running")
+    for c in running:
+        at = f"@{c['lsn']}" if c.get("lsn") is not None else ""
+        print(f"  {c['database']}{at}  pid {c['pid']}  idle {c['idle_s']}s{'  in a transaction' if c['in_transaction'] else ''}")
 
 
 def _timelines(address: str) -> list[tuple[Any, list[Any]]]:
@@ -506,6 +536,7 @@ def main(command: str, argv: list[str]) -> int:
             "--free-ports", action="store_true",
             help="put every component on a free port instead of 7676/6400 (`up` prints where each listens)",
         )
+        stack_proxy.add_up_flags(parser)
         parser.add_argument(
             "--s3", action="store_true",
             help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",

@@ -32,6 +32,7 @@ def _run(argv: list[str]) -> None:
     sub.add_parser("tenants", help="list tenants; `tenants create` makes one", add_help=False)
     sub.add_parser("timelines", help="list a tenant's timelines and branches", add_help=False)
     sub.add_parser("branch", help="create a root timeline or a branch", add_help=False)
+    sub.add_parser("proxy", help="serve databases by name over libSQL's HTTP protocol (Hrana)", add_help=False)
     sub.add_parser("db", help="databases by name: `db create NAME [--from NAME]`, list, show, delete", add_help=False)
     sub.add_parser("sql", help="an SQL shell on a timeline (SQLite on Strata pages)", add_help=False)
     sub.add_parser("demo", help="the agent workflow on the local stack: 20 branches, migrations, undo", add_help=False)
@@ -56,6 +57,10 @@ def _run(argv: list[str]) -> None:
         from deploy import admin_cli
 
         sys.exit(admin_cli.main(command, rest))
+    elif command == "proxy":
+        from proxy.__main__ import main as proxy_main
+
+        sys.exit(proxy_main(rest))
     elif command == "db":
         from deploy import db_cli
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("strata", "walservice", "pageserver", "compute_shim", "gpu", "deploy")
+PACKAGES = ("strata", "walservice", "pageserver", "compute_shim", "gpu", "deploy", "proxy")
 MAX_LINES = 800
 # Generated gRPC stubs and the benchmarks are exempt from the length guideline.
 LENGTH_EXEMPT = ("strata/v1/", "bench/")
@@ -185,6 +185,15 @@ def test_libraries_do_not_import_the_deploy_tooling(graph: dict[str, set[str]], 
         if _package(m) == package and m != "strata.cli"
         for t in ts
         if _package(t) == "deploy"
+    )
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", ["strata", "walservice", "pageserver", "compute_shim", "gpu", "deploy"])
+def test_nothing_imports_the_proxy(graph: dict[str, set[str]], package: str) -> None:
+    # The proxy sits on top of compute_shim; only the console script dispatches to it.
+    bad = sorted(
+        f"{m} -> {t}" for m, ts in graph.items() if _package(m) == package and m != "strata.cli" for t in ts if _package(t) == "proxy"
     )
     assert not bad, "\n".join(bad)
 

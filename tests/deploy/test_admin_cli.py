@@ -33,7 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def addresses(data: Path) -> dict[str, str]:
-    return {p["name"]: p["address"] for p in json.loads((data / "stack.json").read_text())["processes"]}
+    """The storage services' addresses (what `Client` takes; the proxy speaks HTTP)."""
+    return {p["name"]: p["address"] for p in json.loads((data / "stack.json").read_text())["processes"] if p["name"] != "proxy"}
 
 
 def test_tenants_timelines_and_branches(stack: Path) -> None:

@@ -32,7 +32,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "walservice" in up.stdout and "pageserver" in up.stdout and "Try:" in up.stdout
         state = json.loads((data / "stack.json").read_text())
         addresses = {p["name"]: p["address"] for p in state["processes"]}
-        assert set(addresses) == {"walservice", "pageserver"}
+        assert set(addresses) == {"walservice", "pageserver", "proxy"}
 
         # The stack works end to end: a write through the walservice is read back from the pageserver.
         with Client(pageserver=addresses["pageserver"], walservice=addresses["walservice"]) as c:
@@ -46,10 +46,11 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         status = strata("status", "--data-dir", str(data), cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count("SERVING") == 2
+        assert status.stdout.count("SERVING") == 3  # the walservice, the pageserver, the proxy
         assert tenant in status.stdout and timeline in status.stdout
         as_json = json.loads(strata("status", "--data-dir", str(data), "--json", cwd=tmp_path).stdout)
-        assert {p["name"]: p["health"] for p in as_json["processes"]} == {"walservice": "SERVING", "pageserver": "SERVING"}
+        assert {p["name"]: p["health"] for p in as_json["processes"]} == {
+            "walservice": "SERVING", "pageserver": "SERVING", "proxy": "SERVING"}
         [listed] = [t for t in as_json["tenants"] if t["tenant_id"] == tenant]
         assert [tl["timeline_id"] for tl in listed["timelines"]] == [timeline]
         assert listed["timelines"][0]["last_record_lsn"] >= lsn  # a number, as the table prints it
@@ -59,7 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         paste = {what.split(",")[0]: line for line, what in tries.items()}
         assert all(f"--data-dir {data}" in line for line in tries if " status" in line or " down" in line), up.stdout
         pasted = subprocess.run(paste["what runs"], shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert pasted.returncode == 0 and pasted.stdout.count("SERVING") == 2, pasted.stdout + pasted.stderr
+        assert pasted.returncode == 0 and pasted.stdout.count("SERVING") == 3, pasted.stdout + pasted.stderr
         assert f"demo --data-dir {data}" in up.stdout
 
         again = strata("up", "--data-dir", str(data), cwd=tmp_path)
@@ -71,7 +72,7 @@ def test_up_status_down(tmp_path: Path) -> None:
     finally:
         down = strata("down", "--data-dir", str(data), cwd=tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert down.stdout.count("stopped") == 2
+    assert down.stdout.count("stopped") == 3
     for pid in state["processes"]:
         assert not Path(f"/proc/{pid['pid']}").exists() or "Z" in Path(f"/proc/{pid['pid']}/stat").read_text().split(")")[-1][:3]
     after = strata("status", "--data-dir", str(data), cwd=tmp_path)
@@ -85,12 +86,12 @@ def test_up_s3_runs_a_local_s3_server_as_remote_storage(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         addresses = {p["name"]: p["address"] for p in state["processes"]}
-        assert list(addresses) == ["s3", "walservice", "pageserver"]
+        assert list(addresses) == ["s3", "walservice", "pageserver", "proxy"]
         # No minio on PATH here: moto_server, and the output says plainly that it is in memory.
         assert "s3://strata/stack" in up.stdout and "IN MEMORY" in up.stdout
         endpoint = f"http://{addresses['s3']}"
         assert f"AWS_ENDPOINT_URL={endpoint}" in up.stdout
-        for p in state["processes"][1:]:
+        for p in state["processes"][1:-1]:  # the storage services (not the S3 server, not the proxy)
             assert p["argv"][p["argv"].index("--remote-storage") + 1] == "s3://strata/stack"
 
         with Client(pageserver=addresses["pageserver"], walservice=addresses["walservice"]) as c:
@@ -127,10 +128,10 @@ def test_up_s3_runs_a_local_s3_server_as_remote_storage(tmp_path: Path) -> None:
 
         status = strata("status", "--data-dir", str(data), cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count("SERVING") == 3 and "IN MEMORY" in status.stdout
+        assert status.stdout.count("SERVING") == 4 and "IN MEMORY" in status.stdout  # s3, walservice, pageserver, proxy
     finally:
         down = strata("down", "--data-dir", str(data), cwd=tmp_path)
-    assert down.returncode == 0 and down.stdout.count("stopped") == 3, down.stdout + down.stderr
+    assert down.returncode == 0 and down.stdout.count("stopped") == 4, down.stdout + down.stderr
     for p in state["processes"]:
         assert not _running(p["pid"]), p
     # moto_server's objects are gone with it: this data dir's state cannot start against a new, empty one.

@@ -21,7 +21,7 @@ def test_up_replicas_3_survives_a_walservice_kill(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         processes = json.loads((data / "stack.json").read_text())["processes"]
         names = [p["name"] for p in processes]
-        assert names == ["walservice1", "walservice2", "walservice3", "pageserver"]
+        assert names == ["walservice1", "walservice2", "walservice3", "pageserver", "proxy"]
         wal = ",".join(p["address"] for p in processes if p["name"].startswith("walservice"))
         assert f"--target {wal}" in up.stdout
         with Client(pageserver=processes[3]["address"], walservice=wal, timeout=30) as c:
@@ -48,7 +48,7 @@ def test_up_replicas_3_survives_a_walservice_kill(tmp_path: Path) -> None:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < 2, exc
             assert c.get_page(tenant_id=tenant, timeline_id=timeline, rel=7, blkno=0, lsn=lsn).page == bytes([2]) * 512
         status = strata("status", "--data-dir", str(data), cwd=tmp_path)
-        assert status.stdout.count("SERVING") == 3 and "not running" in status.stdout
+        assert status.stdout.count("SERVING") == 4 and "not running" in status.stdout  # 2 of 3 nodes, the pageserver, the proxy
         # The commands that find the stack through its data dir find a cluster's nodes too
         # (they looked for a node named "walservice": "no running local stack").
         sql = strata("sql", tenant, timeline, "--data-dir", str(data), "-c", "CREATE TABLE t(x); SELECT 40 + 2", cwd=tmp_path)
