@@ -2,11 +2,13 @@
 
     strata db create NAME [--from NAME] [--at LSN | --at-time ISO] [--ttl SECONDS]
     strata db list | db show NAME | db delete NAME
+    strata db log NAME [--limit N]   (its commits, newest first: end LSN, time, size)
 
 Each takes `--json`, `--tenant T` (default: the stack's default tenant, which
 the first `strata up` made; deploy/default_tenant.py) and, like `strata
 tenants`, `--data-dir DIR` (the running stack's) or `--pageserver HOST:PORT`.
-`create` prints the database's URL for libSQL clients on stdout (the proxy's,
+`log` lists its commits, newest first (ListCommits: end LSN, commit time,
+records and bytes; a branch's go on into its ancestor's). `create` prints the database's URL for libSQL clients on stdout (the proxy's,
 `http://HOST:PORT/db/NAME/`; the running stack's proxy, else `--proxy`,
 default 127.0.0.1:8080) and what it made on stderr. A branch (`--from`) is O(1):
 nothing is copied; `--at`/`--at-time` pick its branch point in the source's
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -33,7 +36,8 @@ from strata.errors import CorruptionError, InvalidArgument
 from strata.ids import database_name
 from strata.v1 import timeline_pb2
 
-ACTIONS = ("create", "list", "show", "delete")
+ACTIONS = ("create", "list", "show", "delete", "log")
+DEFAULT_LOG_LIMIT = 20
 DEFAULT_PROXY = "127.0.0.1:8080"  # DESIGN.md: where `strata up` runs the proxy
 
 
@@ -147,6 +151,36 @@ def _show(c: Client, args: argparse.Namespace, tenant: str) -> None:
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
 
+def _log(c: Client, args: argparse.Namespace, tenant: str) -> None:
+    """The database's commits, newest first (ListCommits; a branch's history goes on
+    into its ancestor's commits at or below the branch point)."""
+    info = _find(c, tenant, args.name)
+    resp = c.list_commits(
+        tenant_id=tenant, timeline_id=info.timeline_id, limit=args.limit, newest_first=True, include_ancestors=True
+    )
+    names = {tl.timeline_id: tl.name for tl in c.list_timelines(tenant_id=tenant).timelines}
+    if args.json:
+        print_json([{**message_dict(commit), "database": names.get(commit.timeline_id, "")} for commit in resp.commits])
+        return
+    if not resp.commits:
+        print(f"Database {args.name} has no commits yet.")
+        return
+    rows = [
+        (
+            str(commit.end_lsn),
+            datetime.fromtimestamp(commit.commit_time_us / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")[:-4] + "Z"
+            if commit.commit_time_us else "-",
+            str(commit.records),
+            f"{commit.bytes} B",
+            names.get(commit.timeline_id, commit.timeline_id) if commit.timeline_id != info.timeline_id else "",
+        )
+        for commit in resp.commits
+    ]
+    print(_table(("END LSN", "COMMITTED AT", "RECORDS", "SIZE", "ON"), rows))
+    if len(resp.commits) == args.limit:
+        print(f"(the newest {args.limit}; --limit N for more)", file=sys.stderr)
+
+
 def _delete(c: Client, args: argparse.Namespace, tenant: str) -> None:
     info = _find(c, tenant, args.name)
     c.delete_timeline(tenant_id=tenant, timeline_id=info.timeline_id)
@@ -160,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strata db", description="Databases: named timelines of a tenant (the stack's default tenant unless --tenant)."
     )
-    parser.add_argument("action", choices=ACTIONS, help="create NAME | list | show NAME | delete NAME")
+    parser.add_argument("action", choices=ACTIONS, help="create NAME | list | show NAME | delete NAME | log NAME")
     parser.add_argument("name", nargs="?", type=name_arg, help="the database name (a DNS label: [a-z][a-z0-9-]{0,62})")
     parser.add_argument("--tenant", type=tenant_arg, default=None, help="whose databases (default: the stack's default tenant)")
     parser.add_argument("--from", dest="from_name", type=name_arg, default=None, help="with create: branch this database (O(1))")
@@ -168,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--at", type=non_negative, default=None, metavar="LSN", help="with --from: the branch point (default: its latest)")
     at.add_argument("--at-time", metavar="ISO-TIME", help="with --from: branch at the last commit at or before this time")
     parser.add_argument("--ttl", type=non_negative, default=0, help="with create: delete it this many seconds after creation")
+    parser.add_argument("--limit", type=non_negative, default=DEFAULT_LOG_LIMIT, help=f"with log: how many commits, newest first (default {DEFAULT_LOG_LIMIT})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the running stack's data dir (default ./.strata)")
     parser.add_argument("--pageserver", default="", help="HOST:PORT of the pageserver (default: the one in <data dir>/stack.json)")
@@ -185,7 +220,11 @@ def main(argv: list[str]) -> int:
         parser.error("--from, --at, --at-time and --ttl go with `db create`")
     if (args.at is not None or args.at_time) and not args.from_name:
         parser.error("--at/--at-time need --from NAME (a new database has no history to branch from)")
-    run = {"create": _create, "list": _list, "show": _show, "delete": _delete}[args.action]
+    if args.action != "log" and args.limit != DEFAULT_LOG_LIMIT:
+        parser.error("--limit goes with `db log`")
+    if args.limit < 1:
+        parser.error("--limit: give at least 1")
+    run = {"create": _create, "list": _list, "show": _show, "delete": _delete, "log": _log}[args.action]
     try:
         pageserver, walservice = _endpoints(args)
         args.walservice = walservice or ""

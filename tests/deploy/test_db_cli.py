@@ -81,6 +81,17 @@ def test_create_list_show_branch_delete(stack: Path) -> None:
         assert old.execute("SELECT group_concat(x) FROM t").fetchall() == [("first",)]
         old.close()
 
+    log = json.loads(db(stack, "log", "notes", "--json").stdout)
+    ends = [c["end_lsn"] for c in log]
+    assert ends == sorted(ends, reverse=True) and ends[:2] == [commits[-1], commits[-2]], log
+    assert all(c["commit_time_us"] > 0 and c["records"] >= 1 and c["database"] == "notes" for c in log)
+    table = db(stack, "log", "notes", "--limit", "1")
+    assert table.returncode == 0 and str(commits[-1]) in table.stdout and str(commits[-2]) not in table.stdout
+    assert "--limit N for more" in table.stderr
+    branch_log = json.loads(db(stack, "log", "undo", "--json").stdout)
+    assert branch_log[0]["end_lsn"] == first_commit and branch_log[0]["database"] == "notes", branch_log
+    assert db(stack, "list", "--limit", "3").returncode == 2
+
     listed = db(stack, "list")
     assert listed.returncode == 0
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
