@@ -73,6 +73,15 @@ class DiskSpaceWatch:
     def full(self) -> bool:
         return self._failures > 0
 
+    def still_full(self, min_free_bytes: int) -> bool:
+        """Whether the last write here ran out of space and fewer than
+        `min_free_bytes` are free now (a cheap statvfs: no write needed to learn
+        that space is back)."""
+        if not self.full:
+            return False
+        free = free_bytes(self.directory)
+        return free is not None and free < min_free_bytes
+
     def failed(self, what: str, exc: BaseException, **fields: object) -> None:
         with self._lock:
             self._failures += 1

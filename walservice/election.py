@@ -37,6 +37,9 @@ VOTE_TIMEOUT_S = 0.5
 # How long one Append keeps running for leader (lost or split votes) before UNAVAILABLE.
 ELECTION_PATIENCE_S = 1.5
 LEADER_METADATA_KEY = "strata-leader"
+# A node whose last write ran out of space runs for leader again only once this
+# much is free (a vote, a term and a round must fit).
+LEAD_MIN_FREE_BYTES = 64 * 1024
 
 class NotLeader(Unavailable):
     """This node does not lead the timeline: UNAVAILABLE, with the leader's address
@@ -84,6 +87,8 @@ class TimelineElection:
         # When a peer last ran for leader here while this node knew no live leader: a
         # node that wants a leader (and may be unable to win) makes every node want one.
         self.peer_wanted_leader = float("-inf")
+        # Until when this node stays out of elections after resigning (`resign`).
+        self.resigned_until = float("-inf")
 
     def _start_leading(self, term: Term) -> None:
         """This node now leads `term` (leader_term and epoch_start_lsn are set)."""
@@ -148,6 +153,8 @@ class TimelineElection:
         tl = self.timeline
         if self.leader_term or self.catching_up or tl.closing or tl.broken is not None or self.live_leader():
             return False
+        if self.clock() < self.resigned_until or tl.disk.still_full(LEAD_MIN_FREE_BYTES):
+            return False
         if self.clock() - self.peer_wanted_leader < 2 * LEADER_LEASE_S:
             return True  # a peer runs and may lose to this node's log: this node must run too
         return tl.flush_lsn > tl.commit_lsn or tl.stream_waiters > 0
@@ -178,6 +185,11 @@ class TimelineElection:
             return
         if self.catching_up:
             raise self.not_leader("it lost WAL and is catching up from its peers, so it cannot lead")
+        if self.clock() < self.resigned_until:
+            raise self.not_leader("it resigned the lead a moment ago (its disk is full)")
+        if self.timeline.disk.still_full(LEAD_MIN_FREE_BYTES):
+            # It could not even record a vote for itself: send the client on.
+            raise self.not_leader(f"its disk is full (under {LEAD_MIN_FREE_BYTES} bytes free), so it does not run for leader")
         # A node that just started first listens for a leader for one lease, so that
         # it does not bump the term under a healthy leader.
         while not self.live_leader() and (wait := self.started + LEADER_LEASE_S - self.clock()) > 0:
@@ -260,6 +272,17 @@ class TimelineElection:
         if self.leader_term:
             self._event(self.log.info, "leader_stepped_down", lsn=tl.commit_lsn, reason=why)
             self.leader_term = 0
+            self._stop_leading()
+
+    def resign(self, why: str) -> None:
+        """Stop leading at once, in the current term (no control write: the term is
+        unchanged), and stay out of elections for two leases so that the followers,
+        which may hold WAL this node lacks, elect one of them first. For a leader
+        that cannot write (its disk is full); it follows from then on."""
+        self.resigned_until = self.clock() + 2 * LEADER_LEASE_S
+        if self.leader_term:
+            self._event(self.log.warning, "leader_resigned", lsn=self.timeline.commit_lsn, reason=why)
+            self.leader_term, self.leader_id = 0, 0
             self._stop_leading()
 
     # -- the voter's side (the WalPeer RequestVote handler) ------------------------------

@@ -43,9 +43,14 @@ the next append as usual: once space is back it is written, with no restart.
 A follower does the same with replicated frames: it refuses them (the leader
 counts it as not acked and sends them again, with backoff, until it takes
 them). A leader of a cluster whose own write runs out of space has handed the
-round to its replicators already, so it cannot take it back: it stops the
-timeline as for any other write error (a known limit: a restart, with space,
-recovers it; the other nodes go on without it).
+round to its replicators already, so it cannot take it back: its callers are
+answered UNAVAILABLE (the batch may or may not survive: the followers hold it
+and may commit it under the next leader), the rounds behind it are refused as
+NotLeader, and the node steps down at once (`resign`) and stays out of
+elections for two leases and while its disk stays full (election.py:
+LEAD_MIN_FREE_BYTES), so that a node with space leads within a couple of
+seconds; its appends are redirected there meanwhile. The resigned node follows: its replicated writes are refused while
+its disk is full and taken once space is back, with no restart.
 
 Invariants: floor_lsn <= commit_lsn <= flush_lsn <= end_lsn <= the sequenced end (the end of
 the last queued round). `end_lsn` counts what is written or being written but
@@ -294,7 +299,7 @@ class Timeline:
             await write
         except DiskFull as exc:
             if self.replica is not None:
-                self._stop_after_write_error(exc, rnd)  # sent to the followers already (see the docstring)
+                self._resign_after_disk_full(exc, rnd)  # sent to the followers already (see the docstring)
             else:
                 self._refuse_after_disk_full(exc, rnd)
             return None
@@ -363,6 +368,34 @@ class Timeline:
             reason="disk_full", batches=len(rnd.acks) + sum(len(r.acks) for r in self._rounds),
         )
         self._refuse_queued(rnd, exc)
+
+    def _resign_after_disk_full(self, exc: DiskFull, rnd: _Round) -> None:
+        """A cluster leader's write ran out of space and was rolled back here, but the
+        round went to the followers already: its fate is theirs now (they may commit
+        it under the next leader), so its callers are told it may or may not survive,
+        the rounds behind it (sent to nobody) are refused as NotLeader, and this node
+        steps down so that a node with space leads (see the module docstring)."""
+        assert self.replica is not None
+        self.end_lsn = self.flush_lsn
+        self.disk.failed("wal_append", exc, tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn)
+        self.log.warning(
+            "wal_append_refused", tenant=self.tenant_id, timeline=self.timeline_id, lsn=self.flush_lsn,
+            reason="disk_full", role="leader", batches=len(rnd.acks) + sum(len(r.acks) for r in self._rounds),
+        )
+        unknown = Unavailable(
+            f"tenant={self.tenant_id} timeline={self.timeline_id}: the leader ran out of disk space writing "
+            f"lsn={rnd.start_lsn}..{rnd.end_lsn} ({exc}); it stepped down; not acknowledged (the batch may or may "
+            "not survive: the followers it was sent to may commit it under the next leader)"
+        )
+        for future, _ in rnd.acks:
+            _settle(future, exc=unknown)
+        self.replica.resign("its disk is full")
+        queued = list(self._rounds)
+        self._rounds.clear()
+        refused = self.replica.not_leader("it ran out of disk space and stepped down")
+        for behind in queued:
+            for future, _ in behind.acks:
+                _settle(future, exc=refused)
 
     def _stop_after_write_error(self, exc: OSError | StrataError, rnd: _Round | None) -> None:
         """A failed write or fsync leaves the file's state unknown: stop the timeline

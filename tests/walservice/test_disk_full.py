@@ -130,3 +130,58 @@ def test_follower_out_of_space_is_not_acked_then_catches_up(small_disk, strata_e
     status = strata_env.wal_stub(nodes[2]).Status(key.ref(), timeout=STREAM_TIMEOUT_S)
     assert status.flush_lsn >= end
     client.close()
+
+
+def test_leader_out_of_space_steps_down_and_the_cluster_goes_on(small_disk, strata_env: StrataEnv) -> None:
+    """A cluster leader whose own write runs out of space cannot take the round
+    back from its followers: it answers UNAVAILABLE (the batch's fate is theirs),
+    steps down, and a node with space leads within a couple of seconds with no
+    restart; the resigned node catches up once space is back, and nothing
+    acknowledged is lost."""
+    disks = [small_disk(strata_env.root / f"wal{n}", DISK_BYTES) for n in (1, 2, 3)]
+    nodes = strata_env.walservice_cluster(3, "--segment-bytes", str(SEGMENT_BYTES))
+    client = Client(walservice=",".join(n.address for n in nodes))
+    key = create_timeline(strata_env.wal_stub(nodes[0]))
+    acked: list[tuple[int, int]] = []  # (batch, end_lsn) of every acknowledged append
+
+    def append(batch: int) -> int:
+        end = client.append(tenant_id=key.tenant_id, timeline_id=key.timeline_id, records=tagged_batch(1, batch, 10)).end_lsn
+        acked.append((batch, end))
+        return end
+
+    append(0)
+    leader = strata_env.wal_stub(nodes[0]).Status(key.ref(), timeout=STREAM_TIMEOUT_S).leader_node_id
+    assert leader in (1, 2, 3)
+    old = nodes[leader - 1]
+    old_stub = strata_env.wal_stub(old)
+    disks[leader - 1].fill()
+
+    with pytest.raises(grpc.RpcError) as info:
+        old_stub.Append(key.append(tagged_batch(1, 1, 200)), timeout=STREAM_TIMEOUT_S)  # more pages than the last one holds
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (info.value.code(), info.value.details())
+    assert "ran out of disk space" in info.value.details() and "may or may not survive" in info.value.details()
+    assert "event=leader_resigned" in old.log_text()
+
+    # Another node leads, with no client write and no restart.
+    others = [strata_env.wal_stub(n) for n in nodes if n is not old]
+    wait_until(
+        "a node with space to lead",
+        lambda: any(s.Status(key.ref(), timeout=STREAM_TIMEOUT_S).leader_node_id not in (0, leader) for s in others),
+        timeout=10,
+    )
+    for batch in range(2, 8):
+        append(batch)  # through whichever node leads now
+    new_leader = others[0].Status(key.ref(), timeout=STREAM_TIMEOUT_S).leader_node_id
+    assert new_leader != leader
+
+    disks[leader - 1].free()
+    end = acked[-1][1]
+    wait_until("the resigned node to catch up", lambda: old_stub.Status(key.ref(), timeout=STREAM_TIMEOUT_S).flush_lsn >= end, timeout=15)
+    assert "event=disk_space_back" in old.log_text()
+    # Nothing acknowledged is lost on the node that ran out of space: read its own WAL after a restart.
+    old.stop()
+    old.start()
+    records = read_stream(strata_env.wal_stub(old), key, end)
+    got = {record_tag(r.record).batch for r in records}
+    assert {b for b, _ in acked} <= got, sorted(got)
+    client.close()
