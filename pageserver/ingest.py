@@ -30,9 +30,10 @@ here to new records and make the database read as it was at its start. Once
 every walservice node says NOT_FOUND, the timeline is stopped instead
 (`event=timeline_lost_by_walservice`, level=error; its reads answer DATA_LOSS
 with a message saying what is gone: the walservice's WAL, and every commit past
-what this pageserver ingested). What this cannot see: WAL ingested and then lost
-here too (a pageserver killed before its first flush, restarted after the loss)
-leaves `last_record_lsn == start_lsn`, and the timeline is registered again.
+what this pageserver ingested). A pageserver killed before its first flush comes back
+with `last_record_lsn == start_lsn` too: the durable `wal_seen.json` marker,
+written before the first record is applied (wal_seen_marker.py), tells it that
+it took WAL, so it is stopped as well rather than registered again.
 
 Concurrency: one asyncio task per timeline, on the pageserver's event loop.
 """
@@ -48,8 +49,11 @@ import grpc
 
 from strata.background_tasks import cancel_and_wait
 from strata.errors import CorruptionError
+from strata.ids import Lsn
 from strata.logs import EventLogger
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
+
+from pageserver.wal_seen_marker import mark_wal_seen
 
 if TYPE_CHECKING:
     from pageserver.timeline import Timeline
@@ -173,6 +177,8 @@ class WalReceiver:
                         self.log.info("wal_stream_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
                         failing = False
                     backoff = 0.1
+                    if not tl.wal_seen and batch.records:
+                        await self._mark_wal_seen(batch.records[0].lsn)
                     commit_time = 0
                     for rec in batch.records:
                         if rec.lsn <= tl.last_record_lsn:
@@ -197,7 +203,7 @@ class WalReceiver:
                     )
                     failing = True
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    if tl.last_record_lsn == tl.start_lsn:
+                    if tl.last_record_lsn == tl.start_lsn and not tl.wal_seen:
                         await self._register()
                     elif await self.stub.lost_everywhere(tl.tenant_id, tl.timeline_id):
                         self._stop_lost()
@@ -242,6 +248,13 @@ class WalReceiver:
             "timeline_lost_by_walservice", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn,
             disk_consistent_lsn=tl.disk_consistent_lsn, start_lsn=tl.start_lsn,
         )
+
+    async def _mark_wal_seen(self, first_lsn: int) -> None:
+        """Before the first record past the start is applied: note durably that
+        this timeline takes WAL (wal_seen_marker.py), once."""
+        tl = self.timeline
+        await asyncio.get_running_loop().run_in_executor(tl.executor, mark_wal_seen, tl.directory, Lsn(first_lsn))
+        tl.wal_seen = True
 
     async def _register(self) -> None:
         """The walservice does not know this timeline (a crash between the two

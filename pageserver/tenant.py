@@ -50,6 +50,7 @@ from pathlib import Path
 import grpc
 
 from pageserver.index_part import FILE_NAME as INDEX_FILE_NAME
+from pageserver.wal_seen_marker import FILE_NAME as WAL_SEEN_FILE_NAME
 from pageserver.index_part import IndexPart, RelationEntry, read_index_part, write_index_part
 from pageserver.ingest import WalNodes, WalReceiver
 from pageserver.layer_cache import LayerCache
@@ -196,7 +197,7 @@ class Tenant:
             self.deletions.resume(marks)
 
     def _remove_unlisted_files(self, tl_dir: Path, index: IndexPart) -> None:
-        listed = {entry.file_name for entry in index.layers} | {INDEX_FILE_NAME}
+        listed = {entry.file_name for entry in index.layers} | {INDEX_FILE_NAME, WAL_SEEN_FILE_NAME}
         for path in tl_dir.iterdir():
             if path.name not in listed:
                 self.ctx.log.info("removed_unlisted_file", tenant=self.tenant_id, timeline=tl_dir.name, file=path.name)

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
 from pageserver import commit_log, compaction, gc, reconstruct
+from pageserver.wal_seen_marker import has_seen_wal
 from pageserver.commit_log import CommitLog, CommitPoint, legacy_commits
 from pageserver.layers.in_memory_layer import InMemoryLayer
 from pageserver.index_part import CommitTime, IndexPart, LayerEntry, RelationEntry, Truncation, write_index_part
@@ -190,6 +191,9 @@ class Timeline:
         # it streams from: it holds records the walservice lost, so nothing of it is
         # served from then on (DATA_LOSS) until an operator looks.
         self.stopped: CorruptionError | None = None
+        # Whether this timeline ever took WAL past its start (wal_seen_marker.py):
+        # set by the WAL receiver once the marker is durable.
+        self.wal_seen = has_seen_wal(directory)
 
     def stop(self, error: CorruptionError) -> None:
         """Refuse every read and branch from now on with `error`."""

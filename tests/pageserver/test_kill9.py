@@ -39,10 +39,11 @@ def timeline_dirs(ps: Component) -> list[Path]:
 
 
 def assert_only_listed_files(ps: Component) -> None:
-    """Every file of every timeline directory is its index or a layer the index names."""
+    """Every file of every timeline directory is its index, its wal_seen.json
+    marker, or a layer the index names."""
     for tl_dir in timeline_dirs(ps):
         listed = {entry.file_name for entry in read_index_part(tl_dir).layers} | {"index_part.json"}
-        present = {p.name for p in tl_dir.iterdir()}
+        present = {p.name for p in tl_dir.iterdir()} - {"wal_seen.json"}
         assert present == listed, f"{tl_dir}: unlisted {sorted(present - listed)}, missing {sorted(listed - present)}"
 
 

@@ -52,3 +52,34 @@ def test_a_timeline_the_walservice_lost_is_data_loss_not_an_empty_database(strat
         assert db.execute("SELECT y FROM u").fetchall() == [(1,)]
         db.close()
 
+
+
+def test_a_pageserver_killed_before_its_first_flush_still_sees_the_loss(strata_env: StrataEnv) -> None:
+    """SIGKILLed before any layer flush, the pageserver's durable state says nothing
+    past the timeline's start; its wal_seen.json marker still tells it that it took
+    WAL, so the walservice's loss is DATA_LOSS, not an empty database registered again."""
+    wal = strata_env.walservice()
+    ps = strata_env.pageserver(wal)  # default checkpoint size: nothing below is flushed
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        tenant = client.create_tenant(page_size=4096).tenant_id
+        main = client.create_timeline(tenant_id=tenant).timeline_id
+        fresh = client.create_timeline(tenant_id=tenant).timeline_id
+        db = connect_sqlite(client, tenant, main)
+        db.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('acknowledged')")
+        end = client.status(tenant_id=tenant, timeline_id=main).flush_lsn
+        wait_until("ingest", lambda: client.get_timeline(tenant_id=tenant, timeline_id=main).last_record_lsn >= end)
+        assert client.get_timeline(tenant_id=tenant, timeline_id=main).disk_consistent_lsn == 0, "flushed: not this case"
+        db.close()
+        ps.kill()
+        for timeline in (main, fresh):
+            assert client.wal_delete_timeline(tenant_id=tenant, timeline_id=timeline).existed
+    ps.start()
+    with Client(pageserver=ps.address, walservice=wal.address) as client:
+        wait_until("the lost timeline to be noticed", lambda: "event=timeline_lost_by_walservice" in ps.new_log_text())
+        with pytest.raises(grpc.RpcError) as lost:
+            client.get_page(tenant_id=tenant, timeline_id=main, rel=1, blkno=0, lsn=0)
+        assert lost.value.code() == grpc.StatusCode.DATA_LOSS
+        with pytest.raises(grpc.RpcError) as gone:
+            client.status(tenant_id=tenant, timeline_id=main)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND, "not re-created empty"
+        wait_until("the fresh timeline to be registered again", lambda: f"event=wal_timeline_registered tenant={tenant} timeline={fresh}" in ps.new_log_text())
