@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run_and_report(
-        args, "attach", "attach: first page on an empty pageserver vs downloading the tenant",
+        parser, args, "attach", "attach: first page on an empty pageserver vs downloading the tenant",
         lambda work_dir: run(int(args.size_mib * MIB), args.samples, work_dir),
         lambda results: render_markdown(results, args.samples),
         "Remote storage is a local directory, so the download runs at local-disk / page-cache speed; over S3 every "

@@ -53,7 +53,7 @@ from compute_shim import Client
 from pageserver.layers.names import KEY_SPACE_END, LayerName
 from strata.v1 import records_pb2
 from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
-from bench.report import percentile
+from bench.report import add_write_argument, partial_run_reasons, percentile, publish_section
 from tests.env import StrataEnv
 
 MIB = 1024 * 1024
@@ -421,6 +421,25 @@ def ratio_text(peer_ms: float, strata_ms: float | None) -> str:
     return f"{ratio:,.1f}x slower" if ratio >= 1 else f"{1 / ratio:,.1f}x faster"
 
 
+FLAT_RATIO = 2.0  # "flat": the largest ancestor's p50 within this factor of the smallest's
+
+
+def branch_verdict(p50_by_size: Sequence[tuple[int, float]]) -> str:
+    """The target line: Strata's CreateTimeline p50 under STRATA_TARGET_P50_MS at
+    every ancestor size, and flat (largest within FLAT_RATIO of the smallest);
+    `p50_by_size` is (ancestor bytes, p50 ms), ascending size."""
+    (low_size, low), (high_size, high) = p50_by_size[0], p50_by_size[-1]
+    missed = [format_size(size) for size, p50 in p50_by_size if p50 >= STRATA_TARGET_P50_MS]
+    growth = high / low if low else float("inf")
+    met = not missed and growth <= FLAT_RATIO
+    return (
+        f"Target: Strata p50 under {STRATA_TARGET_P50_MS:g} ms at every size, flat: **{'met' if met else 'not met'}**. "
+        f"p50 goes from {low:,.2f} ms at {format_size(low_size)} to {high:,.2f} ms at {format_size(high_size)} "
+        f"({growth:.1f}x; flat means at most {FLAT_RATIO:g}x); "
+        + (f"at or over {STRATA_TARGET_P50_MS:g} ms at: {', '.join(missed)}." if missed else f"under {STRATA_TARGET_P50_MS:g} ms at every size.")
+    )
+
+
 def render_markdown(results: BranchResults, *, samples: int, peer_samples: int) -> str:
     sizes = sorted({r.size_bytes for r in results.branch_rows})
     lines = [
@@ -440,14 +459,7 @@ def render_markdown(results: BranchResults, *, samples: int, peer_samples: int) 
             lines.append(f"| {format_size(size)} | {row.system} | {len(row.samples_s)} | {row.p50_ms:,.2f} | {row.p99_ms:,.2f} | {ratio} | {data} |")
     strata_rows = [r for r in results.branch_rows if r.system.startswith("Strata")]
     if strata_rows:
-        low, high = strata_rows[0], strata_rows[-1]
-        met = [format_size(r.size_bytes) for r in strata_rows if r.p50_ms < STRATA_TARGET_P50_MS]
-        lines += [
-            "",
-            f"Strata p50 goes from {low.p50_ms:,.2f} ms at {format_size(low.size_bytes)} to {high.p50_ms:,.2f} ms at "
-            f"{format_size(high.size_bytes)} ({high.p50_ms / low.p50_ms:.1f}x); the {STRATA_TARGET_P50_MS:g} ms target is met at: "
-            f"{', '.join(met) if met else 'no size'}.",
-        ]
+        lines += ["", branch_verdict([(r.size_bytes, r.p50_ms) for r in strata_rows])]
     lines += ["", "Setting the data up (not part of the comparison):", "", "| ancestor | what | seconds | detail |", "| --- | --- | ---: | --- |"]
     for row in results.load_rows:
         lines.append(f"| {format_size(row.size_bytes)} | {row.system} | {row.seconds:,.1f} | {row.detail} |")
@@ -511,8 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pg-strategies", default=",".join(PG_STRATEGIES), help="CREATE DATABASE strategies to time (default WAL_LOG,FILE_COPY)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL peer")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite peer")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
-                        help="write the table into BENCHMARKS.md (default: yes, except with --quick)")
+    add_write_argument(parser)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser
@@ -524,7 +535,8 @@ def exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     exit_on_sigterm()
     if args.quick:
         sizes = args.sizes or [int(s * MIB) for s in QUICK_SIZES_MIB]
@@ -532,7 +544,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sizes = args.sizes or [int(s * MIB) for s in DEFAULT_SIZES_MIB]
         samples, peer_samples = args.samples, args.peer_samples
-    write = (not args.quick) if args.write is None else args.write
     strategies = [s.strip().upper() for s in args.pg_strategies.split(",") if s.strip()]
     load_at_start = os.getloadavg()[0]
     with work_directory(args.work_dir, args.keep) as work_dir:
@@ -553,14 +564,11 @@ def main(argv: list[str] | None = None) -> None:
     results.branch_rows.sort(key=lambda r: r.size_bytes)
     results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
     print_summary(results)
-    if write:
-        from bench.report import update_section
-
-        update_section(
-            "branch",
-            render_markdown(results, samples=samples, peer_samples=peer_samples),
-            title="branch: CreateTimeline vs CREATE DATABASE ... TEMPLATE vs copying a SQLite file",
-        )
+    publish_section(
+        "branch", render_markdown(results, samples=samples, peer_samples=peer_samples),
+        reasons=partial_run_reasons(parser, args), write=args.write, command="python -m bench.branch",
+        title="branch: CreateTimeline vs CREATE DATABASE ... TEMPLATE vs copying a SQLite file",
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ model, kernel, Python, date, the exact command). A section already in the file i
 replaced where it stands; a new one is appended. Other sections and any text
 outside the markers are kept byte for byte, and concurrent writers (benchmarks
 run side by side) are serialized by a lock on the file.
+
+Only a full default run writes its section (`publish_section`): a run with any
+option that changes what is measured (`--quick`, `--no-postgres`, other sizes,
+another target...) prints its table and says why it left BENCHMARKS.md alone,
+so a committed section is always the whole comparison its command names.
+Options that only say where files go (`--work-dir`, `--keep`) do not count.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import os
 import platform
 import re
+import argparse
 import shlex
 import sys
 from collections.abc import Sequence
@@ -128,3 +135,72 @@ def percentile(samples: Sequence[float], q: float) -> float:
     lo = math.floor(rank)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+# Options that change nothing a run measures: where its files go, what it keeps.
+NEUTRAL_OPTIONS = frozenset({"work_dir", "keep", "write"})
+
+
+def add_write_argument(parser: argparse.ArgumentParser) -> None:
+    """--write / --no-write, as every bench takes it (see `publish_section`)."""
+    parser.add_argument(
+        "--write", action=argparse.BooleanOptionalAction, default=None,
+        help="write the table into BENCHMARKS.md: only a full default run does (any option other than "
+        "--work-dir/--keep leaves it alone, saying so); --no-write: never",
+    )
+
+
+def _flag(action: argparse.Action) -> str:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    return max(longs, key=len) if longs else action.dest
+
+
+def partial_run_reasons(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, neutral: frozenset[str] = NEUTRAL_OPTIONS
+) -> list[str]:
+    """Why `args` is not a full default run of `parser`'s bench: each option that
+    differs from its default (after its type conversion), as it would be typed.
+    Empty for a full default run."""
+    defaults = vars(parser.parse_args([]))
+    reasons = []
+    for action in parser._actions:  # noqa: SLF001 - argparse's only public view of its options
+        dest = action.dest
+        if dest in neutral or dest == argparse.SUPPRESS or dest not in defaults:
+            continue
+        value = getattr(args, dest, defaults[dest])
+        if value == defaults[dest]:
+            continue
+        if action.nargs == 0:  # a switch: --quick, --no-postgres
+            reasons.append(_flag(action) if value else f"--no-{_flag(action).removeprefix('--')}")
+        else:
+            shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            reasons.append(f"{_flag(action)} {shown}")
+    return reasons
+
+
+def publish_section(
+    name: str,
+    markdown: str,
+    *,
+    reasons: list[str],
+    write: bool | None,
+    command: str,
+    title: str | None = None,
+    path: Path = BENCHMARKS_PATH,
+) -> Path | None:
+    """Write section `name` if this was a full default run (`reasons` empty) and
+    `write` is not False (--no-write); else say on stderr why not. `command` is
+    the full default run's command line, for that message. Returns the path written."""
+    if write is False:
+        print(f"BENCHMARKS.md section {name!r} left alone (--no-write)", file=sys.stderr)
+        return None
+    if reasons:
+        print(
+            f"BENCHMARKS.md section {name!r} left alone: not a full default run ({' '.join(reasons)}); "
+            f"only `{command}` (with at most --work-dir/--keep) writes it",
+            file=sys.stderr,
+        )
+        return None
+    written = update_section(name, markdown, title=title, path=path)
+    print(f"wrote section {name} of {written}", file=sys.stderr)
+    return written

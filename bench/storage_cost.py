@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from bench.report import add_write_argument, partial_run_reasons, publish_section
 from bench.branch import (
     BENCH_REL,
     MIB,
@@ -149,7 +150,7 @@ def load_uploaded_base(client: Client, ps: Component, size_bytes: int, log: bool
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """--write / --work-dir / --keep, as every bench here takes them."""
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write BENCHMARKS.md")
+    add_write_argument(parser)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
 
@@ -162,10 +163,12 @@ R = TypeVar("R", bound=_Results)
 
 
 def run_and_report(
-    args: argparse.Namespace, section: str, title: str, run_in: Callable[[Path], R], render: Callable[[R], str], note: str
+    parser: argparse.ArgumentParser, args: argparse.Namespace, section: str, title: str, run_in: Callable[[Path], R],
+    render: Callable[[R], str], note: str,
 ) -> None:
     """A bench's main: run in a work directory, add `note` and the load average,
-    print the table, and write it into BENCHMARKS.md unless --no-write."""
+    print the table, and write it into BENCHMARKS.md if this was a full default
+    run (bench/report.py: publish_section)."""
     exit_on_sigterm()
     load_at_start = os.getloadavg()[0]
     with work_directory(args.work_dir, args.keep) as work_dir:
@@ -174,10 +177,15 @@ def run_and_report(
     results.notes.append(load_average_note(load_at_start, os.getloadavg()[0]))
     markdown = render(results)
     print(markdown)
-    if args.write:
-        from bench.report import update_section
+    publish_section(
+        section, markdown, reasons=partial_run_reasons(parser, args), write=args.write, command=f"python -m bench.{section}", title=title
+    )
 
-        update_section(section, markdown, title=title)
+
+def cost_verdict(ratio: float) -> str:
+    """The target line: Strata's base + branches under TARGET_RATIO x the base."""
+    met = "met" if ratio < TARGET_RATIO else "not met"
+    return f"Strata total / base: {ratio:.2f}x: the under-{TARGET_RATIO:g}x target is {met}."
 
 
 def run_strata(size_bytes: int, branches: int, change: float, work_dir: Path, log: bool = True) -> CostRow:
@@ -301,8 +309,7 @@ def render_markdown(results: CostResults) -> str:
             f"| {row.system} | {format_size(row.base_bytes)} | {format_size(row.total_bytes)} | {row.ratio:.2f}x | "
             f"{vs:.1f}x | {row.detail} |"
         )
-    met = "met" if strata.ratio < TARGET_RATIO else "NOT met"
-    lines += ["", f"Strata total / base: {strata.ratio:.2f}x: the under-{TARGET_RATIO:g}x target is {met}."]
+    lines += ["", cost_verdict(strata.ratio)]
     lines += ["", *results.notes]
     return "\n".join(lines)
 
@@ -321,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     run_and_report(
-        args, "storage_cost", "storage_cost: 100 branches, 1% changed each, vs full copies",
+        parser, args, "storage_cost", "storage_cost: 100 branches, 1% changed each, vs full copies",
         lambda work_dir: run(int(args.size_mib * MIB), args.branches, args.change, work_dir, sqlite=not args.no_sqlite),
         render_markdown,
         "Not counted: the WAL the walservice offloads to remote storage (it runs without --remote-storage here). "

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import NEUTRAL_OPTIONS, add_write_argument, partial_run_reasons, publish_section
 from gpu.build import group_by_list
 from gpu.kmeans import DEFAULT_TOL, assign, kmeans
 from gpu.synthetic import clustered, recall_at_k
@@ -262,13 +263,9 @@ def render_markdown(sets: list[SetResult], layers: LayerResult | None, niter: in
     out.append("")
     for s in sets:
         if s.faiss is not None:
-            same_recall = abs(s.strata.searches[0].recall - s.faiss.searches[0].recall) <= 0.01
-            met = s.strata.build_s <= s.faiss.build_s and same_recall
-            out.append(
-                f"- Target, {s.n:,} x {s.dim}: the NumPy build no slower than faiss-cpu at equal recall@10: "
-                f"{'met' if met else 'not met'} ({s.strata.build_s:.1f} s vs {s.faiss.build_s:.1f} s; recall@10 at nprobe "
-                f"{s.strata.searches[0].nprobe} {s.strata.searches[0].recall:.3f} vs {s.faiss.searches[0].recall:.3f})."
-            )
+            out.append(f"- Target, {s.n:,} x {s.dim}: " + build_verdict(
+                s.strata.build_s, s.faiss.build_s, s.strata.searches[0].recall, s.faiss.searches[0].recall, s.strata.searches[0].nprobe
+            ))
     for s in sets:
         flop = 2 * s.train_rows * s.nlist * s.dim
         line = (f"- {s.n:,} x {s.dim}: one Lloyd step on {s.train_rows:,} training rows x {s.nlist} lists "
@@ -286,6 +283,15 @@ def render_markdown(sets: list[SetResult], layers: LayerResult | None, niter: in
             f"read the collection from the layer files ({layers.n / layers.read_s:,.0f} rows/s){faiss_txt}."
         )
     return "\n".join(out)
+
+
+def build_verdict(strata_s: float, faiss_s: float, strata_recall: float, faiss_recall: float, nprobe: int) -> str:
+    """The target: the NumPy build no slower than faiss-cpu, recall@10 within 0.01 of its."""
+    met = strata_s <= faiss_s and abs(strata_recall - faiss_recall) <= 0.01
+    return (
+        f"the NumPy build no slower than faiss-cpu at equal recall@10: {'met' if met else 'not met'} ({strata_s:.1f} s vs "
+        f"{faiss_s:.1f} s; recall@10 at nprobe {nprobe} {strata_recall:.3f} vs {faiss_recall:.3f})."
+    )
 
 
 def parse_sets(text: str) -> list[tuple[int, int]]:
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--gpu-peak-tflops", type=float, default=None, help="dense float32/TF32 peak of the GPU, for the FLOP/s fraction")
     parser.add_argument("--quick", action="store_true", help="smoke sizes (20k x 32, nlist 64); BENCHMARKS.md untouched")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write BENCHMARKS.md (default: unless --quick)")
+    add_write_argument(parser)
     parser.add_argument("--section", default="vectors", help="BENCHMARKS.md section name (default vectors)")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the table (repeatable)")
     args = parser.parse_args(argv)
@@ -326,10 +332,15 @@ def main(argv: list[str] | None = None) -> None:
     markdown = render_markdown(results, layer_result, args.niter, args.gpu_peak_tflops)
     markdown += "".join(f"\n- {note}" for note in args.note)
     print(markdown)
-    if (not args.quick) if args.write is None else args.write:
-        from bench.report import update_section
-
-        update_section(args.section, markdown, title=f"{args.section}: IVF-Flat builds, Strata gpu/ vs faiss-cpu")
+    # A GPU run goes into a section of its own (--section vectors-gpu): its device,
+    # section, notes and peak are not partial options; anything else is.
+    reasons = partial_run_reasons(parser, args, NEUTRAL_OPTIONS | {"device", "section", "note", "gpu_peak_tflops"})
+    if args.device != "cpu" and args.section == "vectors":
+        reasons.append(f"--device {args.device} into the CPU section (name another with --section)")
+    publish_section(
+        args.section, markdown, reasons=reasons, write=args.write, command="python -m bench.vectors",
+        title=f"{args.section}: IVF-Flat builds, Strata gpu/ vs faiss-cpu",
+    )
 
 
 if __name__ == "__main__":

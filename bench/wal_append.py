@@ -8,7 +8,10 @@
     python -m bench.wal_append --replication     # 1 node vs a 3-node cluster, and the stall when the leader dies
 
 For each number of concurrent writers (1, 8, 64) and records per commit (1, 16),
-each configuration for `--duration` seconds after `--warmup` seconds, first on
+each configuration for `--duration` seconds after `--warmup` seconds of the
+same load, untimed, on both systems alike (Strata's writers start `--warmup`
+seconds before the window; pgbench runs `--warmup` + `--duration` seconds and
+only the transactions that end inside the window count), first on
 Strata and right after on PostgreSQL, the whole sequence `--rounds` times, keeping
 each system's best round per configuration (on a shared machine, other work only
 ever slows a round down; the notes say how far apart the rounds were):
@@ -53,7 +56,6 @@ import asyncio
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -71,7 +73,7 @@ from typing import Any
 import grpc
 
 from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
-from bench.report import percentile
+from bench.report import NEUTRAL_OPTIONS, add_write_argument, partial_run_reasons, percentile, publish_section
 from compute_shim.wal_writer import WalWriter
 from strata import ids
 from strata.local_process import NotListening, free_port, start_logged, wait_listening
@@ -685,19 +687,22 @@ def insert_script(batch: int) -> str:
     return f"INSERT INTO t (payload) VALUES {rows};\n"
 
 
-_TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
-_DONE_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 
 
-def measure_postgres(pg: ThrowawayPostgres, clients: int, batch: int, duration_s: float, scratch: Path) -> Measurement:
-    """pgbench -c `clients` for `duration_s` seconds with the INSERT script of `batch` rows."""
+def measure_postgres(
+    pg: ThrowawayPostgres, clients: int, batch: int, duration_s: float, scratch: Path, warmup_s: float = 0.0
+) -> Measurement:
+    """pgbench -c `clients` with the INSERT script of `batch` rows, warmed like
+    Strata: it runs `warmup_s` + `duration_s` seconds and only the transactions
+    that end inside the last `duration_s` (by its per-transaction log's
+    timestamps) count, for commits/s and latency alike."""
     pg.sql("TRUNCATE t")
     pg.sql("CHECKPOINT")
     run_dir = scratch / f"pgbench-{clients}x{batch}"
     run_dir.mkdir(parents=True, exist_ok=True)
     script = run_dir / "insert.sql"
     script.write_text(insert_script(batch))
-    seconds = max(1, round(duration_s))
+    seconds = max(1, math.ceil(warmup_s + duration_s))
     argv = [
         PGBENCH, *pg.connection_args(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
         "-T", str(seconds), "-f", str(script), "--log", f"--log-prefix={run_dir / 'txn'}", "postgres",
@@ -705,35 +710,38 @@ def measure_postgres(pg: ThrowawayPostgres, clients: int, batch: int, duration_s
     postmaster = pg.postmaster_pid
     cpu = CpuWindow(lambda: _process_tree(postmaster), None)
     children_before = os.times()
-    t0 = time.monotonic()
-    # Sample inside the run, once the clients have connected.
-    cpu.start(t0 + min(1.0, seconds / 4), t0 + seconds - min(0.2, seconds / 10))
+    t0, wall0 = time.monotonic(), time.time()
+    window_start = wall0 + warmup_s
+    # CPU sampled in the same window as the counted transactions.
+    cpu.start(t0 + warmup_s, t0 + warmup_s + duration_s)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, cwd=run_dir)
     children_after = os.times()
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stderr[-1500:]}")
-    tps_match, done_match = _TPS_RE.search(proc.stdout), _DONE_RE.search(proc.stdout)
-    if not tps_match or not done_match:
-        raise RuntimeError(f"cannot parse pgbench output:\n{proc.stdout[-1500:]}")
+    ends: list[float] = []
     latencies = []
     for log_file in run_dir.glob("txn.*"):
         for line in log_file.read_text().splitlines():
             parts = line.split()
             if len(parts) >= 6:
-                latencies.append(int(parts[2]) / 1e6)
-    tps = float(tps_match.group(1))
-    commits = int(done_match.group(1))
+                end = int(parts[4]) + int(parts[5]) / 1e6
+                if window_start <= end <= window_start + duration_s:
+                    ends.append(end)
+                    latencies.append(int(parts[2]) / 1e6)
+    if not ends:
+        raise RuntimeError(f"pgbench logged no transaction inside the measured window:\n{proc.stdout[-1500:]}")
+    # The window ends where pgbench stopped, if that came first (its -T counts from after connecting).
+    window_s = min(duration_s, max(ends) - window_start)
     use = cpu.join()
     pgbench_cpu = (children_after.children_user + children_after.children_system) - (children_before.children_user + children_before.children_system)
     use.client_cores = pgbench_cpu / seconds
     shutil.rmtree(run_dir, ignore_errors=True)
-    # pgbench's tps excludes connection set-up; seconds follows from it.
-    return Measurement("PostgreSQL", clients, batch, commits, commits / tps if tps else float(seconds), latencies, use)
+    return Measurement("PostgreSQL", clients, batch, len(ends), window_s, latencies, use)
 
 
 @contextmanager
 def postgres_peer(work_dir: Path, notes: list[str]) -> Iterator[tuple[ThrowawayPostgres, str] | None]:
-    """A started, warmed-up PostgreSQL with the bench table, and its version; None
+    """A started PostgreSQL with the bench table, and its version; None
     (with a note saying why) when it cannot be started here."""
     try:
         pg = ThrowawayPostgres(work_dir / "postgres", clients=("psql", PGBENCH)).__enter__()
@@ -750,7 +758,6 @@ def postgres_peer(work_dir: Path, notes: list[str]) -> Iterator[tuple[ThrowawayP
             "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN "
             "('fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'commit_delay', 'shared_buffers', 'wal_buffers')"
         )
-        measure_postgres(pg, 8, 1, 1.0, work_dir / "pgbench")  # untimed warm-up
         notes.append(
             f"PostgreSQL {version}: throwaway cluster in `{pg.root}` ({settings}); pgbench -M prepared -c N -j min(N, 2) "
             "over loopback TCP; table `t (payload text)` without index, truncated and checkpointed before each configuration."
@@ -819,7 +826,7 @@ def run_benchmark(
                 if peer is not None:
                     if log:
                         print(f"round {round_index + 1}/{rounds} postgres: {writers} clients x {batch} rows/commit, {duration_s:g} s ...", file=sys.stderr, flush=True)
-                    postgres_rounds.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench"))
+                    postgres_rounds.append(measure_postgres(pg, writers, batch, duration_s, work_dir / "pgbench", warmup_s))
     results.strata, strata_spread = best_rounds(strata_rounds)
     results.postgres, postgres_spread = best_rounds(postgres_rounds)
     if target and "," in target:
@@ -901,7 +908,8 @@ def render_markdown(results: WalAppendResults, *, duration_s: float, warmup_s: f
     pg_name = f"PostgreSQL {results.postgres_version}".strip()
     lines = [
         f"Durable appends: Strata `Append` (acknowledged after fdatasync) vs {pg_name} commits "
-        f"(`synchronous_commit=on`) on the same disk, {duration_s:g} s per row after {warmup_s:g} s of warm-up. "
+        f"(`synchronous_commit=on`) on the same disk, {duration_s:g} s per row after {warmup_s:g} s of warm-up on both "
+        "(the same load, untimed: pgbench runs the warm-up and the window in one go, and only transactions ending in the window count). "
         f"A commit is one Append / one transaction of 1 or 16 records of {PAYLOAD_BYTES} bytes; "
         "latency is per commit, client side; MB/s counts the records' payload bytes. "
         "CPU: share of all CPUs busy during the window (cores used by server / client); "
@@ -995,8 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", metavar="HOST:PORT[,HOST:PORT...]", type=target_arg, default=None, help="use this running walservice, or cluster A,B,C (every node; appends follow the leader), instead of starting one (the bench creates its own timelines and deletes each after measuring it)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
     parser.add_argument("--replication", action="store_true", help="instead: 1 node vs a 3-node cluster at --writers, and the stall when the leader is killed (section wal_append_replication)")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="write the table into BENCHMARKS.md (default: only for a full default run: "
-                        "not with --quick, --no-postgres, --target, --writers or --batches)")
+    add_write_argument(parser)
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the throwaway walservice and PostgreSQL data (default: a temp dir under $TMPDIR, i.e. /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (PostgreSQL's cluster is always removed)")
     return parser
@@ -1021,7 +1028,8 @@ def disk_note(work_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the walservice and the PostgreSQL cluster are stopped and removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     duration_s = args.duration if args.duration is not None else (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
@@ -1029,9 +1037,9 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
     if duration_s <= 0 or warmup_s < 0 or rounds < 1:
         raise SystemExit("--duration must be positive, --warmup not negative, --rounds at least 1")
-    # Only a whole default comparison replaces the committed table unless --write says so.
-    standard_run = not (args.quick or args.no_postgres or args.target) and (args.writers, args.batches) == (WRITER_COUNTS, BATCH_SIZES)
-    write = standard_run if args.write is None else args.write
+    # Only a whole default comparison replaces the committed table (bench/report.py).
+    # --replication selects the other section, of which it is the default run.
+    reasons = partial_run_reasons(parser, args, NEUTRAL_OPTIONS | {"replication"})
     configs = [(w, b) for b in args.batches for w in args.writers]
     load_at_start = os.getloadavg()[0]
     if args.replication:
@@ -1043,11 +1051,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         markdown = render_replication(replication, duration_s=duration_s, warmup_s=warmup_s)
         print(markdown)
-        if args.write if args.write is not None else not args.quick:
-            from bench.report import update_section
-
-            path = update_section("wal_append_replication", markdown, title="wal_append_replication: 1 walservice node vs a 3-node cluster")
-            print(f"wrote section wal_append_replication of {path}", file=sys.stderr)
+        publish_section(
+            "wal_append_replication", markdown, reasons=reasons, write=args.write, command="python -m bench.wal_append --replication",
+            title="wal_append_replication: 1 walservice node vs a 3-node cluster",
+        )
         return
     with work_directory(args.work_dir, args.keep) as work_dir:
         print(disk_note(work_dir), file=sys.stderr, flush=True)
@@ -1062,11 +1069,10 @@ def main(argv: list[str] | None = None) -> None:
         f"on {os.cpu_count()} CPUs; the clients (Python grpc.aio, C pgbench) share those CPUs with the servers."
     )
     print_table(results)
-    if write:
-        from bench.report import update_section
-
-        path = update_section("wal_append", render_markdown(results, duration_s=duration_s, warmup_s=warmup_s))
-        print(f"wrote section wal_append of {path}", file=sys.stderr)
+    publish_section(
+        "wal_append", render_markdown(results, duration_s=duration_s, warmup_s=warmup_s), reasons=reasons, write=args.write,
+        command="python -m bench.wal_append",
+    )
 
 
 if __name__ == "__main__":

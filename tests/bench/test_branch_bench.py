@@ -33,3 +33,14 @@ def test_branch_bench_strata_rows_are_sane(tmp_path: Path) -> None:
 def test_branch_bench_renders_a_missing_peer_note() -> None:
     results = BranchResults(notes=["PostgreSQL could not be started, so it is missing here: test"])
     assert "could not be started" in render_markdown(results, samples=1, peer_samples=1)
+
+
+def test_branch_verdict_met_and_not_met() -> None:
+    from bench.branch import MIB, branch_verdict
+
+    met = branch_verdict([(MIB, 3.1), (100 * MIB, 3.6), (1024 * MIB, 3.8)])
+    assert "**met**" in met and "under 5 ms at every size" in met
+    slow = branch_verdict([(MIB, 3.1), (1024 * MIB, 5.2)])
+    assert "**not met**" in slow and "at or over 5 ms at: 1 GiB" in slow
+    growing = branch_verdict([(MIB, 1.0), (1024 * MIB, 4.5)])
+    assert "**not met**" in growing and "4.5x; flat means at most 2x" in growing

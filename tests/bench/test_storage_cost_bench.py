@@ -21,3 +21,10 @@ def test_storage_cost_rows_are_sane(tmp_path: Path) -> None:
     assert sqlite.base_bytes >= SIZE and sqlite.total_bytes >= sqlite.base_bytes * (BRANCHES + 1)
     markdown = render_markdown(results)
     assert "| Strata: remote storage" in markdown and "target is met" in markdown
+
+
+def test_cost_verdict_met_and_not_met() -> None:
+    from bench.storage_cost import TARGET_RATIO, cost_verdict
+
+    assert cost_verdict(TARGET_RATIO - 0.01).endswith("target is met.")
+    assert cost_verdict(TARGET_RATIO).endswith("target is not met.")

@@ -19,3 +19,11 @@ def test_vectors_bench_rows_are_sane(tmp_path: Path) -> None:
     assert layers.n == 600 and layers.build_s > 0 and layers.upsert_s > 0
     md = render_markdown([s], layers, 5, None)
     assert "| 3,000 x 16 | 16 | Strata (cpu, NumPy) |" in md and "From layers: 600 x 16" in md
+
+
+def test_build_verdict_met_and_not_met() -> None:
+    from bench.vectors import build_verdict
+
+    assert ": met (" in build_verdict(0.4, 0.5, 0.99, 0.995, 8)
+    assert ": not met (" in build_verdict(0.6, 0.5, 0.99, 0.99, 8), "slower"
+    assert ": not met (" in build_verdict(0.4, 0.5, 0.95, 0.99, 8), "worse recall"

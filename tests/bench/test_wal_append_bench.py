@@ -76,3 +76,20 @@ def test_replication_bench_quick_rows_are_sane(tmp_path: Path) -> None:
     assert 0 < f.stall_s < math.inf
     markdown = render_replication(results, duration_s=0.5, warmup_s=0.1)
     assert "| 8 |" in markdown and "Leader killed" in markdown
+
+
+def test_target_verdict_met_and_not_met() -> None:
+    from bench.wal_append import Measurement, target_verdict
+
+    def results(strata_commits: int, postgres_commits: int) -> WalAppendResults:
+        return WalAppendResults(
+            strata=[Measurement("Strata", 64, 1, strata_commits, 1.0), Measurement("Strata", 64, 16, strata_commits, 1.0)],
+            postgres=[Measurement("PostgreSQL", 64, 1, postgres_commits, 1.0), Measurement("PostgreSQL", 64, 16, postgres_commits, 1.0)],
+        )
+
+    met = target_verdict(results(30_000, 20_000))
+    assert met.count(": met") == 2 and "ratio 1.50" in met
+    missed = target_verdict(results(15_000, 20_000))
+    assert missed.count(": not met") == 2 and "ratio 0.75" in missed
+    alone = target_verdict(WalAppendResults(strata=[Measurement("Strata", 64, 1, 1000, 1.0)]))
+    assert "no PostgreSQL number to compare with" in alone
