@@ -73,6 +73,7 @@ from typing import Any
 import grpc
 
 from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
+from strata.grpc_channels import open_channel
 from bench.report import NEUTRAL_OPTIONS, add_write_argument, partial_run_reasons, percentile, publish_section
 from compute_shim.wal_writer import WalWriter
 from strata import ids
@@ -454,7 +455,7 @@ def create_timeline(address: str, tenant_id: str, timeline_id: str) -> None:
         with Client(walservice=address, timeout=30) as client:
             client.wal_create_timeline(tenant_id=tenant_id, timeline_id=timeline_id, start_lsn=0, page_size=PAGE_SIZE)
         return
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, []) as channel:  # TLS when $STRATA_TLS_CA names a CA (strata/tls.py)
         create = channel.unary_unary(
             CREATE_TIMELINE_METHOD,
             request_serializer=wal_pb2.WalTimeline.SerializeToString,

@@ -40,11 +40,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from pathlib import Path
 
 import grpc
 
 from compute_shim.page_cache import DEFAULT_CACHE_BYTES, PageCache
-from strata.grpc_channels import channel_options
+from strata.grpc_channels import channel_options, open_channel
 from strata.page_limits import MAX_PAGES_PER_MESSAGE
 from strata.v1 import page_pb2, page_pb2_grpc, records_pb2, timeline_pb2, timeline_pb2_grpc, wal_pb2, wal_pb2_grpc
 
@@ -107,7 +108,10 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         page_cache_bytes: int = DEFAULT_CACHE_BYTES,
         interceptors: Sequence[ClientInterceptor] = (),
+        tls_ca: str | Path | None = None,
     ) -> None:
+        """`tls_ca`: dial over TLS trusting this PEM CA (default $STRATA_TLS_CA, else
+        plaintext; strata/tls.py)."""
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.timeout = timeout
@@ -115,6 +119,7 @@ class Client:
         self.page_cache = PageCache(page_cache_bytes)
         self.retries = retries
         self._interceptors = list(interceptors)
+        self.tls_ca = tls_ca
         self._raw_channels: list[grpc.Channel] = []  # what close() closes
         self._page_channel = self._open_channel(pageserver) if pageserver else None
         self._wal_nodes = [a for a in (walservice or "").split(",") if a]
@@ -125,7 +130,7 @@ class Client:
     # -- plumbing -----------------------------------------------------------------
 
     def _open_channel(self, address: str) -> grpc.Channel:
-        raw = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        raw = open_channel(address, CHANNEL_OPTIONS, tls_ca=self.tls_ca)
         self._raw_channels.append(raw)
         return grpc.intercept_channel(raw, *self._interceptors) if self._interceptors else raw
 

@@ -48,10 +48,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from pathlib import Path
 
 import grpc
 
 from compute_shim.client import CHANNEL_OPTIONS, status_code_of
+from strata.grpc_channels import open_channel
 from strata.protowire import length_delimited
 from strata.v1 import records_pb2, wal_pb2
 
@@ -110,7 +112,7 @@ class _NodeStream:
     def __init__(self, writer: WalWriter, address: str) -> None:
         self.writer = writer
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(address, CHANNEL_OPTIONS, tls_ca=writer.tls_ca, aio=True)
         method = self.channel.stream_stream(
             APPEND_STREAM_METHOD, request_serializer=None, response_deserializer=wal_pb2.AppendStreamResponse.FromString
         )
@@ -213,13 +215,16 @@ class _NodeStream:
 
 class WalWriter:
     def __init__(
-        self, address: str, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, append_timeout: float = DEFAULT_APPEND_TIMEOUT_S
+        self, address: str, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, append_timeout: float = DEFAULT_APPEND_TIMEOUT_S,
+        tls_ca: str | Path | None = None,
     ) -> None:
+        """`tls_ca`: dial over TLS trusting this PEM CA (default $STRATA_TLS_CA; strata/tls.py)."""
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight}: at least 1 message must be allowed in flight")
         if append_timeout <= 0:
             raise ValueError(f"append_timeout={append_timeout}: must be a positive number of seconds")
         self.append_timeout = append_timeout
+        self.tls_ca = tls_ca
         self._nodes = [a for a in address.split(",") if a]
         if not self._nodes:
             raise ValueError("WalWriter needs a walservice address: 'HOST:PORT[,HOST:PORT...]'")

@@ -30,6 +30,7 @@ from deploy.cli_checks import CheckFailed, check_branch_point, find_tenant, find
 from deploy.cli_output import data_dir_flag, message_dict, print_json, strata_command
 from deploy.local_stack import DEFAULT_DATA_DIR, STATE_FILE, _alive, _read_state, walservice_address
 from strata.v1 import timeline_pb2
+from strata import tls
 
 COMMANDS = ("tenants", "timelines", "branch")
 
@@ -224,12 +225,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--ttl", type=non_negative, default=0, help="delete the timeline this many seconds after creation (default 0: never)")
     if command in ("tenants", "timelines"):
         parser.add_argument("--json", action="store_true", help="print the list as JSON (every field of each entry)")
+    tls.add_client_argument(parser)
     return parser
 
 
 def main(command: str, argv: list[str]) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    tls.use_client_ca(args.tls_ca)
     if command == "tenants" and args.action == "list" and (args.page_size or args.pitr_seconds):
         parser.error("--page-size and --pitr-seconds go with `strata tenants create`")
     if command == "branch" and args.at and not args.from_timeline:

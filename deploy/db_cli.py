@@ -35,6 +35,7 @@ from deploy.sql_shell import CliError, resolve_lsn
 from strata.errors import CorruptionError, InvalidArgument
 from strata.ids import database_name
 from strata.v1 import timeline_pb2
+from strata import tls
 
 ACTIONS = ("create", "list", "show", "delete", "log")
 DEFAULT_LOG_LIMIT = 20
@@ -53,7 +54,8 @@ def database_url(args: argparse.Namespace, name: str) -> str:
     proxy = args.proxy
     if not proxy and not args.pageserver:
         proxy = endpoints(args.data_dir).get("proxy", "")
-    return f"http://{proxy or DEFAULT_PROXY}/db/{name}/"
+    scheme = "https" if tls.client_ca() is not None else "http"  # a TLS stack's proxy serves HTTPS
+    return f"{scheme}://{proxy or DEFAULT_PROXY}/db/{name}/"
 
 
 def _tenant(args: argparse.Namespace) -> str:
@@ -208,12 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pageserver", default="", help="HOST:PORT of the pageserver (default: the one in <data dir>/stack.json)")
     parser.add_argument("--walservice", default="", help="A[,B,C]: the walservice node(s) (default: from stack.json)")
     parser.add_argument("--proxy", default="", help=f"HOST:PORT the printed URLs name (default: the stack's proxy, else {DEFAULT_PROXY})")
+    tls.add_client_argument(parser)
     return parser
 
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tls.use_client_ca(args.tls_ca)
     if (args.action == "list") != (args.name is None):
         parser.error("`db list` takes no name; create, show and delete take one")
     if args.action != "create" and (args.from_name or args.at is not None or args.at_time or args.ttl):

@@ -34,6 +34,7 @@ from compute_shim.client import Client
 from compute_shim.sqlite import connect_sqlite
 from deploy.cli_output import data_dir_flag, strata_command
 from deploy.sql_shell import CLI_RETRIES, REPORTED, add_endpoint_args, describe_error, stack_endpoints
+from strata import tls
 
 LOAD_SQL = """
 BEGIN;
@@ -252,6 +253,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=10000)
     add_endpoint_args(parser)
     args = parser.parse_args(argv)
+    tls.use_client_ca(args.tls_ca)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
     stack: tuple[str, str] | None = None

@@ -16,9 +16,16 @@ The first `up` of a data dir also makes the stack's default tenant (what the
 `strata db` commands use unless given `--tenant`), recorded in
 `<data dir>/default_tenant.json` (deploy/default_tenant.py), which outlives `down`.
 
+With `--tls` (and from then on for that data dir, whose `tls/` directory it
+keeps) every component serves TLS with a local CA and certificate made by
+strata/tls.py under `<data dir>/tls/` (keys 0600), dials the others over TLS,
+and the proxy serves HTTPS; stack.json names the CA (`tls_ca`), so the CLI
+commands that find the stack there (status, tenants, db, sql, demo...) trust it.
+
 stack.json (written with write_durably):
     {"version": 1, "processes": [{"name", "pid", "address", "log", "argv", "note"}],
-     "default_tenant": "<tenant id>"}  (the latter once the pageserver is up)
+     "default_tenant": "<tenant id>",   (once the pageserver is up)
+     "tls_ca": "<path of the CA's PEM>"}  (a --tls stack only)
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +48,12 @@ from deploy import default_tenant, local_s3, stack_proxy
 from deploy.cli_output import DEFAULT_DATA_DIR, data_dir_flag, message_dict, print_json, python_command, strata_command
 from strata.durable_file import write_durably
 from strata.errors import CorruptionError
+from strata.grpc_channels import open_channel
 from strata.local_process import NotListening, free_port, start_logged, wait_listening
+from strata.tls import CA_FILE, TLS_CA_ENV, make_local_ca
 
 STATE_FILE = "stack.json"
+TLS_DIR = "tls"
 STATE_VERSION = 1
 # The walservice layout of a data dir, fixed by its first `up` (see `ClusterLayout`).
 CLUSTER_FILE = "cluster.json"
@@ -157,7 +167,7 @@ def _alive(pid: int) -> bool:
 
 def _health(address: str, timeout: float = 2.0) -> str:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, []) as channel:
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     except grpc.RpcError as exc:
@@ -171,6 +181,9 @@ def _read_state(data_dir: Path) -> list[ProcessRecord]:
     state = json.loads(path.read_text())
     if state.get("version") != STATE_VERSION:
         raise SystemExit(f"{path}: unsupported version {state.get('version')} (this build reads {STATE_VERSION})")
+    if state.get("tls_ca"):
+        # A --tls stack: this process's connections to it trust its CA (strata/tls.py).
+        os.environ.setdefault(TLS_CA_ENV, state["tls_ca"])
     return [ProcessRecord(**p) for p in state["processes"]]
 
 
@@ -195,6 +208,8 @@ def _write_state(data_dir: Path, processes: list[ProcessRecord], default_tenant:
     body: dict[str, Any] = {"version": STATE_VERSION, "processes": [asdict(p) for p in processes]}
     if default_tenant:
         body["default_tenant"] = default_tenant
+    if (ca := stack_ca(data_dir)) is not None:
+        body["tls_ca"] = str(ca.resolve())
     write_durably(data_dir / STATE_FILE, json.dumps(body, indent=2).encode())
 
 
@@ -312,6 +327,22 @@ def components(
     return []
 
 
+def stack_ca(data_dir: Path) -> Path | None:
+    """The CA of a data dir started with --tls (its tls/ directory is kept), else None."""
+    ca = data_dir / TLS_DIR / CA_FILE
+    return ca if ca.exists() else None
+
+
+def _tls_args(data_dir: Path, wanted: bool) -> list[str]:
+    """The TLS flags of every component: a --tls stack's (made on its first --tls
+    `up`, kept after), also exported for this process's own connections; else none."""
+    if not wanted and stack_ca(data_dir) is None:
+        return []
+    ca = make_local_ca(data_dir / TLS_DIR)
+    os.environ[TLS_CA_ENV] = str(ca.ca.resolve())
+    return ["--tls-cert", str(ca.cert.resolve()), "--tls-key", str(ca.key.resolve()), "--tls-ca", str(ca.ca.resolve())]
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     running = [p for p in _read_state(data_dir) if _alive(p.pid)]
@@ -334,6 +365,7 @@ def up(args: argparse.Namespace) -> int:
             if not _port_free(port):
                 raise _busy_port_error(port, name)
     data_dir.mkdir(parents=True, exist_ok=True)
+    tls_args = _tls_args(data_dir, args.tls)
     started: list[ProcessRecord] = []
     remote, env = "", None
     try:
@@ -345,11 +377,12 @@ def up(args: argparse.Namespace) -> int:
         ports = layout.ports if layout.replicas > 1 else None
         tenant = ""
         while specs := components(data_dir.resolve(), started, remote, layout.replicas, ports):
-            started.append(_start(specs[0], data_dir.resolve(), env, args.free_ports))
+            spec = replace(specs[0], args=[*specs[0].args, *tls_args])
+            started.append(_start(spec, data_dir.resolve(), env, args.free_ports))
             if started[-1].name == "pageserver":
                 tenant = _default_tenant(data_dir, started)
             _write_state(data_dir, started, tenant)
-        started.append(_start_proxy(data_dir.resolve(), started, tenant, args, env))
+        started.append(_start_proxy(data_dir.resolve(), started, tenant, args, env, tls_args))
         _write_state(data_dir, started, tenant)
     except SystemExit:
         for p in started:
@@ -363,15 +396,20 @@ def up(args: argparse.Namespace) -> int:
         print(f"\nRemote storage: {remote} on {s3.note}.")
         print("boto3 settings for it: " + " ".join(f"{k}={v}" for k, v in local_s3.boto3_env(f"http://{s3.address}").items()))
     print("\n" + stack_proxy.describe(started[-1].address))
+    if tls_args:
+        print(f"TLS: every component serves TLS with certificates signed by {stack_ca(data_dir)}; clients trust that CA "
+              f"(`--tls-ca FILE`, `Client(tls_ca=...)`, or ${TLS_CA_ENV}); the commands below find it in stack.json.")
     _print_try(started, data_dir)
     return 0
 
 
-def _start_proxy(data_dir: Path, started: list[ProcessRecord], tenant: str, args: argparse.Namespace, env: dict[str, str] | None) -> ProcessRecord:
+def _start_proxy(
+    data_dir: Path, started: list[ProcessRecord], tenant: str, args: argparse.Namespace, env: dict[str, str] | None, tls_args: list[str]
+) -> ProcessRecord:
     """The proxy, serving the default tenant, once the pageserver is up."""
     pageserver = next(p for p in started if p.name == "pageserver")
     spec = ComponentSpec("proxy", "proxy", stack_proxy.PROXY_PORT,
-                         stack_proxy.proxy_args(pageserver.address, walservice_address(started) or "", tenant, args))
+                         [*stack_proxy.proxy_args(pageserver.address, walservice_address(started) or "", tenant, args), *tls_args])
     return _start(spec, data_dir, env, args.free_ports)
 
 
@@ -390,11 +428,13 @@ def _print_try(processes: list[ProcessRecord], data_dir: Path) -> None:
     command lines that act on this stack when pasted, run the way this `strata` was."""
     wal = walservice_address(processes)
     strata, flag = strata_command(), data_dir_flag(data_dir)
+    ca = stack_ca(data_dir)
+    tls_env = f"{TLS_CA_ENV}={ca.resolve()} " if ca is not None else ""  # the bench does not read stack.json
     lines = [
         (f"{strata} db create notes{flag}", "a database (a named timeline of the default tenant)"),
         (f"{strata} db list{flag}", "the databases, with their LSNs"),
         (f"{strata} status{flag}", "what runs, tenants, timelines and their LSNs"),
-        (f"{python_command()} -m bench.wal_append --quick --target {wal}", "durable appends/s against it (deletes its timelines after)"),
+        (f"{tls_env}{python_command()} -m bench.wal_append --quick --target {wal}", "durable appends/s against it (deletes its timelines after)"),
         (f"{strata} down{flag}", "stop it"),
     ]
     width = max(len(line) for line, _ in lines)
@@ -517,7 +557,7 @@ def _timelines(address: str) -> list[tuple[Any, list[Any]]]:
     """(TenantInfo, its TimelineInfos) for every tenant of the pageserver at `address`."""
     from strata.v1 import timeline_pb2, timeline_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, []) as channel:
         stub = timeline_pb2_grpc.TimelineServiceStub(channel)
         tenants = stub.ListTenants(timeline_pb2.ListTenantsRequest(), timeout=5).tenants
         return [
@@ -540,6 +580,10 @@ def main(command: str, argv: list[str]) -> int:
         parser.add_argument(
             "--s3", action="store_true",
             help="also run a local S3 server (MinIO's `minio` if on PATH, else moto_server) as the remote storage",
+        )
+        parser.add_argument(
+            "--tls", action="store_true",
+            help="serve TLS everywhere (HTTPS on the proxy) with a local CA made under DIR/tls (kept: later `up`s use it too)",
         )
         parser.add_argument(
             "--replicas", type=replicas_arg, default=None,

@@ -37,6 +37,7 @@ from compute_shim.sqlite import CommitRefused, CommitUncertain, connect_sqlite
 from deploy.cli_checks import CheckFailed, find_timeline, non_negative, tenant_arg, timeline_arg
 from deploy.cli_output import data_dir_flag, strata_command
 from deploy.local_stack import DEFAULT_DATA_DIR, endpoints
+from strata import tls
 
 # A command-line tool fails fast when the stack is down: one resend, not the
 # library's election-long default.
@@ -95,6 +96,7 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the local stack's data dir (default ./.strata)")
     parser.add_argument("--pageserver", help="HOST:PORT (default: the local stack's)")
     parser.add_argument("--walservice", help="HOST:PORT[,HOST:PORT...] (default: the local stack's)")
+    tls.add_client_argument(parser)
 
 
 def parse_time_us(text: str) -> int:
@@ -134,6 +136,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-c", "--command", metavar="SQL", help="run this SQL, print its rows, and exit")
     add_endpoint_args(parser)
     args = parser.parse_args(argv)
+    tls.use_client_ca(args.tls_ca)
     client: Client | None = None
     stack: tuple[str, str] | None = None
     db: apsw.Connection | None = None

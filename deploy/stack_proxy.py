@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
+
+from strata.tls import client_ca
 
 PROXY_PORT = 8080
 HTTP_TIMEOUT_S = 2.0
@@ -31,8 +34,15 @@ def proxy_args(pageserver: str, walservice: str, tenant: str, args: argparse.Nam
             "--suspend-after", str(args.suspend_after), "--max-computes", str(args.max_computes)]
 
 
+def _scheme() -> str:
+    """https on a --tls stack (its CA is this process's, strata/tls.py), else http."""
+    return "https" if client_ca() is not None else "http"
+
+
 def _get(address: str, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://{address}{path}", timeout=HTTP_TIMEOUT_S) as resp:
+    ca = client_ca()
+    context = ssl.create_default_context(cadata=ca.decode()) if ca is not None else None
+    with urllib.request.urlopen(f"{_scheme()}://{address}{path}", timeout=HTTP_TIMEOUT_S, context=context) as resp:
         return resp.read()
 
 
@@ -54,4 +64,4 @@ def computes(address: str) -> list[dict[str, Any]]:
 
 
 def describe(address: str) -> str:
-    return f"libSQL clients: http://{address}/db/NAME/ (a database made by `strata db create NAME`)"
+    return f"libSQL clients: {_scheme()}://{address}/db/NAME/ (a database made by `strata db create NAME`)"

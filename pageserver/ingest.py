@@ -49,6 +49,7 @@ import grpc
 
 from strata.background_tasks import cancel_and_wait
 from strata.errors import CorruptionError
+from strata.grpc_channels import open_channel
 from strata.ids import Lsn
 from strata.logs import EventLogger
 from strata.v1 import records_pb2, wal_pb2, wal_pb2_grpc
@@ -69,7 +70,8 @@ class WalNodes:
 
     def __init__(self, addresses: list[str], options: list[tuple[str, int]]) -> None:
         self.addresses = addresses
-        self.channels = [grpc.aio.insecure_channel(a, options=options) for a in addresses]
+        # TLS when the pageserver was started with --tls-ca ($STRATA_TLS_CA; strata/tls.py).
+        self.channels = [open_channel(a, options, aio=True) for a in addresses]
         self.stubs = [wal_pb2_grpc.WalServiceStub(ch) for ch in self.channels]
         self.preferred = 0  # the node that last answered a unary call
 

@@ -16,7 +16,7 @@ from pageserver.page_cache import MaterializedPageCache
 from pageserver.tenant import DEFAULT_PITR_SECONDS, PageserverContext
 from pageserver.tenant_set import TenantSet
 from pageserver.timeline import TimelineConfig
-from strata import grpc_server, ids, logs
+from strata import grpc_server, ids, logs, tls
 from strata.background_tasks import cancel_and_wait
 from strata.errors import InvalidArgument
 from strata.grpc_channels import channel_options
@@ -71,11 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between checks that no newer generation attached a tenant elsewhere, so an idle stale "
         "pageserver is fenced too (0: only around uploads and deletions)",
     )
+    tls.add_server_arguments(parser)
+    tls.add_client_argument(parser)
     parser.add_argument("--log-level", default="info")
 
 
 async def run(args: argparse.Namespace) -> None:
     log = logs.event_logger("pageserver")
+    server_tls = tls.ServerTls.load(args.tls_cert, args.tls_key)
+    tls.use_client_ca(args.tls_ca)  # its connections to the walservice
     args.data_dir.mkdir(parents=True, exist_ok=True)
     config = TimelineConfig(
         checkpoint_bytes=args.checkpoint_bytes,
@@ -126,6 +130,7 @@ async def run(args: argparse.Namespace) -> None:
             register=lambda server: service.register(server, tenants, log),
             max_message_bytes=MAX_MESSAGE_BYTES,
             stopped=stopped,
+            tls=server_tls,
         )
 
 

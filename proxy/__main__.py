@@ -2,6 +2,11 @@
 
     strata proxy --listen HOST:PORT --pageserver A --walservice B[,C,D] --tenant T
                  [--suspend-after SECONDS] [--max-computes N] [--pool-size N]
+                 [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
+
+With --tls-cert/--tls-key it serves HTTPS; with --tls-ca it (and the compute
+processes it starts, through $STRATA_TLS_CA) dials the pageserver and the
+walservice over TLS (strata/tls.py).
 
 Logs `event=listening address=HOST:PORT` once it serves (port 0 binds a free
 one); SIGTERM or SIGINT stops it: in-flight requests finish, computes exit
@@ -23,7 +28,7 @@ from proxy.computes import ComputeManager
 from proxy.metrics import ProxyMetrics
 from proxy.server import MAX_BODY_BYTES, ProxyApp, UnknownDatabase
 from proxy.streams import StreamTable
-from strata import logs
+from strata import logs, tls
 from strata.ids import TenantId, TimelineId
 
 log = logs.event_logger("proxy")
@@ -54,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-computes", type=int, default=100, help="beyond this many, suspend the least recently used idle one")
     parser.add_argument("--pool-size", type=int, default=2, help="pre-started computes waiting for a database (default 2)")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body accepted")
+    tls.add_server_arguments(parser)
+    tls.add_client_argument(parser)
     args = parser.parse_args(argv)
     if args.suspend_after <= 0 or args.max_computes < 1 or args.pool_size < 0:
         parser.error("--suspend-after must be > 0, --max-computes >= 1, --pool-size >= 0")
@@ -62,6 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
+    server_tls = tls.ServerTls.load(args.tls_cert, args.tls_key)
+    tls.use_client_ca(args.tls_ca)  # for its own Client and, inherited, its compute processes
     client = Client(pageserver=args.pageserver, walservice=args.walservice)
     metrics = ProxyMetrics()
     manager = ComputeManager(
@@ -71,10 +80,10 @@ async def serve(args: argparse.Namespace) -> None:
     app = ProxyApp(manager, metrics, StreamTable(manager), tick_s=min(1.0, args.suspend_after / 4)).build(args.max_body_bytes)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), ssl_context=server_tls.ssl_context() if server_tls else None)
     await site.start()
     bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-    log.info("listening", address=f"{bound[0]}:{bound[1]}", tenant=args.tenant, suspend_after_s=args.suspend_after,
+    log.info("listening", address=f"{bound[0]}:{bound[1]}", tls=server_tls is not None, tenant=args.tenant, suspend_after_s=args.suspend_after,
              max_computes=args.max_computes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -26,3 +26,19 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
         ("grpc.min_reconnect_backoff_ms", first),
         ("grpc.max_reconnect_backoff_ms", longest),
     ]
+
+
+def open_channel(address: str, options: list[tuple[str, int]] | None = None, *, tls_ca: object = None, aio: bool = False):  # type: ignore[no-untyped-def]
+    """A channel to another Strata process: TLS when a CA is given (`tls_ca`, a
+    PEM file path) or set for the process ($STRATA_TLS_CA, strata/tls.py), else
+    plaintext. `aio`: a grpc.aio channel."""
+    import grpc
+
+    from strata.tls import channel_credentials, client_ca
+
+    module = grpc.aio if aio else grpc
+    options = channel_options() if options is None else options
+    ca = client_ca(tls_ca)  # type: ignore[arg-type]
+    if ca is None:
+        return module.insecure_channel(address, options=options)
+    return module.secure_channel(address, channel_credentials(ca), options=options)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from strata.disk_space import disk_full_error, is_disk_full
 from strata.errors import CorruptionError, InvalidArgument, StrataError, abort_with
 from strata.logs import EventLogger
+from strata.tls import ServerTls
 
 Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -48,13 +49,14 @@ async def serve(
     stopped: Hook | None = None,
     grace: float = 5.0,
     started: Callable[[str], None] | None = None,
+    tls: ServerTls | None = None,
 ) -> None:
     server = grpc.aio.server(options=server_options(max_message_bytes))
     service_names = register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_secure_port(listen, tls.grpc_credentials()) if tls is not None else server.add_insecure_port(listen)
     except RuntimeError as exc:
         raise SystemExit(f"cannot listen on {listen}: {exc} (is the port in use?)") from exc
     host = listen.rsplit(":", 1)[0]
@@ -67,7 +69,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening", address=address)
+    log.info("listening", address=address, tls=tls is not None)
     if started is not None:
         started(address)
 

@@ -110,6 +110,15 @@ class StrataEnv:
         self.root = root
         self.components: list[Component] = []
 
+    def process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Component:
+        """Any Strata process that logs `event=listening` (`--listen` is appended), started."""
+        data_dir = self.root / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        comp = Component(name, argv, data_dir, self.root / f"{name}.log", env=env)
+        comp.start()
+        self.components.append(comp)
+        return comp
+
     def walservice(self, *extra: str, name: str = "walservice", env: dict[str, str] | None = None) -> Component:
         """A walservice node, started (`env`: added to its environment)."""
         data_dir = self.root / name

@@ -10,6 +10,7 @@ client-facing service.
 
 from __future__ import annotations
 
+import ssl
 import asyncio
 from typing import Any
 
@@ -27,12 +28,14 @@ SERVICE_NAME = "strata.v1.WalPeer"
 
 
 class PeerServicer:
-    def __init__(self, timelines: TimelineSet, cluster: Cluster, log: EventLogger, max_message_bytes: int) -> None:
+    def __init__(
+        self, timelines: TimelineSet, cluster: Cluster, log: EventLogger, max_message_bytes: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.timelines = timelines
         self.cluster = cluster
         self.log = log
         # PeerAppend's own connections (walservice/peer_stream.py).
-        self.streams = PeerStreamServer(self.answer_peer_append, log, max_message_bytes)
+        self.streams = PeerStreamServer(self.answer_peer_append, log, max_message_bytes, ssl_context)
 
     async def start_streams(self, host: str, port: int) -> int:
         """Listen for the leaders' PeerAppend connections (before serving gRPC, which

@@ -32,6 +32,7 @@ event loop; one connection carries one exchange at a time (its Replicator's).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +44,7 @@ from google.protobuf.message import DecodeError
 from strata.errors import StrataError
 from strata.grpc_server import log_rpc_failure
 from strata.logs import EventLogger
+from strata.tls import client_ca, client_ssl_context
 from strata.v1 import peer_pb2
 
 MAGIC = b"STRATAPEER"
@@ -107,7 +109,10 @@ class PeerAppendConnection:
 
     @classmethod
     async def open(cls, host: str, port: int) -> PeerAppendConnection:
-        reader, writer = await asyncio.open_connection(host, port)  # (asyncio sets TCP_NODELAY)
+        # TLS when this node dials with a CA (--tls-ca: $STRATA_TLS_CA; strata/tls.py).
+        ca = client_ca()
+        tls = {"ssl": client_ssl_context(ca), "server_hostname": host} if ca is not None else {}
+        reader, writer = await asyncio.open_connection(host, port, **tls)  # (asyncio sets TCP_NODELAY)
         writer.write(PREAMBLE)  # sent with the first request; read back before its answer
         return cls(reader, writer)
 
@@ -146,7 +151,10 @@ class PeerStreamServer:
         answer: Callable[[peer_pb2.PeerAppendRequest], Awaitable[peer_pb2.PeerAppendResponse]],
         log: EventLogger,
         max_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: serve TLS (the node's --tls-cert / --tls-key)."""
+        self.ssl_context = ssl_context
         self.answer = answer
         self.log = log
         self.max_bytes = max_bytes
@@ -157,7 +165,7 @@ class PeerStreamServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: a free port); return the port."""
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.ssl_context)
         if len({sock.getsockname()[1] for sock in self._server.sockets}) > 1:
             # A name with several addresses (localhost: ::1 and 127.0.0.1) and port 0
             # got a different free port per address; leaders learn one port, so
@@ -165,7 +173,7 @@ class PeerStreamServer:
             port = self.port
             self._server.close()
             await self._server.wait_closed()
-            self._server = await asyncio.start_server(self._serve, host, port)
+            self._server = await asyncio.start_server(self._serve, host, port, ssl=self.ssl_context)
         return self.port
 
     @property

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from strata.grpc_channels import channel_options
+from strata.grpc_channels import channel_options, open_channel
 from strata.v1 import peer_pb2, peer_pb2_grpc, wal_pb2, wal_pb2_grpc
 from walservice.peer_stream import VERSION as PEER_STREAM_VERSION
 from walservice.peer_stream import PeerAppendConnection
@@ -103,10 +103,8 @@ class GrpcPeerTransport:
     def _channel(self, node_id: int) -> grpc.aio.Channel:
         channel = self._channels.get(node_id)
         if channel is None:
-            channel = self._channels[node_id] = grpc.aio.insecure_channel(
-                self.config.address(node_id),
-                options=channel_options(),
-            )
+            # TLS when the node was started with --tls-ca ($STRATA_TLS_CA; strata/tls.py).
+            channel = self._channels[node_id] = open_channel(self.config.address(node_id), channel_options(), aio=True)
         return channel
 
     async def open_append_connection(self, node_id: int) -> PeerAppendConnection:

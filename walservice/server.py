@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from strata import grpc_server, logs
+from strata import grpc_server, logs, tls
 from strata.remote_storage.url import open_remote_storage
 from walservice.append_codec import native as native_codec
 from walservice.offload import DEFAULT_OFFLOAD_INTERVAL_S, WalOffloader
@@ -59,11 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0: a quarter of the open-file limit, 16 to 1024)",
     )
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, help="the largest Append accepted")
+    tls.add_server_arguments(parser)
+    tls.add_client_argument(parser)
     parser.add_argument("--log-level", default="info")
 
 
 async def run(args: argparse.Namespace) -> None:
     log = logs.event_logger("walservice")
+    server_tls = tls.ServerTls.load(args.tls_cert, args.tls_key)
+    tls.use_client_ca(args.tls_ca)  # its peer connections (gRPC and PeerAppend TCP)
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     storage = None
@@ -98,7 +102,10 @@ async def run(args: argparse.Namespace) -> None:
         # the extension was not built or STRATA_APPEND_CODEC=python asks for it.
         log.info("append_codec", codec="c" if native_codec is not None else "python")
         registers = [servicer.register]
-        peer_servicer = PeerServicer(timelines, cluster, log, max_message_bytes) if cluster is not None else None
+        peer_servicer = (
+            PeerServicer(timelines, cluster, log, max_message_bytes, server_tls.ssl_context() if server_tls else None)
+            if cluster is not None else None
+        )
         if peer_servicer is not None:
             try:
                 await peer_servicer.start_streams(args.listen.rsplit(":", 1)[0].strip("[]"), args.peer_port)
@@ -142,6 +149,7 @@ async def run(args: argparse.Namespace) -> None:
             max_message_bytes=max_message_bytes,
             stopping=stopping,
             stopped=(lambda: _close_all(timelines, cluster, peer_servicer)),
+            tls=server_tls,
         )
 
 

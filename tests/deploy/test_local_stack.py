@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import boto3
+import grpc
 
 from compute_shim import Client
 from strata.v1 import records_pb2
@@ -236,5 +237,43 @@ def test_a_benchmark_run_against_the_stack_leaves_nothing_and_up_says_it_checks_
         again = strata("up", "--data-dir", str(data), "--free-ports", cwd=tmp_path)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "walservice: checking 1 timeline(s)" in again.stdout and "before it listens" in again.stdout, again.stdout
+    finally:
+        strata("down", "--data-dir", str(data), cwd=tmp_path)
+
+
+def test_up_tls_serves_tls_everywhere_and_the_cli_finds_the_ca(tmp_path: Path) -> None:
+    """`strata up --tls`: a local CA under DIR/tls (keys 0600), every component on
+    TLS (HTTPS on the proxy), and the CLI commands reach it through stack.json."""
+    data = tmp_path / "stack"
+    up = strata("up", "--data-dir", str(data), "--free-ports", "--tls", cwd=tmp_path)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "TLS: every component serves TLS" in up.stdout and "https://" in up.stdout, up.stdout
+        assert (data / "tls" / "server.key").stat().st_mode & 0o077 == 0
+        state = json.loads((data / "stack.json").read_text())
+        assert state["tls_ca"] == str((data / "tls" / "ca.pem").resolve())
+        addresses = {p["name"]: p["address"] for p in state["processes"]}
+        with Client(pageserver=addresses["pageserver"], retries=0, timeout=3) as plain:
+            try:
+                plain.list_tenants()
+                raise AssertionError("a plaintext client was served by a --tls pageserver")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        status = strata("status", "--data-dir", str(data), cwd=tmp_path)
+        assert status.returncode == 0 and status.stdout.count("SERVING") == 3, status.stdout + status.stderr
+        created = strata("db", "create", "notes", "--data-dir", str(data), cwd=tmp_path)
+        assert created.returncode == 0 and f"https://{addresses['proxy']}/db/notes/" in created.stdout, created.stdout + created.stderr
+        sql = strata("sql", state["default_tenant"], json.loads(
+            strata("db", "show", "notes", "--json", "--data-dir", str(data), cwd=tmp_path).stdout)["timeline_id"],
+            "--data-dir", str(data), "-c", "CREATE TABLE t(x); INSERT INTO t VALUES (1); SELECT count(*) FROM t", cwd=tmp_path)
+        assert sql.returncode == 0 and "1" in sql.stdout, sql.stdout + sql.stderr
+    finally:
+        strata("down", "--data-dir", str(data), cwd=tmp_path)
+    # A later `up` of the data dir keeps TLS and its certificates.
+    cert = (data / "tls" / "server.pem").read_bytes()
+    again = strata("up", "--data-dir", str(data), "--free-ports", cwd=tmp_path)
+    try:
+        assert again.returncode == 0 and "TLS: every component serves TLS" in again.stdout, again.stdout + again.stderr
+        assert (data / "tls" / "server.pem").read_bytes() == cert
     finally:
         strata("down", "--data-dir", str(data), cwd=tmp_path)
