@@ -119,7 +119,7 @@ if TYPE_CHECKING:
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 # A trimmed segment's file kept for the next segment (see "Preallocation and recycling").
 SPARE_NAME = "recycled.wal.spare"
-PREALLOCATE_STEP = 1 << 20  # zeros written ahead of the open segment's frames at a time
+PREALLOCATE_STEP = 256 * 1024  # zeros written ahead of the open segment's frames at a time
 _ZEROS = bytes(1 << 20)  # written in pieces of this size when preallocating or wiping
 
 
