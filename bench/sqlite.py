@@ -202,8 +202,8 @@ def warm_verdict(ratio: float) -> str:
 def render_markdown(results: SqliteResults, cfg: SqliteBenchConfig) -> str:
     lines = [
         f"The same SQLite (apsw, SQLite {apsw.sqlite_lib_version()}) workload on a local file (`journal_mode=WAL`, "
-        "`synchronous=FULL`) and on Strata (`compute_shim.connect_sqlite`: one conditional Append per commit over "
-        f"loopback gRPC), in one run: {cfg.users:,} users and {cfg.users * 4:,} orders, {cfg.page_size}-byte pages "
+        "`synchronous=FULL`) and on Strata (`compute_shim.connect_sqlite`: one conditional append per commit on the "
+        f"connection's AppendStream over loopback gRPC), in one run: {cfg.users:,} users and {cfg.users * 4:,} orders, {cfg.page_size}-byte pages "
         f"({results.db_pages:,} pages at the end), SQLite's default 2 MB page cache on both. Phases: the workload of "
         "bench/sqlite_workload.py (one transaction per step: tables, indexes, bulk inserts, updates, deletes, ALTER "
         f"TABLE, VACUUM), {cfg.small_txns} single-row UPDATE transactions, then a query set (the workload's queries "

@@ -148,6 +148,11 @@ class Client:
         self.close()
 
     @property
+    def walservice(self) -> str:
+        """The walservice address(es) this client was given ("HOST:PORT[,HOST:PORT...]")."""
+        return ",".join(self._wal_nodes)
+
+    @property
     def wal_leader(self) -> str | None:
         """The walservice node this client sends its next walservice call to."""
         with self._wal_lock:

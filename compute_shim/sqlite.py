@@ -40,8 +40,10 @@ is the `SQLITE_FCNTL_SYNC` file control on the database file, which SQLite sends
 just before it syncs the file and, under `synchronous=OFF`, instead of syncing it
 (so every synchronous level commits the same way; `xSync` ships only what that
 control did not): the dirty pages are compared with the committed ones and
-shipped as ONE Append, conditional on the timeline's end
-(`expected_end_lsn` = the LSN this connection read at): a `PagePatch` of the
+shipped as ONE append, conditional on the timeline's end
+(`expected_end_lsn` = the LSN this connection read at), on the connection's
+long-lived AppendStream (compute_shim/commit_stream.py: opened at its first commit,
+driven on SQLite's own thread, closed with the connection): a `PagePatch` of the
 changed byte ranges where that is smaller than the page, a `PageImage`
 otherwise, and a `RelSize` when the file's size changed without a write at its
 end. A truncation SQLite makes after the sync (VACUUM shrinking the file) ships
@@ -81,12 +83,13 @@ from dataclasses import dataclass, field
 import apsw
 import grpc
 from compute_shim.client import Client, PageError
+from compute_shim.commit_stream import AppendFailed, CommitStream
 from compute_shim.commits import commit_lsn_at_or_below, remember_read_lsn
 from compute_shim.page_cache import PageCache
 from compute_shim.page_records import page_records
 from compute_shim.sqlite_pragmas import refused_pragma
 from strata.logs import event_logger
-from strata.v1 import records_pb2
+from strata.v1 import records_pb2, wal_pb2
 
 log = event_logger("compute")
 
@@ -253,6 +256,7 @@ class StrataDbFile(_FileDefaults):
         self._window = 1  # read-ahead pages for the next sequential miss
         self._ahead: list[_ReadAhead] = []  # windows fetched in the background, oldest first (at most 2)
         self._pool: ThreadPoolExecutor | None = None  # the read-ahead thread, started on the first sequential miss
+        self._commits: CommitStream | None = None  # this connection's AppendStream, opened at its first commit
 
     # -- positioning --------------------------------------------------------------
 
@@ -450,10 +454,13 @@ class StrataDbFile(_FileDefaults):
             self.dirty.clear()
             self.floor = self.committed_nblocks
             return
+        request = wal_pb2.AppendRequest(records=records, expected_end_lsn=self.read_lsn, **self._ids())
+        if self._commits is None:
+            self._commits = CommitStream(self.client.walservice, append_timeout=self.client.timeout)
         try:
-            resp = self.client.append(records=records, expected_end_lsn=self.read_lsn, **self._ids())
-        except grpc.RpcError as exc:
-            self.failed = self._append_failure(exc, len(records))
+            resp = self._commits.append(request.SerializeToString(), **self._ids())
+        except AppendFailed as exc:
+            self.failed = self._append_failure(exc.code, exc.message, len(records))
             raise self.failed from None
         cut = [(self.cfg.rel, b) for b in range(cut_to, self.committed_nblocks)]
         self.cache.advance(self.cfg.tenant_id, self.cfg.timeline_id, self.epoch, resp.end_lsn, written, cut)
@@ -475,28 +482,28 @@ class StrataDbFile(_FileDefaults):
             self.cfg.on_commit(resp.end_lsn)
         self._forget_read_ahead()
 
-    def _append_failure(self, exc: grpc.RpcError, n_records: int) -> Exception:
+    def _append_failure(self, code: grpc.StatusCode, details: str, n_records: int) -> Exception:
         """What a failed commit raises (and logs): refused, a conflict, or an unknown outcome."""
-        code, where = exc.code(), f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}"
+        where = f"tenant={self.cfg.tenant_id} timeline={self.cfg.timeline_id}"
         fields = {"tenant": self.cfg.tenant_id, "timeline": self.cfg.timeline_id, "lsn": self.read_lsn, "code": code.name}
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             log.warning("sqlite_write_conflict", **fields)
             return WriteConflict(
                 f"{where}: another writer moved the timeline past lsn={self.read_lsn}, the LSN this transaction read "
-                f"at ({exc.details()}); nothing of this transaction was written. Run it again: the next transaction "
+                f"at ({details}); nothing of this transaction was written. Run it again: the next transaction "
                 "reads the timeline's new end"
             )
         if code in REFUSALS:
             log.warning("sqlite_commit_refused", **fields)
             return CommitRefused(
                 f"{where}: the walservice refused the commit's Append ({n_records} records) with {code.name}: "
-                f"{exc.details()}; nothing of this transaction was written"
+                f"{details}; nothing of this transaction was written"
             )
         # Not refused: the append may or may not have been applied (a lost reply). The next
         # transaction re-reads the timeline's end, so it builds on whatever is there.
         log.warning("sqlite_commit_uncertain", **fields)
         return CommitUncertain(
-            f"{where}: the commit's Append failed with {code.name}: {exc.details()}; it may or may not have been "
+            f"{where}: the commit's Append failed with {code.name}: {details}; it may or may not have been "
             "applied. The next transaction re-reads the timeline: check there whether this one is in it before "
             "running it again"
         )
@@ -586,6 +593,9 @@ class StrataDbFile(_FileDefaults):
     def xClose(self) -> None:
         self.dirty.clear()
         self._forget_read_ahead()
+        if self._commits is not None:
+            self._commits.close()
+            self._commits = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

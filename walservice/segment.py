@@ -40,6 +40,17 @@ whole but in the wrong place (a stale or shifted tail) do not validate.
 Atomicity: a batch is a run of frames whose last one has END_OF_BATCH; a batch
 never spans segments. Recovery keeps whole batches only.
 
+Preallocated segments (walservice/wal_storage.py): a segment file may run on past
+its last frame with zeros (space written ahead so a commit's fdatasync overwrites
+allocated blocks) or with the stale frames of a recycled file's previous life.
+Zeros are never a valid frame (an all-zero header fails its position-seeded
+checksum), and a frame read at a position other than the one it was written at
+fails its checksums, so neither passes for a record: a run of zeros to the end of
+the data is a clean end (`SegmentScan.zero_tail`), and stale bytes read as a torn
+tail that recovery wipes. The layout of the bytes is unchanged (FORMAT_VERSION 1):
+segments written before preallocation (the file ends at its last frame) read the
+same.
+
 Torn tails (see `scan_segment`): a crash can cut the last write anywhere. In the
 last segment, the first frame that is short or fails its checksum ends the log,
 unless a valid frame follows it (right after it when its header is intact,
@@ -168,6 +179,10 @@ class SegmentScan:
     from there on is the torn tail to cut. `problem`: why the scan stopped before
     the end of the data (None when every byte formed whole frames).
     `corrupt_before_tail`: a bad frame with valid frames after it.
+    `zero_tail`: the data past the last whole batch is all zeros (a preallocated
+    segment's unwritten space, or nothing at all): a clean end, not a torn tail.
+    `used_len`: the offset just past the last non-zero byte at or after the last
+    whole batch (what a torn tail's wipe must cover).
     """
 
     header: SegmentHeader
@@ -177,6 +192,8 @@ class SegmentScan:
     problem: str | None = None
     problem_offset: int | None = None
     corrupt_before_tail: bool = False
+    zero_tail: bool = True
+    used_len: int = 0
 
     @property
     def end_lsn(self) -> int:
@@ -185,7 +202,8 @@ class SegmentScan:
 
     @property
     def torn_bytes(self) -> int:
-        return self.data_len - self.batch_end_offset
+        """The bytes past the last whole batch, to cut (0 for a clean or zero-filled end)."""
+        return 0 if self.zero_tail else self.data_len - self.batch_end_offset
 
 
 @dataclass(frozen=True)
@@ -260,6 +278,8 @@ def scan_segment(data: bytes, *, keep_frames: bool = True) -> SegmentScan:
         position = header.start_lsn + offset - SEGMENT_HEADER_SIZE
         check = _check_frame(view, offset, position)
         if check.frame is None:
+            if not pending and _NONZERO.search(data, offset) is None:
+                break  # zeros to the end: a preallocated segment's unwritten space
             scan.problem, scan.problem_offset = check.problem, offset
             if check.size:
                 # The header is intact, so we know where the next frame starts: a valid
@@ -281,7 +301,10 @@ def scan_segment(data: bytes, *, keep_frames: bool = True) -> SegmentScan:
             pending.clear()
             batch_end = offset
     scan.batch_end_offset = batch_end
-    if scan.problem is None and batch_end != len(data):
+    scan.used_len = len(data.rstrip(b"\x00")) if batch_end < len(data) else len(data)
+    scan.used_len = max(scan.used_len, batch_end)
+    scan.zero_tail = scan.used_len == batch_end
+    if scan.problem is None and not scan.zero_tail:
         scan.problem, scan.problem_offset = "batch without its END_OF_BATCH frame", batch_end
     return scan
 

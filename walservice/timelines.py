@@ -74,8 +74,12 @@ class TimelineSet:
         log: EventLogger,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         max_open_segments: int | None = None,
+        *,
+        preallocate: bool = True,
     ) -> None:
         self.root = data_dir / "timelines"
+        # New segments are written in full and trimmed ones recycled (walservice/wal_storage.py).
+        self.preallocate = preallocate
         self.executor = executor
         self.log = log
         self.segment_bytes = segment_bytes
@@ -120,7 +124,7 @@ class TimelineSet:
                 try:
                     control = read_control(tl_dir)
                     had_segments = any(parse_segment_file_name(p.name) is not None for p in tl_dir.iterdir())
-                    wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files)
+                    wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files, preallocate=self.preallocate)
                     if not had_segments:
                         # Creation always writes the first segment: they were deleted.
                         raise MissingWal(f"no WAL segment file is left (the control file names term {control.term}, "
@@ -175,7 +179,7 @@ class TimelineSet:
                 raise exc from None
             if not repaired:
                 raise
-        wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files)
+        wal = TimelineWal(tl_dir, control, self.segment_bytes, self.open_files, preallocate=self.preallocate)
         wal.offloaded = self.offloaded
         return wal, wal.recover(self.log)
 
@@ -329,7 +333,7 @@ class TimelineSet:
                 _remove_empty_dir(tenant_dir)
             raise
         try:
-            wal = TimelineWal(tmp, control, self.segment_bytes)
+            wal = TimelineWal(tmp, control, self.segment_bytes, preallocate=self.preallocate)
             _write_synced(tmp / CONTROL_FILE_NAME, control.encode())
             _write_synced(tmp / segment_file_name(first_lsn), wal.segment_header(first_lsn).encode())
             fsync_dir(tmp)
@@ -342,7 +346,7 @@ class TimelineSet:
         fsync_dir(tenant_dir)
         if new_tenant:
             fsync_dir(self.root)
-        wal = TimelineWal(final, control, self.segment_bytes, self.open_files)
+        wal = TimelineWal(final, control, self.segment_bytes, self.open_files, preallocate=self.preallocate)
         wal.recover(self.log)
         return wal
 

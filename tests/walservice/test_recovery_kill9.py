@@ -205,6 +205,13 @@ def test_acknowledged_batches_survive_sigkill(strata_env: StrataEnv) -> None:
         for frame in scan.frames:
             tag = record_tag(records_pb2.Record.FromString(frame.payload))
             assert frame.end_of_batch == (tag.index == tag.count - 1), (path.name, tag)
+    # Sealed segments are exactly their frames; the open one runs ahead with zeros
+    # (preallocated, walservice/wal_storage.py), which recovery read as a clean end.
+    for path in segments[:-1]:
+        scan = scan_segment(path.read_bytes())
+        assert scan.data_len == scan.batch_end_offset, path.name
+    last = scan_segment(segments[-1].read_bytes())
+    assert last.zero_tail and (last.data_len > last.batch_end_offset or last.end_lsn - last.header.start_lsn >= SEGMENT_BYTES)
     # The run exercised what it claims to: rollover, and conditional appends both ways.
     assert len(segments) >= 3
     assert ledger.conditional_acked > 0 and ledger.mismatches > 0

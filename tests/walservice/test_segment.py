@@ -148,13 +148,28 @@ def test_truncated_payload_of_the_last_frame() -> None:
 
 @pytest.mark.parametrize("zeros", [1, FRAME_HEADER_SIZE - 1, FRAME_HEADER_SIZE, 100, 8192])
 def test_zero_filled_tail(zeros: int) -> None:
-    assert_cut_to(SEGMENT.data + b"\0" * zeros, len(SEGMENT.data))
+    """Zeros are never a frame: a zero run to the end is a clean end (a preallocated
+    segment's unwritten space), with nothing to cut."""
+    assert_clean_end(SEGMENT.data + b"\0" * zeros, len(SEGMENT.data))
 
 
 def test_zero_filled_tail_over_a_torn_batch() -> None:
     # The file was extended but the last batch's pages never reached the disk.
     data = SEGMENT.data[:LAST_BATCH_START] + b"\0" * (len(SEGMENT.data) - LAST_BATCH_START)
+    assert_clean_end(data, LAST_BATCH_START)
+
+
+def test_zeros_after_part_of_a_batch_are_a_torn_tail() -> None:
+    # Preallocated space after the first frame of a batch whose last frame never came.
+    data = SEGMENT.data[:LAST_FRAME] + b"\0" * 4096
     assert_cut_to(data, LAST_BATCH_START)
+    assert scan_segment(data).used_len == LAST_FRAME
+
+
+def assert_clean_end(data: bytes, batch_end: int) -> None:
+    scan = scan_segment(data)
+    assert (scan.batch_end_offset, scan.torn_bytes, scan.problem, scan.zero_tail) == (batch_end, 0, None, True)
+    assert not scan.corrupt_before_tail
 
 
 @pytest.mark.parametrize("seed", range(5))

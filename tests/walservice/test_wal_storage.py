@@ -128,8 +128,8 @@ def test_reopen_finds_every_record(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "tail",
-    [b"\0" * 100, os.urandom(333), b"partial"],
-    ids=["zeros", "garbage", "short-header"],
+    [os.urandom(332) + b"\xff", b"partial"],
+    ids=["garbage", "short-header"],
 )
 def test_torn_tail_is_cut_on_disk_and_logged(tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture) -> None:
     wal, written = closed_wal(tmp_path / "tl", 4)
@@ -149,6 +149,21 @@ def test_torn_tail_is_cut_on_disk_and_logged(tmp_path: Path, tail: bytes, caplog
     # Appends continue exactly where the whole batches ended.
     more = fill(again, 1)
     assert more[0][0] == written[-1][0] + FRAME_HEADER_SIZE + len(more[0][1])
+    assert read_all(reopen(again)) == written + more
+
+
+def test_a_zero_tail_is_a_clean_end_not_a_torn_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Zeros past the last batch are what a preallocated segment holds: no frame, nothing to cut."""
+    wal, written = closed_wal(tmp_path / "tl", 4)
+    path = segment_paths(wal)[-1]
+    with open(path, "ab") as f:
+        f.write(b"\0" * 100)
+    size = path.stat().st_size
+    with caplog.at_level(logging.WARNING, logger="strata.walservice"):
+        again = reopen(wal)
+    assert again.end_lsn == written[-1][0] and path.stat().st_size == size
+    assert "wal_tail_truncated" not in caplog.text
+    more = fill(again, 1)
     assert read_all(reopen(again)) == written + more
 
 
