@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 from compute_shim.wal_writer import AppendFailed, WalWriter
 from strata.v1 import wal_pb2
@@ -36,14 +37,14 @@ __all__ = ["AppendFailed", "CommitStream"]
 
 
 class CommitStream:
-    def __init__(self, walservice: str, *, append_timeout: float) -> None:
+    def __init__(self, walservice: str, *, append_timeout: float, tls_ca: str | Path | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()  # held while the loop runs (see the module doc)
-        self._writer = self._run(self._open(walservice, append_timeout))
+        self._writer = self._run(self._open(walservice, append_timeout, tls_ca))
 
     @staticmethod
-    async def _open(walservice: str, append_timeout: float) -> WalWriter:
-        return WalWriter(walservice, max_in_flight=1, append_timeout=append_timeout)
+    async def _open(walservice: str, append_timeout: float, tls_ca: str | Path | None) -> WalWriter:
+        return WalWriter(walservice, max_in_flight=1, append_timeout=append_timeout, tls_ca=tls_ca)
 
     def _run(self, coroutine):  # type: ignore[no-untyped-def]
         if not self._lock.acquire(blocking=False):

@@ -456,7 +456,7 @@ class StrataDbFile(_FileDefaults):
             return
         request = wal_pb2.AppendRequest(records=records, expected_end_lsn=self.read_lsn, **self._ids())
         if self._commits is None:
-            self._commits = CommitStream(self.client.walservice, append_timeout=self.client.timeout)
+            self._commits = CommitStream(self.client.walservice, append_timeout=self.client.timeout, tls_ca=self.client.tls_ca)
         try:
             resp = self._commits.append(request.SerializeToString(), **self._ids())
         except AppendFailed as exc:
