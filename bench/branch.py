@@ -498,6 +498,9 @@ def parse_sizes(text: str) -> list[int]:
 
 @contextmanager
 def work_directory(requested: Path | None, keep: bool) -> Iterator[Path]:
+    """A fresh directory for one run's data, under `requested` (made if missing) or $TMPDIR."""
+    if requested is not None:
+        requested.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="strata-bench-", dir=requested))
     try:
         yield path

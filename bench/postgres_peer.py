@@ -79,17 +79,28 @@ class ThrowawayPostgres:
             self._hand_root_to_user()
         try:
             run_as([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"], user=self.user)
-            options = " ".join(f"-c {k}={v}" for k, v in self.settings.items()) + f" -p {self.port}"
-            run_as(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start"],
-                user=self.user,
-            )
+            self.start_server(wait=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             server_log = self.root / "postgres.log"
             if server_log.exists():
                 detail += server_log.read_text(errors="replace")[-1500:]
             raise PostgresUnavailable(f"{exc}: {detail.strip()}") from exc
+
+    def start_server(self, *, wait: bool) -> None:
+        """pg_ctl start on the initialized cluster. `wait=False` returns once the
+        postmaster is launched (pg_ctl -W): the caller polls for the first connection
+        itself, at a finer grain than pg_ctl's 100 ms."""
+        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items()) + f" -p {self.port}"
+        run_as(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.root / "postgres.log"),
+             *(["-w", "-t", "60"] if wait else ["-W"]), "start"],
+            user=self.user,
+        )
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """pg_ctl stop (waiting for the postmaster to exit); the cluster stays for a later start_server."""
+        run_as([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"], user=self.user, timeout=60)
 
     def _hand_root_to_user(self) -> None:
         assert self.user is not None

@@ -134,6 +134,18 @@ class Client:
         self._raw_channels.append(raw)
         return grpc.intercept_channel(raw, *self._interceptors) if self._interceptors else raw
 
+    def connect(self, timeout: float = 10.0) -> None:
+        """Open the connections to the pageserver and the walservice leader now, not on
+        the first call (channels connect lazily): what a pre-started compute does, so
+        that its first request pays no TCP and HTTP/2 (or TLS) set-up. Raises
+        `grpc.FutureTimeoutError` if one is not up within `timeout` seconds."""
+        channels = [self._page_channel] if self._page_channel is not None else []
+        leader = self.wal_leader
+        if leader is not None:
+            channels.append(self._wal_channel(leader))
+        for ch in channels:
+            grpc.channel_ready_future(ch).result(timeout=timeout)
+
     def close(self) -> None:
         with self._wal_lock:
             for ch in self._raw_channels:

@@ -2,7 +2,8 @@
 
 Started by the proxy (`python -m proxy.compute_process --pageserver A --walservice
 B`) before any database needs it: it imports apsw and compute_shim, builds its
-`Client`, answers `{"ok": true, "pid": ...}` to say it is ready, and waits.
+`Client` and opens its connections (`Client.connect`), answers
+`{"ok": true, "pid": ...}` to say it is ready, and waits.
 A wake hands it a database with `assign` (`tenant`, `timeline`, `lsn`: null for
 read-write, an LSN for read-only time travel); from then on it serves that one
 database until the proxy tells it to `exit` or closes its stdin.
@@ -27,12 +28,14 @@ import sys
 from typing import Any, BinaryIO
 
 import apsw
+import grpc
 
 from compute_shim import Client, connect_sqlite
 from proxy import frames, hrana
 from strata import logs
 
 log = logs.event_logger("compute")
+CONNECT_TIMEOUT_S = 5.0
 
 
 class Compute:
@@ -86,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)
     inp = sys.stdin.buffer
     client = Client(pageserver=args.pageserver, walservice=args.walservice)
+    try:
+        client.connect(timeout=CONNECT_TIMEOUT_S)  # a wake then starts on open connections
+    except grpc.FutureTimeoutError:
+        # Not fatal: the channels keep trying, and a request that needs them says why it failed.
+        log.warning("connect_slow", pageserver=args.pageserver, walservice=args.walservice, timeout_s=CONNECT_TIMEOUT_S)
     out.write(frames.encode({"ok": True, "pid": os.getpid()}))
     out.flush()
     serve(inp, out, Compute(client))

@@ -7,7 +7,7 @@ A database (a name, and for time travel an LSN) is served by at most one
 concurrent first requests share one wake and are held, not refused). A wake
 takes a process from the pool of pre-started ones (imports done, `Client`
 built), so it costs an `assign` (opening the database), not a Python start-up;
-the pool is refilled in the background.
+the pool is refilled in the background once the wake is done (`REFILL_DELAY_S`).
 
 Suspension: `reap()` (every `tick_s`) stops computes idle for `suspend_after_s`
 that hold no open transaction; a wake beyond `max_computes` first stops the least
@@ -38,6 +38,7 @@ from strata.logs import event_logger
 
 log = event_logger("proxy")
 STOP_TIMEOUT_S = 5.0
+REFILL_DELAY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,27 +66,67 @@ class ComputeHandle:
     key: DatabaseKey | None = None
     generation: int = 0  # distinguishes this compute from an earlier one of the same database
     last_used: float = field(default_factory=time.monotonic)
-    # The stream id holding an open transaction on this compute, or None: other streams
-    # wait on `released` until it commits, rolls back, closes or expires.
+    # The stream id holding an open transaction on this compute, or None: other streams'
+    # requests wait on `released` until it commits, rolls back, closes or expires.
+    # `owner` changes only while `_lock` is held (in `run_for`).
     owner: str | None = None
     released: asyncio.Condition = field(default_factory=asyncio.Condition)
     busy: int = 0  # requests in flight or waiting on this compute
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one frame exchange at a time
+    # One frame exchange at a time, in arrival order (asyncio.Lock is FIFO): requests
+    # outside transactions queue here, and each release wakes only the next one.
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One frame exchange, not tied to a stream (`assign`)."""
         async with self._lock:
-            if self.proc.returncode is not None or self.proc.stdin is None or self.proc.stdout is None:
-                raise ComputeDied(f"compute pid={self.pid} has exited")
+            return await self._exchange(message)
+
+    async def run_for(self, stream_id: str, message: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
+        """Exchange `message` for stream `stream_id` once no other stream's open transaction
+        holds the connection; None if one still does after `wait_s` seconds. The answer's
+        `autocommit` (False: the stream's transaction is open) decides who owns it next."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            answer: dict[str, Any] | None = None
+            freed = False  # a transaction ended here: wake the streams waiting for it
             try:
-                self.proc.stdin.write(frames.encode(message))
-                await self.proc.stdin.drain()
-                return await read_frame(self.proc.stdout)
-            except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError, frames.FrameError) as exc:
-                raise ComputeDied(f"compute pid={self.pid} stopped mid-request ({type(exc).__name__})") from None
+                async with self._lock:
+                    if self.owner in (None, stream_id):
+                        held, self.owner = self.owner, None  # kept only if the answer says it is still open
+                        try:
+                            answer = await self._exchange(message)
+                        finally:
+                            freed = held is not None
+                        if answer.get("autocommit") is False:
+                            self.owner, freed = stream_id, False
+            finally:
+                if freed:
+                    async with self.released:
+                        self.released.notify_all()
+            if answer is not None:
+                return answer
+            async with self.released:
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise asyncio.TimeoutError
+                    await asyncio.wait_for(self.released.wait_for(lambda: self.owner in (None, stream_id)), remaining)
+                except asyncio.TimeoutError:
+                    return None
+
+    async def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.proc.returncode is not None or self.proc.stdin is None or self.proc.stdout is None:
+            raise ComputeDied(f"compute pid={self.pid} has exited")
+        try:
+            self.proc.stdin.write(frames.encode(message))
+            await self.proc.stdin.drain()
+            return await read_frame(self.proc.stdout)
+        except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError, frames.FrameError) as exc:
+            raise ComputeDied(f"compute pid={self.pid} stopped mid-request ({type(exc).__name__})") from None
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -130,6 +171,9 @@ class ComputeManager:
         self._waking: dict[DatabaseKey, asyncio.Future[ComputeHandle]] = {}
         self._pool: list[ComputeHandle] = []
         self._refilling = False
+        self._tasks: set[asyncio.Task[None]] = set()  # background refills, referenced until done
+        self._refills: set[asyncio.TimerHandle] = set()  # refills scheduled (see _refill_soon)
+        self._closed = False
         self._generation = 0
 
     # -- the pool ------------------------------------------------------------
@@ -153,20 +197,40 @@ class ComputeManager:
             return
         self._refilling = True
         try:
-            while len(self._pool) < self.pool_size:
-                self._pool.append(await self._spawn())
+            while len(self._pool) < self.pool_size and not self._closed:
+                handle = await self._spawn()
+                if self._closed:  # close() ran while it started
+                    await handle.stop()
+                    break
+                self._pool.append(handle)
+                self.metrics.pool.set(len(self._pool))
         finally:
             self._refilling = False
 
     async def _take_from_pool(self) -> ComputeHandle:
         while self._pool:
             handle = self._pool.pop()
+            self.metrics.pool.set(len(self._pool))
             if handle.proc.returncode is None:
-                asyncio.get_running_loop().create_task(self.fill_pool())
+                self._refill_soon()
                 return handle
         handle = await self._spawn()
-        asyncio.get_running_loop().create_task(self.fill_pool())
+        self._refill_soon()
         return handle
+
+    def _refill_soon(self) -> None:
+        """Refill the pool REFILL_DELAY_S from now: a new compute's start-up (imports, about
+        200 ms of CPU) would otherwise run beside the wake it replaces and slow it down."""
+        loop = asyncio.get_running_loop()
+
+        def refill() -> None:
+            self._refills.discard(timer)
+            task = loop.create_task(self.fill_pool())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        timer = loop.call_later(REFILL_DELAY_S, refill)
+        self._refills.add(timer)
 
     # -- wakes ---------------------------------------------------------------
 
@@ -250,9 +314,19 @@ class ComputeManager:
     def running(self) -> list[ComputeHandle]:
         return list(self._running.values())
 
+    def pooled(self) -> list[ComputeHandle]:
+        """The pre-started computes waiting for a database."""
+        return list(self._pool)
+
     async def close(self) -> None:
+        self._closed = True
+        for timer in self._refills:
+            timer.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in list(self._running.values()):
             await self.suspend(handle, "shutdown")
         pool, self._pool = self._pool, []
+        self.metrics.pool.set(0)
         for handle in pool:
             await handle.stop()

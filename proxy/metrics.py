@@ -20,6 +20,7 @@ class ProxyMetrics:
         )
         self.compute_deaths = Counter("strata_proxy_compute_deaths", "computes that exited unasked", registry=self.registry)
         self.running = Gauge("strata_proxy_running_computes", "computes serving a database now", registry=self.registry)
+        self.pool = Gauge("strata_proxy_pool_computes", "pre-started computes waiting for a database", registry=self.registry)
         self.requests = Counter(
             "strata_proxy_requests", "HTTP requests, by outcome (ok, client_error, server_error)", ["outcome"],
             registry=self.registry,

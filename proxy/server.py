@@ -3,7 +3,8 @@
 Routes (each also under `/db/NAME/` and `/db/NAME@LSN/`):
 `POST /v2/pipeline`, `POST /v3/pipeline`, `POST /v3/cursor`, `GET /v2`, `GET /v3`;
 and `GET /health`, `GET /version`, `GET /metrics` (Prometheus), `GET /computes`
-(the running computes, JSON: what `strata status` shows).
+(JSON: the running computes, what `strata status` shows, and `pool`, the pids of
+the pre-started ones waiting for a database).
 
 Which database: the path's `/db/NAME/` (or `NAME@LSN`: read-only, at that LSN),
 else the `x-namespace` header, else the Host header's first label when the host
@@ -190,4 +191,4 @@ class ProxyApp:
              "idle_s": round(now - h.last_used, 1), "in_transaction": h.owner is not None}
             for h in self.manager.running()
         ]
-        return web.json_response({"computes": computes})
+        return web.json_response({"computes": computes, "pool": [h.pid for h in self.manager.pooled()]})

@@ -7,9 +7,10 @@ pipeline is run in order: `store_sql`, `close_sql` and `close` here, the rest
 forwarded to the compute in one `run` frame (their `sql_id`s resolved first).
 
 Transactions: a compute has one SQLite connection, so one stream at a time owns
-it (`ComputeHandle.owner`): from a request until the connection is back in
-autocommit mode. Another stream's request waits for it (up to `LOCK_WAIT_S`,
-then `SQLITE_BUSY`). A stream idle for `STREAM_IDLE_S` (10 s, like
+it (`ComputeHandle.owner`): from a request that leaves a transaction open until
+the connection is back in autocommit mode. Requests outside transactions queue
+in order for the compute (`ComputeHandle.run_for`); another stream's request
+waits for an open transaction to end (up to `LOCK_WAIT_S`, then `SQLITE_BUSY`). A stream idle for `STREAM_IDLE_S` (10 s, like
 libsql-server) expires: its open transaction is rolled back, and its baton is
 answered with `STREAM_EXPIRED`. A compute that dies under a stream's open
 transaction: the stream is closed with `COMPUTE_RESTARTED`, nothing of that
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.batons import Baton, BatonError, BatonSigner, new_stream_id
-from proxy.computes import ComputeDied, ComputeHandle, ComputeManager, DatabaseKey
+from proxy.computes import ComputeDied, ComputeManager, DatabaseKey
 from strata.logs import event_logger
 
 log = event_logger("proxy")
@@ -189,21 +190,8 @@ class StreamTable:
                 "(nothing of it was committed); start a new stream", "COMPUTE_RESTARTED")] * len(requests)
         handle.busy += 1
         try:
-            async with handle.released:
-                try:
-                    await asyncio.wait_for(handle.released.wait_for(lambda: handle.owner in (None, stream.id)), LOCK_WAIT_S)
-                except asyncio.TimeoutError:
-                    return [error_result(
-                        f"another stream's transaction has held the database for {LOCK_WAIT_S:g} s", "SQLITE_BUSY")] * len(requests)
-                handle.owner = stream.id
-            autocommit = True
             try:
-                answer = await handle.call({"op": "run", "requests": requests})
-                if "error" in answer:
-                    return [error_result(str(answer["error"]), "SERVER_ERROR")] * len(requests)
-                autocommit = bool(answer["autocommit"])
-                stream.txn_generation = None if autocommit else handle.generation
-                return list(answer["results"])
+                answer = await handle.run_for(stream.id, {"op": "run", "requests": requests}, LOCK_WAIT_S)
             except ComputeDied as exc:
                 self.manager.died(handle)
                 stream.txn_generation, stream.closed = None, True
@@ -211,18 +199,17 @@ class StreamTable:
                 return [error_result(
                     f"{exc}; the stream's open transaction was rolled back (nothing of it was committed); "
                     "start a new stream", "COMPUTE_RESTARTED")] * len(requests)
-            finally:
-                if autocommit:
-                    await self._release(handle, stream)
+            if answer is None:
+                return [error_result(
+                    f"another stream's transaction has held the database for {LOCK_WAIT_S:g} s", "SQLITE_BUSY")] * len(requests)
+            if "error" in answer:
+                stream.txn_generation = None
+                return [error_result(str(answer["error"]), "SERVER_ERROR")] * len(requests)
+            stream.txn_generation = None if answer["autocommit"] else handle.generation
+            return list(answer["results"])
         finally:
             handle.busy -= 1
             handle.last_used = time.monotonic()
-
-    async def _release(self, handle: ComputeHandle, stream: Stream) -> None:
-        async with handle.released:
-            if handle.owner == stream.id:
-                handle.owner = None
-                handle.released.notify_all()
 
     async def _end_transaction(self, stream: Stream) -> None:
         """Roll back a closed or expired stream's open transaction and free its compute."""
@@ -231,10 +218,9 @@ class StreamTable:
         if handle is None or handle.owner != stream.id:
             return
         try:
-            await handle.call({"op": "rollback"})
+            await handle.run_for(stream.id, {"op": "rollback"}, LOCK_WAIT_S)  # answers autocommit: frees the compute
         except ComputeDied:
             self.manager.died(handle)
-        await self._release(handle, stream)
 
     async def expire(self) -> None:
         now = time.monotonic()

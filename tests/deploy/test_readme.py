@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     bin_dir.mkdir(parents=True)
     script = Path(sys.executable).parent / "strata"
     (bin_dir / "strata").symlink_to(script)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a symlinked interpreter outside its venv loses the venv's packages.
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     up = strata("up", "--free-ports", cwd=home)
     assert up.returncode == 0, up.stdout + up.stderr
     try:

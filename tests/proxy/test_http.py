@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -126,6 +127,30 @@ def test_interactive_transaction_via_baton(proxy: Component) -> None:
     _, done = pipeline(base, [stmt("COMMIT"), {"type": "close"}], baton=autocommit["baton"])
     assert done["baton"] is None and ok(done)
     assert rows(pipeline(base, [stmt("SELECT x FROM t")])[1]) == [[{"type": "integer", "value": "1"}]]
+
+
+def test_another_stream_waits_for_an_open_transaction(proxy: Component) -> None:
+    """A stream's open transaction holds the database's connection: another stream's
+    request waits (it is not run inside that transaction), goes on once the transaction
+    commits, and is answered SQLITE_BUSY if it is still held after the 5 s wait."""
+    base = f"http://{proxy.address}/db/app/"
+    pipeline(base, [stmt("CREATE TABLE t (x)")])
+    _, first = pipeline(base, [stmt("BEGIN"), stmt("INSERT INTO t VALUES (1)")])
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(pipeline, base, [stmt("SELECT count(*) FROM t"), {"type": "close"}])
+        time.sleep(1.0)
+        assert not waiting.done()  # held behind the open transaction
+        _, done = pipeline(base, [stmt("COMMIT"), {"type": "close"}], baton=first["baton"])
+        assert ok(done)
+        status, body = waiting.result(timeout=30)
+    assert status == 200 and rows(body) == [[{"type": "integer", "value": "1"}]]  # it saw the commit, not the open txn
+
+    _, held = pipeline(base, [stmt("BEGIN"), stmt("INSERT INTO t VALUES (2)")])
+    started = time.monotonic()
+    _, busy = pipeline(base, [stmt("SELECT count(*) FROM t")])
+    assert busy["results"][0]["error"]["code"] == "SQLITE_BUSY" and time.monotonic() - started >= 4.5
+    pipeline(base, [stmt("ROLLBACK"), {"type": "close"}], baton=held["baton"])
+    assert rows(pipeline(base, [stmt("SELECT count(*) FROM t")])[1]) == [[{"type": "integer", "value": "1"}]]
 
 
 def test_an_idle_stream_expires_and_its_transaction_rolls_back(proxy: Component) -> None:
