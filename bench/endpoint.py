@@ -350,7 +350,10 @@ def pg_connect_args(pg: ThrowawayPostgres) -> dict[str, Any]:
 
 
 async def run_postgres(cfg: EndpointBenchConfig, work_dir: Path, results: EndpointResults) -> None:
-    import psycopg  # the bench extra; a missing one is reported like a missing server
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise PostgresUnavailable(f"{exc}: install the bench extra (pip install -e '.[bench]')") from None
 
     with ThrowawayPostgres(work_dir / "postgres", clients=()) as pg:
         with psycopg.connect(**pg_connect_args(pg)) as conn:
@@ -499,7 +502,7 @@ async def run(cfg: EndpointBenchConfig, work_dir: Path, *, postgres: bool = True
     if postgres:
         try:
             await run_postgres(cfg, work_dir, results)
-        except (PostgresUnavailable, ImportError, subprocess.CalledProcessError) as exc:
+        except (PostgresUnavailable, subprocess.CalledProcessError) as exc:
             results.notes.append(f"PostgreSQL was not measured: {exc}")
             print(results.notes[-1], flush=True)
     return results
