@@ -24,7 +24,8 @@ aiohttp session; both sides run in this process's event loop.
    database; PostgreSQL: each its own psycopg connection), `--seconds` each after
    a warm-up: statements/s, p50 latency, and the ratio.
 3. **Idle cost.** `--idle-databases` databases created (CreateTimeline with a name)
-   and `--idle-woken` of them woken with a write and left to suspend: the OS
+   and `--idle-woken` of them woken with a write and left to suspend (and the
+   pageserver to drop each idle timeline's WAL stream, 10 s after its last WAL): the OS
    processes, RSS and bytes on disk all Strata processes (walservice, pageserver,
    proxy, its computes) add, per database. Target: no process and under 50 KiB RSS
    per idle database.
@@ -211,12 +212,12 @@ def tree_bytes(paths: list[Path]) -> int:
 # -- Strata --------------------------------------------------------------------
 
 
-async def wait_for(what: str, cond: Any, timeout: float = 60.0) -> None:
+async def wait_for(what: str, cond: Any, timeout: float = 60.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not await cond():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
 
 
 async def settled(http: HranaClient, pool_size: int) -> bool:
@@ -267,7 +268,7 @@ async def run_strata(cfg: EndpointBenchConfig, work_dir: Path, results: Endpoint
         ps = env.pageserver(wal)
         with Client(pageserver=ps.address, walservice=wal.address) as client:
             tenant = client.create_tenant(page_size=4096).tenant_id
-            client.create_timeline(tenant_id=tenant, name=DATABASE)
+            bench_timeline = client.create_timeline(tenant_id=tenant, name=DATABASE).timeline_id
             proxy = env.process("proxy", [
                 sys.executable, "-m", "proxy", "--pageserver", ps.address, "--walservice", wal.address, "--tenant", tenant,
                 "--suspend-after", str(cfg.suspend_after_s), "--pool-size", str(cfg.pool_size),
@@ -289,7 +290,8 @@ async def run_strata(cfg: EndpointBenchConfig, work_dir: Path, results: Endpoint
                     print(f"  {row.workload} x{row.clients}: {row.per_second[STRATA]:,.0f}/s", flush=True)
                 print("Strata: idle cost", flush=True)
                 roots = {"walservice": wal.proc.pid, "pageserver": ps.proc.pid, "proxy and its computes": proxy.proc.pid}  # type: ignore[union-attr]
-                await measure_idle(client, tenant, http, cfg, results, roots, [wal.data_dir, ps.data_dir, proxy.data_dir])
+                await measure_idle(client, tenant, http, cfg, results, roots, [wal.data_dir, ps.data_dir, proxy.data_dir],
+                                   ps.log_path, bench_timeline)
     finally:
         env.teardown()
 
@@ -305,9 +307,34 @@ def strata_statement(http: HranaClient, workload: str) -> Any:
     return insert
 
 
+def parked_after(log_path: Path, offsets: dict[str, int]) -> set[str]:
+    """The timelines of `offsets` (id -> byte offset in the pageserver's log) that the
+    pageserver logged `event=wal_stream_parked` for past their offset."""
+    last_parked: dict[str, int] = {}  # timeline -> byte offset of its last parked line
+    position = 0
+    with open(log_path, "rb") as f:
+        for line in f:
+            if b"event=wal_stream_parked" in line:
+                _, _, rest = line.partition(b" timeline=")
+                last_parked[rest.split(b" ", 1)[0].decode()] = position
+            position += len(line)
+    return {t for t, offset in offsets.items() if last_parked.get(t, -1) >= offset}
+
+
 async def measure_idle(client: Client, tenant: str, http: HranaClient, cfg: EndpointBenchConfig, results: EndpointResults,
-                       roots: dict[str, int], dirs: list[Path]) -> None:
-    """`roots`: role -> the pid of that Strata process (the proxy's computes are its children)."""
+                       roots: dict[str, int], dirs: list[Path], ps_log: Path, bench_timeline: str) -> None:
+    """`roots`: role -> the pid of that Strata process (the proxy's computes are its children).
+    Measured at rest: no compute but the pool, and every timeline's WAL stream dropped
+    (the pageserver parks a timeline 10 s after its last WAL, pageserver/ingest.py)."""
+
+    def log_size() -> int:
+        return ps_log.stat().st_size
+
+    async def parked(offsets: dict[str, int]) -> None:
+        async def all_parked() -> bool:
+            return len(await asyncio.to_thread(parked_after, ps_log, offsets)) == len(offsets)
+
+        await wait_for("the pageserver to drop the idle timelines' WAL streams", all_parked, timeout=120, interval=0.5)
 
     def role_pids() -> dict[str, list[int]]:
         return {role: [pid, *descendants(pid)] for role, pid in roots.items()}
@@ -327,17 +354,22 @@ async def measure_idle(client: Client, tenant: str, http: HranaClient, cfg: Endp
 
     idle = results.idle
     idle.databases, idle.woken = cfg.idle_databases, min(cfg.idle_woken, cfg.idle_databases)
+    await parked({bench_timeline: log_size()})
     idle.processes_before, idle.role_rss_before, idle.disk_before = await at_rest()
     started = time.perf_counter()
     names = [f"idle-{i:05d}" for i in range(cfg.idle_databases)]
+    offsets: dict[str, int] = {}
     for i, name in enumerate(names):
-        await asyncio.to_thread(client.create_timeline, tenant_id=tenant, name=name)
+        offset = log_size()
+        offsets[(await asyncio.to_thread(client.create_timeline, tenant_id=tenant, name=name)).timeline_id] = offset
         if (i + 1) % 200 == 0:
             print(f"  created {i + 1}/{len(names)} databases", flush=True)
     idle.create_s = time.perf_counter() - started
-    for name in names[: idle.woken]:
+    for name, timeline in list(zip(names, offsets))[: idle.woken]:
         await http.execute(name, "CREATE TABLE notes (body TEXT)")
         await http.execute(name, "INSERT INTO notes VALUES (?)", name)
+        offsets[timeline] = log_size()
+    await parked(offsets)
     idle.processes_after, idle.role_rss_after, idle.disk_after = await at_rest()
     idle.rss_before, idle.rss_after = sum(idle.role_rss_before.values()), sum(idle.role_rss_after.values())
 
@@ -475,6 +507,9 @@ def render_markdown(results: EndpointResults, cfg: EndpointBenchConfig) -> str:
         "fdatasync; the compute serializes a database's statements (SQLite's single writer), so more clients queue on it.",
         "",
         f"### Idle cost: {idle.databases:,} databases, {idle.woken} of them woken with a write, all suspended",
+        "",
+        "Measured at rest: no compute running but the pool, and every timeline's WAL stream dropped by the pageserver "
+        "(`event=wal_stream_parked`, 10 s after its last WAL).",
         "",
         "| what | before | after | added per database |",
         "| --- | ---: | ---: | ---: |",

@@ -35,13 +35,26 @@ with `last_record_lsn == start_lsn` too: the durable `wal_seen.json` marker,
 written before the first record is applied (wal_seen_marker.py), tells it that
 it took WAL, so it is stopped as well rather than registered again.
 
-Concurrency: one asyncio task per timeline, on the pageserver's event loop.
+Idle timelines hold no stream: once the open stream has brought no record for
+`wal_idle_s` (TimelineConfig, default 10 s) while no read waits for WAL, it is
+cancelled and the receiver parks (`event=wal_stream_parked`), so a thousand idle
+databases cost no gRPC call state here or on the walservice. A parked receiver
+streams again at once when a read waits for an LSN past what it ingested
+(`Timeline.wal_wanted`, called by `wait_for_lsn`: a compute reads at the LSN it
+committed or the walservice's end, so its read unparks the timeline), or when a
+branch is made at the latest LSN (`catch_up`), or when a poll (Status, about every
+`wal_poll_s`, jittered) finds committed WAL past it: WAL appended while nobody
+reads reaches the layers within a poll.
+
+Concurrency: one asyncio task per timeline, on the pageserver's event loop (plus,
+while it streams, the idle watchdog task).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -107,18 +120,32 @@ class WalNodes:
         (after a failure, another node wins ties)."""
         if len(self.stubs) == 1:
             return 0, self.stubs[0]
-        ref = records_pb2.TimelineRef(tenant_id=tenant_id, timeline_id=timeline_id)
-
-        async def commit_lsn(stub: wal_pb2_grpc.WalServiceStub) -> int:
-            try:
-                return (await stub.Status(ref, timeout=PICK_TIMEOUT_S)).commit_lsn
-            except grpc.aio.AioRpcError:
-                return -1
-
-        commits = await asyncio.gather(*(commit_lsn(stub) for stub in self.stubs))
+        commits = [-1 if lsn is None else lsn for lsn in await self.commit_lsns(tenant_id, timeline_id)]
         order = sorted(range(len(self.stubs)), key=lambda i: (commits[i], i != after_failure), reverse=True)
         best = order[0] if commits[order[0]] >= 0 else ((after_failure or 0) + 1) % len(self.stubs)
         return best, self.stubs[best]
+
+    async def statuses(self, tenant_id: str, timeline_id: str) -> list[wal_pb2.WalStatus | None]:
+        """Each node's Status of the timeline (None: it did not answer)."""
+        ref = records_pb2.TimelineRef(tenant_id=tenant_id, timeline_id=timeline_id)
+
+        async def status(stub: wal_pb2_grpc.WalServiceStub) -> wal_pb2.WalStatus | None:
+            try:
+                return await stub.Status(ref, timeout=PICK_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                return None
+
+        return list(await asyncio.gather(*(status(stub) for stub in self.stubs)))
+
+    async def commit_lsns(self, tenant_id: str, timeline_id: str) -> list[int | None]:
+        """Each node's commit_lsn of the timeline (None: it did not answer Status)."""
+        return [None if s is None else s.commit_lsn for s in await self.statuses(tenant_id, timeline_id)]
+
+    async def has_wal_past(self, tenant_id: str, timeline_id: str, lsn: int) -> bool:
+        """Whether a node holds WAL past `lsn` for the timeline (committed, or flushed
+        and on its way to commit); also True when one cannot say (unreachable,
+        NOT_FOUND): streaming then meets that error and handles it as every stream does."""
+        return any(s is None or max(s.commit_lsn, s.flush_lsn) > lsn for s in await self.statuses(tenant_id, timeline_id))
 
     async def lost_everywhere(self, tenant_id: str, timeline_id: str) -> bool:
         """Whether every node answers NOT_FOUND for the timeline (one that cannot be
@@ -154,6 +181,11 @@ class WalReceiver:
         self._task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Idle streams (see _close_when_idle and _park); all owned by the loop.
+        self._wanted = asyncio.Event()  # set when a read waits for WAL (Timeline.wal_wanted)
+        self._last_records = time.monotonic()  # when the open stream last brought records
+        self._idle_closed = False  # the watchdog cancelled the open stream
+        self.parked = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -168,34 +200,46 @@ class WalReceiver:
         backoff = 0.1
         failing = False
         failed_node: int | None = None
+        tl.wal_wanted = self._wanted.set
         while not self._stopping:
             request = wal_pb2.StreamRequest(tenant_id=tl.tenant_id, timeline_id=tl.timeline_id, start_lsn=tl.last_record_lsn)
             node = 0
             try:
                 node, stub = await self.stub.stream_stub(tl.tenant_id, tl.timeline_id, failed_node)
                 call = stub.Stream(request)
-                async for batch in call:
-                    if failing:
-                        self.log.info("wal_stream_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
-                        failing = False
-                    backoff = 0.1
-                    if not tl.wal_seen and batch.records:
-                        await self._mark_wal_seen(batch.records[0].lsn)
-                    commit_time = 0
-                    for rec in batch.records:
-                        if rec.lsn <= tl.last_record_lsn:
-                            continue
-                        record_bytes = rec.record.SerializeToString() if rec.record.HasField("patch") else b""
-                        tl.ingest(
-                            rec.lsn, rec.record, record_bytes, payload_bytes=rec.record.ByteSize(),
-                            end_of_batch=rec.end_of_batch, commit_time_us=rec.commit_time_us,
-                        )
-                        commit_time = rec.commit_time_us
-                    tl.ingested(commit_time)
-                    await self.backpressure(tl)
+                self._last_records, self._idle_closed = time.monotonic(), False
+                watchdog = asyncio.create_task(self._close_when_idle(call))
+                try:
+                    async for batch in call:
+                        if failing:
+                            self.log.info("wal_stream_recovered", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
+                            failing = False
+                        backoff = 0.1
+                        if not tl.wal_seen and batch.records:
+                            await self._mark_wal_seen(batch.records[0].lsn)
+                        commit_time = 0
+                        for rec in batch.records:
+                            if rec.lsn <= tl.last_record_lsn:
+                                continue
+                            record_bytes = rec.record.SerializeToString() if rec.record.HasField("patch") else b""
+                            tl.ingest(
+                                rec.lsn, rec.record, record_bytes, payload_bytes=rec.record.ByteSize(),
+                                end_of_batch=rec.end_of_batch, commit_time_us=rec.commit_time_us,
+                            )
+                            commit_time = rec.commit_time_us
+                        tl.ingested(commit_time)
+                        await self.backpressure(tl)
+                        if batch.records:
+                            self._last_records = time.monotonic()
+                finally:
+                    await cancel_and_wait(watchdog)
                 # The walservice ended the stream (it is shutting down): reconnect.
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if not self._idle_closed or self._stopping or (task is not None and task.cancelling()):
+                    raise
+                await self._park()  # the watchdog closed the idle stream
+                continue
             except grpc.aio.AioRpcError as exc:
                 failed_node = node
                 if not failing:
@@ -220,6 +264,53 @@ class WalReceiver:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def catch_up(self, timeout: float | None) -> None:
+        """If parked: ingest what the walservice has committed now (a branch at the latest
+        LSN must not miss WAL that came while nobody read). A streaming receiver is
+        already on its way to the end, as before parking existed."""
+        if not self.parked:
+            return
+        tl = self.timeline
+        committed = [c for c in await self.stub.commit_lsns(tl.tenant_id, tl.timeline_id) if c is not None]
+        if committed and max(committed) > tl.last_record_lsn:
+            await tl.wait_for_lsn(Lsn(max(committed)), timeout)
+
+    async def _close_when_idle(self, call: grpc.aio.UnaryStreamCall) -> None:
+        """Cancel `call` once it has brought no record for `wal_idle_s` while no read
+        waits for WAL: the receiver then parks (`_park`)."""
+        tl = self.timeline
+        while True:
+            left = tl.config.wal_idle_s - (time.monotonic() - self._last_records)
+            if left <= 0:
+                if tl.lsn_waiters == 0:
+                    self._idle_closed = True
+                    call.cancel()
+                    return
+                left = tl.config.wal_idle_s
+            await asyncio.sleep(left)
+
+    async def _park(self) -> None:
+        """Hold no WAL stream (no connection state here or on the walservice) until a
+        read waits for WAL this timeline lacks, or a poll (about every `wal_poll_s`)
+        finds committed WAL past what it ingested."""
+        tl = self.timeline
+        self.parked = True
+        self.log.info("wal_stream_parked", tenant=tl.tenant_id, timeline=tl.timeline_id, lsn=tl.last_record_lsn)
+        try:
+            while not self._stopping:
+                self._wanted.clear()
+                if tl.lsn_waiters:
+                    return
+                try:
+                    await asyncio.wait_for(self._wanted.wait(), tl.config.wal_poll_s * (0.5 + random.random()))
+                    return
+                except TimeoutError:
+                    pass
+                if await self.stub.has_wal_past(tl.tenant_id, tl.timeline_id, tl.last_record_lsn):
+                    return
+        finally:
+            self.parked = False
 
     def _stop_ahead(self, exc: grpc.aio.AioRpcError) -> None:
         """The walservice holds less WAL than this timeline ingested (it lost WAL it

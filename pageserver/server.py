@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compaction-threshold", type=int, default=d.compaction_threshold, help="compact at this many L0 layers")
     parser.add_argument("--image-threshold", type=int, default=d.image_threshold, help="write an image layer at this many deltas above the last")
     parser.add_argument("--l1-target-bytes", type=int, default=d.l1_target_bytes, help="the size L1 delta files are cut at")
+    parser.add_argument(
+        "--wal-idle-timeout", type=float, default=d.wal_idle_s,
+        help="drop a timeline's WAL stream after this many seconds with no new WAL and no read waiting (it parks)",
+    )
+    parser.add_argument(
+        "--wal-poll-interval", type=float, default=d.wal_poll_s,
+        help="a parked timeline asks the walservice for new WAL about this often (seconds; at once when a read waits)",
+    )
     parser.add_argument("--l0-stall-threshold", type=int, default=d.l0_stall_threshold, help="ingest waits for compaction past this many L0s")
     parser.add_argument(
         "--page-cache-bytes", type=int, default=128 * 1024 * 1024, help="pages rebuilt at the latest LSN, kept until a record changes them"
@@ -78,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     log = logs.event_logger("pageserver")
+    if not (args.wal_idle_timeout > 0 and args.wal_poll_interval > 0):
+        raise SystemExit("pageserver: --wal-idle-timeout and --wal-poll-interval must be > 0 seconds")
     server_tls = tls.ServerTls.load(args.tls_cert, args.tls_key)
     tls.use_client_ca(args.tls_ca)  # its connections to the walservice
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +98,8 @@ async def run(args: argparse.Namespace) -> None:
         image_threshold=args.image_threshold,
         l1_target_bytes=args.l1_target_bytes,
         l0_stall_threshold=args.l0_stall_threshold,
+        wal_idle_s=args.wal_idle_timeout,
+        wal_poll_s=args.wal_poll_interval,
     )
     wal_nodes = WalNodes(
         [a for a in args.walservice.split(",") if a],

@@ -408,6 +408,9 @@ class Tenant:
             if ancestor is None:
                 raise NotFound(f"ancestor_timeline_id={ancestor_timeline_id}: no such timeline in tenant_id={self.tenant_id}")
             if ancestor_lsn == 0:
+                receiver = self.receivers.get(ancestor.timeline_id)
+                if receiver is not None:
+                    await receiver.catch_up(timeout)  # a parked ancestor may not have seen its latest WAL
                 ancestor_lsn = ancestor.last_record_lsn
             ancestor.check_readable(ancestor_lsn, "branch")
             await ancestor.wait_for_lsn(ancestor_lsn, timeout)

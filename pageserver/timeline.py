@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
 from pageserver import commit_log, compaction, gc, reconstruct
+from pageserver.lsn_wait import wait_own_lsn
 from pageserver.wal_seen_marker import has_seen_wal
 from pageserver.commit_log import CommitLog, CommitPoint, legacy_commits
 from pageserver.layers.in_memory_layer import InMemoryLayer
@@ -70,7 +71,7 @@ from pageserver.layers.names import LayerName
 from pageserver.snapshot_reader import index_layers, index_truncations
 from pageserver.value import MISSING_REL, RelState, encode_image, encode_patch, encode_rel_state
 from strata.disk_space import DiskSpaceWatch, disk_full_error, is_disk_full
-from strata.errors import CorruptionError, DeadlineExceeded, FailedPrecondition, StrataError, Unavailable
+from strata.errors import CorruptionError, FailedPrecondition, StrataError, Unavailable
 from strata.ids import Lsn, TenantId, TimelineId
 from strata.logs import EventLogger
 from strata.v1 import records_pb2
@@ -94,6 +95,8 @@ class TimelineConfig:
     l0_stall_threshold: int = 30  # ingest waits for compaction past this many L0 layers
     max_wait_lsn_s: float = 60.0  # a read for a future LSN without a deadline waits this long
     max_frozen_layers: int = 2  # ingest waits while this many frozen layers wait for their flush
+    wal_idle_s: float = 10.0  # no new WAL and no read waiting this long: drop the WAL stream (ingest.py)
+    wal_poll_s: float = 20.0  # ... then ask the walservice for new WAL about this often
 
 
 # A failed layer flush is retried after this, doubling up to the max.
@@ -157,7 +160,7 @@ class Timeline:
         self.children: dict[TimelineId, Lsn] = {}
         self.deleted = False
         self.on_persisted: Callable[[Timeline], None] | None = None
-        self._lsn_event = asyncio.Event()
+        self.lsn_event = asyncio.Event()  # set (and replaced) after each ingested batch: lsn_wait.py
         # The relation directory at last_record_lsn: every relation ever seen
         # here or inherited at the branch point (dropped ones with exists=False).
         self.rel_states: dict[int, RelState] = {r.rel: RelState(r.exists, r.nblocks) for r in index.relations}
@@ -194,6 +197,10 @@ class Timeline:
         # Whether this timeline ever took WAL past its start (wal_seen_marker.py):
         # set by the WAL receiver once the marker is durable.
         self.wal_seen = has_seen_wal(directory)
+        # Reads waiting for WAL not ingested yet, and how they ask the WAL receiver
+        # for it (set by the receiver, which unparks): pageserver/lsn_wait.py.
+        self.lsn_waiters = 0
+        self.wal_wanted: Callable[[], None] = lambda: None
 
     def stop(self, error: CorruptionError) -> None:
         """Refuse every read and branch from now on with `error`."""
@@ -270,8 +277,8 @@ class Timeline:
 
     def ingested(self, commit_time_us: int) -> None:
         """After a batch of records: wake readers, note the commit time, maybe freeze."""
-        self._lsn_event.set()
-        self._lsn_event = asyncio.Event()
+        self.lsn_event.set()
+        self.lsn_event = asyncio.Event()
         if commit_time_us and (not self._commit_times or self._commit_times[-1].time_us < commit_time_us):
             self._commit_times.append(CommitTime(self.last_record_lsn, commit_time_us))
             self._commit_times = commit_log.thin_commit_times(self._commit_times)
@@ -665,24 +672,9 @@ class Timeline:
         ancestor_lsn, which after a restart may still be re-ingesting."""
         wait_s = self.config.max_wait_lsn_s if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + wait_s
-        await self._wait_own_lsn(lsn, deadline, wait_s)
+        await wait_own_lsn(self, lsn, deadline, wait_s)
         if self.ancestor is not None and not self.ancestors_ready():
             await self.ancestor.wait_for_lsn(self.ancestor_lsn, deadline - time.monotonic())
-
-    async def _wait_own_lsn(self, lsn: int, deadline: float, wait_s: float) -> None:
-        while lsn > self.last_record_lsn:
-            if self.deleted:
-                raise Unavailable(f"{self} was deleted while waiting for lsn={lsn}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(
-                    f"tenant_id={self.tenant_id} timeline_id={self.timeline_id}: lsn={lsn} not reached "
-                    f"within {wait_s:.1f}s (last_record_lsn={self.last_record_lsn})"
-                )
-            try:
-                await asyncio.wait_for(self._lsn_event.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def read_lsn(self, lsn: Lsn) -> Lsn:
         """The LSN a read at `lsn` uses (0 = the latest ingested)."""
