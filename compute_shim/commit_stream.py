@@ -75,4 +75,18 @@ class CommitStream:
         try:
             self._run(self._writer.close())
         finally:
-            self._loop.close()
+            try:
+                self._run(self._drain())
+            finally:
+                self._loop.close()
+
+    @staticmethod
+    async def _drain() -> None:
+        """Cancel and finish what is left on the loop (gRPC's own tasks), as asyncio.run
+        does, so that none is destroyed pending when the loop is closed (asyncio would
+        print "Task was destroyed but it is pending!" at exit)."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
