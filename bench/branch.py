@@ -53,7 +53,7 @@ from compute_shim import Client
 from pageserver.layers.names import KEY_SPACE_END, LayerName
 from strata.v1 import records_pb2
 from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
-from bench.report import add_write_argument, partial_run_reasons, percentile, publish_section
+from bench.report import add_work_dir_arguments, add_write_argument, partial_run_reasons, percentile, publish_section
 from tests.env import StrataEnv
 
 MIB = 1024 * 1024
@@ -527,8 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL peer")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite peer")
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_work_dir_arguments(parser)
     return parser
 
 

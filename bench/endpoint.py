@@ -48,7 +48,7 @@ import aiohttp
 
 from bench.branch import exit_on_sigterm, load_average_note, work_directory
 from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
-from bench.report import add_write_argument, partial_run_reasons, percentile, publish_section
+from bench.report import add_work_dir_arguments, add_write_argument, partial_run_reasons, percentile, publish_section
 from compute_shim import Client
 from tests.env import StrataEnv
 
@@ -559,8 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-postgres", dest="postgres", action="store_false", help="Strata only")
     parser.add_argument("--quick", action="store_true", help="5 wakes, 3 starts, 1 s rows, 100 idle databases; BENCHMARKS.md untouched")
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_work_dir_arguments(parser)
     return parser
 
 

@@ -79,7 +79,7 @@ from pathlib import Path
 import grpc
 
 from bench.postgres_peer import PostgresUnavailable, ThrowawayPostgres
-from bench.report import add_write_argument, partial_run_reasons, percentile, publish_section
+from bench.report import add_work_dir_arguments, add_write_argument, partial_run_reasons, percentile, publish_section
 from bench.branch import (
     PAGE_SIZE,
     exit_on_sigterm,
@@ -789,8 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-default-deep", action="store_true",
                         help="skip the deep chains on a pageserver with the default compaction / image settings (page cache off)")
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_work_dir_arguments(parser)
     return parser
 
 

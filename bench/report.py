@@ -150,6 +150,17 @@ def add_write_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_work_dir_arguments(
+    parser: argparse.ArgumentParser,
+    work_dir_help: str = "where the throwaway data goes (default: a temp dir under $TMPDIR)",
+    keep_help: str = "keep the work directory",
+) -> None:
+    """--work-dir and --keep, as every bench takes them: the options that only say where
+    files go (NEUTRAL_OPTIONS), so a run with them still writes its section."""
+    parser.add_argument("--work-dir", type=Path, default=None, help=work_dir_help)
+    parser.add_argument("--keep", action="store_true", help=keep_help)
+
+
 def _flag(action: argparse.Action) -> str:
     longs = [o for o in action.option_strings if o.startswith("--")]
     return max(longs, key=len) if longs else action.dest

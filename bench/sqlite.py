@@ -45,7 +45,7 @@ import apsw
 
 from bench import sqlite_workload as wl
 from bench.branch import exit_on_sigterm, load_average_note, work_directory
-from bench.report import add_write_argument, partial_run_reasons, publish_section
+from bench.report import add_work_dir_arguments, add_write_argument, partial_run_reasons, publish_section
 from compute_shim import Client, connect_sqlite
 from tests.env import StrataEnv
 
@@ -249,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=SqliteBenchConfig.rounds, help="rounds of both systems; each phase's best is kept (default 3)")
     parser.add_argument("--quick", action="store_true", help="2,000 users, 50 small transactions, 200 lookups, 1 round; BENCHMARKS.md untouched")
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir under $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_work_dir_arguments(parser)
     return parser
 
 

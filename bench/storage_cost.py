@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from bench.report import add_write_argument, partial_run_reasons, publish_section
+from bench.report import add_work_dir_arguments, add_write_argument, partial_run_reasons, publish_section
 from bench.branch import (
     BENCH_REL,
     MIB,
@@ -151,8 +151,7 @@ def load_uploaded_base(client: Client, ps: Component, size_bytes: int, log: bool
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """--write / --work-dir / --keep, as every bench here takes them."""
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where the throwaway data goes (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_work_dir_arguments(parser)
 
 
 class _Results(Protocol):

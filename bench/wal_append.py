@@ -74,7 +74,7 @@ import grpc
 
 from bench.postgres_peer import PGBENCH, PostgresUnavailable, ThrowawayPostgres
 from strata.grpc_channels import open_channel
-from bench.report import NEUTRAL_OPTIONS, add_write_argument, partial_run_reasons, percentile, publish_section
+from bench.report import NEUTRAL_OPTIONS, add_work_dir_arguments, add_write_argument, partial_run_reasons, percentile, publish_section
 from compute_shim.wal_writer import WalWriter
 from strata import ids
 from strata.local_process import NotListening, free_port, start_logged, wait_listening
@@ -1005,8 +1005,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL half")
     parser.add_argument("--replication", action="store_true", help="instead: 1 node vs a 3-node cluster at --writers, and the stall when the leader is killed (section wal_append_replication)")
     add_write_argument(parser)
-    parser.add_argument("--work-dir", type=Path, default=None, help="parent of the throwaway walservice and PostgreSQL data (default: a temp dir under $TMPDIR, i.e. /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (PostgreSQL's cluster is always removed)")
+    add_work_dir_arguments(
+        parser, "parent of the throwaway walservice and PostgreSQL data (default: a temp dir under $TMPDIR, i.e. /tmp)",
+        "keep the work directory (PostgreSQL's cluster is always removed)",
+    )
     return parser
 
 
